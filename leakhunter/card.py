@@ -1,0 +1,290 @@
+"""The model card: the one self-description of a model (DESIGN §4).
+
+Everything about a model (classes, where LEAK is, front-end, segmentation, vote) is read from here,
+never from a file name, an index literal or a default. Validation names every disagreeing field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STANDARD_CLASSES = ("LEAK", "NORMAL", "QUIET", "RANDOM", "MECHANICAL")
+BINARY_CLASSES = ("NOLEAK", "LEAK")
+MODES = ("binary", "multiclass", "fusion")
+LEAK_PROB_RULES = {"binary": "softmax", "multiclass": "mean_softmax_aux", "fusion": "softmax"}
+# Names of the architectures in leakhunter.models' registry, kept here so that validating a card
+# never imports torch (the ONNX scoring path runs without it).
+ARCHITECTURES = ("leakcnn",)
+
+
+class CardError(ValueError):
+    """A card (or a card against something else) that does not hold together.
+
+    `problems` lists (field, what is wrong); the message names every one of them.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "model card"):
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {name}: {why}" for name, why in self.problems)
+        super().__init__(f"{source} is invalid ({len(self.problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """STFT → mel → log parameters; the feature is librosa's melspectrogram + power_to_db."""
+
+    sample_rate: int = 4096
+    n_fft: int = 512
+    hop_length: int = 128
+    win_length: int = 512
+    window: str = "hann"
+    n_mels: int = 32
+    fmin: float = 0.0
+    fmax: float = 2048.0
+    power: float = 2.0
+    log: str = "db"
+    center: bool = False
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                found.append((f"frontend.{name}", f"must be a positive integer, got {getattr(self, name)!r}"))
+        if found:
+            return found
+        if self.win_length > self.n_fft:
+            found.append(("frontend.win_length", f"{self.win_length} exceeds n_fft {self.n_fft}"))
+        if self.window != "hann":
+            found.append(("frontend.window", f"only 'hann' is supported, got {self.window!r}"))
+        if self.power != 2.0:
+            found.append(("frontend.power", f"only 2.0 (power spectrum) is supported, got {self.power!r}"))
+        if self.log != "db":
+            found.append(("frontend.log", f"only 'db' (power_to_db, ref=1, amin=1e-10) is supported, got {self.log!r}"))
+        if self.center:
+            found.append(("frontend.center", "must be false: segments are framed without padding"))
+        nyquist = self.sample_rate / 2
+        if not 0 <= self.fmin < self.fmax <= nyquist:
+            found.append(("frontend.fmin/fmax", f"need 0 <= fmin < fmax <= {nyquist:g} (Nyquist), got {self.fmin:g}/{self.fmax:g}"))
+        return found
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Two-stage windowing in samples: long segments vote, short segments are scored.
+
+    unit "short": one CNN input per short segment; "long": one per long segment, the short segments'
+    mel frames stacked over time. tail "drop" ignores a last partial long segment, "pad" zero-pads it.
+    """
+
+    long_samples: int = 1024
+    long_hop: int = 512
+    short_samples: int = 512
+    short_hop: int = 256
+    unit: str = "short"
+    tail: str = "drop"
+
+    def problems(self, frontend: FrontendConfig) -> list[tuple[str, str]]:
+        found = []
+        for name in ("long_samples", "long_hop", "short_samples", "short_hop"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                found.append((f"segmentation.{name}", f"must be a positive integer, got {getattr(self, name)!r}"))
+        if found:
+            return found
+        if self.unit not in ("short", "long"):
+            found.append(("segmentation.unit", f"must be 'short' or 'long', got {self.unit!r}"))
+        if self.tail not in ("drop", "pad"):
+            found.append(("segmentation.tail", f"must be 'drop' or 'pad', got {self.tail!r}"))
+        if self.short_samples < frontend.n_fft:
+            found.append(("segmentation.short_samples", f"{self.short_samples} is shorter than one STFT frame (n_fft {frontend.n_fft})"))
+        if (self.short_samples - frontend.n_fft) % frontend.hop_length:
+            found.append(("segmentation.short_samples", f"short_samples - n_fft must be a multiple of hop_length {frontend.hop_length}"))
+        if self.short_hop % frontend.hop_length:
+            found.append(("segmentation.short_hop", f"{self.short_hop} must be a multiple of hop_length {frontend.hop_length} so frames are shared"))
+        if self.long_samples < self.short_samples:
+            found.append(("segmentation.long_samples", f"{self.long_samples} is shorter than short_samples {self.short_samples}"))
+        elif (self.long_samples - self.short_samples) % self.short_hop:
+            found.append(("segmentation.long_samples", f"long_samples - short_samples must be a multiple of short_hop {self.short_hop}"))
+        if self.long_hop % self.short_hop:
+            found.append(("segmentation.long_hop", f"{self.long_hop} must be a multiple of short_hop {self.short_hop} so short segments are shared"))
+        return found
+
+    def frames_per_short(self, frontend: FrontendConfig) -> int:
+        return 1 + (self.short_samples - frontend.n_fft) // frontend.hop_length
+
+    def shorts_per_long(self) -> int:
+        return 1 + (self.long_samples - self.short_samples) // self.short_hop
+
+
+PRESETS: dict[str, tuple[FrontendConfig, SegmentationConfig]] = {
+    # the brief's LeakCNNMulti: one [1, 32, 1] input per short segment, averaged per long segment
+    "short": (FrontendConfig(), SegmentationConfig()),
+    # Ma et al. 2025: one mel matrix [1, 32, 15] per long segment
+    "long": (FrontendConfig(), SegmentationConfig(long_samples=4096, long_hop=2048, unit="long")),
+}
+
+
+def preset(name: str) -> tuple[FrontendConfig, SegmentationConfig]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def input_shape(frontend: FrontendConfig, segmentation: SegmentationConfig) -> tuple[int, int, int]:
+    """The CNN's per-input shape [channels, n_mels, frames]."""
+    frames = segmentation.frames_per_short(frontend)
+    if segmentation.unit == "long":
+        frames *= segmentation.shorts_per_long()
+    return (1, frontend.n_mels, frames)
+
+
+@dataclass(frozen=True)
+class VotingConfig:
+    """File verdict: LEAK when at least vote_fraction of long segments have P(LEAK) >= threshold."""
+
+    rule: str = "frac_vote"
+    threshold: float = 0.5
+    vote_fraction: float = 0.5
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.rule != "frac_vote":
+            found.append(("voting.rule", f"only 'frac_vote' is supported, got {self.rule!r}"))
+        for name in ("threshold", "vote_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                found.append((f"voting.{name}", f"must be in [0, 1], got {value!r}"))
+        return found
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    mode: str
+    class_names: tuple[str, ...]
+    leak_idx: int
+    leak_prob: str
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    voting: VotingConfig = field(default_factory=VotingConfig)
+    architecture: dict[str, Any] = field(default_factory=lambda: {"name": "leakcnn", "params": {}})
+    name: str = "leakhunter-model"
+    created: str = ""
+    leakhunter_version: str = ""
+    git_commit: str = ""
+    schema_version: int = SCHEMA_VERSION
+    branches: dict[str, Any] | None = None
+    normalisation: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+
+    @classmethod
+    def for_mode(cls, mode: str, class_names, **kwargs) -> ModelCard:
+        """The card with leak_idx and leak_prob derived from the mode and classes, so they cannot disagree."""
+        class_names = tuple(class_names)
+        leak_idx = class_names.index("LEAK") if "LEAK" in class_names else -1
+        card = cls(mode=mode, class_names=class_names, leak_idx=leak_idx,
+                   leak_prob=LEAK_PROB_RULES.get(mode, ""), **kwargs)
+        card.validate()
+        return card
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.schema_version != SCHEMA_VERSION:
+            found.append(("schema_version", f"{self.schema_version!r} is not supported (this leakhunter reads {SCHEMA_VERSION})"))
+        if self.mode not in MODES:
+            found.append(("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}"))
+        names = list(self.class_names)
+        if len(set(names)) != len(names):
+            found.append(("class_names", f"repeats a name: {names}"))
+        if "LEAK" not in names:
+            found.append(("class_names", f"must contain 'LEAK', got {names}"))
+        elif self.leak_idx != names.index("LEAK"):
+            found.append(("leak_idx", f"{self.leak_idx!r} but class_names.index('LEAK') is {names.index('LEAK')} in {names}"))
+        if self.mode == "binary" and tuple(names) != BINARY_CLASSES:
+            found.append(("class_names", f"a binary model has {list(BINARY_CLASSES)}, got {names} ({len(names)} classes)"))
+        if self.mode in ("multiclass", "fusion") and len(names) < 2:
+            found.append(("class_names", f"a {self.mode} model needs at least 2 classes, got {names}"))
+        if self.mode in LEAK_PROB_RULES and self.leak_prob != LEAK_PROB_RULES[self.mode]:
+            found.append(("leak_prob", f"a {self.mode} model forms P(LEAK) by {LEAK_PROB_RULES[self.mode]!r}, got {self.leak_prob!r}"))
+        if self.architecture.get("name") not in ARCHITECTURES:
+            found.append(("architecture.name", f"{self.architecture.get('name')!r} is not registered; known: {', '.join(ARCHITECTURES)}"))
+        frontend_problems = self.frontend.problems()
+        found += frontend_problems
+        if not frontend_problems:
+            found += self.segmentation.problems(self.frontend)
+        found += self.voting.problems()
+        return found
+
+    def validate(self, source: str = "model card") -> ModelCard:
+        problems = self.problems()
+        if problems:
+            raise CardError(problems, source)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["class_names"] = list(self.class_names)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "model card") -> ModelCard:
+        """Parse and validate; unknown or missing fields are problems, not silently ignored."""
+        if not isinstance(data, dict):
+            raise CardError([("card", f"must be a JSON object, got {type(data).__name__}")], source)
+        problems = []
+        known = {f.name for f in dataclasses.fields(cls)}
+        problems += [(key, "unknown field") for key in sorted(set(data) - known)]
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        problems += [(key, "missing") for key in sorted(required - set(data))]
+        parts = {}
+        for key, part_cls in (("frontend", FrontendConfig), ("segmentation", SegmentationConfig), ("voting", VotingConfig)):
+            if key in data:
+                parts[key], part_problems = _parse_part(part_cls, data[key], key)
+                problems += part_problems
+        if problems:
+            raise CardError(problems, source)
+        values = {key: value for key, value in data.items() if key in known}
+        values.update(parts)
+        values["class_names"] = tuple(values["class_names"])
+        return cls(**values).validate(source)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model card") -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CardError([("card", f"not valid JSON: {err}")], source) from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelCard:
+        """A card from a JSON file such as model_meta.json."""
+        path = Path(path)
+        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def _parse_part(part_cls, data, prefix: str):
+    if not isinstance(data, dict):
+        return None, [(prefix, f"must be an object, got {type(data).__name__}")]
+    known = {f.name for f in dataclasses.fields(part_cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        return None, [(f"{prefix}.{key}", "unknown field") for key in unknown]
+    return part_cls(**data), []
+
+
+def compare_configs(ours, theirs, our_name: str, their_name: str, prefix: str) -> list[tuple[str, str]]:
+    """Field-by-field differences between two config dataclasses, each naming both sides."""
+    return [
+        (f"{prefix}.{f.name}", f"{our_name} has {getattr(ours, f.name)!r}, {their_name} has {getattr(theirs, f.name)!r}")
+        for f in dataclasses.fields(ours)
+        if getattr(ours, f.name) != getattr(theirs, f.name)
+    ]

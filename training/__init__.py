@@ -1,0 +1,1 @@
+"""leakhunter.training."""
