@@ -66,8 +66,7 @@ def shaped_noise(n: int, sample_rate: int, rng: np.random.Generator,
 
 
 def band_limit(signal: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Remove everything above ~1.8 kHz: the sharp onsets of transients spread energy upwards.
-    Noise shaped in the frequency domain needs no such step; QUIET's white floor is left alone."""
+    """Remove everything above ~1.8 kHz (onsets, envelopes and dips spread a little energy upwards)."""
     edge = skirt(np.fft.rfftfreq(signal.size, 1.0 / sample_rate), BAND_EDGE_HZ + 100, BAND_EDGE_HZ)
     return np.fft.irfft(np.fft.rfft(signal) * edge, signal.size)
 
@@ -135,7 +134,6 @@ def scatter_transients(n: int, sample_rate: int, rng: np.random.Generator, cover
     budget = max(1, int(cover_fraction * n))
     while budget > 0 and (not spans or rng.random() < 0.6):
         event = TRANSIENTS[rng.integers(len(TRANSIENTS))](sample_rate, rng, budget)
-        event = band_limit(event, sample_rate)
         peak_db = min(rng.uniform(*peak_db_range), EVENT_PEAK_CAP_DB)
         event *= db_to_amplitude(peak_db) / max(float(np.max(np.abs(event))), 1e-12)
         start = int(rng.integers(0, n - event.size + 1))
@@ -157,7 +155,7 @@ def leak_recording(n: int, sample_rate: int, rng: np.random.Generator,
     if not interrupted:
         return leak + flow
     events, spans = scatter_transients(n, sample_rate, rng, rng.uniform(0.1, 0.38),
-                                       (leak_db + 6, leak_db + 20))
+                                       (leak_db + 10, leak_db + 26))
     if rng.random() < 0.5:
         depth, ramp = rng.uniform(0.3, 0.7), 0.05 * sample_rate
         for start, stop in spans:
@@ -226,8 +224,8 @@ def limit_peak(signal: np.ndarray, ceiling: float = PEAK_CEILING) -> np.ndarray:
 
 
 def _check_audio_args(duration_s: float, sample_rate: int) -> None:
-    if not duration_s > 0:
-        raise ValueError(f"duration_s must be > 0 seconds, got {duration_s!r}")
+    if not 0 < duration_s < float("inf"):
+        raise ValueError(f"duration_s must be a finite number of seconds > 0, got {duration_s!r}")
     if int(sample_rate) != sample_rate or sample_rate < 4000:
         raise ValueError(f"sample_rate must be an integer >= 4000 Hz, got {sample_rate!r}")
 
@@ -242,6 +240,8 @@ def synth_recording(label: str, duration_s: float, sample_rate: int,
     signal = CLASS_RECORDINGS[label](n, sample_rate, rng)
     if label in DECOY_CLASSES and rng.random() < DECOY_BURST_SHARE:
         signal = signal + leak_burst(n, sample_rate, rng)
+    if label != "QUIET":  # QUIET's white self-noise is the one thing allowed above 1.8 kHz
+        signal = band_limit(signal, sample_rate)
     return limit_peak(signal).astype(np.float32)
 
 

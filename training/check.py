@@ -1,0 +1,85 @@
+"""The data health report of a dataset file: what is in each split, and what is wrong with it.
+
+Run before training (`leak data check`); the same problems make training refuse later (H003, H004).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from leakhunter.training.dataset import DatasetError, dataset_configs
+from leakhunter.training.splits import SPLITS
+
+
+@dataclass
+class DatasetReport:
+    path: Path
+    class_names: tuple[str, ...]
+    preset: str
+    counts: np.ndarray  # [split, class] files
+    hours: np.ndarray  # [split]
+    groups: np.ndarray  # [split] distinct groups
+    short_segments: np.ndarray  # [split]
+    skipped: list[tuple[str, str, str]]  # (path, reason, detail)
+    problems: list[str] = field(default_factory=list)  # make training refuse
+    warnings: list[str] = field(default_factory=list)  # worth a look
+
+
+def check_dataset(path: str | Path) -> DatasetReport:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such dataset file")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as error:
+        raise DatasetError(f"{path}: not an HDF5 file ({error})") from None
+    with h5:
+        _, _, class_names = dataset_configs(h5)
+        files = {name: h5["files"][name][:] for name in ("label", "split", "group", "sha256", "path", "duration_s",
+                                                          "short_count", "clipped")}
+        skipped = list(zip(*(h5["skipped"][k].asstr()[:] for k in ("path", "reason", "detail"))))
+        preset = str(h5.attrs.get("preset", "?"))
+    paths = [p.decode() if isinstance(p, bytes) else p for p in files["path"]]
+    groups = [g.decode() if isinstance(g, bytes) else g for g in files["group"]]
+    split, label = files["split"], files["label"]
+    n_split, n_class = len(SPLITS), len(class_names)
+    counts = np.zeros((n_split, n_class), dtype=int)
+    np.add.at(counts, (split, label), 1)
+    report = DatasetReport(
+        path=path, class_names=class_names, preset=preset, counts=counts,
+        hours=np.bincount(split, weights=files["duration_s"], minlength=n_split) / 3600,
+        groups=np.array([len({g for g, s in zip(groups, split) if s == code}) for code in range(n_split)]),
+        short_segments=np.bincount(split, weights=files["short_count"], minlength=n_split).astype(int),
+        skipped=skipped,
+    )
+    for code, name in enumerate(SPLITS):
+        if counts[code].sum() == 0:
+            report.problems.append(f"split {name} is empty")
+            continue
+        for c, cls in enumerate(class_names):
+            if counts[code, c] == 0:
+                report.problems.append(f"split {name} has no {cls} files")
+    for what, keys in (("group", groups), ("identical audio (sha256)", list(files["sha256"]))):
+        first: dict = {}
+        crossing = defaultdict(set)
+        for key, s, p in zip(keys, split, paths):
+            first.setdefault(key, (s, p))
+            if first[key][0] != s:
+                crossing[key].add((first[key][1], SPLITS[first[key][0]], p, SPLITS[s]))
+        for key, pairs in crossing.items():
+            a, sa, b, sb = sorted(pairs)[0]
+            shown = key.decode()[:12] if isinstance(key, bytes) else key
+            report.problems.append(f"{what} {shown} is in two splits: {a} ({sa}) and {b} ({sb})")
+    duplicates = len(files["sha256"]) - len(set(files["sha256"]))
+    if duplicates:
+        report.warnings.append(f"{duplicates} file(s) repeat the bytes of another file in the same split")
+    if files["clipped"].any():
+        report.warnings.append(f"{int(files['clipped'].sum())} file(s) are clipped (>= 0.1 % samples at full scale)")
+    if skipped:
+        report.warnings.append(f"{len(skipped)} file(s) were skipped at build time (listed above)")
+    return report

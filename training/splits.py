@@ -1,0 +1,105 @@
+"""Group-aware, stratified train/val/test split by file (DESIGN §5).
+
+Files that share a group (sensor, site, session) or identical bytes (sha256) move together, so one pipe
+or one recording never sits in two splits; class proportions follow the requested fractions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+RESTARTS = 32
+
+
+class SplitError(ValueError):
+    """A manifest that forces one group or one recording into two splits."""
+
+
+def _clusters(groups, shas) -> np.ndarray:
+    """Connected components of files linked by a shared group or identical bytes."""
+    parent = list(range(len(groups)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict = {}
+    for i, keys in enumerate(zip(groups, shas)):
+        for key in (("group", keys[0]), ("sha", keys[1])):
+            if key in first_seen:
+                parent[root(i)] = root(first_seen[key])
+            else:
+                first_seen[key] = i
+    return np.array([root(i) for i in range(len(groups))])
+
+
+def _check_forced(keys, forced, paths, what: str) -> None:
+    seen: dict = {}
+    for key, split, path in zip(keys, forced, paths):
+        if split is None:
+            continue
+        if key in seen and seen[key][0] != split:
+            other_split, other_path = seen[key]
+            raise SplitError(f"{what} {key} is forced into two splits by the manifest: {other_path} ({other_split}) "
+                             f"and {path} ({split})")
+        seen.setdefault(key, (split, path))
+
+
+def assign_splits(labels, groups, shas, forced, paths, val: float = 0.15, test: float = 0.15,
+                  seed: int = 0) -> np.ndarray:
+    """Split code per file (0 train, 1 val, 2 test).
+
+    Greedy apportionment: clusters (largest first, ties in seeded random order) go to the split whose
+    per-class counts move closest to their targets, so with one-file groups every class's count in
+    every split is within one file of its target. Multi-class groups make that a packing problem:
+    the best of RESTARTS seeded orders is kept, first by fewest splits left without a class.
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError(f"val and test fractions must be in [0, 1) with val + test < 1, got {val} and {test}")
+    labels = np.asarray(labels)
+    n_classes = int(labels.max()) + 1
+    _check_forced([s.decode() if isinstance(s, bytes) else s for s in shas], forced, paths, "identical audio (sha256)")
+    _check_forced(groups, forced, paths, "group")
+    cluster = _clusters(groups, shas)
+    _check_forced(cluster, forced, paths, "linked files (shared group or identical audio), cluster")
+
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(cluster):
+        members[c].append(i)
+    fractions = np.array([1 - val - test, val, test])
+    targets = fractions[:, None] * np.bincount(labels, minlength=n_classes)[None, :]
+    counts = np.zeros_like(targets)
+    split = np.full(len(labels), -1, dtype=np.int8)
+    free = []
+    for c, files in members.items():
+        fixed = {forced[i] for i in files if forced[i] is not None}
+        if fixed:
+            code = SPLITS.index(fixed.pop())
+            split[files] = code
+            np.add.at(counts[code], labels[files], 1)
+        else:
+            free.append(c)
+    rng = np.random.default_rng(seed)
+    best = None
+    for _ in range(RESTARTS if len(free) > 1 else 1):
+        order = [free[i] for i in rng.permutation(len(free))]
+        order.sort(key=lambda c: -len(members[c]))
+        trial_split, trial_counts = split.copy(), counts.copy()
+        for c in order:
+            files = members[c]
+            size = np.bincount(labels[files], minlength=n_classes)
+            cost = (size[None, :] * (2 * (trial_counts - targets) + size[None, :])).sum(axis=1)
+            cost[fractions == 0] = np.inf
+            code = int(np.argmin(cost))
+            trial_split[files] = code
+            trial_counts[code] += size
+        # fewest (split, class) cells left empty where at least one file was due, then closest to target
+        score = (int(((trial_counts == 0) & (targets >= 1)).sum()), float(((trial_counts - targets) ** 2).sum()))
+        if best is None or score < best[0]:
+            best = (score, trial_split)
+    return best[1]
