@@ -71,7 +71,7 @@ def assign_splits(labels, groups, shas, forced, paths, val: float = 0.15, test: 
     members: dict[int, list[int]] = defaultdict(list)
     for i, c in enumerate(cluster):
         members[c].append(i)
-    fractions = np.array([1 - val - test, val, test])
+    fractions = np.array([1 - val - test, val, test], dtype=np.float64)
     targets = fractions[:, None] * np.bincount(labels, minlength=n_classes)[None, :]
     counts = np.zeros_like(targets)
     split = np.full(len(labels), -1, dtype=np.int8)

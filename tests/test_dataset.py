@@ -1,0 +1,215 @@
+"""The HDF5 dataset: index-linked arrays, parity with predict-time features, bad files skipped, safe splits."""
+
+import csv
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from leakhunter.audio import load_audio
+from leakhunter.card import STANDARD_CLASSES, preset
+from leakhunter.frontend import FEATURE_NAMES, FrontEnd
+from leakhunter.training.check import check_dataset
+from leakhunter.training.dataset import DatasetError, build_dataset, class_order, dataset_configs, find_sources
+from leakhunter.training.splits import SplitError
+
+
+def copy_tree(corpus, destination):
+    shutil.copytree(corpus.root, destination)
+    return destination
+
+
+def test_arrays_link_files_long_and_short_segments(small_dataset):
+    with h5py.File(small_dataset.output) as h5:
+        files = {k: h5["files"][k][:] for k in ("long_start", "long_count", "short_start", "short_count")}
+        long_file, long_short = h5["long/file_index"][:], h5["long/short_start"][:]
+        short_file = h5["short/file_index"][:]
+        assert h5["short/mel"].shape == (small_dataset.n_short, 32, 1) and h5["short/mel"].dtype == np.float16
+        assert h5["short/mel"].compression is None
+        assert h5["short/features"].shape == (small_dataset.n_short, len(FEATURE_NAMES))
+        frontend, segmentation, class_names = dataset_configs(h5)
+    assert (frontend, segmentation) == preset("short") and class_names == STANDARD_CLASSES
+    for f in range(small_dataset.n_files):
+        longs = slice(files["long_start"][f], files["long_start"][f] + files["long_count"][f])
+        assert (long_file[longs] == f).all()
+        shorts = slice(files["short_start"][f], files["short_start"][f] + files["short_count"][f])
+        assert (short_file[shorts] == f).all()
+        # every long segment's 3 shorts lie inside its own file's shorts
+        assert long_short[longs].min() == shorts.start and long_short[longs].max() + 3 == shorts.stop
+    assert files["long_count"].tolist() == [31] * small_dataset.n_files  # 4 s at 4096 Hz: (16384-1024)/512+1
+
+
+def test_stored_mel_equals_predict_time_features_bit_for_bit(small_dataset):
+    frontend_cfg, segmentation = preset("short")
+    frontend = FrontEnd(frontend_cfg, segmentation)
+    with h5py.File(small_dataset.output) as h5:
+        paths = h5["files/path"].asstr()[:]
+        for f in (0, len(paths) // 2, len(paths) - 1):
+            start, count = h5["files/short_start"][f], h5["files/short_count"][f]
+            stored = h5["short/mel"][start:start + count]
+            stored_features = h5["short/features"][start:start + count]
+            audio = load_audio(paths[f], frontend_cfg.sample_rate, "mean", segmentation.long_samples)
+            with torch.inference_mode():
+                mel, features = frontend.short_segments(torch.from_numpy(audio.samples)[None], with_features=True)
+            np.testing.assert_array_equal(stored, mel[0].numpy().astype(np.float16))
+            np.testing.assert_array_equal(stored_features, features[0].numpy())
+
+
+def test_three_broken_files_among_forty_are_skipped_and_reported(small_corpus, tmp_path):
+    root = copy_tree(small_corpus, tmp_path / "corpus")
+    good = sorted(root.glob("*/*.wav"))
+    assert len(good) == 40
+    zero = good[0].with_name("zero.wav")
+    zero.write_bytes(b"")
+    half = good[5].with_name("half.wav")
+    data = good[5].read_bytes()
+    half.write_bytes(data[: len(data) // 2])
+    text = good[20].with_name("notes.wav")
+    text.write_text("sensor,comment\nS001,replaced battery\n")
+    for path in (zero, half, text):  # make them replace three good files: 3 broken among 40
+        path.parent.joinpath(path.name)
+    good[1].unlink(), good[6].unlink(), good[21].unlink()
+    (root / "manifest.csv").unlink()
+    report = build_dataset(root, tmp_path / "data.h5", workers=2)
+    assert report.n_files == 37
+    assert sorted((e.path.split("/")[-1], e.reason) for e in report.skipped) == [
+        ("half.wav", "truncated"), ("notes.wav", "not_audio"), ("zero.wav", "empty")]
+    with h5py.File(tmp_path / "data.h5") as h5:
+        assert sorted(h5["skipped/reason"].asstr()[:]) == ["empty", "not_audio", "truncated"]
+    assert len(check_dataset(tmp_path / "data.h5").skipped) == 3
+
+
+def test_no_group_and_no_identical_audio_in_two_splits(small_corpus, tmp_path):
+    root = copy_tree(small_corpus, tmp_path / "corpus")
+    (root / "manifest.csv").unlink()
+    # the same bytes under another name and sensor: identical audio must follow its twin
+    for i, original in enumerate(sorted(root.glob("LEAK/*.wav"))[:4]):
+        shutil.copy(original, original.with_name(f"S9{i}~copy~20261120T000000~0.wav"))
+    report = build_dataset(root, tmp_path / "data.h5", val=0.2, test=0.2)
+    with h5py.File(tmp_path / "data.h5") as h5:
+        split, groups = h5["files/split"][:], h5["files/group"].asstr()[:]
+        shas = h5["files/sha256"][:]
+    for key in (groups, shas):
+        for value in set(key):
+            assert len(set(split[key == value])) == 1, value
+    assert report.files_per_split["val"] > 0 and report.files_per_split["test"] > 0
+    assert check_dataset(tmp_path / "data.h5").problems == [] or all(
+        "has no" in p for p in check_dataset(tmp_path / "data.h5").problems)
+
+
+def test_manifest_paths_groups_forced_splits_and_extra_columns(small_corpus, tmp_path):
+    rows = list(csv.DictReader(open(small_corpus.manifest)))
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "label", "group", "split", "pipe_material"])
+        writer.writeheader()
+        for i, row in enumerate(rows):
+            writer.writerow({"path": str(small_corpus.root / row["path"]), "label": row["label"].lower(),
+                             "group": f"site{i % 10}", "split": "test" if i % 10 == 0 else "",
+                             "pipe_material": "PVC" if i % 2 else "cast iron"})
+    build_dataset(manifest, tmp_path / "data.h5")
+    with h5py.File(tmp_path / "data.h5") as h5:
+        groups, split = h5["files/group"].asstr()[:], h5["files/split"][:]
+        meta = [json.loads(m) for m in h5["files/meta"].asstr()[:]]
+    assert set(groups) == {f"site{i}" for i in range(10)}
+    assert (split[groups == "site0"] == 2).all()  # forced to test, with its whole group
+    assert {m["pipe_material"] for m in meta} == {"PVC", "cast iron"}
+
+
+def test_identical_audio_forced_into_two_splits_names_both_paths(small_corpus, tmp_path):
+    first = small_corpus.files[0]
+    twin = tmp_path / "twin.wav"
+    shutil.copy(first, twin)
+    manifest = tmp_path / "manifest.csv"
+    lines = ["path,label,split", f"{first},LEAK,train", f"{twin},LEAK,test"]
+    lines += [f"{p},{p.parent.name}," for p in small_corpus.files[1:]]
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SplitError) as caught:
+        build_dataset(manifest, tmp_path / "data.h5")
+    assert str(first) in str(caught.value) and str(twin) in str(caught.value)
+    assert not (tmp_path / "data.h5").exists()
+
+
+def test_a_crash_mid_build_leaves_no_file_and_keeps_the_old_one(small_corpus, tmp_path, monkeypatch):
+    output = tmp_path / "data.h5"
+    output.write_bytes(b"previous dataset")
+    calls = []
+
+    def exploding(self, waveform, with_features=False):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return original(self, waveform, with_features)
+
+    original = FrontEnd.short_segments
+    monkeypatch.setattr(FrontEnd, "short_segments", exploding)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(small_corpus.root, output)
+    assert output.read_bytes() == b"previous dataset"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.h5"]
+
+
+def test_manifest_and_source_errors_are_clear(tmp_path, small_corpus):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,class\nx.wav,LEAK\n")
+    with pytest.raises(DatasetError, match="lacks column"):
+        find_sources(bad)
+    bad.write_text("path,label,split\nx.wav,LEAK,holdout\n")
+    with pytest.raises(DatasetError, match=r"bad.csv:2: split 'holdout'"):
+        find_sources(bad)
+    with pytest.raises(DatasetError, match="no such file or folder"):
+        find_sources(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="no LEAK files"):
+        class_order(["NORMAL", "QUIET"])
+    assert class_order(["ZEBRA", "QUIET", "LEAK", "ALPHA"]) == ("LEAK", "QUIET", "ALPHA", "ZEBRA")
+    only_noise = tmp_path / "noise"
+    (only_noise / "LEAK").mkdir(parents=True)
+    (only_noise / "LEAK" / "a.wav").write_bytes(b"")
+    with pytest.raises(DatasetError, match="none of the 1 files could be read"):
+        build_dataset(only_noise, tmp_path / "x.h5")
+
+
+def test_data_check_reports_cross_split_groups_and_missing_classes(small_dataset, tmp_path):
+    path = tmp_path / "data.h5"
+    shutil.copy(small_dataset.output, path)
+    with h5py.File(path, "r+") as h5:
+        groups = h5["files/group"].asstr()[:]
+        split = h5["files/split"][:]
+        labels = h5["files/label"][:]
+        train_file, test_file = int(np.flatnonzero(split == 0)[0]), int(np.flatnonzero(split == 2)[0])
+        groups[test_file] = groups[train_file]
+        del h5["files/group"]
+        h5.create_dataset("files/group", data=groups.astype(object), dtype=h5py.string_dtype())
+        split[(labels == 2) & (split == 1)] = 0  # no QUIET left in val
+        h5["files/split"][:] = split
+    report = check_dataset(path)
+    assert f"split val has no QUIET files" in report.problems
+    assert any(p.startswith(f"group {groups[train_file]} is in two splits") for p in report.problems)
+    assert report.counts.sum() == small_dataset.n_files
+
+
+def test_long_preset_builds_and_stores_shorts_once(small_corpus, tmp_path):
+    report = build_dataset(small_corpus.root, tmp_path / "long.h5", preset_name="long")
+    with h5py.File(tmp_path / "long.h5") as h5:
+        assert json.loads(h5.attrs["segmentation"])["unit"] == "long"
+        assert h5["long/short_count"][0] == 15
+    # 4 s = 16384 samples: 7 long segments of 4096 (hop 2048) share 63 distinct shorts (6 * 8 + 15)
+    assert report.n_long == 7 * 40 and report.n_short == 63 * 40
+
+
+def test_stereo_and_rates_are_recorded(tmp_path):
+    root = tmp_path / "src"
+    (root / "LEAK").mkdir(parents=True)
+    (root / "NORMAL").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    soundfile.write(root / "LEAK" / "a.wav", rng.standard_normal((48000 * 2, 2)) * 0.1, 48000)
+    soundfile.write(root / "NORMAL" / "b.flac", rng.standard_normal(16000 * 2) * 0.01, 16000)
+    build_dataset(root, tmp_path / "d.h5", val=0, test=0)
+    with h5py.File(tmp_path / "d.h5") as h5:
+        assert h5["files/sample_rate_in"][:].tolist() == [48000, 16000]
+        assert h5["files/channels_in"][:].tolist() == [2, 1]
+        np.testing.assert_allclose(h5["files/duration_s"][:], [2.0, 2.0])
