@@ -132,7 +132,9 @@ class FrontEnd(nn.Module):
         plan = plan_segments(waveform.shape[-1], seg)
         if plan.n_short == 0:
             raise ValueError(f"{waveform.shape[-1]} samples is shorter than one long segment ({seg.long_samples})")
-        waveform = nn.functional.pad(waveform, (0, plan.pad))[..., : plan.samples_used]
+        if plan.pad:
+            waveform = nn.functional.pad(waveform, (0, plan.pad))
+        waveform = waveform[..., : plan.samples_used]
         stride = frame_stride(self.cfg, seg)
         frames, step = seg.frames_per_short(self.cfg), seg.short_hop // stride
         result = self.frames(waveform, stride, keep_power=with_features)
@@ -154,11 +156,12 @@ class FrontEnd(nn.Module):
         below = torch.cumsum(power, -1) < ROLLOFF * total.unsqueeze(-1)
         rolloff = self.fft_hz[below.sum(-1).clamp(max=power.shape[-1] - 1)]
         centred = samples - samples.mean(-1, keepdim=True)
-        variance = centred.square().mean(-1)
+        squared = centred.square()
+        variance = squared.mean(-1)
         rms = variance.sqrt()
         rms_db = 20.0 * torch.log10(rms.clamp(min=1e-10))
         crest_db = 20.0 * torch.log10(centred.abs().amax(-1).clamp(min=1e-10) / rms.clamp(min=1e-10))
-        kurtosis = centred.pow(4).mean(-1) / variance.square().clamp(min=1e-20) - 3.0
+        kurtosis = squared.square().mean(-1) / variance.square().clamp(min=1e-20) - 3.0
         signs = torch.signbit(samples)
         zcr = (signs[..., 1:] != signs[..., :-1]).float().mean(-1)
         scalars = torch.stack([centroid, flatness, rolloff, rms_db, crest_db, kurtosis, zcr], dim=-1)

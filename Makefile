@@ -1,0 +1,33 @@
+# leakhunter: `make demo` runs the main job end to end on synthetic data; `make test` runs the tests.
+# Both create .venv on first use. torch==2.13.0 is installed first and explicitly: a bare `torch`
+# requirement would pull a multi-GB CUDA build on a machine without one.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO ?= demo
+PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+demo: setup
+	rm -rf $(DEMO)
+	$(BIN)/leak data synth $(DEMO)/corpus --files-per-class 40 --duration 10 --seed 0
+	$(BIN)/leak data build $(DEMO)/corpus -o $(DEMO)/data.h5 --workers 2
+	$(BIN)/leak data check $(DEMO)/data.h5
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m pytest benchmarks -q --benchmark-columns=min,median,mean,rounds --benchmark-sort=name
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .benchmarks
