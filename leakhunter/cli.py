@@ -19,8 +19,8 @@ app = typer.Typer(help="leakhunter: find water-pipe leaks in acoustic recordings
 data_app = typer.Typer(help="Make, build and check datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 # Logs and CI are not terminals: give tables room rather than rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 120)
-errors = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -143,3 +143,7 @@ def info(
 
 def main() -> None:  # pragma: no cover - console-script shim
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m leakhunter.cli`
+    main()

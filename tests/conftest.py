@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,8 +8,10 @@ import pytest
 
 @pytest.fixture
 def real_data_dir() -> Path:
-    """Five real 8 kHz hydrophone recordings (Aghashahi et al.) with labels.csv; skips when not checked out."""
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "aghashahi-h1"
+    """Five real 8 kHz hydrophone recordings (Aghashahi et al.) with labels.csv, from ../shared beside the
+    checkout or $LEAKHUNTER_REAL_DATA; skips when absent."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "aghashahi-h1"
+    folder = Path(os.environ.get("LEAKHUNTER_REAL_DATA", default))
     if not (folder / "labels.csv").is_file():
         pytest.skip(f"real recordings not found at {folder}")
     return folder

@@ -1,0 +1,71 @@
+"""The `leak` command as a user runs it: exit codes, what it prints, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import pytest
+from typer.testing import CliRunner
+
+from leakhunter.card import STANDARD_CLASSES, ModelCard
+from leakhunter.cli import app
+
+runner = CliRunner()
+
+
+def test_leak_help_lists_the_commands_that_exist():
+    result = subprocess.run([sys.executable, "-m", "leakhunter.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("data", "info"):
+        assert command in result.stdout
+
+
+def test_synth_build_check_end_to_end(tmp_path):
+    corpus, data = tmp_path / "corpus", tmp_path / "data.h5"
+    result = runner.invoke(app, ["data", "synth", str(corpus), "--files-per-class", "12", "--duration", "3"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 60 recordings" in result.output
+    result = runner.invoke(app, ["data", "build", str(corpus / "manifest.csv"), "-o", str(data)])
+    assert result.exit_code == 0, result.output
+    with h5py.File(data) as h5:
+        n_files = len(h5["files/path"])
+    assert n_files == 60 and f"wrote {data}: 60 files" in " ".join(result.output.split())
+    result = runner.invoke(app, ["data", "check", str(data)])
+    assert "MECHANICAL" in result.output and "train" in result.output
+    assert result.exit_code == (1 if "problem:" in result.output else 0)
+
+
+def test_check_exits_1_and_names_the_problem(tmp_path, small_dataset):
+    path = tmp_path / "data.h5"
+    path.write_bytes(small_dataset.output.read_bytes())
+    with h5py.File(path, "r+") as h5:
+        split = h5["files/split"][:]
+        split[split == 2] = 0  # empty test split
+        h5["files/split"][:] = split
+    result = runner.invoke(app, ["data", "check", str(path)])
+    assert result.exit_code == 1
+    assert "problem: split test is empty" in result.output
+
+
+def test_build_errors_are_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["data", "build", str(tmp_path / "missing"), "-o", str(tmp_path / "x.h5")])
+    assert result.exit_code == 2
+    assert "missing: no such file or folder" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["data", "synth", str(tmp_path / "c"), "--files-per-class", "0"])
+    assert result.exit_code == 2 and "files_per_class" in result.output
+
+
+def test_info_prints_a_valid_card_and_refuses_a_tampered_one(tmp_path):
+    card = ModelCard.for_mode("multiclass", STANDARD_CLASSES)
+    good = tmp_path / "model_meta.json"
+    good.write_text(card.to_json())
+    result = runner.invoke(app, ["info", str(good), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["leak_idx"] == 0
+    tampered = card.to_dict() | {"leak_idx": 1}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(tampered))
+    result = runner.invoke(app, ["info", str(bad)])
+    assert result.exit_code == 1
+    assert "leak_idx" in result.output and "bad.json" in result.output
