@@ -1,0 +1,77 @@
+"""Checkpoint files: written atomically, read without unpickling code, always with a valid card.
+
+best.pth = {"card": card JSON, "model": state_dict}; last.pth adds the training state. Everything
+loads with torch.load(weights_only=True), so a malicious pickle is refused, not executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from leakhunter.card import CardError, ModelCard
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def save_atomic(payload: dict, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The checkpoint's dict, or CheckpointError saying why not (missing, empty, truncated, unsafe, foreign)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), probably an interrupted save")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: refused: it holds Python objects beyond tensors and plain data, which "
+                              f"weights_only loading will not execute ({str(error).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({str(error).splitlines()[0]})") from None
+    if not isinstance(payload, dict) or "card" not in payload or "model" not in payload:
+        keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a leakhunter checkpoint (expected 'card' and 'model', found {keys})")
+    return payload
+
+
+def card_of(payload: dict, source: str | Path) -> ModelCard:
+    card = payload["card"]
+    if not isinstance(card, str):
+        raise CardError([("card", f"must be stored as JSON text, got {type(card).__name__}")], str(source))
+    return ModelCard.from_json(card, source=str(source))
+
+
+def read_model(path: str | Path, map_location="cpu"):
+    """(card, model in eval mode) from a best.pth or last.pth; the card is checked against the weights."""
+    from leakhunter.models import load_model
+
+    payload = load_checkpoint(path, map_location)
+    card = card_of(payload, path)
+    return card, load_model(card, payload["model"], source=str(path))

@@ -1,0 +1,119 @@
+"""Architecture registry and the scoring head: a card names an architecture, this builds it.
+
+Weights reload without pickle (state_dict + card). `Scorer` turns a model's outputs into class
+probabilities and P(LEAK) by the card's rule, so no consumer ever picks a column by index.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from leakhunter.card import ARCHITECTURES, CardError, ModelCard, input_shape
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def add(builder):
+        REGISTRY[name] = builder
+        return builder
+
+    return add
+
+
+class MelNormaliser(nn.Module):
+    """Per-mel-bin (x - mean) / std from the training split: a recorded step, never baked into features."""
+
+    def __init__(self, n_mels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # [B, 1, n_mels, frames]
+        return (mel - self.mean[:, None]) / self.std[:, None]
+
+
+@register("leakcnn")
+class LeakCNN(nn.Module):
+    """The brief's LeakCNNMulti: three 3×3 convolutions, two (2,1) pools, a 16×1 adaptive pool, 256 hidden.
+
+    Outputs class logits [B, n_classes] and, with `aux_head`, one leak-vs-rest logit [B].
+    Works for any [1, n_mels, frames] input (the `short` preset's [1, 32, 1], the `long` one's [1, 32, 15]).
+    """
+
+    def __init__(self, n_classes: int, aux_head: bool, n_mels: int = 32, channels=(32, 64, 128),
+                 hidden: int = 256, dropout: float = 0.25):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.normalise = MelNormaliser(n_mels)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d((2, 1)),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.MaxPool2d((2, 1)),
+            nn.AdaptiveAvgPool2d((16, 1)), nn.Flatten(),
+        )
+        self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3 * 16, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, n_classes)
+        self.aux = nn.Linear(hidden, 1) if aux_head else None
+
+    def forward(self, mel: torch.Tensor):
+        embedding = self.embed(self.features(self.normalise(mel)))
+        aux = self.aux(embedding).squeeze(-1) if self.aux is not None else None
+        return self.head(embedding), aux
+
+
+def build_model(card: ModelCard) -> nn.Module:
+    """The card's architecture with a head of len(class_names) and, for multiclass, the aux head."""
+    name = card.architecture["name"]
+    assert set(REGISTRY) == set(ARCHITECTURES), "card.ARCHITECTURES must list exactly the registry"
+    builder = REGISTRY[name]
+    return builder(n_classes=len(card.class_names), aux_head=card.leak_prob == "mean_softmax_aux",
+                   n_mels=card.frontend.n_mels, **card.architecture.get("params", {}))
+
+
+def check_weights(card: ModelCard, state_dict: dict, source: str) -> None:
+    """A card that contradicts its weights (head size vs class_names, aux head vs rule) is refused."""
+    problems = []
+    head = state_dict.get("head.weight")
+    if head is not None and head.shape[0] != len(card.class_names):
+        problems.append(("class_names", f"card lists {len(card.class_names)} classes {list(card.class_names)} "
+                                        f"but the weights' head has {head.shape[0]} outputs"))
+    has_aux = "aux.weight" in state_dict
+    if has_aux != (card.leak_prob == "mean_softmax_aux"):
+        problems.append(("leak_prob", f"card says {card.leak_prob!r} but the weights "
+                                      f"{'have' if has_aux else 'have no'} auxiliary leak head"))
+    if problems:
+        raise CardError(problems, source)
+
+
+def load_model(card: ModelCard, state_dict: dict, source: str = "checkpoint") -> nn.Module:
+    check_weights(card, state_dict, source)
+    model = build_model(card)
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+class Scorer(nn.Module):
+    """Model + the card's P(LEAK) rule: mel [B, 1, n_mels, frames] → (probs [B, C], leak_prob [B])."""
+
+    def __init__(self, model: nn.Module, card: ModelCard):
+        super().__init__()
+        self.model = model
+        self.leak_idx = card.leak_idx
+        self.rule = card.leak_prob
+        self.input_shape = input_shape(card.frontend, card.segmentation)
+
+    def forward(self, mel: torch.Tensor):
+        logits, aux = self.model(mel)
+        probs = torch.softmax(logits.float(), dim=-1)
+        leak_prob = probs[:, self.leak_idx]
+        if self.rule == "mean_softmax_aux":
+            leak_prob = 0.5 * (leak_prob + torch.sigmoid(aux.float()))
+        return probs, leak_prob
+
+
+def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
