@@ -6,6 +6,7 @@ stays fast and a scoring box needs only what its own command uses.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -116,6 +117,88 @@ def data_check(dataset: Path = typer.Argument(..., help="A dataset file from `le
     if report.problems:
         raise typer.Exit(1)
     console.print("[green]no problems found[/]")
+
+
+@app.command("train")
+def train(
+    data: Path = typer.Option(None, help="Dataset file from `leak data build`."),
+    out: Path = typer.Option(None, help="Run directory (default runs/<mode>-<time>)."),
+    mode: str = typer.Option(None, help="binary or multiclass (also LEAK_MODE, or `mode:` in --config)."),
+    config: Path = typer.Option(None, help="YAML file of training settings; flags override it."),
+    resume: Path = typer.Option(None, help="Continue exactly from a run's checkpoints/last.pth."),
+    epochs: int = typer.Option(None, help="Maximum epochs (default 60)."),
+    batch_size: int = typer.Option(None, help="Inputs per step (default 2048)."),
+    lr: float = typer.Option(None, help="Peak learning rate of AdamW (default 2e-3)."),
+    loss: str = typer.Option(None, help="ce (class-weighted cross-entropy) or focal."),
+    patience: int = typer.Option(None, help="Early-stopping patience in epochs (default 15)."),
+    seed: int = typer.Option(None, help="Seed of initialisation and shuffling (default 0)."),
+    device: str = typer.Option(None, help="auto, cpu or cuda."),
+    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (slow first epoch)."),
+    strict: bool = typer.Option(None, "--strict/--no-strict", help="Turn health warnings into failures."),
+):
+    """Train a model; writes best.pth, model_meta.json, checkpoints/, metrics.csv, config.yaml and plots."""
+    from leakhunter.card import CardError
+    from leakhunter.checkpoint import CheckpointError
+    from leakhunter.training.config import ConfigError, TrainConfig, resolve_config
+    from leakhunter.training.dataset import DatasetError
+    from leakhunter.training.trainer import train as run_training
+
+    flags = {"data": None if data is None else str(data), "out": None if out is None else str(out), "mode": mode,
+             "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "patience": patience,
+             "seed": seed, "device": device, "compile": compile, "strict": strict}
+    try:
+        if resume is None:
+            settings = resolve_config(config, flags)
+            console.print(f"config: {settings.to_dict()}", highlight=False)
+            result = run_training(settings, log=lambda text: console.print(text, highlight=False))
+        else:
+            if mode is None and os.environ.get("LEAK_MODE"):
+                flags["mode"] = os.environ["LEAK_MODE"]
+            result = run_training(TrainConfig(), resume=resume, overrides=flags,
+                                  log=lambda text: console.print(text, highlight=False))
+    except (ConfigError, CardError, CheckpointError, DatasetError, FileExistsError, FloatingPointError) as error:
+        raise fail(str(error)) from None
+    console.print(f"best model: {result.run_dir / 'best.pth'} (epoch {result.best_epoch})")
+
+
+@app.command("eval")
+def evaluate(
+    model: Path = typer.Argument(..., help="A best.pth."),
+    data: Path = typer.Option(..., help="Dataset file with the same front-end and classes."),
+    split: str = typer.Option("test", help="train, val or test."),
+    threshold: float = typer.Option(None, help="Override the card's calibrated threshold."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    confusion_png: Path = typer.Option(None, help="Where to draw the confusion matrix (default beside the model)."),
+):
+    """File-level report of a model on one split: leak F1/precision/recall/specificity/AUC, confusion matrix."""
+    from leakhunter.card import CardError
+    from leakhunter.checkpoint import CheckpointError
+    from leakhunter.training.dataset import DatasetError
+    from leakhunter.training.evaluate import evaluate as run_evaluation, report_json
+
+    png = confusion_png or model.with_name(f"confusion_{split}.png")
+    try:
+        report = run_evaluation(model, data, split=split, device=device, threshold=threshold, confusion_png=png)
+    except (CardError, CheckpointError, DatasetError, ValueError) as error:
+        raise fail(str(error)) from None
+    if as_json:
+        print(report_json(report))
+        return
+    table = Table(title=f"{model} on {split} of {data} ({report['n_files']} files, threshold {report['threshold']:.2f})")
+    for column in ("file F1", "precision", "recall", "specificity", "AUC", "accuracy", "segment acc", "kappa"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{report[k]:.3f}" for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
+                                                 "file_auc", "file_accuracy", "segment_accuracy", "kappa")))
+    console.print(table)
+    confusion = Table(title="files: rows = truth, columns = prediction")
+    confusion.add_column("")
+    for name in report["class_names"]:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(report["class_names"], report["confusion"]):
+        confusion.add_row(name, *map(str, row))
+    console.print(confusion)
+    console.print(f"confusion matrix drawn to {png}")
 
 
 @app.command("info")

@@ -36,9 +36,44 @@ class MelNormaliser(nn.Module):
         return (mel - self.mean[:, None]) / self.std[:, None]
 
 
+class Conv3x3(nn.Conv2d):
+    """A 3×3 convolution (padding 1); on a width-1 map only the middle column ever meets data, so that
+    case runs as a 1-D convolution: the same function and gradients, 3x faster to train on CPU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 1:
+            return nn.functional.conv1d(x.squeeze(-1), self.weight[:, :, :, 1], self.bias, padding=1).unsqueeze(-1)
+        return super().forward(x)
+
+
+class HalveRows(nn.Module):
+    """MaxPool2d((2, 1)) on an even number of rows, as a reshape and max (torch's CPU kernel is slow here)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, rows, width = x.shape
+        if rows % 2:
+            return nn.functional.max_pool2d(x, (2, 1))
+        return x.reshape(batch, channels, rows // 2, 2, width).amax(dim=3)
+
+
+class PoolTo16Rows(nn.Module):
+    """AdaptiveAvgPool2d((16, 1)): with rows dividing 16 it averages the width and repeats each row,
+    which is what the adaptive pool computes, without its slow CPU kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[2]
+        if 16 % rows:
+            return nn.functional.adaptive_avg_pool2d(x, (16, 1))
+        return x.mean(dim=3, keepdim=True).repeat_interleave(16 // rows, dim=2)
+
+
 @register("leakcnn")
 class LeakCNN(nn.Module):
-    """The brief's LeakCNNMulti: three 3×3 convolutions, two (2,1) pools, a 16×1 adaptive pool, 256 hidden.
+    """The brief's LeakCNNMulti: three 3×3 convolutions, two (2,1) max pools, a (16,1) adaptive average
+    pool, 256 hidden. Its state_dict is the brief's; the layers above only compute it faster.
 
     Outputs class logits [B, n_classes] and, with `aux_head`, one leak-vs-rest logit [B].
     Works for any [1, n_mels, frames] input (the `short` preset's [1, 32, 1], the `long` one's [1, 32, 15]).
@@ -50,10 +85,10 @@ class LeakCNN(nn.Module):
         c1, c2, c3 = channels
         self.normalise = MelNormaliser(n_mels)
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d((2, 1)),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.MaxPool2d((2, 1)),
-            nn.AdaptiveAvgPool2d((16, 1)), nn.Flatten(),
+            Conv3x3(1, c1), nn.ReLU(),
+            Conv3x3(c1, c2), nn.ReLU(), HalveRows(),
+            Conv3x3(c2, c3), nn.ReLU(), HalveRows(),
+            PoolTo16Rows(), nn.Flatten(),
         )
         self.embed = nn.Sequential(nn.Dropout(dropout), nn.Linear(c3 * 16, hidden), nn.ReLU())
         self.head = nn.Linear(hidden, n_classes)
@@ -107,7 +142,10 @@ class Scorer(nn.Module):
         self.input_shape = input_shape(card.frontend, card.segmentation)
 
     def forward(self, mel: torch.Tensor):
-        logits, aux = self.model(mel)
+        return self.combine(*self.model(mel))
+
+    def combine(self, logits: torch.Tensor, aux: torch.Tensor | None):
+        """The card's rule from raw outputs (training computes its loss from the same outputs)."""
         probs = torch.softmax(logits.float(), dim=-1)
         leak_prob = probs[:, self.leak_idx]
         if self.rule == "mean_softmax_aux":

@@ -1,0 +1,135 @@
+"""One typed training config: defaults < YAML file < LEAK_MODE < command-line flags.
+
+num_classes, class_names and leak_idx are not in it: they are derived from the mode and the data,
+so they cannot be set inconsistently. Unknown keys and out-of-range values are refused with a hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from leakhunter.card import MODES
+
+BUILT_MODES = ("binary", "multiclass")  # fusion is specified in DESIGN §9 and not built yet
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message says which and what would be accepted."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = ""
+    out: str = ""
+    mode: str = "multiclass"
+    epochs: int = 60
+    batch_size: int = 2048
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    schedule: str = "cosine"
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    class_weight_cap: float = 3.0
+    aux_weight: float = 0.5
+    patience: int = 15
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    keep_checkpoints: int = 3
+    normalise: bool = True
+    dropout: float = 0.25
+    eval_batch_size: int = 16384
+    strict: bool = False
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.mode not in MODES:
+            found.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        elif self.mode not in BUILT_MODES:
+            found.append(f"mode {self.mode!r} is not built yet; use {' or '.join(BUILT_MODES)}")
+        choices = {"schedule": ("cosine", "onecycle"), "loss": ("ce", "focal"), "device": ("auto", "cpu", "cuda")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                found.append(f"{key} {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        positive = ("epochs", "batch_size", "lr", "patience", "keep_checkpoints", "eval_batch_size")
+        found += [f"{key} must be > 0, got {getattr(self, key)!r}" for key in positive if getattr(self, key) <= 0]
+        non_negative = ("weight_decay", "warmup_epochs", "focal_gamma", "aux_weight", "seed")
+        found += [f"{key} must be >= 0, got {getattr(self, key)!r}" for key in non_negative if getattr(self, key) < 0]
+        if self.class_weight_cap < 1:
+            found.append(f"class_weight_cap must be >= 1 (a ratio), got {self.class_weight_cap!r}")
+        if not 0 <= self.dropout < 1:
+            found.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.data:
+            found.append("data is required (a dataset file from `leak data build`)")
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: {value!r} is not a boolean")
+    try:
+        coerced = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {kind.__name__}") from None
+    if kind is int and isinstance(value, float) and value != coerced:
+        raise ConfigError(f"{key}: {value!r} is not an integer")
+    return coerced
+
+
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """A validated config from plain values (YAML, flags); unknown keys get a 'did you mean'."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    types = {"str": str, "int": int, "float": float, "bool": bool}
+    clean = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        clean[key] = _coerce(key, value, types[fields[key].type])
+    config = TrainConfig(**clean)
+    problems = config.problems()
+    if problems:
+        raise ConfigError("invalid training config:\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def resolve_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                   environ: dict[str, str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then LEAK_MODE, then flags that were given (None means not given)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read the config ({error})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config is a mapping of keys to values, got {type(loaded).__name__}")
+        values.update(loaded)
+    environ = os.environ if environ is None else environ
+    if environ.get("LEAK_MODE"):
+        values["mode"] = environ["LEAK_MODE"].strip()
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return make_config(values)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,49 @@
+"""The run's pictures: learning curves and a confusion matrix (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict], path: str | Path, best_epoch: int | None = None) -> None:
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, metric_axis, lr_axis) = plt.subplots(1, 3, figsize=(14, 4))
+    loss_axis.plot(epochs, [r["train_loss"] for r in history], label="train")
+    loss_axis.plot(epochs, [r["val_loss"] for r in history], label="val")
+    loss_axis.set(title="loss", xlabel="epoch")
+    for key, label in (("file_f1", "file leak F1"), ("file_auc", "file AUC"), ("kappa", "segment kappa"),
+                       ("segment_accuracy", "segment accuracy")):
+        metric_axis.plot(epochs, [r[key] for r in history], label=label)
+    metric_axis.set(title="validation", xlabel="epoch", ylim=(-0.05, 1.05))
+    lr_axis.plot(epochs, [r["lr"] for r in history])
+    lr_axis.set(title="learning rate", xlabel="epoch")
+    for axis in (loss_axis, metric_axis):
+        if best_epoch is not None:
+            axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion(matrix: np.ndarray, class_names, path: str | Path, title: str) -> None:
+    """Rows = truth, columns = prediction; each cell shows the count and the row share."""
+    matrix = np.asarray(matrix)
+    shares = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
+    figure, axis = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axis.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+    axis.set_yticks(range(len(class_names)), class_names)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center", va="center",
+                  color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

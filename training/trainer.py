@@ -1,0 +1,372 @@
+"""The one training loop: binary and multiclass as small strategies (head, loss, P(LEAK) rule).
+
+It selects the model on file-level leak F1 computed exactly as predict votes, writes a run directory
+of self-describing, atomically written checkpoints, and resumes bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import leakhunter
+from leakhunter.card import CardError, ModelCard, VotingConfig
+from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, save_atomic
+from leakhunter.devices import autocast_dtype, pick_device
+from leakhunter.models import Scorer, build_model, check_weights, parameter_count
+from leakhunter.voting import calibrate_threshold
+from leakhunter.training.config import TrainConfig, make_config, save_config
+from leakhunter.training.data import LeakData
+from leakhunter.training.evaluate import evaluate_split, long_probabilities, score_split
+from leakhunter.training.plots import plot_confusion, plot_curves
+
+RESUMABLE_OVERRIDES = ("epochs", "patience", "device", "eval_batch_size", "strict")
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "segment_accuracy", "file_f1", "file_precision", "file_recall",
+                  "file_specificity", "file_auc", "file_accuracy", "kappa", "threshold", "lr", "seconds")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    card: ModelCard
+    best_epoch: int
+    history: list[dict]
+    test_metrics: dict
+    stopped_early: bool
+
+
+def class_weights(targets: np.ndarray, n_classes: int, cap: float) -> tuple[torch.Tensor, bool]:
+    """Inverse-frequency weights, the largest at most `cap` times the smallest, mean 1; (weights, capped)."""
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    present = weights[weights > 0]
+    capped = bool(present.max() > cap * present.min())
+    weights = np.where(weights > 0, np.minimum(weights, cap * present.min()), 0.0)
+    return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32), capped
+
+
+class LeakLoss(nn.Module):
+    """Class-weighted CE (or focal) on the head, plus aux_weight · BCE on the leak-vs-rest logit."""
+
+    def __init__(self, weights: torch.Tensor, kind: str, gamma: float, aux_weight: float):
+        super().__init__()
+        self.register_buffer("weights", weights)
+        self.kind, self.gamma, self.aux_weight = kind, gamma, aux_weight
+
+    def forward(self, logits, aux, targets, is_leak):
+        logits = logits.float()
+        if self.kind == "focal":
+            log_p = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
+            loss = -(self.weights[targets] * (1 - log_p.exp()) ** self.gamma * log_p).sum() / self.weights[targets].sum()
+        else:
+            loss = F.cross_entropy(logits, targets, weight=self.weights)
+        if aux is not None:
+            loss = loss + self.aux_weight * F.binary_cross_entropy_with_logits(aux.float(), is_leak.float())
+        return loss
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine to 0 (or a one-cycle: warm-up over 30 %, then cosine)."""
+    warmup = max(1, int(0.3 * total)) if schedule == "onecycle" else warmup
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(leakhunter.__file__).parent,
+                                capture_output=True, text=True, timeout=5)
+        return result.stdout.strip() if result.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+
+
+def find_resume_checkpoint(path: Path, warn) -> dict:
+    """last.pth, or the newest loadable epoch checkpoint beside it when last.pth is damaged."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as error:
+        for candidate in sorted(path.parent.glob("epoch_*.pth"), reverse=True):
+            try:
+                payload = load_checkpoint(candidate)
+            except CheckpointError:
+                continue
+            warn(f"{error}; resuming from {candidate} instead")
+            return payload
+        raise
+
+
+def _resume_config(payload: dict, overrides: dict, source: Path) -> TrainConfig:
+    saved = make_config(payload["config"])
+    changed = {k: v for k, v in overrides.items() if v is not None and getattr(saved, k) != v}
+    refused = sorted(set(changed) - set(RESUMABLE_OVERRIDES))
+    if refused:
+        card = card_of(payload, source)
+        raise CardError([(key, f"{source} was trained with {key}={getattr(saved, key)!r}, the request asks "
+                               f"{key}={changed[key]!r}" + (f" (its card: {card.mode}, {list(card.class_names)})"
+                                                             if key == "mode" else "")) for key in refused],
+                        f"resume of {source}")
+    return replace(saved, **{k: changed[k] for k in changed})
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, overrides: dict | None = None,
+                 log=print):
+        self.log = log
+        self.rank, self.world = _distributed()
+        self.payload = None
+        if resume is not None:
+            resume = Path(resume)
+            self.payload = find_resume_checkpoint(resume, lambda text: log(f"warning: {text}"))
+            config = _resume_config(self.payload, overrides or {}, resume)
+        self.config = config
+        self.run_dir = Path(config.out or f"runs/{config.mode}-{datetime.now():%Y%m%d-%H%M%S}")
+        if resume is None and (self.run_dir / "best.pth").exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume "
+                                  f"{self.run_dir / 'checkpoints' / 'last.pth'} or choose another --out")
+        self.device = pick_device(config.device)
+        self.amp = autocast_dtype(self.device, config.amp)
+        torch.manual_seed(config.seed)
+        self.data = LeakData(config.data, config.mode)
+        self.card = self._card()
+        if self.payload is not None:
+            self.data.check_card(card_of(self.payload, resume), str(resume))
+            if self.payload.get("data_fingerprint") != self.data.fingerprint:
+                raise CardError([("data", f"{resume} was trained on data with fingerprint "
+                                          f"{self.payload.get('data_fingerprint')}, {config.data} now has "
+                                          f"{self.data.fingerprint} (rebuilt or re-split)")], f"resume of {resume}")
+            check_weights(self.card, self.payload["model"], str(resume))
+        self.net = build_model(self.card).to(self.device)
+        if config.normalise:
+            mean, std = self.data.mel_statistics()
+            self.net.normalise.mean.copy_(torch.from_numpy(mean))
+            self.net.normalise.std.copy_(torch.from_numpy(std))
+            self.card = replace(self.card, normalisation={"per_mel_bin": True, "mean": mean.round(6).tolist(),
+                                                          "std": std.round(6).tolist()})
+        self.channels_last = config.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.scorer = Scorer(self.net, self.card)
+        train = self.data.splits["train"]
+        weights, self.weights_capped = class_weights(train.targets, len(self.card.class_names),
+                                                     config.class_weight_cap)
+        self.criterion = LeakLoss(weights, config.loss, config.focal_gamma, config.aux_weight).to(self.device)
+        model = self.net
+        if self.world > 1:
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if
+                                                        self.device.type == "cuda" else None)
+        self.model = torch.compile(model) if config.compile else model
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        per_rank = len(train) // self.world
+        self.steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
+        total = config.epochs * self.steps_per_epoch
+        warmup = config.warmup_epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, total, warmup, config.schedule))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.history: list[dict] = []
+        self.start_epoch, self.best_epoch, self.best_key = 1, 0, (-1.0, 0.0)
+        if self.payload is not None:
+            self._restore(self.payload)
+
+    def _card(self) -> ModelCard:
+        config, data = self.config, self.data
+        return ModelCard.for_mode(
+            config.mode, data.class_names, frontend=data.frontend, segmentation=data.segmentation,
+            architecture={"name": "leakcnn", "params": {"dropout": config.dropout}},
+            name=self.run_dir.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            leakhunter_version=leakhunter.__version__, git_commit=_git_commit(),
+        )
+
+    def _restore(self, payload: dict) -> None:
+        self.net.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if torch.cuda.is_available() and payload["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        self.history = payload["history"]
+        self.start_epoch = payload["epoch"] + 1
+        self.best_epoch = payload["best_epoch"]
+        self.best_key = tuple(payload["best_key"])
+        self.card = card_of(payload, "last.pth")  # the run's card (normalisation, created) as first written
+
+    # ---- one epoch -------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> float:
+        train = self.data.splits["train"]
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
+        per_rank = len(order) // self.world
+        order = order[: per_rank * self.world][self.rank::self.world]
+        self.model.train()
+        total, seen = 0.0, 0
+        for start in range(0, len(order), self.config.batch_size):
+            rows = order[start:start + self.config.batch_size]
+            inputs = self.data.inputs(train, rows).to(self.device, non_blocking=True)
+            if self.channels_last:
+                inputs = inputs.to(memory_format=torch.channels_last)
+            targets = torch.from_numpy(train.targets[rows]).to(self.device)
+            is_leak = torch.from_numpy(train.is_leak[rows]).to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                logits, aux = self.model(inputs)
+                loss = self.criterion(logits, aux, targets, is_leak)
+            if not torch.isfinite(loss):
+                files = sorted({train.paths[i] for i in train.input_file[rows]})
+                raise FloatingPointError(f"epoch {epoch}, step {start // self.config.batch_size + 1}: non-finite "
+                                         f"training loss {float(loss)}; the batch's files: {', '.join(files[:5])}"
+                                         + (f" and {len(files) - 5} more" if len(files) > 5 else ""))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total += float(loss.detach()) * len(rows)
+            seen += len(rows)
+        return total / max(1, seen)
+
+    def _validate(self) -> tuple[dict, float]:
+        val = self.data.splits["val"]
+        probs, leak_prob, val_loss = score_split(self.scorer, self.data, val, self.config.eval_batch_size,
+                                                 self.device, self.amp, self.criterion)
+        unit = self.card.segmentation.unit
+        long_prob = long_probabilities(val, leak_prob, self.data.shorts_per_long, unit)
+        threshold, _ = calibrate_threshold(long_prob, val.long_file, val.file_is_leak,
+                                           self.card.voting.vote_fraction)
+        result = evaluate_split(val, probs, leak_prob, self.card.class_names, threshold,
+                                self.card.voting.vote_fraction, self.data.shorts_per_long, unit)
+        return result.metrics, val_loss
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        config = self.config
+        if self.rank == 0:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+        self.log(f"run {self.run_dir}: mode {config.mode}, classes {list(self.card.class_names)}, "
+                 f"{parameter_count(self.net):,} parameters, device {self.device}, "
+                 f"{len(self.data.splits['train']):,} training inputs, {self.steps_per_epoch} steps/epoch")
+        self.log(f"class weights {np.round(self.criterion.weights.cpu().numpy(), 3).tolist()}"
+                 + (f" (capped at {config.class_weight_cap}x)" if self.weights_capped else ""))
+        stopped_early = False
+        for epoch in range(self.start_epoch, config.epochs + 1):
+            started = time.perf_counter()
+            train_loss = self._train_epoch(epoch)
+            metrics, val_loss = self._validate()
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics,
+                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+            self.history.append(row)
+            key = (metrics["file_f1"], -val_loss)
+            improved = key > self.best_key
+            if improved:
+                self.best_key, self.best_epoch = key, epoch
+            self.log(_epoch_line(row, improved))
+            if self.rank == 0:
+                self._write_epoch(epoch, row, improved)
+            if epoch - self.best_epoch >= config.patience:
+                self.log(f"early stop: no better file-level leak F1 for {config.patience} epochs")
+                stopped_early = True
+                break
+        return self._finish(stopped_early)
+
+    def _training_card(self, row: dict) -> ModelCard:
+        voting = VotingConfig(threshold=round(float(row["threshold"]), 4),
+                              vote_fraction=self.card.voting.vote_fraction)
+        training = {"data": str(self.data.path), "data_fingerprint": self.data.fingerprint,
+                    "class_counts": self.data.class_counts(), "best_epoch": row["epoch"],
+                    "parameters": parameter_count(self.net),
+                    "val_metrics": {k: row[k] for k in METRIC_COLUMNS if k in row},
+                    "config": self.config.to_dict()}
+        return replace(self.card, voting=voting, training=training)
+
+    def _write_epoch(self, epoch: int, row: dict, improved: bool) -> None:
+        metrics_csv = self.run_dir / "metrics.csv"
+        new = not metrics_csv.exists() or epoch == 1
+        with open(metrics_csv, "w" if new else "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(METRIC_COLUMNS + ("predicted_distribution",))
+            writer.writerow([f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in METRIC_COLUMNS]
+                            + [" ".join(f"{share:.3f}" for share in row["predicted_distribution"])])
+        state = self.net.state_dict()
+        if improved:
+            best_card = self._training_card(row)
+            save_atomic({"card": best_card.to_json(), "model": state}, self.run_dir / "best.pth")
+            (self.run_dir / "model_meta.json").write_text(best_card.to_json(), encoding="utf-8")
+        full = {
+            "card": self.card.to_json(), "model": state, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "best_epoch": self.best_epoch, "best_key": list(self.best_key), "history": self.history,
+            "config": self.config.to_dict(), "data_fingerprint": self.data.fingerprint,
+        }
+        checkpoints = self.run_dir / "checkpoints"
+        save_atomic(full, checkpoints / f"epoch_{epoch:03d}.pth")
+        save_atomic(full, checkpoints / "last.pth")
+        for old in sorted(checkpoints.glob("epoch_*.pth"))[: -self.config.keep_checkpoints]:
+            old.unlink()
+
+    def _finish(self, stopped_early: bool) -> TrainResult:
+        if self.world > 1:
+            torch.distributed.barrier()  # rank 0 has written best.pth
+        best = load_checkpoint(self.run_dir / "best.pth", map_location=self.device)
+        card = card_of(best, self.run_dir / "best.pth")
+        self.net.load_state_dict(best["model"])
+        test = self.data.splits["test"]
+        probs, leak_prob = score_split(self.scorer, self.data, test, self.config.eval_batch_size, self.device,
+                                       self.amp)
+        test_metrics = evaluate_split(test, probs, leak_prob, card.class_names, card.voting.threshold,
+                                      card.voting.vote_fraction, self.data.shorts_per_long,
+                                      card.segmentation.unit).metrics
+        card = replace(card, training={**card.training, "test_metrics": {
+            k: test_metrics[k] for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
+                                         "file_auc", "file_accuracy", "n_files", "confusion")}})
+        if self.rank == 0:
+            save_atomic({"card": card.to_json(), "model": best["model"]}, self.run_dir / "best.pth")
+            (self.run_dir / "model_meta.json").write_text(card.to_json(), encoding="utf-8")
+            plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
+            plot_confusion(np.array(test_metrics["confusion"]), card.class_names, self.run_dir / "confusion.png",
+                           f"best epoch {self.best_epoch} on test ({test_metrics['n_files']} files)")
+        self.log(f"best epoch {self.best_epoch}: val file F1 {self.best_key[0]:.3f}, threshold "
+                 f"{card.voting.threshold:.2f}; test file F1 {test_metrics['file_f1']:.3f}, precision "
+                 f"{test_metrics['file_precision']:.3f}, recall {test_metrics['file_recall']:.3f}, "
+                 f"AUC {test_metrics['file_auc']:.3f} on {test_metrics['n_files']} files")
+        return TrainResult(run_dir=self.run_dir, card=card, best_epoch=self.best_epoch, history=self.history,
+                           test_metrics=test_metrics, stopped_early=stopped_early)
+
+
+def _epoch_line(row: dict, improved: bool) -> str:
+    shares = " ".join(f"{s:.2f}" for s in row["predicted_distribution"])
+    return (f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}/{row['val_loss']:.4f}  "
+            f"seg acc {row['segment_accuracy']:.3f}  file F1 {row['file_f1']:.3f} P {row['file_precision']:.3f} "
+            f"R {row['file_recall']:.3f} spec {row['file_specificity']:.3f} AUC {row['file_auc']:.3f}  "
+            f"kappa {row['kappa']:.3f}  thr {row['threshold']:.2f}  pred [{shares}]  lr {row['lr']:.2e}  "
+            f"{row['seconds']:.1f}s" + ("  *" if improved else ""))
+
+
+def train(config: TrainConfig, resume: str | Path | None = None, overrides: dict | None = None,
+          log=print) -> TrainResult:
+    """Train (or resume) a model; returns the run directory, final card and test metrics."""
+    return Trainer(config, resume=resume, overrides=overrides, log=log).fit()
