@@ -22,6 +22,8 @@ demo: setup
 	$(BIN)/leak data synth $(DEMO)/corpus --files-per-class 40 --duration 10 --seed 0
 	$(BIN)/leak data build $(DEMO)/corpus -o $(DEMO)/data.h5 --workers 2
 	$(BIN)/leak data check $(DEMO)/data.h5
+	$(BIN)/leak train --data $(DEMO)/data.h5 --out $(DEMO)/run --mode multiclass --epochs 12
+	$(BIN)/leak eval $(DEMO)/run/best.pth --data $(DEMO)/data.h5 --split test
 
 test: setup
 	$(BIN)/python -m pytest -q
