@@ -53,10 +53,13 @@ class LeakData:
             self.mel = torch.from_numpy(h5["short/mel"][...])  # float16 [N_short, n_mels, frames]
             files = {k: h5["files"][k][...] for k in ("label", "split", "long_start", "long_count", "sha256")}
             self.paths = list(h5["files/path"].asstr()[...])
+            self.groups = list(h5["files/group"].asstr()[...])
             self.long_short_start = h5["long/short_start"][...]
             self.long_file_index = h5["long/file_index"][...]
             self.short_file_index = h5["short/file_index"][...]
         self.mode = mode
+        self.shas = [sha.decode() for sha in files["sha256"]]
+        self.split_codes = files["split"]
         self.class_names = BINARY_CLASSES if mode == "binary" else self.dataset_classes
         leak = self.dataset_classes.index("LEAK")
         file_is_leak = files["label"] == leak

@@ -29,11 +29,13 @@ from leakhunter.voting import calibrate_threshold
 from leakhunter.training.config import TrainConfig, make_config, save_config
 from leakhunter.training.data import LeakData
 from leakhunter.training.evaluate import evaluate_split, long_probabilities, score_split
+from leakhunter.training.health import (HealthFailure, HealthMonitor, end_findings, epoch_findings,
+                                        epoch_order_findings, fail, setup_findings, trivial_loss, truth_shares)
 from leakhunter.training.plots import plot_confusion, plot_curves
 
 RESUMABLE_OVERRIDES = ("epochs", "patience", "device", "eval_batch_size", "strict")
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "segment_accuracy", "file_f1", "file_precision", "file_recall",
-                  "file_specificity", "file_auc", "file_accuracy", "kappa", "threshold", "lr", "seconds")
+                  "file_specificity", "file_auc", "file_accuracy", "kappa", "threshold", "lr", "weight_change", "seconds")
 
 
 @dataclass
@@ -44,16 +46,19 @@ class TrainResult:
     history: list[dict]
     test_metrics: dict
     stopped_early: bool
+    health: list
 
 
-def class_weights(targets: np.ndarray, n_classes: int, cap: float) -> tuple[torch.Tensor, bool]:
-    """Inverse-frequency weights, the largest at most `cap` times the smallest, mean 1; (weights, capped)."""
+def class_weights(targets: np.ndarray, n_classes: int, cap: float) -> tuple[torch.Tensor, bool, float]:
+    """Inverse-frequency weights, the largest at most `cap` times the smallest, mean 1.
+
+    Returns (weights, capped, the uncapped max/min ratio)."""
     counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     present = weights[weights > 0]
-    capped = bool(present.max() > cap * present.min())
+    raw_ratio = float(present.max() / present.min())
     weights = np.where(weights > 0, np.minimum(weights, cap * present.min()), 0.0)
-    return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32), capped
+    return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32), raw_ratio > cap, raw_ratio
 
 
 class LeakLoss(nn.Module):
@@ -140,7 +145,10 @@ class Trainer:
         if resume is not None:
             resume = Path(resume)
             self.payload = find_resume_checkpoint(resume, lambda text: log(f"warning: {text}"))
-            config = _resume_config(self.payload, overrides or {}, resume)
+            try:
+                config = _resume_config(self.payload, overrides or {}, resume)
+            except CardError as error:
+                raise HealthFailure(fail("H002", "setup", str(error))) from None
         self.config = config
         self.run_dir = Path(config.out or f"runs/{config.mode}-{datetime.now():%Y%m%d-%H%M%S}")
         if resume is None and (self.run_dir / "best.pth").exists():
@@ -152,12 +160,15 @@ class Trainer:
         self.data = LeakData(config.data, config.mode)
         self.card = self._card()
         if self.payload is not None:
-            self.data.check_card(card_of(self.payload, resume), str(resume))
-            if self.payload.get("data_fingerprint") != self.data.fingerprint:
-                raise CardError([("data", f"{resume} was trained on data with fingerprint "
-                                          f"{self.payload.get('data_fingerprint')}, {config.data} now has "
-                                          f"{self.data.fingerprint} (rebuilt or re-split)")], f"resume of {resume}")
-            check_weights(self.card, self.payload["model"], str(resume))
+            try:
+                self.data.check_card(card_of(self.payload, resume), str(resume))
+                if self.payload.get("data_fingerprint") != self.data.fingerprint:
+                    raise CardError([("data", f"{resume} was trained on data with fingerprint "
+                                              f"{self.payload.get('data_fingerprint')}, {config.data} now has "
+                                              f"{self.data.fingerprint} (rebuilt or re-split)")], f"resume of {resume}")
+                check_weights(self.card, self.payload["model"], str(resume))
+            except CardError as error:
+                raise HealthFailure(fail("H002", "setup", str(error))) from None
         self.net = build_model(self.card).to(self.device)
         if config.normalise:
             mean, std = self.data.mel_statistics()
@@ -170,8 +181,8 @@ class Trainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.scorer = Scorer(self.net, self.card)
         train = self.data.splits["train"]
-        weights, self.weights_capped = class_weights(train.targets, len(self.card.class_names),
-                                                     config.class_weight_cap)
+        weights, self.weights_capped, raw_ratio = class_weights(train.targets, len(self.card.class_names),
+                                                                config.class_weight_cap)
         self.criterion = LeakLoss(weights, config.loss, config.focal_gamma, config.aux_weight).to(self.device)
         model = self.net
         if self.world > 1:
@@ -188,8 +199,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.history: list[dict] = []
         self.start_epoch, self.best_epoch, self.best_key = 1, 0, (-1.0, 0.0)
+        if self.rank == 0:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.health = HealthMonitor(config.strict, log, self.run_dir / "health.json" if self.rank == 0 else None)
+        self.trivial_loss = trivial_loss(self.data, self.card, config.aux_weight)
         if self.payload is not None:
             self._restore(self.payload)
+            self.health.load()
+        else:
+            trainable = parameter_count(self.net, trainable_only=True)
+            self.health.add(setup_findings(config, self.card, self.net.head.out_features, self.net.aux is not None,
+                                           self.data, weights.tolist(), self.weights_capped, raw_ratio, trainable,
+                                           parameter_count(self.net), self.world))
 
     def _card(self) -> ModelCard:
         config, data = self.config, self.data
@@ -220,6 +241,7 @@ class Trainer:
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
         per_rank = len(order) // self.world
         order = order[: per_rank * self.world][self.rank::self.world]
+        self.health.add(epoch_order_findings(order, len(train), epoch))
         self.model.train()
         total, seen = 0.0, 0
         for start in range(0, len(order), self.config.batch_size):
@@ -234,9 +256,9 @@ class Trainer:
                 loss = self.criterion(logits, aux, targets, is_leak)
             if not torch.isfinite(loss):
                 files = sorted({train.paths[i] for i in train.input_file[rows]})
-                raise FloatingPointError(f"epoch {epoch}, step {start // self.config.batch_size + 1}: non-finite "
-                                         f"training loss {float(loss)}; the batch's files: {', '.join(files[:5])}"
-                                         + (f" and {len(files) - 5} more" if len(files) > 5 else ""))
+                self.health.add([fail("H012", f"epoch {epoch}", f"step {start // self.config.batch_size + 1}: "
+                                      f"training loss {float(loss)}; the batch's files: {', '.join(files[:5])}"
+                                      + (f" and {len(files) - 5} more" if len(files) > 5 else ""))])
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -262,7 +284,6 @@ class Trainer:
     def fit(self) -> TrainResult:
         config = self.config
         if self.rank == 0:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
         self.log(f"run {self.run_dir}: mode {config.mode}, classes {list(self.card.class_names)}, "
                  f"{parameter_count(self.net):,} parameters, device {self.device}, "
@@ -272,10 +293,13 @@ class Trainer:
         stopped_early = False
         for epoch in range(self.start_epoch, config.epochs + 1):
             started = time.perf_counter()
+            before = torch.cat([p.detach().flatten() for p in self.net.parameters()]).clone()
             train_loss = self._train_epoch(epoch)
+            after = torch.cat([p.detach().flatten() for p in self.net.parameters()])
             metrics, val_loss = self._validate()
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics,
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+                   "weight_change": float((after - before).norm() / before.norm().clamp(min=1e-12))}
             self.history.append(row)
             key = (metrics["file_f1"], -val_loss)
             improved = key > self.best_key
@@ -284,6 +308,9 @@ class Trainer:
             self.log(_epoch_line(row, improved))
             if self.rank == 0:
                 self._write_epoch(epoch, row, improved)
+            self.health.add(epoch_findings(self.history, self.card.class_names,
+                                           truth_shares(self.data.splits["val"], len(self.card.class_names)),
+                                           self.trivial_loss))
             if epoch - self.best_epoch >= config.patience:
                 self.log(f"early stop: no better file-level leak F1 for {config.patience} epochs")
                 stopped_early = True
@@ -296,6 +323,7 @@ class Trainer:
         training = {"data": str(self.data.path), "data_fingerprint": self.data.fingerprint,
                     "class_counts": self.data.class_counts(), "best_epoch": row["epoch"],
                     "parameters": parameter_count(self.net),
+                    "trainable_parameters": parameter_count(self.net, trainable_only=True),
                     "val_metrics": {k: row[k] for k in METRIC_COLUMNS if k in row},
                     "config": self.config.to_dict()}
         return replace(self.card, voting=voting, training=training)
@@ -349,12 +377,15 @@ class Trainer:
             plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
             plot_confusion(np.array(test_metrics["confusion"]), card.class_names, self.run_dir / "confusion.png",
                            f"best epoch {self.best_epoch} on test ({test_metrics['n_files']} files)")
+        self.health.add(end_findings(self.history, self.best_epoch))
+        for line in self.health.summary():
+            self.log(line)
         self.log(f"best epoch {self.best_epoch}: val file F1 {self.best_key[0]:.3f}, threshold "
                  f"{card.voting.threshold:.2f}; test file F1 {test_metrics['file_f1']:.3f}, precision "
                  f"{test_metrics['file_precision']:.3f}, recall {test_metrics['file_recall']:.3f}, "
                  f"AUC {test_metrics['file_auc']:.3f} on {test_metrics['n_files']} files")
         return TrainResult(run_dir=self.run_dir, card=card, best_epoch=self.best_epoch, history=self.history,
-                           test_metrics=test_metrics, stopped_early=stopped_early)
+                           test_metrics=test_metrics, stopped_early=stopped_early, health=self.health.findings)
 
 
 def _epoch_line(row: dict, improved: bool) -> str:

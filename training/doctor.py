@@ -1,0 +1,59 @@
+"""`leak doctor RUN_DIR`: re-run the health checks on a finished (or stopped) run from its files.
+
+It recomputes every check from config.yaml, the checkpoints' history and card, and the dataset file,
+with the same functions the live run used, and adds what only the live run could see (a non-finite
+step, a refused resume) from health.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from leakhunter.checkpoint import card_of, load_checkpoint
+from leakhunter.models import build_model, parameter_count
+from leakhunter.training.config import make_config
+from leakhunter.training.data import LeakData
+from leakhunter.training.health import (Finding, HealthMonitor, end_findings, epoch_findings, setup_findings,
+                                        trivial_loss, truth_shares)
+from leakhunter.training.trainer import class_weights
+
+
+def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
+    """The run's findings, recomputed; raises FileNotFoundError naming what is missing."""
+    run_dir = Path(run_dir)
+    config_path, last_path = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pth"
+    for needed in (config_path, last_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed}: missing; is {run_dir} a leakhunter run directory?")
+    config = make_config(yaml.safe_load(config_path.read_text(encoding="utf-8")))
+    last = load_checkpoint(last_path)
+    card = card_of(last, last_path)
+    data = LeakData(config.data, config.mode)
+    train = data.splits["train"]
+    weights, capped, raw_ratio = class_weights(train.targets, len(card.class_names), config.class_weight_cap)
+    network = build_model(card)
+    network.load_state_dict(last["model"])
+    trainable = (card.training or {}).get("trainable_parameters", parameter_count(network, trainable_only=True))
+    monitor = HealthMonitor(strict=config.strict, log=log, stop=False)
+    monitor.add(setup_findings(config, card, network.head.out_features, network.aux is not None, data,
+                               weights.tolist(), capped, raw_ratio, trainable, parameter_count(network)))
+    shares = truth_shares(data.splits["val"], len(card.class_names))
+    baseline = trivial_loss(data, card, config.aux_weight)
+    history = last["history"]
+    for end in range(1, len(history) + 1):
+        monitor.add(epoch_findings(history[:end], card.class_names, shares, baseline))
+    finished = (run_dir / "best.pth").is_file() and history and (
+        history[-1]["epoch"] == config.epochs or history[-1]["epoch"] - last["best_epoch"] >= config.patience)
+    if finished:
+        monitor.add(end_findings(history, last["best_epoch"]))
+    live = run_dir / "health.json"
+    if live.is_file():
+        recorded = [Finding(f["code"], f["level"], f["when"], f["message"])
+                    for f in json.loads(live.read_text(encoding="utf-8"))["findings"]]
+        seen = {(f.code, f.level) for f in monitor.findings}
+        monitor.add([f for f in recorded if (f.code, f.level) not in seen])
+    return monitor
+

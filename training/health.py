@@ -1,0 +1,324 @@
+"""Training that cannot fail silently (DESIGN §7): each past incident is a named check.
+
+The checks are plain functions of what a run records (card, data, config, per-epoch history), so the
+live run and `leak doctor` reach the same findings. A check fails when continuing can only produce
+garbage and warns otherwise; strict mode turns warnings into failures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+EXIT_BASE = 100  # a run stopped by Hxxx exits with status 100 + xxx
+COLLAPSE_SHARE = 0.95
+NEVER_PREDICTED_TRUTH_SHARE = 0.40
+KAPPA_ZERO = 0.05
+LEAK_SHARE_RANGE = (0.05, 0.95)
+MIN_TRAINABLE = 10_000
+MIN_TRAINABLE_FRACTION = 0.10
+MIN_RELATIVE_CHANGE = 1e-4
+DIVERGENCE_FACTOR = 3.0
+NEAR_ZERO_LOSS = 0.05
+
+ADVICE = {
+    "H001": "Set the mode in one place (--mode, LEAK_MODE or the YAML) and rebuild the run; never patch "
+            "class lists or heads by hand.",
+    "H002": "Resume, evaluate or export with the same mode, front-end and classes the checkpoint was trained "
+            "with, or start a new run.",
+    "H003": "Rebuild the dataset (leak data build) with other --val/--test fractions or more files, so every "
+            "split holds every class; check the labels of the source.",
+    "H004": "Rebuild the dataset so each group (sensor, site) and each recording sits in one split; fix the "
+            "manifest's group/split columns.",
+    "H005": "The class weights were capped; collect more files of the rare class, or raise class_weight_cap "
+            "knowingly.",
+    "H006": "Unfreeze layers or train a larger part of the model; a stage with this few parameters converges "
+            "to whatever its frozen features allow.",
+    "H007": "The model predicts (almost) one class. Lower the learning rate, check class weights (cap), "
+            "check labels, and try --loss ce instead of focal.",
+    "H008": "The training loss is near zero while validation is poor: the targets are (almost) constant or the "
+            "model memorises; check labels and the split (leak data check).",
+    "H009": "Epoch 1 stayed the best: the model never improved. Check the learning rate (H010), labels (H003) "
+            "and whether validation has both LEAK and non-LEAK files.",
+    "H010": "Weights barely move (raise lr) or the loss diverges (lower lr, check the data for extreme values).",
+    "H011": "Use a batch size smaller than the training split; every epoch must visit each input once.",
+    "H012": "Non-finite loss or weights: check the named files for NaN/inf or extreme values, lower lr; the "
+            "last good checkpoint was kept.",
+}
+NAMES = {"H001": "config", "H002": "checkpoint", "H003": "labels", "H004": "leakage", "H005": "class weights",
+         "H006": "trainable params", "H007": "prediction collapse", "H008": "trivial loss", "H009": "no progress",
+         "H010": "learning rate", "H011": "data cycling", "H012": "non-finite"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    level: str  # "fail" | "warn"
+    when: str  # "setup", "epoch N", "end"
+    message: str
+
+    @property
+    def name(self) -> str:
+        return NAMES[self.code]
+
+    @property
+    def advice(self) -> str:
+        return ADVICE[self.code]
+
+    def line(self) -> str:
+        return f"{self.code} {self.name} ({self.level}) at {self.when}: {self.message}"
+
+
+class HealthFailure(RuntimeError):
+    """A check that failed the run; `exit_code` is 100 + the check number."""
+
+    def __init__(self, finding: Finding):
+        self.finding = finding
+        self.exit_code = EXIT_BASE + int(finding.code[1:])
+        super().__init__(f"{finding.line()}\n  what to do: {finding.advice}")
+
+
+def fail(code, when, message) -> Finding:
+    return Finding(code, "fail", when, message)
+
+
+def warn(code, when, message) -> Finding:
+    return Finding(code, "warn", when, message)
+
+
+# ---- before the first step -----------------------------------------------------------------------
+
+def config_findings(mode: str, card_mode: str, class_names, leak_idx: int, head_outputs: int, has_aux: bool,
+                    rule: str, leak_targets: set[int]) -> list[Finding]:
+    """H001: mode, class names, head size, aux head and leak_idx must tell one story."""
+    problems = []
+    if mode != card_mode:
+        problems.append(f"the run asked for mode {mode!r} but the model card says {card_mode!r}")
+    if head_outputs != len(class_names):
+        problems.append(f"the head has {head_outputs} outputs for {len(class_names)} classes {list(class_names)}")
+    if has_aux != (rule == "mean_softmax_aux"):
+        problems.append(f"P(LEAK) rule {rule!r} but the model {'has' if has_aux else 'lacks'} the auxiliary head")
+    if "LEAK" not in class_names or leak_idx != list(class_names).index("LEAK"):
+        problems.append(f"leak_idx {leak_idx} does not point at LEAK in {list(class_names)}")
+    if leak_targets and leak_targets != {leak_idx}:
+        problems.append(f"LEAK files are trained towards class index {sorted(leak_targets)}, not leak_idx {leak_idx}")
+    return [fail("H001", "setup", "; ".join(problems))] if problems else []
+
+
+def label_findings(class_names, counts: dict[str, dict[str, int]], train_leak_share: float) -> list[Finding]:
+    """H003: every split needs every class; validation needs LEAK and non-LEAK to select a model."""
+    found = []
+    for split, per_class in counts.items():
+        missing = [name for name, n in per_class.items() if n == 0]
+        total = sum(per_class.values())
+        if total == 0:
+            found.append(fail("H003", "setup", f"split {split} is empty"))
+            continue
+        if split == "train" and missing:
+            found.append(fail("H003", "setup", f"split train has no {', '.join(missing)} files: those classes "
+                                               f"cannot be learnt"))
+        elif split == "val" and ("LEAK" in missing or len(missing) == len(per_class) - 1):
+            found.append(fail("H003", "setup", f"split val has no {', '.join(missing)} files: file-level leak F1 "
+                                               f"cannot select a model"))
+        elif missing:
+            found.append(warn("H003", "setup", f"split {split} has no {', '.join(missing)} files"))
+    low, high = LEAK_SHARE_RANGE
+    if not low <= train_leak_share <= high:
+        found.append(warn("H003", "setup", f"LEAK is {train_leak_share:.1%} of the training inputs (outside "
+                                           f"{low:.0%}–{high:.0%}): a constant answer already looks good"))
+    return found
+
+
+def leakage_findings(groups: list[str], shas: list[str], splits: np.ndarray, paths: list[str]) -> list[Finding]:
+    """H004: the same group or the same audio in two splits inflates every validation number."""
+    found = []
+    for what, keys in (("group", groups), ("identical audio", shas)):
+        first: dict = {}
+        crossing = 0
+        example = None
+        for key, split, path in zip(keys, splits, paths):
+            if key in first and first[key][0] != split:
+                crossing += 1
+                example = example or (key, first[key][1], path)
+            first.setdefault(key, (split, path))
+        if crossing:
+            key, a, b = example
+            found.append(fail("H004", "setup", f"{crossing} file(s) share a {what} with a file of another split, "
+                                               f"e.g. {key!s:.24} in {a} and {b}"))
+    return found
+
+
+def weight_findings(weights: list[float], capped: bool, cap: float, raw_ratio: float) -> list[Finding]:
+    """H005: class weights far apart drive a model to the heavy class."""
+    if capped:
+        return [warn("H005", "setup", f"inverse-frequency class weights were {raw_ratio:.1f}x apart; capped at "
+                                      f"{cap:g}x: {[round(w, 3) for w in weights]}")]
+    return []
+
+
+def trainable_findings(trainable: int, total: int) -> list[Finding]:
+    """H006: a stage that trains a handful of parameters converges in an epoch to nothing useful."""
+    if trainable == 0:
+        return [fail("H006", "setup", f"no trainable parameters (of {total:,})")]
+    if trainable < MIN_TRAINABLE or trainable < MIN_TRAINABLE_FRACTION * total:
+        return [warn("H006", "setup", f"only {trainable:,} of {total:,} parameters are trainable "
+                                      f"({trainable / total:.2%})")]
+    return []
+
+
+def cycling_findings(batch_size: int, train_inputs_per_rank: int) -> list[Finding]:
+    """H011: a batch larger than the split silently shrinks (or, in other loaders, repeats samples)."""
+    if batch_size > train_inputs_per_rank:
+        return [warn("H011", "setup", f"batch_size {batch_size} exceeds the {train_inputs_per_rank} training "
+                                      f"inputs per process: every epoch is one smaller batch")]
+    return []
+
+
+def epoch_order_findings(order: np.ndarray, n_inputs: int, epoch: int) -> list[Finding]:
+    """H011: an epoch must visit each input at most once."""
+    repeated = len(order) - len(np.unique(order))
+    if repeated or (len(order) and (order.min() < 0 or order.max() >= n_inputs)):
+        return [fail("H011", f"epoch {epoch}", f"the epoch's order repeats {repeated} input(s)")]
+    return []
+
+
+def setup_findings(config, card, head_outputs: int, has_aux: bool, data, weights, capped: bool,
+                   raw_ratio: float, trainable: int, total: int, world: int = 1) -> list[Finding]:
+    """Every check that can run before the first step, from the run's config, card, model and data."""
+    train = data.splits["train"]
+    return (
+        config_findings(config.mode, card.mode, card.class_names, card.leak_idx, head_outputs, has_aux,
+                        card.leak_prob, set(train.targets[train.is_leak].tolist()))
+        + label_findings(card.class_names, data.class_counts(), float(train.is_leak.mean()) if len(train) else 0.0)
+        + leakage_findings(data.groups, data.shas, data.split_codes, data.paths)
+        + weight_findings(list(weights), capped, config.class_weight_cap, raw_ratio)
+        + trainable_findings(trainable, total)
+        + cycling_findings(config.batch_size, len(train) // world)
+    )
+
+
+def trivial_loss(data, card, aux_weight: float) -> float:
+    train = data.splits["train"]
+    shares = np.bincount(train.targets, minlength=len(card.class_names)) / max(1, len(train))
+    return prior_loss(shares, float(train.is_leak.mean()) if len(train) else 0.0,
+                      aux_weight if card.leak_prob == "mean_softmax_aux" else None)
+
+
+def truth_shares(split, n_classes: int) -> list[float]:
+    return (np.bincount(split.targets, minlength=n_classes) / max(1, len(split))).tolist()
+
+
+# ---- every epoch ---------------------------------------------------------------------------------
+
+def prior_loss(train_class_shares: np.ndarray, leak_share: float, aux_weight: float | None) -> float:
+    """Loss of the best constant predictor (the class prior): what a trivial solution scores."""
+    shares = train_class_shares[train_class_shares > 0]
+    loss = float(-(shares * np.log(shares)).sum())
+    if aux_weight is not None and 0 < leak_share < 1:
+        loss += aux_weight * float(-(leak_share * math.log(leak_share) + (1 - leak_share) * math.log(1 - leak_share)))
+    return loss
+
+
+def epoch_findings(history: list[dict], class_names, val_truth_shares: list[float], trivial_loss: float
+                   ) -> list[Finding]:
+    """Checks on the newest epoch of `history` (H007, H008, H010, H012)."""
+    row = history[-1]
+    when = f"epoch {row['epoch']}"
+    found = []
+    shares = np.array(row["predicted_distribution"])
+    truth = np.array(val_truth_shares)
+
+    def collapsed(r):
+        predicted = np.array(r["predicted_distribution"])
+        return predicted.max() >= COLLAPSE_SHARE and truth[predicted.argmax()] < COLLAPSE_SHARE
+
+    if collapsed(row):
+        top = int(shares.argmax())
+        lasting = len(history) >= 5 and all(collapsed(r) for r in history[-5:])
+        found.append((fail if lasting else warn)(
+            "H007", when, f"{shares[top]:.0%} of validation inputs are predicted {class_names[top]} whose true "
+                          f"share is {truth[top]:.0%}" + (" for 5 epochs in a row" if lasting else "")))
+    elif abs(row["kappa"]) < KAPPA_ZERO and len(history) >= 2 and abs(history[-2]["kappa"]) < KAPPA_ZERO:
+        found.append(warn("H007", when, f"Cohen's kappa {row['kappa']:.4f} ≈ 0 for two epochs: no better than "
+                                        f"chance"))
+    if row["epoch"] == 1:
+        for c, name in enumerate(class_names):
+            if shares[c] == 0 and truth[c] >= NEVER_PREDICTED_TRUTH_SHARE:
+                found.append(warn("H007", when, f"{name} is never predicted while it is {truth[c]:.0%} of the "
+                                                f"validation inputs"))
+    poor = row["file_f1"] < 0.5 or row["kappa"] < 0.2
+    if row["train_loss"] < NEAR_ZERO_LOSS and poor:
+        found.append(fail("H008", when, f"training loss {row['train_loss']:.4f} is near zero (a constant "
+                                        f"predictor of the training classes scores {trivial_loss:.4f}) while "
+                                        f"validation file F1 is {row['file_f1']:.3f} and kappa {row['kappa']:.3f}"))
+    change = row.get("weight_change")
+    if change is not None and not math.isfinite(change):
+        found.append(fail("H012", when, "the weights hold NaN or inf after this epoch"))
+    elif change is not None and change < MIN_RELATIVE_CHANGE:
+        found.append(warn("H010", when, f"the weights moved by {change:.2e} of their norm this epoch (lr "
+                                        f"{row['lr']:.2e}): too little for training to matter"))
+    first_loss = history[0]["train_loss"]
+    if len(history) >= 3 and row["train_loss"] > DIVERGENCE_FACTOR * min(r["train_loss"] for r in history) \
+            and row["train_loss"] > first_loss:
+        found.append(fail("H010", when, f"training loss {row['train_loss']:.4f} diverges (best "
+                                        f"{min(r['train_loss'] for r in history):.4f})"))
+    return found
+
+
+def end_findings(history: list[dict], best_epoch: int) -> list[Finding]:
+    """H009: weights restored from epoch 1 mean nothing after it helped."""
+    if len(history) > 1 and best_epoch == history[0]["epoch"] == 1:
+        return [warn("H009", "end", f"the best epoch is the first of {len(history)}: the weights of epoch 1 "
+                                    f"are the ones kept")]
+    return []
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+class HealthMonitor:
+    """Collects findings, prints each once, writes health.json, and stops the run on a failure."""
+
+    def __init__(self, strict: bool = False, log=print, path: Path | None = None, stop: bool = True):
+        self.strict, self.log, self.path, self.stop = strict, log, path, stop
+        self.findings: list[Finding] = []
+
+    def add(self, findings: list[Finding]) -> None:
+        """Record findings; a warning already given under the same code is not repeated."""
+        for finding in findings:
+            if self.strict and finding.level == "warn":
+                finding = Finding(finding.code, "fail", finding.when, finding.message + " (--strict)")
+            if finding.level == "warn" and any(f.code == finding.code and f.level == "warn" for f in self.findings):
+                continue
+            self.findings.append(finding)
+            self.log(f"health {finding.line()}")
+            if finding.level == "fail" and self.stop:
+                self.write()
+                raise HealthFailure(finding)
+        self.write()
+
+    def load(self) -> None:
+        """Findings an earlier part of this run recorded (before a resume)."""
+        if self.path is not None and self.path.is_file():
+            payload = json.loads(self.path.read_text(encoding="utf-8"))
+            self.findings = [Finding(f["code"], f["level"], f["when"], f["message"]) for f in payload["findings"]]
+
+    @property
+    def status(self) -> str:
+        levels = {f.level for f in self.findings}
+        return "fail" if "fail" in levels else "warn" if "warn" in levels else "ok"
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        payload = {"status": self.status, "strict": self.strict,
+                   "findings": [asdict(f) | {"name": f.name, "advice": f.advice} for f in self.findings]}
+        self.path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+    def summary(self) -> list[str]:
+        if not self.findings:
+            return ["health: all checks passed (H001–H012)"]
+        return [f"health: {self.status}"] + [f"  {f.line()}\n    what to do: {f.advice}" for f in self.findings]
