@@ -1,6 +1,8 @@
 """Decode one recording into float32 samples at the model's rate, or say exactly why it cannot be.
 
 Every bad file (missing, half-written, text renamed .wav, NaN, silent ...) becomes an AudioError with a reason code.
+open_audio streams a recording of any length block by block; load_audio joins those blocks, so the two share every
+check and give the same samples.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 import soundfile
 import soxr
 
-REASONS: tuple[str, ...] = ("missing", "empty", "header_only", "truncated", "not_audio", "decode_error",
+REASONS: tuple[str, ...] = ("missing", "empty", "header_only", "truncated", "not_audio", "format_mismatch",
+                            "decode_error",
                             "non_finite", "silent", "too_short", "bad_channel")
 
 CHANNEL_WORDS = ("first", "mean")
@@ -28,6 +31,9 @@ CLIP_FRACTION = 0.001
 TEXT_SNIFF_BYTES = 512
 AUDIO_MAGICS = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3", b"caff", b".snd", b"wvpk")
 WAV_UNKNOWN_SIZE = 0xFFFFFFFF       # streaming writers that never go back to patch the header
+# What libsndfile must find inside a file of each name (SoundFile.format).
+EXPECTED_FORMATS = {".wav": ("WAV", "WAVEX", "RF64", "W64"), ".flac": ("FLAC",), ".ogg": ("OGG",),
+                    ".mp3": ("MP3", "MPEG")}
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,11 +80,137 @@ def parse_channel_policy(text: str | int) -> str | int:
     raise ValueError(f"channel policy {text!r} is not one of 'first', 'mean' or a channel index 0, 1, 2 ...")
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "mean",
-               min_samples: int = 1) -> Audio:
-    """Decode, check, mix down by the channel policy, resample with soxr to sample_rate."""
-    if sample_rate <= 0 or min_samples < 0:
-        raise ValueError(f"sample_rate must be > 0 and min_samples >= 0, got {sample_rate} and {min_samples}")
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the header says, known before any sample is decoded."""
+
+    path: str
+    sample_rate: int         # the rate asked for (the model's)
+    sample_rate_in: int
+    channels_in: int
+    frames_in: int           # declared by the header
+    duration_s: float        # frames_in / sample_rate_in
+    channel_policy: str      # "first", "mean" or the index as str
+    resampled: bool
+
+
+class AudioStream:
+    """Float32 1-D blocks at info.sample_rate, mixed by the channel policy and resampled, one file block at a time.
+
+    Errors that need the samples (non_finite mid-file; silent, too_short and a short FLAC/OGG/MP3 decode at the
+    end) are raised as AudioError from the iteration. After a full iteration .clipped, .n_samples (output samples)
+    and .peak_to_peak are final. Read once; the file is closed when the iteration ends, on close() or on exit.
+    """
+
+    def __init__(self, info: AudioInfo, sound: soundfile.SoundFile, policy: str | int, min_samples: int,
+                 block_frames: int):
+        self.info, self._sound, self._policy = info, sound, policy
+        self._min_samples, self._block_frames = min_samples, block_frames
+        self._started = False
+        self.frames_read = 0     # input frames decoded so far
+        self.n_samples = 0       # output samples yielded so far
+        self._used_samples = self._clipped_samples = 0
+        self._low, self._high = np.inf, -np.inf   # of the mixed signal, before resampling
+
+    @property
+    def closed(self) -> bool:
+        return self._sound.closed
+
+    @property
+    def clipped(self) -> bool:
+        """At least CLIP_FRACTION of the used channels' samples at |x| >= CLIP_LEVEL: flagged, never fatal."""
+        return self._used_samples > 0 and self._clipped_samples >= CLIP_FRACTION * self._used_samples
+
+    @property
+    def peak_to_peak(self) -> float:
+        return float(self._high - self._low) if self._used_samples else 0.0
+
+    def close(self) -> None:
+        self._sound.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    __del__ = close
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._started:
+            raise RuntimeError(f"{self.info.path}: an AudioStream is read once; call open_audio again")
+        self._started = True
+        return self._blocks()
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        info = self.info
+        # ResampleStream output is bit-identical to soxr.resample of the whole signal and does not depend on the
+        # block size (measured with soxr 1.1.0, 8/16/44.1/48 kHz -> 4096 Hz, blocks of 1 to 2**20 frames: max
+        # abs difference 0, same length), so streamed and in-memory scoring see the same samples.
+        resampler = (soxr.ResampleStream(info.sample_rate_in, info.sample_rate, 1, dtype="float32", quality="HQ")
+                     if info.resampled else None)
+        try:
+            while True:
+                try:
+                    decoded = self._sound.read(self._block_frames, dtype="float32", always_2d=True)
+                except (RuntimeError, ValueError, TypeError, OSError, EOFError) as error:
+                    raise AudioError("decode_error", info.path, str(error) or type(error).__name__) from error
+                if len(decoded) == 0:
+                    break
+                mixed = self._check_and_mix(decoded)
+                self.frames_read += len(decoded)
+                yield from self._counted(resampler.resample_chunk(mixed) if resampler else mixed)
+            self._check_whole_file()
+            if resampler:
+                yield from self._counted(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            if self.n_samples < self._min_samples:
+                raise AudioError("too_short", info.path, f"{self.frames_read / info.sample_rate_in:.3g} s; need at "
+                                 f"least {self._min_samples / info.sample_rate:.3g} s ({self._min_samples} samples "
+                                 f"at {info.sample_rate} Hz)")
+        finally:
+            self.close()
+
+    def _check_and_mix(self, decoded: np.ndarray) -> np.ndarray:
+        """Refuse NaN/inf, count clipping, keep the running extremes; return the block mixed to one channel."""
+        policy = self._policy
+        used = decoded if policy == "mean" else decoded[:, [0 if policy == "first" else policy]]
+        finite = np.isfinite(used)
+        if not finite.all():
+            rate, non_finite = self.info.sample_rate_in, int(used.size - np.count_nonzero(finite))
+            first = self.frames_read + int(np.argmin(finite.all(axis=1)))
+            raise AudioError("non_finite", self.info.path, f"{non_finite} of {used.size} samples are NaN or infinite "
+                             f"in {self.frames_read / rate:.2f} to {(self.frames_read + len(used)) / rate:.2f} s, "
+                             f"the first at {first / rate:.2f} s")
+        self._used_samples += used.size
+        self._clipped_samples += int(np.count_nonzero(np.abs(used) >= CLIP_LEVEL))
+        mixed = used.mean(axis=1, dtype=np.float64).astype(np.float32) if used.shape[1] > 1 else used[:, 0]
+        self._low, self._high = min(self._low, float(mixed.min())), max(self._high, float(mixed.max()))
+        return np.ascontiguousarray(mixed)
+
+    def _check_whole_file(self) -> None:
+        """What only the end of the file can tell: a short FLAC/OGG/MP3 decode, and silence."""
+        info = self.info
+        if self.frames_read < info.frames_in:   # libsndfile knows the length from the header
+            raise AudioError("truncated", info.path, f"header declares {info.frames_in} frames but only "
+                             f"{self.frames_read} decode ({100 * self.frames_read / info.frames_in:.1f} %)")
+        if self.peak_to_peak < SILENCE_PEAK_TO_PEAK:
+            peak = max(abs(self._low), abs(self._high)) if self._used_samples else 0.0
+            raise AudioError("silent", info.path, f"peak-to-peak amplitude {self.peak_to_peak:.3g} is below 2**-24 "
+                                                  f"(peak {peak:.3g})")
+
+    def _counted(self, block: np.ndarray) -> Iterator[np.ndarray]:
+        if block.size:   # the resampler holds back its first few blocks' output: no empty blocks for the caller
+            self.n_samples += block.size
+            yield block
+
+
+def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "mean", min_samples: int = 1,
+               block_frames: int = 1 << 16) -> AudioStream:
+    """Open and check the header (missing, empty, not_audio, decode_error, truncated WAV, header_only, bad_channel),
+    raising AudioError now; nothing is decoded until the returned stream is iterated."""
+    if sample_rate <= 0 or min_samples < 0 or block_frames <= 0:
+        raise ValueError(f"sample_rate and block_frames must be > 0 and min_samples >= 0, got {sample_rate}, "
+                         f"{block_frames} and {min_samples}")
     policy = parse_channel_policy(channel)
     path = Path(path)
     if not path.is_file():
@@ -90,57 +222,62 @@ def load_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
         head = file.read(TEXT_SNIFF_BYTES)
     if _looks_like_text(head):
         raise AudioError("not_audio", path, f"looks like text, not an audio header; starts with {head[:40]!r}")
-
     try:
-        with soundfile.SoundFile(path) as sound:
-            frames_declared, sample_rate_in = sound.frames, sound.samplerate
-            decoded = sound.read(dtype="float32", always_2d=True)
+        sound = soundfile.SoundFile(path)
     except (RuntimeError, ValueError, TypeError, OSError, EOFError) as error:
         raise AudioError("decode_error", path, str(error) or type(error).__name__) from error
-    frames_in, channels_in = decoded.shape
+    # python-soundfile re-seeks to the current frame after every read, and libsndfile 1.2.2's MP3 decoder does not
+    # resume sample-exactly after a seek (blocks after the first came out garbled, up to 0.5 off): read straight on.
+    sound._info.seekable = False
+    try:
+        _check_format(path, sound.format)
+        _check_header(path, head, size, sound.frames, sound.channels, policy)
+    except BaseException:
+        sound.close()
+        raise
+    info = AudioInfo(path=str(path), sample_rate=sample_rate, sample_rate_in=sound.samplerate,
+                     channels_in=sound.channels, frames_in=sound.frames, duration_s=sound.frames / sound.samplerate,
+                     channel_policy=str(policy), resampled=sound.samplerate != sample_rate)
+    return AudioStream(info, sound, policy, min_samples, block_frames)
 
+
+def load_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "mean",
+               min_samples: int = 1) -> Audio:
+    """The whole recording in memory: the blocks of open_audio joined, so both paths share every check."""
+    with open_audio(path, sample_rate, channel, min_samples) as stream:
+        blocks = list(stream)
+    info = stream.info
+    samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    return Audio(samples=samples, sample_rate=sample_rate, sample_rate_in=info.sample_rate_in,
+                 channels_in=info.channels_in, channel_policy=info.channel_policy, resampled=info.resampled,
+                 clipped=stream.clipped, duration_s=stream.frames_read / info.sample_rate_in)
+
+
+def _check_format(path: Path, container: str) -> None:
+    """A file whose content is not what its name says (an MP3 renamed .wav) is a pipeline mistake: lossy
+    codecs reshape the spectrum the model learnt. It is refused, and scores once named for what it is."""
+    expected = EXPECTED_FORMATS.get(path.suffix.lower())
+    if expected is not None and container not in expected:
+        raise AudioError("format_mismatch", path, f"the content is {container} but the name says "
+                                                  f"{path.suffix}; rename it to match its content to score it")
+
+
+def _check_header(path: Path, head: bytes, size: int, frames_in: int, channels_in: int,
+                  policy: str | int) -> None:
+    """The checks the header alone can answer, so a batch refuses a bad file before decoding any of it."""
     wav_sizes = _wav_data_sizes(path, head, size)
     if wav_sizes is not None:
         declared, present = wav_sizes
         if 0 < declared != WAV_UNKNOWN_SIZE and present < declared:
             raise AudioError("truncated", path, f"WAV header declares {declared} data bytes but only {present} "
                                                 f"are present ({100 * present / declared:.1f} %)")
-    elif frames_in < frames_declared:   # FLAC/OGG/MP3: libsndfile knows the length from the header
-        raise AudioError("truncated", path, f"header declares {frames_declared} frames but only {frames_in} "
-                                            f"decode ({100 * frames_in / frames_declared:.1f} %)")
     if frames_in == 0:
         note = (f"; its WAV data chunk declares 0 bytes yet {wav_sizes[1]} follow (unfinished write?)"
                 if wav_sizes is not None and wav_sizes[1] > 0 else "")
         raise AudioError("header_only", path, f"a valid header but 0 audio frames in {size} bytes{note}")
-
     if isinstance(policy, int) and policy >= channels_in:
         raise AudioError("bad_channel", path, f"channel {policy} asked for, but the file has {channels_in} "
                                               f"channel{'s' if channels_in != 1 else ''} (0..{channels_in - 1})")
-    used = decoded if policy == "mean" else decoded[:, [0 if policy == "first" else policy]]
-
-    non_finite = int(np.count_nonzero(~np.isfinite(used)))
-    if non_finite:
-        raise AudioError("non_finite", path, f"{non_finite} of {used.size} samples are NaN or infinite")
-    clipped = bool(np.count_nonzero(np.abs(used) >= CLIP_LEVEL) >= CLIP_FRACTION * used.size)
-    mixed = used.mean(axis=1, dtype=np.float64).astype(np.float32) if used.shape[1] > 1 else used[:, 0]
-
-    peak_to_peak = float(np.ptp(mixed))
-    if peak_to_peak < SILENCE_PEAK_TO_PEAK:
-        raise AudioError("silent", path, f"peak-to-peak amplitude {peak_to_peak:.3g} is below 2**-24 "
-                                         f"(peak {float(np.max(np.abs(mixed))):.3g})")
-
-    resampled = sample_rate_in != sample_rate
-    if resampled:
-        mixed = soxr.resample(np.ascontiguousarray(mixed), sample_rate_in, sample_rate, quality="HQ")
-    samples = np.ascontiguousarray(mixed, dtype=np.float32)
-
-    duration_s = frames_in / sample_rate_in
-    if samples.size < min_samples:
-        raise AudioError("too_short", path, f"{duration_s:.3g} s; need at least {min_samples / sample_rate:.3g} s "
-                                            f"({min_samples} samples at {sample_rate} Hz)")
-    return Audio(samples=samples, sample_rate=sample_rate, sample_rate_in=sample_rate_in,
-                 channels_in=channels_in, channel_policy=str(policy), resampled=resampled,
-                 clipped=clipped, duration_s=duration_s)
 
 
 def read_many(paths: Iterable[T], load: Callable[[T], R], workers: int = 2, read_ahead: int | None = None

@@ -4,14 +4,17 @@ import csv
 import struct
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
 import soundfile
+import soxr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leakhunter.audio import REASONS, Audio, AudioError, load_audio, parse_channel_policy, read_many
+from leakhunter.audio import (REASONS, Audio, AudioError, AudioInfo, load_audio, open_audio, parse_channel_policy,
+                              read_many)
 
 RATE = 4096
 
@@ -125,7 +128,7 @@ def test_channel_index_beyond_the_file_is_bad_channel(tmp_path):
 
 
 def test_every_reason_has_a_test_above():
-    tested = {"missing", "empty", "header_only", "truncated", "not_audio", "decode_error",
+    tested = {"missing", "empty", "header_only", "truncated", "not_audio", "format_mismatch", "decode_error",
               "non_finite", "silent", "too_short", "bad_channel"}
     assert set(REASONS) == tested
 
@@ -175,13 +178,16 @@ def test_wav_with_data_chunk_after_other_chunks_is_walked(tmp_path):
     assert "4096 data bytes but only 3096" in reason_of(path).detail
 
 
-def test_mp3_renamed_wav_decodes_by_content(tmp_path):
+def test_mp3_renamed_wav_is_refused_and_scores_under_its_own_name(tmp_path):
     if "MP3" not in soundfile.available_formats():
         pytest.skip("this libsndfile cannot write MP3")
     path = tmp_path / "actually-mp3.wav"
     soundfile.write(path, sine(300, 16000, 1.0), 16000, format="MP3")
-    # libsndfile 1.2.2 sniffs the MPEG frame sync: the content, not the .wav extension, decides the decoder.
-    audio = load_audio(path, RATE)
+    # libsndfile 1.2.2 sniffs the MPEG frame sync and would decode it; a lossy file posing as PCM is refused.
+    with pytest.raises(AudioError) as caught:
+        load_audio(path, RATE)
+    assert caught.value.reason == "format_mismatch" and "content is MP3 but the name says .wav" in str(caught.value)
+    audio = load_audio(path.rename(tmp_path / "actually.mp3"), RATE)
     assert audio.sample_rate_in == 16000 and audio.duration_s == pytest.approx(1.0, abs=0.01)
 
 
@@ -264,6 +270,197 @@ def test_any_float_wav_holding_a_nan_or_inf_is_non_finite(tmp_path, samples, bad
     samples[int(where * samples.size)] = bad
     error = reason_of(write(tmp_path / "bad.wav", samples))
     assert error.reason == "non_finite" and error.detail.startswith("1 of ")
+
+
+# --- streaming: open_audio --------------------------------------------------------------------------------------
+
+def stream_all(path, **kwargs) -> np.ndarray:
+    with open_audio(path, RATE, **kwargs) as stream:
+        return np.concatenate(list(stream))
+
+
+@pytest.fixture(scope="module", params=[8000, 48000])
+def long_stereo(request, tmp_path_factory):
+    """150 000 stereo frames (several 65536-frame blocks) of a tone plus noise, so block edges land mid-signal."""
+    rate = request.param
+    t = np.arange(150_000) / rate
+    noise = np.random.default_rng(rate).standard_normal((t.size, 2)) * 0.05
+    frames = np.stack([0.5 * np.sin(2 * np.pi * 300 * t), 0.3 * np.sin(2 * np.pi * 700 * t)], axis=1) + noise
+    return write(tmp_path_factory.mktemp("long") / f"stereo{rate}.wav", frames.astype(np.float32), rate=rate), rate
+
+
+@pytest.mark.parametrize("policy", ["mean", "first"])
+@pytest.mark.parametrize("block_frames", [1000, 4096, 65536])
+def test_streamed_blocks_equal_load_audio_bit_for_bit_at_any_block_size(long_stereo, policy, block_frames):
+    path, rate = long_stereo
+    with open_audio(path, RATE, policy, block_frames=block_frames) as stream:
+        blocks = list(stream)
+    streamed, whole = np.concatenate(blocks), load_audio(path, RATE, policy)
+    # soxr releases output in bursts of its own size (about 1178 samples at 48 kHz), not one per block read
+    assert len(blocks) > 1 and stream.frames_read == 150_000 and stream.n_samples == whole.samples.size
+    np.testing.assert_array_equal(streamed, whole.samples)
+    # soxr.ResampleStream fed block by block equals soxr.resample of the whole signal exactly (max |diff| = 0)
+    frames = soundfile.read(path, dtype="float32")[0]
+    mixed = frames.mean(axis=1, dtype=np.float64).astype(np.float32) if policy == "mean" else frames[:, 0].copy()
+    np.testing.assert_array_equal(streamed, soxr.resample(mixed, rate, RATE, quality="HQ"))
+
+
+def test_open_audio_reports_the_header_before_decoding(long_stereo):
+    path, rate = long_stereo
+    with open_audio(path, RATE, channel=1) as stream:
+        assert stream.info == AudioInfo(path=str(path), sample_rate=RATE, sample_rate_in=rate, channels_in=2,
+                                        frames_in=150_000, duration_s=150_000 / rate, channel_policy="1",
+                                        resampled=True)
+        assert stream.n_samples == stream.frames_read == 0
+
+
+def empty_file(tmp_path):
+    (tmp_path / "zero.wav").write_bytes(b"")
+    return tmp_path / "zero.wav", {}
+
+
+def text_file(tmp_path):
+    (tmp_path / "export.wav").write_text("time,pressure\n0.0,1.2\n", encoding="utf-8")
+    return tmp_path / "export.wav", {}
+
+
+def noise_file(tmp_path):
+    (tmp_path / "noise.wav").write_bytes(np.random.default_rng(0).bytes(3000))
+    return tmp_path / "noise.wav", {}
+
+
+def half_wav(tmp_path):
+    data = write(tmp_path / "whole.wav", sine(300, RATE, 2.0), subtype="PCM_16").read_bytes()
+    (tmp_path / "half.wav").write_bytes(data[:len(data) // 2])
+    return tmp_path / "half.wav", {}
+
+
+HEADER_PROBLEMS = {
+    "missing": lambda tmp_path: (tmp_path / "gone.wav", {}),
+    "empty": empty_file,
+    "not_audio": text_file,
+    "decode_error": noise_file,
+    "truncated": half_wav,
+    "header_only": lambda tmp_path: (write(tmp_path / "h.wav", np.zeros(0, np.float32), subtype="PCM_16"), {}),
+    "bad_channel": lambda tmp_path: (write(tmp_path / "mono.wav", sine(300, RATE, 0.5)), {"channel": 1}),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(HEADER_PROBLEMS))
+def test_header_problems_are_raised_by_open_audio_before_any_block(tmp_path, reason):
+    path, kwargs = HEADER_PROBLEMS[reason](tmp_path)
+    with pytest.raises(AudioError) as caught:
+        open_audio(path, RATE, **kwargs)
+    assert caught.value.reason == reason
+    assert caught.value.detail == reason_of(path, **kwargs).detail  # load_audio says exactly the same
+
+
+def test_nan_in_the_middle_of_a_long_file_is_raised_while_iterating_with_its_time(tmp_path):
+    samples = sine(300, RATE, 30.0)
+    samples[round(12.5 * RATE) + np.array([0, 5, 9])] = [np.nan, np.inf, np.nan]
+    stream = open_audio(write(tmp_path / "drop.wav", samples), RATE, block_frames=RATE)
+    blocks = []
+    with pytest.raises(AudioError) as caught:
+        for block in stream:
+            blocks.append(block)
+    assert caught.value.reason == "non_finite" and len(blocks) == 12 and stream.closed
+    assert caught.value.detail == "3 of 4096 samples are NaN or infinite in 12.00 to 13.00 s, the first at 12.50 s"
+
+
+def test_silence_is_raised_at_the_end_after_every_block(tmp_path):
+    stream = open_audio(write(tmp_path / "zeros.wav", np.zeros(3 * RATE, np.float32)), RATE, block_frames=RATE)
+    blocks = []
+    with pytest.raises(AudioError, match="peak-to-peak amplitude 0 ") as caught:
+        for block in stream:
+            blocks.append(block)
+    assert caught.value.reason == "silent" and len(blocks) == 3 and stream.peak_to_peak == 0.0
+
+
+def test_too_short_is_raised_at_the_end_with_the_same_detail(tmp_path):
+    stream = open_audio(write(tmp_path / "blip.wav", sine(300, RATE, 0.125)), RATE, min_samples=1024,
+                        block_frames=100)
+    with pytest.raises(AudioError) as caught:
+        for _ in stream:
+            pass
+    assert caught.value.reason == "too_short" and stream.n_samples == 512
+    assert caught.value.detail == "0.125 s; need at least 0.25 s (1024 samples at 4096 Hz)"
+
+
+def test_clipped_is_known_once_the_stream_is_read(tmp_path):
+    square = np.where(sine(50, RATE, 4.0) >= 0, 1.0, -1.0).astype(np.float32)
+    with open_audio(write(tmp_path / "square.wav", square, subtype="PCM_16"), RATE, block_frames=1000) as stream:
+        assert not stream.clipped
+        for _ in stream:
+            pass
+    assert stream.clipped and stream.n_samples == 4 * RATE and stream.peak_to_peak == pytest.approx(2.0, abs=1e-4)
+
+
+def test_closing_a_half_read_stream_closes_the_file(tmp_path):
+    path = write(tmp_path / "tone.wav", sine(300, RATE, 2.0))
+    stream = open_audio(path, RATE, block_frames=1000)
+    blocks = iter(stream)
+    next(blocks)
+    assert not stream.closed
+    stream.close()
+    assert stream.closed
+    with open_audio(path, RATE, block_frames=1000) as stream:
+        blocks = iter(stream)
+        next(blocks)
+    assert stream.closed
+    stream = open_audio(path, RATE, block_frames=1000)
+    next(iter(stream))  # the iterator dropped at once: collecting it closes the file
+    assert stream.closed
+    stream = open_audio(path, RATE)
+    assert sum(block.size for block in stream) == 2 * RATE and stream.closed  # a full read closes it too
+    with pytest.raises(RuntimeError, match="read once"):
+        iter(stream)
+
+
+def traced_peak_bytes(work) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_thirty_minutes_stream_in_bounded_memory(tmp_path):
+    path, tone = tmp_path / "half-hour.wav", sine(256, RATE, 16.0)  # 16 s: a whole number of cycles
+    with soundfile.SoundFile(path, "w", RATE, 1, subtype="PCM_16") as sound:  # 14.7 MB on disk, 29.5 MB as float32
+        for _ in range(30 * 60 // 16):
+            sound.write(tone)
+        sound.write(tone[:30 * 60 * RATE - sound.frames])
+    stream = open_audio(path, RATE)
+    streamed_peak = traced_peak_bytes(lambda: sum(1 for _ in stream))
+    assert stream.n_samples == 30 * 60 * RATE and not stream.clipped and stream.closed
+    assert streamed_peak < 8 * 2**20  # measured 0.9 MB: a 65536-frame block and its temporaries
+    assert traced_peak_bytes(lambda: load_audio(path, RATE)) > 29 * 10**6  # tracemalloc does see numpy arrays
+
+
+def test_mp3_in_small_blocks_decodes_like_one_read(tmp_path):
+    """python-soundfile seeks after each read; libsndfile 1.2.2's MP3 decoder does not resume exactly after a seek."""
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile cannot write MP3")
+    path = tmp_path / "tone.mp3"
+    soundfile.write(path, sine(300, 48000, 3.0), 48000, format="MP3")
+    one_read = soxr.resample(soundfile.read(path, dtype="float32")[0], 48000, RATE, quality="HQ")
+    np.testing.assert_array_equal(stream_all(path, block_frames=1000), one_read)
+    np.testing.assert_array_equal(load_audio(path, RATE).samples, one_read)
+
+
+def test_mp3_cut_short_is_truncated_at_the_end_of_the_stream(tmp_path):
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile cannot write MP3")
+    whole = tmp_path / "whole.mp3"
+    soundfile.write(whole, sine(300, 16000, 4.0), 16000, format="MP3")
+    (tmp_path / "cut.mp3").write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    stream = open_audio(tmp_path / "cut.mp3", RATE, block_frames=4096)
+    assert stream.info.frames_in == 64000
+    with pytest.raises(AudioError, match="header declares 64000 frames but only") as caught:
+        for _ in stream:
+            pass
+    assert caught.value.reason == "truncated" and 0 < stream.frames_read < 64000
 
 
 # --- read_many ------------------------------------------------------------------------------------------------------
