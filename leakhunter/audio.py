@@ -167,6 +167,10 @@ class AudioStream:
                 raise AudioError("too_short", info.path, f"{self.frames_read / info.sample_rate_in:.3g} s; need at "
                                  f"least {self._min_samples / info.sample_rate:.3g} s ({self._min_samples} samples "
                                  f"at {info.sample_rate} Hz)")
+            if self.peak_to_peak < SILENCE_PEAK_TO_PEAK:  # after too_short: one sample is short, not silent
+                peak = max(abs(self._low), abs(self._high)) if self._used_samples else 0.0
+                raise AudioError("silent", info.path, f"peak-to-peak amplitude {self.peak_to_peak:.3g} is below "
+                                                      f"2**-24 (peak {peak:.3g})")
         finally:
             self.close()
 
@@ -188,15 +192,11 @@ class AudioStream:
         return np.ascontiguousarray(mixed)
 
     def _check_whole_file(self) -> None:
-        """What only the end of the file can tell: a short FLAC/OGG/MP3 decode, and silence."""
+        """What only the end of the file can tell: a short FLAC/OGG/MP3 decode."""
         info = self.info
         if self.frames_read < info.frames_in:   # libsndfile knows the length from the header
             raise AudioError("truncated", info.path, f"header declares {info.frames_in} frames but only "
                              f"{self.frames_read} decode ({100 * self.frames_read / info.frames_in:.1f} %)")
-        if self.peak_to_peak < SILENCE_PEAK_TO_PEAK:
-            peak = max(abs(self._low), abs(self._high)) if self._used_samples else 0.0
-            raise AudioError("silent", info.path, f"peak-to-peak amplitude {self.peak_to_peak:.3g} is below 2**-24 "
-                                                  f"(peak {peak:.3g})")
 
     def _counted(self, block: np.ndarray) -> Iterator[np.ndarray]:
         if block.size:   # the resampler holds back its first few blocks' output: no empty blocks for the caller

@@ -6,12 +6,14 @@ stays fast and a scoring box needs only what its own command uses.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -25,7 +27,7 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -141,6 +143,7 @@ def train(
     from leakhunter.checkpoint import CheckpointError
     from leakhunter.training.config import ConfigError, TrainConfig, resolve_config
     from leakhunter.training.dataset import DatasetError
+    from leakhunter.training.health import HealthFailure
     from leakhunter.training.trainer import train as run_training
 
     flags = {"data": None if data is None else str(data), "out": None if out is None else str(out), "mode": mode,
@@ -150,15 +153,35 @@ def train(
         if resume is None:
             settings = resolve_config(config, flags)
             console.print(f"config: {settings.to_dict()}", highlight=False)
-            result = run_training(settings, log=lambda text: console.print(text, highlight=False))
+            result = run_training(settings, log=lambda text: console.print(text, highlight=False, markup=False))
         else:
             if mode is None and os.environ.get("LEAK_MODE"):
                 flags["mode"] = os.environ["LEAK_MODE"]
             result = run_training(TrainConfig(), resume=resume, overrides=flags,
-                                  log=lambda text: console.print(text, highlight=False))
-    except (ConfigError, CardError, CheckpointError, DatasetError, FileExistsError, FloatingPointError) as error:
+                                  log=lambda text: console.print(text, highlight=False, markup=False))
+    except HealthFailure as failure:
+        errors.print(f"training stopped by health check {failure}", highlight=False, markup=False)
+        raise typer.Exit(failure.exit_code) from None
+    except (ConfigError, CardError, CheckpointError, DatasetError, FileExistsError) as error:
         raise fail(str(error)) from None
     console.print(f"best model: {result.run_dir / 'best.pth'} (epoch {result.best_epoch})")
+
+
+@app.command("doctor")
+def doctor(run_dir: Path = typer.Argument(..., help="A run directory from `leak train`.")):
+    """Re-run the health checks (H001–H012) on a run; exit 1 when any check fails."""
+    from leakhunter.checkpoint import CheckpointError
+    from leakhunter.training.dataset import DatasetError
+    from leakhunter.training.doctor import doctor as run_doctor
+
+    try:
+        monitor = run_doctor(run_dir)
+    except (FileNotFoundError, CheckpointError, DatasetError) as error:
+        raise fail(str(error)) from None
+    for line in monitor.summary():
+        console.print(line, highlight=False, markup=False)
+    if monitor.status == "fail":
+        raise typer.Exit(1)
 
 
 @app.command("eval")
@@ -201,27 +224,146 @@ def evaluate(
     console.print(f"confusion matrix drawn to {png}")
 
 
+@app.command("predict")
+def predict(
+    inputs: list[str] = typer.Argument(..., help="Audio files, folders, glob patterns or manifest CSVs (a `path` column)."),
+    model: Path = typer.Option(..., help="A model: .onnx (onnxruntime, no torch needed) or .pth (torch)."),
+    out: Path = typer.Option(None, help="Verdict table, .csv or .jsonl, one row per input file, written as produced."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (falls back to CPU with one warning)."),
+    threshold: float = typer.Option(None, help="Override the card's calibrated P(LEAK) threshold (the rows say so)."),
+    vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
+    workers: int = typer.Option(2, help="Worker processes (0: score in this process, no crash isolation)."),
+    file_timeout: float = typer.Option(600.0, help="Seconds one file may take before it is given up as `timeout`."),
+    resume: bool = typer.Option(False, "--resume", help="Skip files already in --out (same path, size, mtime, model)."),
+    timeline: bool = typer.Option(False, "--timeline", help="Also write per-long-segment P(LEAK) (JSONL) and a PNG per file."),
+    channel: str = typer.Option("mean", help="Channel policy for multichannel files: mean, first or an index."),
+):
+    """Score recordings: LEAK when at least half the long segments reach the threshold. Exit 0 all scored,
+    3 some files failed, 2 nothing could be scored."""
+    import time as clock
+
+    from rich.progress import Progress
+
+    from leakhunter.inference.predict import PredictError, predict as run_predict
+    from leakhunter.inference.outputs import OutputError
+    from leakhunter.card import CardError
+    from leakhunter.checkpoint import CheckpointError
+    from leakhunter.inference.onnx_card import ModelLoadError
+    from leakhunter.inference.pool import SetupError
+
+    started = clock.perf_counter()
+    audio = {"s": 0.0}
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=errors) as bar:
+        task = bar.add_task("scoring", total=None, rate="")
+
+        def advance(row, done, total):
+            if row["status"] == "ok":
+                audio["s"] += float(row["duration_s"])
+            wall = max(1e-9, clock.perf_counter() - started)
+            bar.update(task, completed=done, total=total,
+                       rate=f"{done / wall:6.1f} files/s {audio['s'] / wall:7.0f}x real time")
+
+        try:
+            summary = run_predict(inputs, model, out=out, device=device, threshold=threshold,
+                                  vote_fraction=vote_fraction, workers=workers, file_timeout=file_timeout,
+                                  resume=resume, timeline=timeline, channel=channel, on_row=advance)
+        except (PredictError, OutputError, CardError, CheckpointError, ModelLoadError, SetupError) as error:
+            raise fail(str(error)) from None
+    if out is None:
+        table = Table(title=f"{len(summary.rows)} file(s) scored with {model}")
+        for column in ("file", "status", "verdict", "leak_score", "mean_leak_prob", "top_class"):
+            table.add_column(column)
+        for row in summary.rows[:200]:
+            table.add_row(Path(row["file"]).name, row["status"], row.get("verdict") or "",
+                          f"{row['leak_score']:.2f}" if row.get("leak_score") is not None else "",
+                          f"{row['mean_leak_prob']:.3f}" if row.get("mean_leak_prob") is not None else "",
+                          row.get("top_class") or row.get("message", ""))
+        console.print(table)
+    hours = summary.audio_s / 3600
+    speed = summary.audio_s / max(summary.wall_s, 1e-9)
+    verdicts = ", ".join(f"{n} {v}" for v, n in sorted(summary.verdicts.items())) or "none"
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
+    console.print(f"scored {hours:.2f} h of audio in {summary.wall_s:.1f} s ({speed:.0f}x real time); "
+                  f"verdicts: {verdicts}; files: {statuses}"
+                  + (f"; {summary.skipped} already in {out}" if summary.skipped else "")
+                  + (f"; table: {out}" if out else ""), highlight=False)
+    raise typer.Exit(summary.exit_code)
+
+
 @app.command("info")
 def info(
-    model: Path = typer.Argument(..., help="A model card JSON (model_meta.json)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+    model: Path = typer.Argument(..., help="A model file: .onnx, .pth, or a card JSON (model_meta.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON, with the file's facts under \"file\"."),
 ):
-    """Print and validate a model's card. Exit 1 when the card is invalid."""
-    from leakhunter.card import CardError, ModelCard
+    """Print and validate a model's card; for ONNX also its inputs, outputs, opset, size and sha256.
+    Exit 1 when the card is invalid or contradicts the graph or the weights."""
+    from leakhunter.inference import describe_model
 
     if not model.is_file():
         raise fail(f"{model}: no such file")
     try:
-        card = ModelCard.load(model)
-    except CardError as error:
+        described = describe_model(model)
+    except ValueError as error:  # CardError, ModelLoadError, CheckpointError
         raise fail(str(error), code=1) from None
     if as_json:
-        print(card.to_json())
+        print(json.dumps(described, indent=2))
         return
-    table = Table(title=f"{model}", show_header=False)
-    for key, value in card.to_dict().items():
-        table.add_row(key, str(value))
+    facts = described.pop("file")
+    table = Table(title=f"{model} ({facts['format']})", show_header=False)
+    for key, value in described.items():
+        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
     console.print(table)
+    table = Table(show_header=False)
+    for key, value in facts.items():
+        if key in ("inputs", "outputs"):
+            value = ", ".join(f"{tensor['name']} {tensor['dtype']} {tensor['shape']}" for tensor in value)
+        if key not in ("path", "format"):
+            table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command("export")
+def export(
+    checkpoint: Path = typer.Argument(..., help="A best.pth from `leak train`."),
+    output: Path = typer.Option(None, "--output", "-o", help="The .onnx to write (default: beside the checkpoint)."),
+    input_kind: str = typer.Option("waveform", "--input", help="Graph input: waveform (front-end inside, needs "
+                                                              "only onnxruntime) or mel."),
+    opset: int = typer.Option(18, help="ONNX opset, 18 or newer."),
+    fp16: bool = typer.Option(False, "--fp16", help="Float16 network (front-end stays float32)."),
+    int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantisation of the network's dense layers."),
+):
+    """Export to one .onnx file carrying the model card; kept only when it scores the golden recordings
+    like torch (fp32: |Δ P(LEAK)| <= 1e-4, same verdicts). Writes <model>.parity.json beside it."""
+    from leakhunter.export import ExportError, export_model
+
+    if not checkpoint.is_file():
+        raise fail(f"{checkpoint}: no such file")
+    try:
+        report = export_model(checkpoint, output, input=input_kind, opset=opset, fp16=fp16, int8=int8)
+    except ExportError as error:
+        if error.report is not None:
+            console.print(parity_table(error.report))
+        raise fail(str(error), code=1) from None
+    except ValueError as error:  # CardError, CheckpointError, options
+        raise fail(str(error), code=1) from None
+    console.print(parity_table(report))
+    console.print(f"wrote {report.output} ({report.size_bytes / 1e6:.2f} MB, {report.input} input, {report.precision}, "
+                  f"sha256 {report.sha256[:16]}…) and {report.parity_report} in {report.seconds:.1f} s", highlight=False)
+
+
+def parity_table(report) -> Table:
+    golden = ", ".join(f"{n} {source}" for source, n in report.golden.items())
+    table = Table(title=f"parity with torch on {golden} recordings")
+    for column in ("precision", "max |Δ leak_prob|", "mean |Δ leak_prob|", "max |Δ probs|", "allowed", "inputs",
+                   "verdict flips", "result"):
+        table.add_column(column, justify="left" if column in ("precision", "verdict flips", "result") else "right")
+    for result in report.parity:
+        table.add_row(result.precision, f"{result.max_abs_leak_prob:.2e}", f"{result.mean_abs_leak_prob:.2e}",
+                      f"{result.max_abs_probs:.2e}", f"{result.tolerance:g}" if result.tolerance is not None else "-",
+                      str(result.n_inputs), f"{len(result.verdict_flips)} of {result.n_files}",
+                      "[green]pass[/]" if result.passed else "[bold red]FAIL[/]")
+    return table
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -51,3 +51,56 @@ def quick_config(data, out, **changes):
 
     values = {"data": str(data), "out": str(out), "epochs": 4, "batch_size": 256, "patience": 15, "seed": 0}
     return make_config(values | changes)
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """make_checkpoint(mode, preset_name, path) writes a best.pth as training does ({"card", "model"}, atomic):
+    the card of that mode and preset, a randomly initialised LeakCNN (seed 0) with a per-bin normaliser
+    that is not the identity. Returns the path."""
+    import torch
+
+    from leakhunter.card import BINARY_CLASSES, STANDARD_CLASSES, ModelCard, preset
+    from leakhunter.checkpoint import save_atomic
+    from leakhunter.models import build_model
+
+    def make(mode: str, preset_name: str, path) -> Path:
+        frontend, segmentation = preset(preset_name)
+        classes = BINARY_CLASSES if mode == "binary" else STANDARD_CLASSES
+        card = ModelCard.for_mode(mode, classes, frontend=frontend, segmentation=segmentation)
+        torch.manual_seed(0)
+        model = build_model(card)
+        with torch.no_grad():
+            model.normalise.mean.copy_(torch.linspace(-30.0, -70.0, frontend.n_mels))
+            model.normalise.std.copy_(torch.linspace(8.0, 14.0, frontend.n_mels))
+        save_atomic({"card": card.to_json(), "model": model.state_dict()}, path)
+        return Path(path)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def binary_export(make_checkpoint, tmp_path_factory):
+    """A binary `short`-preset checkpoint and its default export (waveform input, fp32): (best.pth, report).
+    Shared and read-only: tests that change the file work on a copy."""
+    from leakhunter.export import export_model
+
+    checkpoint = make_checkpoint("binary", "short", tmp_path_factory.mktemp("binary") / "best.pth")
+    return checkpoint, export_model(checkpoint)
+
+
+@pytest.fixture(scope="session")
+def trained_model(training_dataset, tmp_path_factory):
+    """A multiclass model trained for 4 epochs on the training dataset: its best.pth."""
+    from leakhunter.training.trainer import train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    return train(quick_config(training_dataset, run, mode="multiclass"), log=lambda text: None).run_dir / "best.pth"
+
+
+@pytest.fixture(scope="session")
+def onnx_model(trained_model):
+    """The trained model exported to ONNX (waveform input, fp32, parity-checked)."""
+    from leakhunter.export import export_model
+
+    return export_model(trained_model).output

@@ -21,6 +21,7 @@ from leakhunter.card import CardError, ModelCard
 from leakhunter.checkpoint import CheckpointError, load_checkpoint, read_model, save_atomic
 from leakhunter.training.config import ConfigError, resolve_config
 from leakhunter.training.evaluate import evaluate
+from leakhunter.training.health import HealthFailure
 from leakhunter.training.trainer import Trainer, class_weights, train
 
 QUIET = lambda text: None  # noqa: E731
@@ -133,7 +134,7 @@ def test_a_checkpoint_that_disagrees_with_the_data_names_every_field(binary_run,
 
 
 def test_resume_refuses_a_different_mode(binary_run):
-    with pytest.raises(CardError, match="mode='binary', the request asks mode='multiclass'"):
+    with pytest.raises(HealthFailure, match="mode='binary', the request asks mode='multiclass'"):
         Trainer(quick_config("x", "y"), resume=binary_run.run_dir / "checkpoints" / "last.pth",
                 overrides={"mode": "multiclass"}, log=QUIET)
 
@@ -158,10 +159,10 @@ def test_config_layers_and_refusals(tmp_path):
 
 def test_class_weights_are_capped_and_reported():
     targets = np.array([0] * 90 + [1] * 10)
-    weights, capped = class_weights(targets, 2, cap=3.0)
-    assert capped and weights[1] / weights[0] == pytest.approx(3.0)
-    weights, capped = class_weights(np.array([0] * 50 + [1] * 50), 2, cap=3.0)
-    assert not capped and torch.allclose(weights, torch.ones(2))
+    weights, capped, raw_ratio = class_weights(targets, 2, cap=3.0)
+    assert capped and raw_ratio == pytest.approx(9.0) and weights[1] / weights[0] == pytest.approx(3.0)
+    weights, capped, raw_ratio = class_weights(np.array([0] * 50 + [1] * 50), 2, cap=3.0)
+    assert not capped and raw_ratio == 1.0 and torch.allclose(weights, torch.ones(2))
 
 
 class Interrupt(Exception):

@@ -1,0 +1,159 @@
+"""What goes into an ONNX file: the card's front-end, segmentation and P(LEAK) rule around the network,
+so a deployment needs nothing but onnxruntime, plus exact rewrites of LeakCNN that make the graph faster.
+
+Every rewrite here is exact in real arithmetic; export checks the result against the torch path anyway.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from leakhunter.card import ModelCard, input_shape
+from leakhunter.frontend import FrontEnd
+from leakhunter.inference.onnx_card import INPUT_KINDS
+from leakhunter.models import HalveRows, LeakCNN, PoolTo16Rows, Scorer
+from leakhunter.segments import frame_stride
+
+
+class FoldedLeakCNN(nn.Module):
+    """LeakCNN rewritten for inference on one input shape, with the same outputs (logits, aux logit).
+
+    - Layers become the plain ones onnxruntime runs fastest (measured 3x at batch 1024): on a width-1
+      map (the `short` preset's [1, 32, 1]) a 3×3 convolution with padding 1 only ever multiplies its
+      middle column with data, so it becomes a 3×1 Conv2d; a (2, 1) row halving becomes MaxPool2d.
+    - The (16, 1) adaptive average pool over the last map [C, h, w] is a fixed linear map: a mean over
+      the w columns, then each of the 16 output rows averages a run of the h rows (for h = 8 it repeats
+      each row twice). The rows part folds into the Linear after it, which shrinks from C·16 to C·h inputs.
+    - Dropout is the identity at inference and goes.
+    """
+
+    def __init__(self, model: LeakCNN, mel_shape: tuple[int, int, int]):
+        super().__init__()
+        *convolutions, pool, flatten = model.features
+        if not isinstance(pool, (nn.AdaptiveAvgPool2d, PoolTo16Rows)) or not isinstance(flatten, nn.Flatten):
+            raise ValueError(f"LeakCNN's features should end in a (16, 1) pool and Flatten, got {pool}, {flatten}")
+        width = mel_shape[-1]
+        self.normalise = model.normalise
+        self.features = nn.Sequential(*(plain_layer(layer, width) for layer in convolutions))
+        with torch.no_grad():
+            channels, height, _ = self.features(torch.zeros(1, *mel_shape)).shape[1:]
+        linear = next(layer for layer in model.embed if isinstance(layer, nn.Linear))
+        out_rows = linear.in_features // channels
+        rows = adaptive_rows(height, out_rows)  # [out_rows, height]
+        weight = linear.weight.detach().double().reshape(linear.out_features, channels, out_rows) @ rows
+        self.embed = nn.Linear(channels * height, linear.out_features)
+        with torch.no_grad():
+            self.embed.weight.copy_(weight.reshape(linear.out_features, channels * height))
+            self.embed.bias.copy_(linear.bias)
+        self.head, self.aux = model.head, model.aux
+
+    def forward(self, mel: torch.Tensor):
+        maps = self.features(self.normalise(mel))  # [B, C, h, w]
+        embedding = torch.relu(self.embed(maps.mean(dim=-1).flatten(1)))
+        aux = self.aux(embedding).squeeze(-1) if self.aux is not None else None
+        return self.head(embedding), aux
+
+
+def plain_layer(layer: nn.Module, width: int) -> nn.Module:
+    """The standard torch layer computing what `layer` computes on maps of this width."""
+    if isinstance(layer, HalveRows):
+        return nn.MaxPool2d((2, 1))
+    if not isinstance(layer, nn.Conv2d):
+        return layer
+    (kernel_h, kernel_w), (pad_h, pad_w) = layer.kernel_size, _pair(layer.padding)
+    narrow = width == 1 and layer.stride[1] == 1 and layer.dilation[1] == 1 and 2 * pad_w == kernel_w - 1
+    columns = slice(pad_w, pad_w + 1) if narrow else slice(None)
+    plain = nn.Conv2d(layer.in_channels, layer.out_channels, (kernel_h, 1 if narrow else kernel_w),
+                      stride=layer.stride, padding=(pad_h, 0 if narrow else pad_w), dilation=layer.dilation,
+                      groups=layer.groups, bias=layer.bias is not None)
+    with torch.no_grad():
+        plain.weight.copy_(layer.weight[:, :, :, columns])
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias)
+    return plain
+
+
+def adaptive_rows(height: int, out_rows: int) -> torch.Tensor:
+    """AdaptiveAvgPool's row map [out_rows, height]: row i averages rows floor(i·h/o) .. ceil((i+1)·h/o)."""
+    rows = torch.zeros(out_rows, height, dtype=torch.float64)
+    for i in range(out_rows):
+        start, end = (i * height) // out_rows, -(-(i + 1) * height // out_rows)
+        rows[i, start:end] = 1.0 / (end - start)
+    return rows
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+class HalfPrecision(nn.Module):
+    """The network in float16 between float32 mels and float32 outputs: the front-end (whose power
+    values overflow float16), the dB scale and the softmax stay in float32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, mel: torch.Tensor):
+        logits, aux = self.model(mel.half())
+        return logits.float(), aux.float() if aux is not None else None
+
+
+def scorer_for_export(model: nn.Module, card: ModelCard, fp16: bool = False) -> Scorer:
+    """The card's P(LEAK) rule around the fastest exact form of a copy of the model (LeakCNN folded)."""
+    model = copy.deepcopy(model).eval()
+    if isinstance(model, LeakCNN):
+        model = FoldedLeakCNN(model, input_shape(card.frontend, card.segmentation))
+    return Scorer(HalfPrecision(model) if fp16 else model, card).eval()
+
+
+class WaveformScorer(nn.Module):
+    """[batch, samples] recordings at the card's rate → (probs [n, C], leak_prob [n]): one row per scoring
+    input (short segment for unit "short", long segment for "long"), recording by recording.
+
+    The segments are those of leakhunter.segments.plan_segments, written as shape arithmetic so the
+    exporter keeps `samples` dynamic: tail "pad" zero-pads long_hop - 1 samples, which turns the drop
+    rule's floor into the pad rule's ceiling. Needs samples >= long_samples. The STFT is the front-end's
+    Conv1d-with-DFT-kernels path in float32 (see FrontEnd's dft="matmul").
+    """
+
+    def __init__(self, scorer: Scorer, card: ModelCard):
+        super().__init__()
+        self.card = card
+        self.frontend = FrontEnd(card.frontend, card.segmentation, dft="matmul").float()
+        self.scorer = scorer
+
+    def forward(self, waveform: torch.Tensor):
+        cfg, seg = self.card.frontend, self.card.segmentation
+        if seg.tail == "pad":
+            waveform = nn.functional.pad(waveform, (0, seg.long_hop - 1))
+        n_long = 1 + (waveform.shape[-1] - seg.long_samples) // seg.long_hop
+        n_short = (n_long - 1) * (seg.long_hop // seg.short_hop) + seg.shorts_per_long()
+        waveform = waveform[:, : (n_short - 1) * seg.short_hop + seg.short_samples]
+        stride = frame_stride(cfg, seg)
+        mel = self.frontend.log_mel(self.frontend.power_frames(waveform, stride))  # [B, n_mels, frames]
+        frames, step = seg.frames_per_short(cfg), seg.short_hop // stride
+        # one frame per short segment (both presets): a reshape, where unfold would export as a gather
+        shorts = mel.unsqueeze(-1) if frames == step == 1 else mel.unfold(-1, frames, step)  # [B, n_mels, S, f]
+        if seg.unit == "short":
+            inputs = shorts.permute(0, 2, 1, 3)  # [B, S, n_mels, f]
+        else:
+            longs = shorts.unfold(2, seg.shorts_per_long(), seg.long_hop // seg.short_hop)  # [B, n_mels, L, f, spl]
+            inputs = longs.permute(0, 2, 1, 4, 3).flatten(-2)  # [B, L, n_mels, spl·f], shorts stacked over time
+        return self.scorer(inputs.reshape(-1, 1, *inputs.shape[-2:]))
+
+
+def graph_module(model: nn.Module, card: ModelCard, input: str, fp16: bool = False) -> nn.Module:
+    """The module that is exported for `input` ("waveform" or "mel"); the model itself is not changed."""
+    if input not in INPUT_KINDS:
+        raise ValueError(f"input must be one of {', '.join(INPUT_KINDS)}, got {input!r}")
+    scorer = scorer_for_export(model, card, fp16)
+    return WaveformScorer(scorer, card).eval() if input == "waveform" else scorer
+
+
+def network_scope(input: str) -> str:
+    """Where the network sits in graph_module's module tree (the exporter records it per ONNX node)."""
+    return "scorer.model" if input == "waveform" else "model"

@@ -1,0 +1,142 @@
+"""Parity of an exported model with the torch model it came from, on a fixed golden set of recordings.
+
+The golden set is synthetic recordings of every class, the real hydrophone recordings when they are at
+hand, and noise at three levels. Both sides score each recording end to end (front-end included) and
+vote it with the card's rule, so a parity pass means the same P(LEAK) and the same file verdicts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from leakhunter.audio import AudioError, load_audio
+from leakhunter.card import STANDARD_CLASSES, ModelCard
+from leakhunter.inference.runner import Runner, long_segment_probs
+from leakhunter.voting import vote_files
+
+# fp32 exports must match torch this closely (the float32 DFT and the rewrites cost about 1e-7).
+FP32_TOLERANCE = 1e-4
+GOLDEN_SECONDS = 8.0
+GOLDEN_PER_CLASS = 2
+NOISE_LEVELS = (0.3, 1e-2, 1e-4)
+REAL_DATA_ENV = "LEAKHUNTER_REAL_DATA"
+
+
+@dataclass(frozen=True)
+class GoldenRecording:
+    name: str
+    source: str  # "synthetic", "real" or "noise"
+    samples: np.ndarray  # float32 at the card's sample rate
+
+
+@dataclass(frozen=True)
+class FileParity:
+    name: str
+    source: str
+    n_inputs: int
+    max_abs_leak_prob: float
+    leak_score_torch: float
+    leak_score_exported: float
+    verdict_torch: bool
+    verdict_exported: bool
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """How one exported variant compares with torch on the golden set."""
+
+    precision: str
+    tolerance: float | None  # max |Δ leak_prob| allowed; None: reported only (fp16, int8)
+    max_abs_leak_prob: float
+    max_abs_probs: float
+    mean_abs_leak_prob: float
+    n_files: int
+    n_inputs: int
+    verdict_flips: list[str]
+    files: list[FileParity] = field(repr=False)
+
+    @property
+    def passed(self) -> bool:
+        within = self.tolerance is None or self.max_abs_leak_prob <= self.tolerance
+        return within and not self.verdict_flips
+
+    def failure(self) -> str:
+        """Why it failed, with the numbers ("" when it passed)."""
+        reasons = []
+        if self.tolerance is not None and self.max_abs_leak_prob > self.tolerance:
+            reasons.append(f"max |Δ leak_prob| {self.max_abs_leak_prob:.3g} exceeds {self.tolerance:g} "
+                           f"({self.max_abs_leak_prob / self.tolerance:.3g}x the tolerance)")
+        if self.verdict_flips:
+            reasons.append(f"the file verdict flips on {len(self.verdict_flips)} of {self.n_files} golden "
+                           f"recordings: {', '.join(self.verdict_flips)}")
+        return f"{self.precision}: " + "; ".join(reasons) if reasons else ""
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"passed": self.passed}
+
+
+def real_data_dir() -> Path | None:
+    """The real recordings: $LEAKHUNTER_REAL_DATA, else ../shared/data/aghashahi-h1 beside the checkout."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "aghashahi-h1"
+    folder = Path(os.environ.get(REAL_DATA_ENV, default))
+    return folder if folder.is_dir() else None
+
+
+def golden_recordings(card: ModelCard, real_data: Path | None = None) -> list[GoldenRecording]:
+    """The same recordings every time: synthetic per class (fixed seed), real ones if given, noise."""
+    from leakhunter.training.synth import synth_recording
+
+    rate = card.frontend.sample_rate
+    rng = np.random.default_rng(20250333)
+    recordings = [GoldenRecording(f"synthetic-{label}-{i}", "synthetic", synth_recording(label, GOLDEN_SECONDS, rate, rng))
+                  for label in STANDARD_CLASSES for i in range(GOLDEN_PER_CLASS)]
+    if real_data is not None:
+        for path in sorted(real_data.glob("*.wav")):
+            try:
+                audio = load_audio(path, rate, min_samples=card.segmentation.long_samples)
+            except AudioError:
+                continue  # a broken real file says nothing about parity
+            recordings.append(GoldenRecording(f"real-{path.stem}", "real", audio.samples))
+    n = round(GOLDEN_SECONDS * rate)
+    recordings += [GoldenRecording(f"noise-{level:g}", "noise", (level * rng.standard_normal(n)).astype(np.float32))
+                   for level in NOISE_LEVELS]
+    return recordings
+
+
+def reference_scores(runner: Runner, recordings: list[GoldenRecording]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(probs, leak_prob) per recording; torch's scores are made once and compared with every variant."""
+    return [runner.score_waveform(recording.samples) for recording in recordings]
+
+
+def compare(reference: list[tuple[np.ndarray, np.ndarray]], exported: Runner, recordings: list[GoldenRecording],
+            card: ModelCard, precision: str, tolerance: float | None) -> ParityResult:
+    """Score the golden set with the exported runner and compare inputs, long segments and verdicts."""
+    files, deltas, prob_deltas = [], [], []
+    for recording, (ref_probs, ref_leak) in zip(recordings, reference):
+        probs, leak = exported.score_waveform(recording.samples)
+        if probs.shape != ref_probs.shape:
+            raise ValueError(f"{recording.name}: the exported graph made {probs.shape[0]} scoring inputs, "
+                             f"torch made {ref_probs.shape[0]}")
+        delta = np.abs(leak.astype(np.float64) - ref_leak)
+        deltas.append(delta)
+        prob_deltas.append(np.abs(probs.astype(np.float64) - ref_probs).max())
+        torch_vote, exported_vote = (_vote(card, recording.samples.size, values) for values in (ref_leak, leak))
+        files.append(FileParity(recording.name, recording.source, int(leak.size), float(delta.max()),
+                                float(torch_vote.leak_score[0]), float(exported_vote.leak_score[0]),
+                                bool(torch_vote.verdict[0]), bool(exported_vote.verdict[0])))
+    every = np.concatenate(deltas)
+    return ParityResult(
+        precision=precision, tolerance=tolerance, max_abs_leak_prob=float(every.max()),
+        max_abs_probs=float(max(prob_deltas)), mean_abs_leak_prob=float(every.mean()), n_files=len(files),
+        n_inputs=int(every.size), verdict_flips=[f.name for f in files if f.verdict_torch != f.verdict_exported],
+        files=files)
+
+
+def _vote(card: ModelCard, n_samples: int, leak_prob: np.ndarray):
+    long_probs = long_segment_probs(card, n_samples, leak_prob)
+    return vote_files(long_probs, np.zeros(long_probs.size, dtype=np.int64), 1, card.voting.threshold,
+                      card.voting.vote_fraction)

@@ -1,0 +1,40 @@
+"""One loader for every model file: `load_runner("best.pth" | "leak.onnx")` → (card, runner).
+
+The card is validated, and checked against the weights or the graph, before anything is scored.
+Importing this module, and loading and running an .onnx file, does not import torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leakhunter.card import ModelCard
+from leakhunter.inference.onnx_card import ModelLoadError, read_onnx
+from leakhunter.inference.runner import Runner
+
+ONNX_SUFFIXES = (".onnx",)
+CHECKPOINT_SUFFIXES = (".pth", ".pt")
+
+
+def load_runner(path: str | Path, device: str = "auto") -> tuple[ModelCard, Runner]:
+    """The card and a Runner for a .pth checkpoint (torch) or an exported .onnx file (onnxruntime).
+
+    device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; asking for CUDA where there is none
+    runs on CPU with one warning. Every refusal is a ValueError naming the file: ModelLoadError (missing,
+    empty, truncated, not a model), leakhunter.card.CardError (invalid card, or a card that contradicts
+    the graph or the weights) or leakhunter.checkpoint.CheckpointError.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        from leakhunter.inference.onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(read_onnx(path), device)
+    elif suffix in CHECKPOINT_SUFFIXES:
+        from leakhunter.inference.torch_runner import TorchRunner  # imports torch
+
+        runner = TorchRunner(path, device)
+    else:
+        raise ModelLoadError(f"{path}: not a model file; expected one of "
+                             f"{', '.join(ONNX_SUFFIXES + CHECKPOINT_SUFFIXES)}")
+    return runner.card, runner

@@ -1,0 +1,107 @@
+"""What every backend shares: a Runner scores one decoded recording per scoring input, in chunks of
+whole long segments so memory stays flat on hour-long files, with the same segments as training.
+
+Torch-free: the onnxruntime backend runs on a box without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from leakhunter.card import ModelCard, input_shape
+from leakhunter.segments import frame_stride, plan_segments
+from leakhunter.voting import long_segment_means
+
+# A chunk is about this many STFT frames of audio (4 minutes at 4096 Hz with the presets' 256-sample stride).
+CHUNK_FRAMES = 4096
+
+
+class Runner(ABC):
+    """Scores recordings with one model. Subclasses say how a span of whole long segments is scored.
+
+    `score_waveform(samples)` → (probs [n_inputs, C], leak_prob [n_inputs]), one row per scoring input
+    (each distinct short segment for unit "short", each long segment for unit "long"), in order;
+    `score_mel(mel [B, 1, n_mels, frames])` → the same for ready-made CNN inputs, where the artefact
+    takes them (`accepts` lists "waveform" and/or "mel").
+    """
+
+    backend: str  # "torch" or "onnxruntime"
+    device: str
+    accepts: tuple[str, ...]
+
+    def __init__(self, card: ModelCard, path: Path, data: bytes | None = None):
+        self.card = card
+        self.path = path
+        digest = hashlib.sha256(data) if data is not None else _file_digest(path)
+        self.sha256 = digest.hexdigest()
+
+    def score_waveform(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per scoring input of one mono recording at the card's sample rate (float32 [T])."""
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"expected one mono recording [samples], got shape {samples.shape}")
+        seg = self.card.segmentation
+        plan = plan_segments(samples.size, seg)
+        if plan.n_long == 0:
+            raise ValueError(f"{samples.size} samples is shorter than one long segment ({seg.long_samples} samples "
+                             f"at {self.card.frontend.sample_rate} Hz)")
+        # The segments' span: zero-padded by the tail rule, or cut where the last long segment ends.
+        span = np.pad(samples, (0, plan.pad))[: plan.samples_used]
+        shorts_per_hop = seg.long_hop // seg.short_hop
+        # Chunks start at long segments; overlapping short segments are scored by both neighbours and
+        # kept from the first. Long segments that leave short segments between them: one pass.
+        longs_per_chunk = max(1, CHUNK_FRAMES * frame_stride(self.card.frontend, seg) // seg.long_hop)
+        if plan.shorts_per_long < shorts_per_hop:
+            longs_per_chunk = plan.n_long
+        probs, leak_prob = [], []
+        for first in range(0, plan.n_long, longs_per_chunk):
+            n_long = min(longs_per_chunk, plan.n_long - first)
+            start = first * seg.long_hop
+            chunk_probs, chunk_leak = self._score_span(np.ascontiguousarray(
+                span[start: start + (n_long - 1) * seg.long_hop + seg.long_samples]))
+            if seg.unit == "short" and first + n_long < plan.n_long:
+                chunk_probs, chunk_leak = chunk_probs[: n_long * shorts_per_hop], chunk_leak[: n_long * shorts_per_hop]
+            probs.append(chunk_probs)
+            leak_prob.append(chunk_leak)
+        return np.concatenate(probs), np.concatenate(leak_prob)
+
+    def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise ValueError(f"{self.path} takes {' or '.join(self.accepts)} input, not mel spectrograms; "
+                         f"export it with `leak export --input mel` to score mels")
+
+    @abstractmethod
+    def _score_span(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the samples of exactly n whole long segments (no tail)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, device={self.device!r})"
+
+
+def long_segment_probs(card: ModelCard, n_samples: int, leak_prob: np.ndarray) -> np.ndarray:
+    """P(LEAK) per long segment of a recording of n_samples, from score_waveform's per-input leak_prob:
+    the mean over each long segment's short segments (unit "short"), or the values themselves ("long")."""
+    if card.segmentation.unit == "long":
+        return np.asarray(leak_prob, dtype=np.float64)
+    plan = plan_segments(n_samples, card.segmentation)
+    return long_segment_means(leak_prob, plan.long_first_short, plan.shorts_per_long)
+
+
+def check_mel(mel: np.ndarray, card: ModelCard) -> np.ndarray:
+    """float32 [B, 1, n_mels, frames] of this card's input shape, or a ValueError saying what was given."""
+    mel = np.asarray(mel, dtype=np.float32)
+    expected = input_shape(card.frontend, card.segmentation)
+    if mel.ndim != 4 or tuple(mel.shape[1:]) != expected:
+        raise ValueError(f"expected mel inputs [batch, {', '.join(map(str, expected))}], got shape {mel.shape}")
+    return mel
+
+
+def _file_digest(path: Path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest

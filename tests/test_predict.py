@@ -1,0 +1,247 @@
+"""`leak predict` as a field engineer runs it: one row per file, bad files named, rates and channels handled,
+backends agreeing, a killed run resumed to the same table, long files streamed in bounded memory."""
+
+import csv
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+from typer.testing import CliRunner
+
+from leakhunter.audio import load_audio
+from leakhunter.cli import app
+from leakhunter.inference.pool import WorkerFailure, isolated_map
+from leakhunter.inference.predict import FileScorer, PredictError, find_inputs, predict
+from leakhunter.training.synth import synth_recording
+
+SR = 8000
+
+
+def write_recording(path, label, seconds=2.0, rate=SR, seed=0):
+    rng = np.random.default_rng([seed, len(str(path))])
+    soundfile.write(path, synth_recording(label, seconds, rate, rng), rate, subtype="PCM_16")
+    return path
+
+
+def broken_files(folder: Path) -> dict[str, str]:
+    """Twenty bad recordings of eight kinds, and the status each must get."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected = {}
+    good = write_recording(folder / "template.wav", "LEAK")
+    data = good.read_bytes()
+    good.unlink()
+    for i in range(3):
+        (folder / f"truncated{i}.wav").write_bytes(data[: len(data) // 2 + i * 100])
+        expected[f"truncated{i}.wav"] = "truncated"
+        (folder / f"zero{i}.wav").write_bytes(b"")
+        expected[f"zero{i}.wav"] = "empty"
+        soundfile.write(folder / f"header{i}.wav", np.zeros((0, 1), np.float32), SR)  # a header, no frames
+        expected[f"header{i}.wav"] = "header_only"
+        nan = np.random.default_rng(i).standard_normal(SR * 2).astype(np.float32) * 0.1
+        nan[100 * (i + 1)] = np.nan
+        soundfile.write(folder / f"nan{i}.wav", nan, SR, subtype="FLOAT")
+        expected[f"nan{i}.wav"] = "non_finite"
+        (folder / f"random{i}.wav").write_bytes(np.random.default_rng(i).bytes(5000))
+        expected[f"random{i}.wav"] = "decode_error"
+    for i in range(2):
+        (folder / f"text{i}.wav").write_text("timestamp,value\n2026-11-20,3\n" * (i + 1))
+        expected[f"text{i}.wav"] = "not_audio"
+        soundfile.write(folder / f"one_sample{i}.wav", np.zeros(1, np.float32) + 0.1, SR)
+        expected[f"one_sample{i}.wav"] = "too_short"
+    mp3 = folder / "tmp.mp3"
+    soundfile.write(mp3, synth_recording("LEAK", 2.0, 16000, np.random.default_rng(5)), 16000, format="MP3")
+    mp3.rename(folder / "mp3.wav")
+    expected["mp3.wav"] = "format_mismatch"
+    assert len(expected) == 20
+    return expected
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    """A night folder: 180 good recordings of all classes and 20 broken ones."""
+    folder = tmp_path_factory.mktemp("night")
+    labels = ["LEAK", "NORMAL", "QUIET", "RANDOM", "MECHANICAL"]
+    for i in range(180):
+        write_recording(folder / f"S{i % 30:03d}~R{i:05d}~20261120T0{i % 6}0000~0.wav", labels[i % 5], seed=i)
+    return folder, broken_files(folder / "broken")
+
+
+def rows_of(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_two_hundred_files_with_twenty_broken_give_two_hundred_rows(night, onnx_model, tmp_path):
+    folder, expected = night
+    out = tmp_path / "scores.csv"
+    summary = predict([folder], onnx_model, out=out, workers=2)
+    rows = rows_of(out)
+    assert len(rows) == 200 and len({r["file"] for r in rows}) == 200
+    by_name = {Path(r["file"]).name: r for r in rows}
+    for name, status in expected.items():
+        assert by_name[name]["status"] == status, (name, by_name[name]["message"])
+        assert by_name[name]["verdict"] == "" and by_name[name]["leak_score"] == ""
+    assert sum(r["status"] == "ok" for r in rows) == 180
+    assert summary.exit_code == 3
+    assert summary.statuses["ok"] == 180
+
+
+def test_exit_codes_and_empty_inputs(tmp_path, onnx_model, night):
+    folder, _ = night
+    good = sorted(folder.glob("*.wav"))[:3]
+    assert predict(good, onnx_model, workers=0).exit_code == 0
+    assert predict(sorted((folder / "broken").glob("zero*.wav")), onnx_model, workers=0).exit_code == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictError, match="no audio files"):
+        predict([tmp_path / "empty"], onnx_model)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "empty"), "--model", str(onnx_model)])
+    assert result.exit_code == 2 and "no audio files" in result.output
+
+
+@pytest.mark.parametrize("rate", [4096, 8000, 16000, 44100, 48000, "stereo"])
+def test_the_same_recording_at_any_rate_or_as_stereo_scores_the_same(rate, tmp_path, onnx_model):
+    native = synth_recording("LEAK", 6.0, 48000, np.random.default_rng(3))  # band-limited below 1.8 kHz
+    base = soxr.resample(native, 48000, 4096).astype(np.float32)
+    soundfile.write(tmp_path / "native.wav", base, 4096, subtype="FLOAT")
+    if rate == "stereo":
+        soundfile.write(tmp_path / "x.wav", np.stack([base, base], axis=1), 4096, subtype="FLOAT")
+    else:
+        soundfile.write(tmp_path / "x.wav", soxr.resample(native, 48000, rate).astype(np.float32), rate,
+                        subtype="FLOAT")
+    scorer = FileScorer(onnx_model)
+    reference, other = scorer.score(tmp_path / "native.wav").row, scorer.score(tmp_path / "x.wav").row
+    assert other["status"] == "ok"
+    assert abs(other["mean_leak_prob"] - reference["mean_leak_prob"]) <= 0.02
+    assert other["verdict"] == reference["verdict"]
+    assert other["resampled"] == (rate not in (4096, "stereo"))
+    assert other["channels_in"] == (2 if rate == "stereo" else 1)
+
+
+def test_pth_and_onnx_give_the_same_verdicts_on_the_test_split(trained_model, onnx_model, training_dataset):
+    import h5py
+
+    with h5py.File(training_dataset) as h5:
+        test_files = [p for p, s in zip(h5["files/path"].asstr()[:], h5["files/split"][:]) if s == 2]
+    torch_rows = predict(test_files, trained_model, workers=0).rows
+    onnx_rows = predict(test_files, onnx_model, workers=0).rows
+    assert [r["verdict"] for r in torch_rows] == [r["verdict"] for r in onnx_rows]
+    assert max(abs(a["mean_leak_prob"] - b["mean_leak_prob"]) for a, b in zip(torch_rows, onnx_rows)) < 1e-4
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_table(night, onnx_model, tmp_path):
+    folder, _ = night
+    files = sorted(folder.glob("*.wav"))[:60] + sorted((folder / "broken").glob("*.wav"))[:10]
+    manifest = tmp_path / "inputs.csv"
+    manifest.write_text("path\n" + "".join(f"{p}\n" for p in files))
+    reference = tmp_path / "reference.csv"
+    predict([manifest], onnx_model, out=reference, workers=1)
+    out = tmp_path / "scores.csv"
+    command = [sys.executable, "-m", "leakhunter.cli", "predict", str(manifest), "--model", str(onnx_model),
+               "--out", str(out), "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while (not out.exists() or len(out.read_bytes().splitlines()) < 15) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0, 0.2))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(out.read_bytes().splitlines()) - 1
+    assert 0 < written < 70  # it died mid-run
+    with open(out, "ab") as handle:
+        handle.write(b"/half/written,ok,LE")  # a row cut off mid-write is not a row
+    result = subprocess.run(command + ["--resume"], capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr  # the ten broken files
+    final, expected = rows_of(out), rows_of(reference)
+    assert len(final) == 70 and len({r["file"] for r in final}) == 70
+    key = lambda r: r["file"]  # noqa: E731
+    assert sorted(final, key=key) == sorted(expected, key=key)
+
+
+def test_a_thirty_minute_file_streams_in_bounded_memory_and_equals_the_in_memory_result(trained_model, tmp_path):
+    path = tmp_path / "long.wav"
+    rng = np.random.default_rng(0)
+    with soundfile.SoundFile(path, "w", 16000, 1, subtype="PCM_16") as handle:
+        for minute in range(30):
+            label = "LEAK" if minute % 3 else "NORMAL"
+            handle.write(synth_recording(label, 60.0, 16000, rng))
+    streamed = FileScorer(trained_model, block_frames=4000)
+    result = streamed.score(path)
+    audio = load_audio(path, 4096, "mean", 1024)
+    probs, leak = streamed.runner.score_waveform(audio.samples)
+    from leakhunter.inference.runner import long_segment_probs
+
+    in_memory = long_segment_probs(streamed.card, audio.samples.size, leak)
+    assert result.row["n_long"] == len(in_memory) == 1 + (30 * 60 * 4096 - 1024) // 512
+    assert abs(result.row["mean_leak_prob"] - in_memory.mean()) < 1e-5
+    assert abs(result.row["max_long_prob"] - in_memory.max()) < 1e-5
+    # peak memory of a fresh process scoring it, against one scoring a 10-second file
+    probe = ("import resource, sys; from leakhunter.inference.predict import FileScorer; "
+             "FileScorer(sys.argv[1]).score(sys.argv[2]); "
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    short = write_recording(tmp_path / "short.wav", "LEAK", seconds=10.0, rate=16000)
+    peak = {name: int(subprocess.run([sys.executable, "-c", probe, str(trained_model), str(file)],
+                                     capture_output=True, text=True, check=True).stdout) // 1024
+            for name, file in (("short", short), ("long", path))}
+    decoded_mb = 30 * 60 * 16000 * 4 / 2**20  # the file as float32 at its own rate: 110 MB
+    assert peak["long"] - peak["short"] < 40, peak  # MB: streamed, never the whole file
+    assert decoded_mb > 100
+
+
+def test_real_hydrophone_recordings_score(real_data_dir, onnx_model, tmp_path):
+    summary = predict([real_data_dir], onnx_model, out=tmp_path / "real.jsonl", workers=0, timeline=True)
+    assert summary.exit_code == 0 and len(summary.rows) == 5
+    lines = (tmp_path / "real.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["sample_rate_in"] == 8000 for line in lines)
+    assert len(list((tmp_path / "real.timeline").glob("*.png"))) == 5
+    assert len((tmp_path / "real.timeline.jsonl").read_text().splitlines()) == 5
+
+
+def test_threshold_override_is_recorded_in_each_row(onnx_model, night):
+    folder, _ = night
+    row = predict(sorted(folder.glob("*.wav"))[:1], onnx_model, threshold=0.9, workers=0).rows[0]
+    assert row["threshold"] == 0.9 and "threshold 0.9 (card" in row["message"]
+
+
+def test_inputs_are_files_folders_globs_and_manifests(night, tmp_path):
+    folder, _ = night
+    first = sorted(folder.glob("*.wav"))[0]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,site\n{first},x\n")
+    found = find_inputs([folder / "broken", str(folder / "S000~*.wav"), manifest, first, tmp_path / "gone.wav"])
+    assert len(found) == len(set(found)) == 20 + 6 + 1  # `first` given three ways counts once
+    assert first.resolve() in found and (tmp_path / "gone.wav").resolve() in found
+    manifest.write_text("file\nx.wav\n")
+    with pytest.raises(PredictError, match="needs a 'path' column"):
+        find_inputs([manifest])
+
+
+def _crashy(state, task):
+    if task == "crash":
+        os._exit(7)
+    if task == "hang":
+        time.sleep(60)
+    return f"{state}:{task}"
+
+
+def _setup(prefix):
+    return prefix
+
+
+def test_a_crashing_or_hanging_file_costs_one_row_not_the_batch():
+    tasks = ["a", "crash", "b", "hang", "c", "d"]
+    results = dict(isolated_map(tasks, _crashy, _setup, ("ok",), workers=2, timeout=3.0))
+    assert results["a"] == "ok:a" and results["b"] == "ok:b" and results["d"] == "ok:d"
+    assert isinstance(results["crash"], WorkerFailure) and results["crash"].reason == "worker_crash"
+    assert "exit code 7" in results["crash"].detail
+    assert isinstance(results["hang"], WorkerFailure) and results["hang"].reason == "timeout"
+    assert len(results) == 6
