@@ -24,6 +24,10 @@ demo: setup
 	$(BIN)/leak data check $(DEMO)/data.h5
 	$(BIN)/leak train --data $(DEMO)/data.h5 --out $(DEMO)/run --mode multiclass --epochs 12
 	$(BIN)/leak eval $(DEMO)/run/best.pth --data $(DEMO)/data.h5 --split test
+	$(BIN)/leak export $(DEMO)/run/best.pth
+	$(BIN)/leak info $(DEMO)/run/best.onnx
+	$(BIN)/leak data files $(DEMO)/data.h5 --split test -o $(DEMO)/test_files.csv
+	$(BIN)/leak predict $(DEMO)/test_files.csv --model $(DEMO)/run/best.onnx --out $(DEMO)/scores.csv --timeline
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -16,24 +16,25 @@ ONNX_SUFFIXES = (".onnx",)
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
 
 
-def load_runner(path: str | Path, device: str = "auto") -> tuple[ModelCard, Runner]:
+def load_runner(path: str | Path, device: str = "auto", threads: int | None = None) -> tuple[ModelCard, Runner]:
     """The card and a Runner for a .pth checkpoint (torch) or an exported .onnx file (onnxruntime).
 
     device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; asking for CUDA where there is none
     runs on CPU with one warning. Every refusal is a ValueError naming the file: ModelLoadError (missing,
     empty, truncated, not a model), leakhunter.card.CardError (invalid card, or a card that contradicts
-    the graph or the weights) or leakhunter.checkpoint.CheckpointError.
+    the graph or the weights) or leakhunter.checkpoint.CheckpointError. `threads` caps the CPU threads the
+    backend uses (worker processes share the cores); None leaves the backend's default.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
         from leakhunter.inference.onnx_runner import OnnxRunner
 
-        runner = OnnxRunner(read_onnx(path), device)
+        runner = OnnxRunner(read_onnx(path), device, threads)
     elif suffix in CHECKPOINT_SUFFIXES:
         from leakhunter.inference.torch_runner import TorchRunner  # imports torch
 
-        runner = TorchRunner(path, device)
+        runner = TorchRunner(path, device, threads)
     else:
         raise ModelLoadError(f"{path}: not a model file; expected one of "
                              f"{', '.join(ONNX_SUFFIXES + CHECKPOINT_SUFFIXES)}")

@@ -21,7 +21,7 @@ CPU = "CPUExecutionProvider"
 class OnnxRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, model: OnnxModel, device: str = "auto"):
+    def __init__(self, model: OnnxModel, device: str = "auto", threads: int | None = None):
         super().__init__(model.card, model.path, model.data)
         self.input = model.input
         # A mel-input graph scores waveforms through the torch front-end (imported only then).
@@ -31,6 +31,8 @@ class OnnxRunner(Runner):
         # Idle workers sleep instead of spinning: scoring shares the CPU with decoding threads (and with
         # torch for a mel-input graph), which spinning starved (torch at batch 1 ran 70x slower beside it).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
         try:
             self.session = onnxruntime.InferenceSession(model.data, options, providers=providers(device))
         except (Fail, InvalidGraph, InvalidProtobuf, NotImplemented) as error:

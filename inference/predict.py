@@ -73,8 +73,8 @@ class FileScorer:
 
     def __init__(self, model: str | Path, device: str = "auto", threshold: float | None = None,
                  vote_fraction: float | None = None, channel: str | int = "mean", timeline: bool = False,
-                 block_frames: int = 1 << 16):
-        self.card, self.runner = load_runner(model, device)
+                 block_frames: int = 1 << 16, threads: int | None = None):
+        self.card, self.runner = load_runner(model, device, threads)
         self.threshold = self.card.voting.threshold if threshold is None else threshold
         self.vote_fraction = self.card.voting.vote_fraction if vote_fraction is None else vote_fraction
         self.channel, self.timeline, self.block_frames = channel, timeline, block_frames
@@ -163,8 +163,7 @@ class FileScorer:
 
 
 def _setup_worker(model, device, threshold, vote_fraction, channel, timeline, threads):
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    return FileScorer(model, device, threshold, vote_fraction, channel, timeline)
+    return FileScorer(model, device, threshold, vote_fraction, channel, timeline, threads=threads)
 
 
 def _score_in_worker(scorer: FileScorer, path: Path) -> FileResult:

@@ -11,7 +11,7 @@ import torch
 
 from leakhunter.card import ModelCard
 from leakhunter.checkpoint import read_model
-from leakhunter.devices import pick_device
+from leakhunter.devices import autocast_dtype, pick_device
 from leakhunter.frontend import FrontEnd
 from leakhunter.inference.runner import Runner, check_mel
 from leakhunter.models import Scorer
@@ -25,12 +25,15 @@ class TorchRunner(Runner):
     backend = "torch"
     accepts = ("waveform", "mel")
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
         card, model = read_model(path)
         super().__init__(card, Path(path))
         self.torch_device = pick_device(device)
         self.device = str(self.torch_device)
         self.scorer = Scorer(model, card).to(self.torch_device).eval()
+        self.amp = autocast_dtype(self.torch_device)  # bf16/fp16 on CUDA, full precision on CPU
         self.frontend = FrontEnd(card.frontend, card.segmentation).to(self.torch_device)
 
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +48,8 @@ class TorchRunner(Runner):
         probs, leak_prob = [], []
         with torch.inference_mode():
             for first in range(0, mel.shape[0], MEL_BATCH):
-                batch_probs, batch_leak = self.scorer(mel[first: first + MEL_BATCH])
+                with torch.autocast(self.torch_device.type, dtype=self.amp, enabled=self.amp is not None):
+                    batch_probs, batch_leak = self.scorer(mel[first: first + MEL_BATCH])
                 probs.append(batch_probs.cpu().numpy())
                 leak_prob.append(batch_leak.cpu().numpy())
         if not probs:

@@ -121,6 +121,31 @@ def data_check(dataset: Path = typer.Argument(..., help="A dataset file from `le
     console.print("[green]no problems found[/]")
 
 
+@data_app.command("files")
+def data_files(
+    dataset: Path = typer.Argument(..., help="A dataset file from `leak data build`."),
+    split: str = typer.Option("test", help="train, val or test."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the manifest CSV here (default: stdout)."),
+):
+    """List one split's files as a manifest CSV (path,label): `leak predict` scores it as it is."""
+    import csv
+
+    from leakhunter.training.check import split_manifest
+    from leakhunter.training.dataset import DatasetError
+
+    try:
+        rows = split_manifest(dataset, split)
+    except (DatasetError, ValueError, OSError) as error:
+        raise fail(f"{dataset}: {error}") from None
+    handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(("path", "label"))
+    writer.writerows(rows)
+    if output:
+        handle.close()
+        console.print(f"wrote {len(rows)} {split} files to {output}")
+
+
 @app.command("train")
 def train(
     data: Path = typer.Option(None, help="Dataset file from `leak data build`."),

@@ -83,3 +83,13 @@ def check_dataset(path: str | Path) -> DatasetReport:
     if skipped:
         report.warnings.append(f"{len(skipped)} file(s) were skipped at build time (listed above)")
     return report
+
+
+def split_manifest(path: str | Path, split: str) -> list[tuple[str, str]]:
+    """(path, label) of every file of one split, e.g. to score the held-out recordings with `leak predict`."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    with h5py.File(path, "r") as h5:
+        _, _, class_names = dataset_configs(h5)
+        rows = zip(h5["files/path"].asstr()[:], h5["files/label"][:], h5["files/split"][:])
+        return [(file, class_names[label]) for file, label, code in rows if code == SPLITS.index(split)]

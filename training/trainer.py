@@ -174,8 +174,9 @@ class Trainer:
             mean, std = self.data.mel_statistics()
             self.net.normalise.mean.copy_(torch.from_numpy(mean))
             self.net.normalise.std.copy_(torch.from_numpy(std))
-            self.card = replace(self.card, normalisation={"per_mel_bin": True, "mean": mean.round(6).tolist(),
-                                                          "std": std.round(6).tolist()})
+            self.card = replace(self.card, normalisation={"per_mel_bin": True,
+                                                          "mean": mean.astype(float).round(4).tolist(),
+                                                          "std": std.astype(float).round(4).tolist()})
         self.channels_last = config.channels_last and self.device.type == "cuda"
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -257,7 +258,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 files = sorted({train.paths[i] for i in train.input_file[rows]})
                 self.health.add([fail("H012", f"epoch {epoch}", f"step {start // self.config.batch_size + 1}: "
-                                      f"training loss {float(loss)}; the batch's files: {', '.join(files[:5])}"
+                                      f"training loss {float(loss.detach())}; the batch's files: {', '.join(files[:5])}"
                                       + (f" and {len(files) - 5} more" if len(files) > 5 else ""))])
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
