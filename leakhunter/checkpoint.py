@@ -11,8 +11,6 @@ import pickle
 import tempfile
 from pathlib import Path
 
-import torch
-
 from leakhunter.card import CardError, ModelCard
 
 
@@ -22,6 +20,8 @@ class CheckpointError(ValueError):
 
 def save_atomic(payload: dict, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then os.replace: never a half file."""
+    import torch  # here, not at the top: catching CheckpointError must not import torch (the ONNX path)
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -43,6 +43,8 @@ def save_atomic(payload: dict, path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """The checkpoint's dict, or CheckpointError saying why not (missing, empty, truncated, unsafe, foreign)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
