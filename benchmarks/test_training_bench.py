@@ -1,6 +1,5 @@
 """Training throughput on CPU: the loader must serve inputs >= 10x faster than the training step uses them."""
 
-import time
 
 import numpy as np
 import pytest

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from leakhunter.card import ModelCard, input_shape
+from leakhunter.fingerprint import file_sha256
 from leakhunter.segments import frame_stride, plan_segments
 from leakhunter.voting import long_segment_means
 
@@ -36,8 +37,7 @@ class Runner(ABC):
     def __init__(self, card: ModelCard, path: Path, data: bytes | None = None):
         self.card = card
         self.path = path
-        digest = hashlib.sha256(data) if data is not None else _file_digest(path)
-        self.sha256 = digest.hexdigest()
+        self.sha256 = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
 
     def score_waveform(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per scoring input of one mono recording at the card's sample rate (float32 [T])."""
@@ -98,10 +98,3 @@ def check_mel(mel: np.ndarray, card: ModelCard) -> np.ndarray:
         raise ValueError(f"expected mel inputs [batch, {', '.join(map(str, expected))}], got shape {mel.shape}")
     return mel
 
-
-def _file_digest(path: Path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import h5py
-import pytest
 from typer.testing import CliRunner
 
 from leakhunter.card import STANDARD_CLASSES, ModelCard

@@ -70,9 +70,8 @@ def test_three_broken_files_among_forty_are_skipped_and_reported(small_corpus, t
     half.write_bytes(data[: len(data) // 2])
     text = good[20].with_name("notes.wav")
     text.write_text("sensor,comment\nS001,replaced battery\n")
-    for path in (zero, half, text):  # make them replace three good files: 3 broken among 40
-        path.parent.joinpath(path.name)
-    good[1].unlink(), good[6].unlink(), good[21].unlink()
+    for replaced in (good[1], good[6], good[21]):  # three broken files take three good ones' places
+        replaced.unlink()
     (root / "manifest.csv").unlink()
     report = build_dataset(root, tmp_path / "data.h5", workers=2)
     assert report.n_files == 37
@@ -187,7 +186,7 @@ def test_data_check_reports_cross_split_groups_and_missing_classes(small_dataset
         split[(labels == 2) & (split == 1)] = 0  # no QUIET left in val
         h5["files/split"][:] = split
     report = check_dataset(path)
-    assert f"split val has no QUIET files" in report.problems
+    assert "split val has no QUIET files" in report.problems
     assert any(p.startswith(f"group {groups[train_file]} is in two splits") for p in report.problems)
     assert report.counts.sum() == small_dataset.n_files
 

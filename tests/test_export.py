@@ -136,7 +136,7 @@ def test_multiclass_long_export_checks_fp32_then_keeps_int8(multiclass_long):
     assert card.segmentation.unit == "long" and onnx_runner.backend == "onnxruntime"
     recording = golden_recordings(card)[0].samples
     _, torch_runner = load_runner(multiclass_long)
-    (probs, leak), (torch_probs, torch_leak) = onnx_runner.score_waveform(recording), torch_runner.score_waveform(recording)
+    (probs, leak), (_, torch_leak) = onnx_runner.score_waveform(recording), torch_runner.score_waveform(recording)
     assert probs.shape == (plan_segments(recording.size, card.segmentation).n_long, 5)
     assert 0 < np.abs(leak - torch_leak).max() <= int8.max_abs_leak_prob
 

@@ -7,7 +7,6 @@ engineered features computed by the one front-end. Bad files are skipped and lis
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import torch
 import leakhunter
 from leakhunter.audio import AudioError, load_audio, read_many
 from leakhunter.card import STANDARD_CLASSES, FrontendConfig, SegmentationConfig, preset
+from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FrontEnd
 from leakhunter.segments import plan_segments
 from leakhunter.training.splits import SPLITS, assign_splits
@@ -113,14 +113,6 @@ def class_order(labels) -> tuple[str, ...]:
     if "LEAK" not in present:
         raise DatasetError(f"no LEAK files among the labels {sorted(present)}: leakhunter needs a LEAK class")
     return tuple(c for c in STANDARD_CLASSES if c in present) + tuple(sorted(present - set(STANDARD_CLASSES)))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_dataset(source, output, preset_name: str = "short", val: float = 0.15, test: float = 0.15,

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leakhunter.card import ModelCard
 from leakhunter.voting import long_segment_means, vote_files
 from leakhunter.training.data import LeakData, SplitData
 from leakhunter.training.metrics import class_distribution, cohen_kappa, confusion_matrix, leak_metrics
