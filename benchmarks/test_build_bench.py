@@ -2,8 +2,8 @@
 
 import pytest
 
+from leakhunter.synth import synth_corpus
 from leakhunter.training.dataset import build_dataset
-from leakhunter.training.synth import synth_corpus
 
 HOURS: dict[int, float] = {}
 

@@ -7,11 +7,11 @@ timings taken in the same process are not starved by spinning threads; the two s
 timed in turns, so a change in the machine's load hits both.
 """
 
-import timeit
 
 import numpy as np
 import pytest
 import torch
+from timing import best_of_interleaved
 
 from leakhunter.card import STANDARD_CLASSES, ModelCard, preset
 from leakhunter.checkpoint import save_atomic
@@ -19,19 +19,7 @@ from leakhunter.export import export_model
 from leakhunter.inference import load_runner
 from leakhunter.inference.torch_runner import scoring_mels
 from leakhunter.models import build_model
-from leakhunter.training.synth import synth_recording
-
-
-def best_of_interleaved(functions, repeat):
-    """The fastest of `repeat` runs of each function, taken in turns (A, B, A, B ...) so that a change in
-    the machine's load during the measurement hits every side alike."""
-    times = [[] for _ in functions]
-    for function in functions:
-        function()
-    for _ in range(repeat):
-        for function, taken in zip(functions, times):
-            taken.append(timeit.timeit(function, number=1))
-    return [min(taken) for taken in times]
+from leakhunter.synth import synth_recording
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +62,7 @@ def test_onnxruntime_vs_torch_eager(benchmark, report_ratio, models, mels, batch
     ours = benchmark.pedantic(onnx_runner.score_mel, args=(inputs,), rounds=rounds, warmup_rounds=2)
     np.testing.assert_allclose(ours[1], torch_runner.score_mel(inputs)[1], atol=1e-4)
     onnx_s, torch_s = best_of_interleaved([lambda: onnx_runner.score_mel(inputs),
-                                           lambda: torch_runner.score_mel(inputs)], rounds)
+                                           lambda: torch_runner.score_mel(inputs)], rounds, warmup=True)
     onnx_rate, torch_rate = batch / onnx_s, batch / torch_s
     benchmark.extra_info.update(inputs_per_s=onnx_rate, torch_inputs_per_s=torch_rate)
     report_ratio(f"network, batch {batch}: onnxruntime vs torch eager",
@@ -90,7 +78,7 @@ def test_waveform_graph_vs_mel_graph_with_torch_frontend(benchmark, report_ratio
     ours = benchmark.pedantic(waveform_runner.score_waveform, args=(recording,), rounds=rounds, warmup_rounds=1)
     np.testing.assert_allclose(ours[1], torch_runner.score_waveform(recording)[1], atol=1e-4)
     ours_s, mel_s, torch_s = best_of_interleaved([lambda scorer=scorer: scorer.score_waveform(recording) for scorer in
-                                                  (waveform_runner, mel_runner, torch_runner)], rounds)
+                                                  (waveform_runner, mel_runner, torch_runner)], rounds, warmup=True)
     n_inputs = ours[1].size
     benchmark.extra_info.update(inputs_per_s=n_inputs / ours_s, realtime=seconds / ours_s)
     report_ratio(f"{seconds} s recording: waveform graph vs mel graph + torch front-end",
@@ -106,7 +94,7 @@ def test_int8_speedup_and_delta(benchmark, report_ratio, models, mels, batch):
     _, int8_leak = benchmark.pedantic(int8_runner.score_mel, args=(inputs,), rounds=rounds, warmup_rounds=2)
     delta = float(np.abs(int8_leak - fp32_runner.score_mel(inputs)[1]).max())
     int8_s, fp32_s = best_of_interleaved([lambda: int8_runner.score_mel(inputs),
-                                          lambda: fp32_runner.score_mel(inputs)], rounds)
+                                          lambda: fp32_runner.score_mel(inputs)], rounds, warmup=True)
     speedup = fp32_s / int8_s
     benchmark.extra_info.update(speedup_vs_fp32=speedup, max_abs_leak_prob_delta=delta)
     report_ratio(f"network, batch {batch}: int8 vs fp32 (onnxruntime)",

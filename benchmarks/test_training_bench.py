@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from leakhunter.synth import synth_corpus
 from leakhunter.training.config import make_config
+from leakhunter.training.data import LeakData
 from leakhunter.training.dataset import build_dataset
-from leakhunter.training.synth import synth_corpus
 from leakhunter.training.trainer import Trainer
 
 RATES: dict[str, float] = {}
@@ -28,6 +29,20 @@ def test_loader_inputs_per_second(benchmark, trainer):
     rows = np.random.default_rng(0).permutation(len(train))[:2048]
     benchmark(t.data.inputs, train, rows)
     RATES[f"loader-{preset_name}"] = 2048 / benchmark.stats.stats.min
+
+
+def test_streamed_loader_inputs_per_second(benchmark, report_ratio, trainer):
+    """The disk path (forced by a tiny budget), batches in its own epoch_order, against the in-memory path."""
+    preset_name, t = trainer
+    data = LeakData(t.config.data, t.config.mode, max_memory=1)
+    train = data.splits["train"]
+    batches = [rows for rows in np.array_split(data.epoch_order(train, 0, 0), max(1, len(train) // 2048))]
+    benchmark(lambda: [data.inputs(train, rows) for rows in batches])
+    rate = len(train) / benchmark.stats.stats.min
+    memory_rate = RATES.get(f"loader-{preset_name}", float("nan"))
+    report_ratio(f"loader, {preset_name} preset, streamed from disk",
+                 f"{rate:9.0f} inputs/s = {rate / memory_rate:.2f}x the in-memory path")
+    data.close()
 
 
 def test_training_step_inputs_per_second(benchmark, report_ratio, trainer):

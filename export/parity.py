@@ -88,7 +88,7 @@ def real_data_dir() -> Path | None:
 
 def golden_recordings(card: ModelCard, real_data: Path | None = None) -> list[GoldenRecording]:
     """The same recordings every time: synthetic per class (fixed seed), real ones if given, noise."""
-    from leakhunter.training.synth import synth_recording
+    from leakhunter.synth import synth_recording
 
     rate = card.frontend.sample_rate
     rng = np.random.default_rng(20250333)
@@ -140,3 +140,83 @@ def _vote(card: ModelCard, n_samples: int, leak_prob: np.ndarray):
     long_probs = long_segment_probs(card, n_samples, leak_prob)
     return vote_files(long_probs, np.zeros(long_probs.size, dtype=np.int64), 1, card.voting.threshold,
                       card.voting.vote_fraction)
+
+
+# The front-end's contract (DESIGN §3): every dB value within this of librosa's float64 maths.
+FRONTEND_CONTRACT_DB = 1e-3
+
+
+@dataclass(frozen=True)
+class FrontendPrecision:
+    """How far one front-end variant (DFT dtype, device) lands from the float64 CPU front-end, in dB, over
+    every CNN input value of the golden set (the float64 path itself is ~2e-5 dB from librosa)."""
+
+    variant: str  # e.g. "float32 fft on cpu"
+    max_abs_db: float
+    max_abs_db_by_source: dict[str, float]
+    worst: str  # the recording with the largest error
+    n_files: int
+    n_values: int
+    contract_db: float = FRONTEND_CONTRACT_DB
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_db <= self.contract_db
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"passed": self.passed}
+
+
+def frontend_precision(card: ModelCard, recordings: list[GoldenRecording], dtype: str = "float32",
+                       device: str = "cpu", dft: str = "fft") -> FrontendPrecision:
+    """Max |Δ dB| of the card's front-end with its DFT in `dtype` on `device` against the float64 DFT on CPU.
+
+    Run on CPU, float32 vs float64 measures the rounding of a float32 DFT (the same IEEE arithmetic a GPU
+    does with TF32 off, up to summation order); on CUDA it measures the GPU path itself. Both sides make the
+    CNN inputs the torch runner makes (`scoring_mels`), under the runner's `full_float32` scope.
+    """
+    import torch
+
+    from leakhunter.frontend import FrontEnd
+    from leakhunter.inference.torch_runner import full_float32, scoring_mels
+
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    reference = FrontEnd(card.frontend, card.segmentation)
+    variant = FrontEnd(card.frontend, card.segmentation, dft=dft)
+    variant = (variant.float() if dtype == "float32" else variant).to(device)  # .float(): the DFT's buffers
+    worst, by_source, n_values = ("", -1.0), {}, 0
+    with torch.inference_mode(), full_float32():
+        for recording in recordings:
+            samples = torch.from_numpy(recording.samples)
+            expected = scoring_mels(reference, card, samples).double()
+            got = scoring_mels(variant, card, samples.to(device)).double().cpu()
+            error = float((got - expected).abs().max())
+            n_values += expected.numel()
+            by_source[recording.source] = max(by_source.get(recording.source, 0.0), error)
+            worst = max(worst, (recording.name, error), key=lambda item: item[1])
+    return FrontendPrecision(variant=f"{dtype} {dft} on {device}", max_abs_db=worst[1],
+                             max_abs_db_by_source=by_source, worst=worst[0], n_files=len(recordings),
+                             n_values=n_values)
+
+
+def amp_parity(checkpoint: str | Path, device: str = "auto", amp_dtype=None, real_data: Path | None = None,
+               recordings: list[GoldenRecording] | None = None) -> ParityResult:
+    """The torch runner with autocast on the network against the same runner in full float32, on the same
+    device and golden set: max |Δ P(LEAK)| (reported) and file verdict flips (ParityResult.passed: none).
+
+    amp_dtype None takes what scoring uses there (bf16, else fp16, on CUDA); on CPU, where scoring uses no
+    AMP, bf16 autocast on CPU exercises the same code path.
+    """
+    import torch
+
+    from leakhunter.devices import autocast_dtype
+    from leakhunter.inference.torch_runner import TorchRunner
+
+    reference = TorchRunner(checkpoint, device, amp=None)
+    dtype = amp_dtype or autocast_dtype(reference.torch_device) or torch.bfloat16
+    mixed = TorchRunner(checkpoint, device, amp=dtype)
+    if recordings is None:
+        recordings = golden_recordings(reference.card, real_data)
+    precision = f"amp-{str(dtype).removeprefix('torch.')} on {reference.device}"
+    return compare(reference_scores(reference, recordings), mixed, recordings, reference.card, precision, None)

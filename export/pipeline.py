@@ -18,10 +18,19 @@ from pathlib import Path
 
 import onnx
 
+from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.export.convert import quantize_int8, stamp_card, to_onnx
 from leakhunter.export.graph import graph_module
-from leakhunter.export.parity import (FP32_TOLERANCE, GoldenRecording, ParityResult, compare, golden_recordings,
-                                      real_data_dir, reference_scores)
+from leakhunter.export.parity import (
+    FP32_TOLERANCE,
+    GoldenRecording,
+    ParityResult,
+    compare,
+    golden_recordings,
+    real_data_dir,
+    reference_scores,
+)
+from leakhunter.files import write_atomic
 from leakhunter.inference.onnx_card import INPUT_KINDS, ModelLoadError, read_onnx
 from leakhunter.inference.onnx_runner import OnnxRunner
 from leakhunter.inference.torch_runner import TorchRunner
@@ -58,7 +67,7 @@ class ExportReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
-class ExportError(ValueError):
+class ExportError(LeakhunterError, ValueError):
     """An export that was refused; `report` holds the numbers (nothing was written at the target)."""
 
     def __init__(self, message: str, report: ExportReport | None = None):
@@ -82,11 +91,11 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
     """
     started = time.perf_counter()
     if input not in INPUT_KINDS:
-        raise ValueError(f"input must be one of {', '.join(INPUT_KINDS)}, got {input!r}")
+        raise InputError(f"input must be one of {', '.join(INPUT_KINDS)}, got {input!r}")
     if fp16 and int8:
-        raise ValueError("choose fp16 or int8, not both")
+        raise InputError("choose fp16 or int8, not both")
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise ValueError(f"opset must be between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}, got {opset}")
+        raise InputError(f"opset must be between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}, got {opset}")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     checkpoint = Path(checkpoint)
     output = Path(output) if output is not None else default_output(checkpoint, precision)
@@ -135,7 +144,7 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
         if not report.passed:
             reasons = "; ".join(result.failure() for result in parity if not result.passed)
             raise ExportError(f"{checkpoint}: export refused, nothing written to {output}: {reasons}", report)
-        _write_atomic(report_path, report.to_json().encode())
+        write_atomic(report_path, report.to_json())
         os.replace(path, output)
     finally:
         if path is not None:
@@ -162,13 +171,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = _temporary(path)
-    try:
-        _write_synced(temporary, data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

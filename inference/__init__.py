@@ -2,11 +2,23 @@
 
 `load_runner(path)` → (card, runner); `describe_model(path)` → what `leak info` shows. Importing this
 package, and loading and running an .onnx file, needs no torch: only the .pth backend imports it.
+The names below are imported on first use, so a decoding worker that imports one small module of the
+package does not pay for onnx and onnxruntime.
 """
 
-from leakhunter.inference.describe import describe_model
-from leakhunter.inference.loader import load_runner
-from leakhunter.inference.onnx_card import ModelLoadError
-from leakhunter.inference.runner import Runner, long_segment_probs
+import importlib
 
-__all__ = ["ModelLoadError", "Runner", "describe_model", "load_runner", "long_segment_probs"]
+_EXPORTS = {
+    "describe_model": "leakhunter.inference.describe",
+    "load_runner": "leakhunter.inference.loader",
+    "ModelLoadError": "leakhunter.inference.onnx_card",
+    "Runner": "leakhunter.inference.runner",
+    "long_segment_probs": "leakhunter.inference.runner",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'leakhunter.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

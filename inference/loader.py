@@ -6,9 +6,11 @@ Importing this module, and loading and running an .onnx file, does not import to
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from leakhunter.card import ModelCard
+from leakhunter.fingerprint import file_sha256
 from leakhunter.inference.onnx_card import ModelLoadError, read_onnx
 from leakhunter.inference.runner import Runner
 
@@ -20,7 +22,7 @@ def load_runner(path: str | Path, device: str = "auto", threads: int | None = No
     """The card and a Runner for a .pth checkpoint (torch) or an exported .onnx file (onnxruntime).
 
     device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; asking for CUDA where there is none
-    runs on CPU with one warning. Every refusal is a ValueError naming the file: ModelLoadError (missing,
+    is a leakhunter.errors.DeviceError. Every other refusal is a ValueError naming the file: ModelLoadError (missing,
     empty, truncated, not a model), leakhunter.card.CardError (invalid card, or a card that contradicts
     the graph or the weights) or leakhunter.checkpoint.CheckpointError. `threads` caps the CPU threads the
     backend uses (worker processes share the cores); None leaves the backend's default.
@@ -39,3 +41,18 @@ def load_runner(path: str | Path, device: str = "auto", threads: int | None = No
         raise ModelLoadError(f"{path}: not a model file; expected one of "
                              f"{', '.join(ONNX_SUFFIXES + CHECKPOINT_SUFFIXES)}")
     return runner.card, runner
+
+
+def read_card(path: str | Path) -> tuple[ModelCard, str, str]:
+    """(card, sha256, backend) of a model file without building a session or a network: what a parent
+    process that leaves the scoring to workers needs. Validates the card as load_runner does."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        model = read_onnx(path)
+        return model.card, hashlib.sha256(model.data).hexdigest(), "onnxruntime"
+    if suffix in CHECKPOINT_SUFFIXES:
+        from leakhunter.checkpoint import card_of, load_checkpoint  # imports torch
+
+        return card_of(load_checkpoint(path), path), file_sha256(path), "torch"
+    raise ModelLoadError(f"{path}: not a model file; expected one of {', '.join(ONNX_SUFFIXES + CHECKPOINT_SUFFIXES)}")

@@ -15,6 +15,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from leakhunter.card import CardError, ModelCard, input_shape
+from leakhunter.errors import LeakhunterError
 
 CARD_KEY = "leakhunter.card"
 INPUT_KEY = "leakhunter.input"
@@ -25,7 +26,7 @@ OUTPUT_NAMES = ("probs", "leak_prob")
 FLOAT = onnx.TensorProto.FLOAT
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(LeakhunterError, ValueError):
     """A model file that cannot be used (missing, empty, truncated, not ONNX); the message names the file."""
 
 

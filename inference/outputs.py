@@ -1,5 +1,8 @@
 """The verdict table: one row per input file, appended and flushed as it is produced (CSV or JSONL),
 and read back by --resume, which never counts a half-written last line as done. Torch-free.
+
+CSV text cells that a spreadsheet would run as a formula (starting with = + - @, tab or CR) are written
+with a leading ' (OWASP's CSV-injection advice) and read back without it; numbers and JSONL are untouched.
 """
 
 from __future__ import annotations
@@ -9,15 +12,25 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+from leakhunter.errors import LeakhunterError
+from leakhunter.files import write_atomic
 
 BASE_COLUMNS = ("file", "status", "verdict", "leak_score", "mean_leak_prob", "max_long_prob", "n_long",
                 "duration_s", "sample_rate_in", "resampled", "channels_in", "top_class")
 TAIL_COLUMNS = ("threshold", "vote_fraction", "model_sha256", "leakhunter_version", "size_bytes", "mtime",
                 "message")
+# Free-text columns: the only ones a formula could hide in (numbers such as -0.5 must stay numbers).
+TEXT_COLUMNS = frozenset({"file", "status", "verdict", "top_class", "model_sha256", "leakhunter_version", "message"})
+# A leading quote is escaped too, so that reading back can always drop exactly one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+# Statuses that say something about the run, not the file: --resume scores these files again.
+RETRIED_STATUSES = frozenset({"timeout", "worker_crash", "error"})
 
 
-class OutputError(ValueError):
+class OutputError(LeakhunterError, ValueError):
     """An output file that --resume cannot continue (another format or other columns)."""
 
 
@@ -36,6 +49,14 @@ def _mtime_text(value) -> str:
     return f"{float(value):.6f}" if value not in ("", None) else ""
 
 
+def escape_formula(text: str) -> str:
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def unescape_formula(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
+
+
 def _cell(value) -> str:
     if value is None:
         return ""
@@ -44,6 +65,18 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return str(value)
+
+
+def csv_line(values) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def csv_row_line(row: dict, columns: tuple[str, ...]) -> str:
+    """One CSV line of a row, text cells escaped against formula injection."""
+    cells = [_cell(row.get(k)) for k in columns]
+    return csv_line([escape_formula(cell) if k in TEXT_COLUMNS else cell for k, cell in zip(columns, cells)])
 
 
 class RowWriter:
@@ -57,12 +90,7 @@ class RowWriter:
         fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
         self.handle = open(self.path, "w" if fresh else "a", encoding="utf-8", newline="")
         if fresh and not self.jsonl:
-            self._write_line(self._csv_line(self.columns))
-
-    def _csv_line(self, values) -> str:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(values)
-        return buffer.getvalue()
+            self._write_line(csv_line(self.columns))
 
     def _write_line(self, line: str) -> None:
         self.handle.write(line)
@@ -75,7 +103,7 @@ class RowWriter:
             record = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
             self._write_line(json.dumps(record) + "\n")
         else:
-            self._write_line(self._csv_line([_cell(row.get(k)) for k in self.columns]))
+            self._write_line(csv_row_line(row, self.columns))
 
     def close(self) -> None:
         self.handle.close()
@@ -87,24 +115,57 @@ def read_done(path: str | Path, columns: tuple[str, ...]) -> tuple[list[dict], i
     A last line without its newline (a run killed mid-write) is not a row; the caller truncates the
     file to the returned length before appending.
     """
+    _, lines, length = read_table(path, columns)
+    return [row for row, _ in lines], length
+
+
+def read_table(path: str | Path, columns: tuple[str, ...]) -> tuple[str, list[tuple[dict, str]], int]:
+    """(header line, [(row, its line as written)], bytes of whole lines) of an earlier output.
+
+    The header is "" for JSONL (and for a missing or empty file); CSV text cells come back un-escaped.
+    """
     path = Path(path)
     if not path.exists():
-        return [], 0
+        return "", [], 0
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     text = complete.decode("utf-8")
     if path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        for row in rows:
+        lines = [(json.loads(line), line + "\n") for line in text.split("\n") if line.strip()]
+        for row, _ in lines:
             if set(row) != set(columns):
                 raise OutputError(f"{path}: its rows have other columns than this model's output; "
                                   f"write to another --out")
-        return rows, len(complete)
-    reader = csv.reader(io.StringIO(text))
+        return "", lines, len(complete)
+    reader = csv.reader(io.StringIO(text))  # a whole reader: a quoted cell may hold a newline
     header = next(reader, None)
     if header is None:
-        return [], 0
+        return "", [], 0
     if tuple(header) != columns:
         raise OutputError(f"{path}: its columns {header} differ from this model's {list(columns)}; "
                           f"write to another --out")
-    return [dict(zip(header, values)) for values in reader], len(complete)
+    lines = []
+    for values in reader:
+        row = {k: unescape_formula(v) if k in TEXT_COLUMNS else v for k, v in zip(header, values)}
+        lines.append((row, csv_row_line(row, columns)))  # the same line: cells read back are written as they were
+    return csv_line(header), lines, len(complete)
+
+
+def prepare_resume(path: str | Path, columns: tuple[str, ...], keep: Callable[[dict], bool]) -> list[dict]:
+    """Make an earlier output ready to be appended to, and return the rows it keeps.
+
+    Drops a half-written last line, the rows `keep` refuses (files to be scored again) and all but the
+    last row of any file listed twice, so that the finished table has exactly one row per file. When
+    nothing but a half line goes, the file is truncated; otherwise it is rewritten atomically.
+    """
+    path = Path(path)
+    header, lines, length = read_table(path, columns)
+    last_of_file = {str(row["file"]): index for index, (row, _) in enumerate(lines)}
+    kept = [(row, line) for index, (row, line) in enumerate(lines)
+            if last_of_file[str(row["file"])] == index and keep(row)]
+    if len(kept) == len(lines):
+        if path.exists():
+            os.truncate(path, length)
+    else:
+        write_atomic(path, header + "".join(line for _, line in kept))
+    return [row for row, _ in kept]

@@ -1,18 +1,20 @@
 """Worker processes that survive their tasks: a file that crashes its decoder or hangs past the timeout
 costs one row, never the batch (BirdNET's issue #339: four corrupt files cost 6,550 good ones).
 
-Each worker runs `setup(*args)` once (loading the model) and then `work(state, task)` per task.
-Torch-free.
+A WorkerPool is long-lived (a CLI run, or a server's lifetime): each worker runs `setup(*args)` once and
+then `work(state, task, emit)` per task; `emit(value)` streams partial results (a long recording's pieces)
+back while the task runs, so nothing has to hold a whole recording. Torch-free.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+
+from leakhunter.errors import LeakhunterError
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,20 @@ class WorkerFailure:
 
     reason: str
     detail: str
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    """What a task did: `emitted` a partial result, is `done` (payload: its result or a WorkerFailure)."""
+
+    task_id: int
+    task: object
+    kind: str  # "emitted" or "done"
+    payload: object
+
+
+class SetupError(LeakhunterError, RuntimeError):
+    """A worker could not start (e.g. the model cannot be loaded): nothing can be scored."""
 
 
 def _serve(setup, setup_args, work, connection, worker_id) -> None:
@@ -40,14 +56,10 @@ def _serve(setup, setup_args, work, connection, worker_id) -> None:
         task_id, task = item
         connection.send(("started", task_id, None))
         try:
-            result = work(state, task)
+            result = work(state, task, lambda value, task_id=task_id: connection.send(("emitted", task_id, value)))
         except Exception as error:  # noqa: BLE001 - one task's failure is that task's row
             result = WorkerFailure("error", f"{type(error).__name__}: {error}")
         connection.send(("done", task_id, result))
-
-
-class SetupError(RuntimeError):
-    """A worker could not start (e.g. the model cannot be loaded): nothing can be scored."""
 
 
 class _Worker:
@@ -76,78 +88,137 @@ class _Worker:
         self.connection.close()
 
 
-def isolated_map(tasks: Iterable, work: Callable, setup: Callable, setup_args: tuple = (), workers: int = 2,
-                 timeout: float | None = None) -> Iterator[tuple[object, object]]:
-    """Yield (task, result or WorkerFailure) as tasks finish, in completion order.
+class WorkerPool:
+    """`workers` isolated processes fed from a queue of tasks. A worker that dies mid-task (segfault,
+    os._exit, OOM kill) or runs past `timeout` seconds on one task is replaced, and its task ends with a
+    WorkerFailure; every other task goes on. Use as a context manager, or call close()."""
 
-    A worker that dies mid-task (segfault, os._exit, OOM kill) or runs past `timeout` seconds on one task
-    is replaced; its task yields WorkerFailure. Stopping the iteration stops the workers.
-    """
-    context = multiprocessing.get_context("spawn")
-    pending = deque(enumerate(tasks))
-    by_id = dict(pending)
-    pool: list[_Worker] = []
-    spawned = 0
+    def __init__(self, setup: Callable, setup_args: tuple, work: Callable, workers: int = 2,
+                 timeout: float | None = None):
+        self._context = multiprocessing.get_context("spawn")
+        self._setup, self._setup_args, self._work = setup, setup_args, work
+        self.size, self.timeout = max(1, workers), timeout
+        self._workers: list[_Worker] = []
+        self._queue: list[tuple[int, object]] = []  # FIFO of (task_id, task) not yet sent
+        self._tasks: dict[int, object] = {}  # every task not yet done
+        self._next_id = 0
+        self._spawned = 0
+        for _ in range(self.size):
+            self._spawn()
 
-    def spawn():
-        nonlocal spawned
-        pool.append(_Worker(context, spawned, setup, setup_args, work))
-        spawned += 1
+    def __enter__(self) -> WorkerPool:
+        return self
 
-    for _ in range(max(1, min(workers, len(pending)))):
-        spawn()
-    outstanding = len(pending)
-    try:
-        while outstanding:
-            for worker in pool:
-                if worker.ready and worker.task_id is None and pending:
-                    worker.task_id, task = pending.popleft()
-                    worker.started = None
-                    try:
-                        worker.connection.send((worker.task_id, task))
-                    except OSError:
-                        pass  # it died; found below, and the task is reported as its crash
-            wait([w.connection for w in pool] + [w.process.sentinel for w in pool], timeout=0.05)
-            for worker in list(pool):
-                failure = None
-                try:
-                    while worker.connection.poll():
-                        kind, task_id, payload = worker.connection.recv()
-                        if kind == "setup_failed":
-                            raise SetupError(payload)
-                        if kind == "ready":
-                            worker.ready = True
-                        elif kind == "started":
-                            worker.started = time.monotonic()
-                        elif kind == "done" and task_id == worker.task_id:
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks submitted and not yet done (queued or running)."""
+        return len(self._tasks)
+
+    def submit(self, task) -> int:
+        task_id, self._next_id = self._next_id, self._next_id + 1
+        self._queue.append((task_id, task))
+        self._tasks[task_id] = task
+        self._dispatch()
+        return task_id
+
+    def events(self, timeout: float = 0.05) -> list[PoolEvent]:
+        """What happened since the last call, waiting up to `timeout` seconds for the first thing to happen.
+        Raises SetupError when a worker cannot start."""
+        self._dispatch()
+        if not self._tasks:
+            return []
+        wait([w.connection for w in self._workers] + [w.process.sentinel for w in self._workers], timeout=timeout)
+        found: list[PoolEvent] = []
+        for worker in list(self._workers):
+            try:
+                while worker.connection.poll():
+                    kind, task_id, payload = worker.connection.recv()
+                    if kind == "setup_failed":
+                        raise SetupError(payload)
+                    if kind == "ready":
+                        worker.ready = True
+                    elif kind == "started":
+                        worker.started = time.monotonic()
+                    elif task_id == worker.task_id and kind in ("emitted", "done"):
+                        found.append(PoolEvent(task_id, self._tasks[task_id], kind, payload))
+                        if kind == "done":
+                            del self._tasks[task_id]
                             worker.task_id = None
-                            outstanding -= 1
-                            yield by_id.pop(task_id), payload
-                except (EOFError, OSError):
-                    pass  # the process is gone; its sentinel says so below
-                if worker.process.is_alive():
-                    if (worker.task_id is not None and worker.started is not None and timeout is not None
-                            and time.monotonic() - worker.started > timeout):
-                        failure = WorkerFailure("timeout", f"no result after {timeout:g} s; the worker was stopped")
-                    else:
-                        continue
-                elif not worker.ready:
-                    raise SetupError(f"a worker process died while starting (exit code {worker.process.exitcode})")
-                elif worker.task_id is not None:
-                    failure = WorkerFailure("worker_crash", f"the worker process died (exit code "
-                                                            f"{worker.process.exitcode}) while on this file")
+            except (EOFError, OSError):
+                pass  # the process is gone; its sentinel says so below
+            failure = self._failure(worker)
+            if failure is not None or not worker.process.is_alive():
+                task_id = worker.task_id
                 worker.kill()
-                pool.remove(worker)
+                self._workers.remove(worker)
                 if failure is not None:
-                    outstanding -= 1
-                    yield by_id.pop(worker.task_id), failure
-                if pending or outstanding:
-                    spawn()
-    finally:
-        for worker in pool:
+                    found.append(PoolEvent(task_id, self._tasks.pop(task_id), "done", failure))
+                self._spawn()
+        self._dispatch()
+        return found
+
+    def _failure(self, worker: _Worker) -> WorkerFailure | None:
+        if worker.process.is_alive():
+            if (worker.task_id is not None and worker.started is not None and self.timeout is not None
+                    and time.monotonic() - worker.started > self.timeout):
+                return WorkerFailure("timeout", f"no result after {self.timeout:g} s; the worker was stopped")
+            return None
+        if not worker.ready:
+            raise SetupError(f"a worker process died while starting (exit code {worker.process.exitcode})")
+        if worker.task_id is not None:
+            return WorkerFailure("worker_crash", f"the worker process died (exit code {worker.process.exitcode}) "
+                                                 f"while on this file")
+        return None
+
+    def _spawn(self) -> None:
+        self._workers.append(_Worker(self._context, self._spawned, self._setup, self._setup_args, self._work))
+        self._spawned += 1
+
+    def _dispatch(self) -> None:
+        for worker in self._workers:
+            if worker.ready and worker.task_id is None and self._queue:
+                worker.task_id, task = self._queue.pop(0)
+                worker.started = None
+                try:
+                    worker.connection.send((worker.task_id, task))
+                except OSError:
+                    pass  # it died; events() finds out, and the task is reported as its crash
+
+    def close(self) -> None:
+        for worker in self._workers:
             worker.stop()
         deadline = time.monotonic() + 5
-        for worker in pool:
+        for worker in self._workers:
             worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()
+        self._workers.clear()
+
+
+def isolated_map(tasks: Iterable, work: Callable, setup: Callable, setup_args: tuple = (), workers: int = 2,
+                 timeout: float | None = None) -> Iterator[tuple[object, object]]:
+    """Yield (task, result or WorkerFailure) as tasks finish, in completion order: `work(state, task)` in a
+    WorkerPool. Stopping the iteration stops the workers."""
+    tasks = list(tasks)
+    if not tasks:
+        return
+    with WorkerPool(setup, setup_args, _Partial(work), min(workers, len(tasks)), timeout) as pool:
+        for task in tasks:
+            pool.submit(task)
+        while pool.outstanding:
+            for event in pool.events():
+                if event.kind == "done":
+                    yield event.task, event.payload
+
+
+class _Partial:
+    """work(state, task) as work(state, task, emit); a class, not a lambda, so spawned workers can unpickle it."""
+
+    def __init__(self, work: Callable):
+        self.work = work
+
+    def __call__(self, state, task, emit):
+        return self.work(state, task)

@@ -15,7 +15,7 @@ import numpy as np
 from leakhunter.card import ModelCard, input_shape
 from leakhunter.fingerprint import file_sha256
 from leakhunter.segments import frame_stride, plan_segments
-from leakhunter.voting import long_segment_means
+from leakhunter.voting import per_long_segment
 
 # A chunk is about this many STFT frames of audio (4 minutes at 4096 Hz with the presets' 256-sample stride).
 CHUNK_FRAMES = 4096
@@ -69,6 +69,13 @@ class Runner(ABC):
             leak_prob.append(chunk_leak)
         return np.concatenate(probs), np.concatenate(leak_prob)
 
+    def score_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of equal length [b, T], each exactly whole long segments (no tail) → per scoring input of each
+        row: (probs [b, n, C], leak_prob [b, n]). The batched engine's one call per batch; backends that take
+        a batch at once override it."""
+        scored = [self._score_span(np.ascontiguousarray(row, dtype=np.float32)) for row in rows]
+        return np.stack([probs for probs, _ in scored]), np.stack([leak for _, leak in scored])
+
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{self.path} takes {' or '.join(self.accepts)} input, not mel spectrograms; "
                          f"export it with `leak export --input mel` to score mels")
@@ -81,13 +88,11 @@ class Runner(ABC):
         return f"{type(self).__name__}({str(self.path)!r}, device={self.device!r})"
 
 
-def long_segment_probs(card: ModelCard, n_samples: int, leak_prob: np.ndarray) -> np.ndarray:
-    """P(LEAK) per long segment of a recording of n_samples, from score_waveform's per-input leak_prob:
-    the mean over each long segment's short segments (unit "short"), or the values themselves ("long")."""
-    if card.segmentation.unit == "long":
-        return np.asarray(leak_prob, dtype=np.float64)
+def long_segment_probs(card: ModelCard, n_samples: int, values: np.ndarray) -> np.ndarray:
+    """Per long segment of a recording of n_samples, from score_waveform's per-input values (P(LEAK) [N] or
+    class probabilities [N, C]): leakhunter.voting.per_long_segment with this recording's segment plan."""
     plan = plan_segments(n_samples, card.segmentation)
-    return long_segment_means(leak_prob, plan.long_first_short, plan.shorts_per_long)
+    return per_long_segment(values, card.segmentation.unit, plan.long_first_short, plan.shorts_per_long)
 
 
 def check_mel(mel: np.ndarray, card: ModelCard) -> np.ndarray:

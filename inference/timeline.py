@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # a Figure draws without pyplot: no global backend, no display
 
 
 def plot_timeline(timeline: dict, path: str | Path) -> None:
     starts = np.asarray(timeline["long_start_s"])
     probs = np.asarray(timeline["leak_prob"])
     over = probs >= timeline["threshold"]
-    figure, axis = plt.subplots(figsize=(10, 3))
+    figure = Figure(figsize=(10, 3))
+    axis = figure.subplots()
     width = min(timeline["long_seconds"], starts[1] - starts[0]) if len(starts) > 1 else timeline["long_seconds"]
     axis.bar(starts, probs, width=width, align="edge", color=np.where(over, "tab:red", "tab:blue"))
     axis.axhline(timeline["threshold"], color="black", linestyle="--", linewidth=1,
@@ -25,4 +23,3 @@ def plot_timeline(timeline: dict, path: str | Path) -> None:
     axis.legend(loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-    plt.close(figure)

@@ -20,6 +20,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from leakhunter.errors import InputError, LeakhunterError
+
 REASONS: tuple[str, ...] = ("missing", "empty", "header_only", "truncated", "not_audio", "format_mismatch",
                             "decode_error",
                             "non_finite", "silent", "too_short", "bad_channel")
@@ -39,7 +41,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class AudioError(Exception):
+class DecodeBugError(LeakhunterError, RuntimeError):
+    """An exception that is not a decoding failure (a KeyError, a MemoryError ...) while decoding one file.
+
+    It stops a batch instead of becoming a skip reason: a bug must not silently shrink a dataset."""
+
+    def __init__(self, path: str | os.PathLike, error: BaseException):
+        self.path = str(path)
+        super().__init__(f"{self.path}: unexpected {type(error).__name__}: {error} while decoding; this is a bug, "
+                         f"not a bad file")
+
+
+class AudioError(LeakhunterError):
     """A file that cannot be scored or trained on, with a machine-readable reason."""
 
     def __init__(self, reason: str, path: str | os.PathLike, detail: str):
@@ -77,7 +90,7 @@ def parse_channel_policy(text: str | int) -> str | int:
             return word
         if word.isascii() and word.isdigit():
             return int(word)
-    raise ValueError(f"channel policy {text!r} is not one of 'first', 'mean' or a channel index 0, 1, 2 ...")
+    raise InputError(f"channel policy {text!r} is not one of 'first', 'mean' or a channel index 0, 1, 2 ...")
 
 
 @dataclass(frozen=True)
@@ -218,8 +231,11 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     size = path.stat().st_size
     if size == 0:
         raise AudioError("empty", path, "0 bytes")
-    with open(path, "rb") as file:
-        head = file.read(TEXT_SNIFF_BYTES)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(TEXT_SNIFF_BYTES)
+    except OSError as error:  # unreadable (permissions, I/O error): a property of the file, not a bug
+        raise AudioError("decode_error", path, f"cannot read: {error}") from error
     if _looks_like_text(head):
         raise AudioError("not_audio", path, f"looks like text, not an audio header; starts with {head[:40]!r}")
     try:
@@ -232,6 +248,9 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     try:
         _check_format(path, sound.format)
         _check_header(path, head, size, sound.frames, sound.channels, policy)
+    except OSError as error:
+        sound.close()
+        raise AudioError("decode_error", path, f"cannot read: {error}") from error
     except BaseException:
         sound.close()
         raise
@@ -285,7 +304,8 @@ def read_many(paths: Iterable[T], load: Callable[[T], R], workers: int = 2, read
     """Map `load` over paths in a thread pool, yielding (path, result) in INPUT order.
 
     At most `read_ahead` (default 2*workers) results are pending, so memory stays bounded on huge folders.
-    Errors are yielded, never raised: one broken file must never stop a batch. workers <= 1 runs inline.
+    AudioErrors are yielded, never raised: one broken file must never stop a batch. Any other exception is a
+    bug, raised as DecodeBugError naming the file (original chained). workers <= 1 runs inline.
     """
     if workers <= 1:
         for path in paths:
@@ -308,12 +328,15 @@ def read_many(paths: Iterable[T], load: Callable[[T], R], workers: int = 2, read
 
 
 def _load_or_error(load: Callable[[T], R], path: T) -> R | AudioError:
+    """The file's result, or its AudioError (open_audio maps libsndfile/soxr/OS failures to decode_error)."""
     try:
         return load(path)
     except AudioError as error:
         return error
-    except Exception as error:  # noqa: BLE001 - any failure of one file is that file's problem only
-        return AudioError("decode_error", str(path), f"{type(error).__name__}: {error}")
+    except LeakhunterError:  # already names what went wrong (e.g. a bad channel policy): not this file's fault
+        raise
+    except Exception as error:
+        raise DecodeBugError(getattr(path, "path", path), error) from error
 
 
 def _looks_like_text(head: bytes) -> bool:

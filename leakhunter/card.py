@@ -12,17 +12,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leakhunter.errors import InputError, LeakhunterError
+
 SCHEMA_VERSION = 1
 STANDARD_CLASSES = ("LEAK", "NORMAL", "QUIET", "RANDOM", "MECHANICAL")
 BINARY_CLASSES = ("NOLEAK", "LEAK")
 MODES = ("binary", "multiclass", "fusion")
 LEAK_PROB_RULES = {"binary": "softmax", "multiclass": "mean_softmax_aux", "fusion": "softmax"}
-# Names of the architectures in leakhunter.models' registry, kept here so that validating a card
-# never imports torch (the ONNX scoring path runs without it).
-ARCHITECTURES = ("leakcnn",)
+# The architectures in leakhunter.models' registry and the constructor params a card may set, with
+# bounds, kept here so that validating a card never imports torch (the ONNX scoring path runs without
+# it) and an untrusted .pth cannot allocate huge layers. models.py checks its registry matches.
+# A spec is ("int", low, high), ("ints", length, low, high) or ("fraction",) for a float in [0, 1).
+ARCHITECTURE_PARAMS: dict[str, dict[str, tuple]] = {
+    "leakcnn": {"channels": ("ints", 3, 1, 1024), "hidden": ("int", 1, 4096), "dropout": ("fraction",)},
+}
+ARCHITECTURES = tuple(ARCHITECTURE_PARAMS)
 
 
-class CardError(ValueError):
+def _param_problem(value: Any, spec: tuple) -> str | None:
+    """What is wrong with one architecture param against its spec, or None."""
+    def is_int(item):
+        return isinstance(item, int) and not isinstance(item, bool)
+
+    kind = spec[0]
+    if kind == "int":
+        low, high = spec[1:]
+        return None if is_int(value) and low <= value <= high else f"must be an integer in [{low}, {high}], got {value!r:.60}"
+    if kind == "ints":
+        length, low, high = spec[1:]
+        if isinstance(value, (list, tuple)) and len(value) == length and all(is_int(v) and low <= v <= high for v in value):
+            return None
+        return f"must be {length} integers in [{low}, {high}], got {value!r:.60}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+    return None if ok else f"must be a number in [0, 1), got {value!r:.60}"
+
+
+def architecture_problems(architecture: Any) -> list[tuple[str, str]]:
+    """The card's architecture: a registered name and only that architecture's params, within bounds."""
+    if not isinstance(architecture, dict):
+        return [("architecture", f"must be an object with name and params, got {type(architecture).__name__}")]
+    name = architecture.get("name")
+    if name not in ARCHITECTURE_PARAMS:
+        return [("architecture.name", f"{name!r} is not registered; known: {', '.join(ARCHITECTURES)}")]
+    params = architecture.get("params", {})
+    if not isinstance(params, dict):
+        return [("architecture.params", f"must be an object, got {type(params).__name__}")]
+    allowed = ARCHITECTURE_PARAMS[name]
+    found = []
+    for key, value in params.items():
+        if key not in allowed:
+            found.append((f"architecture.params.{key}", f"is not a parameter of {name}; known: {', '.join(allowed)}"))
+        elif (problem := _param_problem(value, allowed[key])) is not None:
+            found.append((f"architecture.params.{key}", problem))
+    return found
+CHANNEL_POLICIES = ("mean", "first")  # or a channel index as text: leakhunter.audio.parse_channel_policy's values
+
+
+class CardError(LeakhunterError, ValueError):
     """A card (or a card against something else) that does not hold together.
 
     `problems` lists (field, what is wrong); the message names every one of them.
@@ -131,7 +177,7 @@ PRESETS: dict[str, tuple[FrontendConfig, SegmentationConfig]] = {
 
 def preset(name: str) -> tuple[FrontendConfig, SegmentationConfig]:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
@@ -180,6 +226,10 @@ class ModelCard:
     branches: dict[str, Any] | None = None
     normalisation: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    # How multichannel recordings were mixed into the training data ("mean", "first" or a channel index as
+    # text): predict mixes the same way unless told otherwise. Cards from before this field read as "mean",
+    # the only policy there was, so schema_version 1 still holds.
+    channel_policy: str = "mean"
 
     @classmethod
     def for_mode(cls, mode: str, class_names, **kwargs) -> ModelCard:
@@ -210,13 +260,16 @@ class ModelCard:
             found.append(("class_names", f"a {self.mode} model needs at least 2 classes, got {names}"))
         if self.mode in LEAK_PROB_RULES and self.leak_prob != LEAK_PROB_RULES[self.mode]:
             found.append(("leak_prob", f"a {self.mode} model forms P(LEAK) by {LEAK_PROB_RULES[self.mode]!r}, got {self.leak_prob!r}"))
-        if self.architecture.get("name") not in ARCHITECTURES:
-            found.append(("architecture.name", f"{self.architecture.get('name')!r} is not registered; known: {', '.join(ARCHITECTURES)}"))
+        found += architecture_problems(self.architecture)
         frontend_problems = self.frontend.problems()
         found += frontend_problems
         if not frontend_problems:
             found += self.segmentation.problems(self.frontend)
         found += self.voting.problems()
+        if not (isinstance(self.channel_policy, str) and (self.channel_policy in CHANNEL_POLICIES
+                                                          or self.channel_policy.isdigit())):
+            found.append(("channel_policy", f"must be 'mean', 'first' or a channel index such as '0', "
+                                            f"got {self.channel_policy!r}"))
         return found
 
     def validate(self, source: str = "model card") -> ModelCard:

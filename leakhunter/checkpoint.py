@@ -6,39 +6,24 @@ loads with torch.load(weights_only=True), so a malicious pickle is refused, not 
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 from leakhunter.card import CardError, ModelCard
+from leakhunter.errors import LeakhunterError
+from leakhunter.files import atomic_path
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LeakhunterError, ValueError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
 def save_atomic(payload: dict, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: never a half file."""
+    """torch.save through leakhunter.files.atomic_path: a checkpoint appears whole or not at all."""
     import torch  # here, not at the top: catching CheckpointError must not import torch (the ONNX path)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

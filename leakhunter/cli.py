@@ -6,6 +6,7 @@ stays fast and a scoring box needs only what its own command uses.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -31,12 +32,32 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def handled(default_code: int = 2):
+    """The one place errors become messages: a LeakhunterError (or an OSError naming a file) prints one red line
+    and exits with the error's own status (e.g. 100 + N for a failed health check), else `default_code`
+    (2: bad input; 1 for commands whose job is to find problems). Anything else is a bug and keeps its traceback."""
+    from leakhunter.errors import LeakhunterError
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except LeakhunterError as error:
+                raise fail(str(error), error.exit_code or default_code) from None
+            except OSError as error:
+                raise fail(str(error), default_code) from None
+        return run
+    return decorate
+
+
 def progress_bar(description: str) -> Progress:
     return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=errors)
 
 
 @data_app.command("synth")
+@handled()
 def data_synth(
     out: Path = typer.Argument(..., help="Folder to write OUT/<CLASS>/*.wav and OUT/manifest.csv into."),
     files_per_class: int = typer.Option(20, help="Recordings per class."),
@@ -45,21 +66,19 @@ def data_synth(
     seed: int = typer.Option(0, help="Same seed, same bytes."),
 ):
     """Write a synthetic labelled corpus (LEAK, NORMAL, QUIET, RANDOM, MECHANICAL) for demos and tests."""
-    from leakhunter.training.synth import synth_corpus
+    from leakhunter.synth import synth_corpus
 
-    try:
-        with progress_bar("synth") as bar:
-            task = bar.add_task("synth", total=files_per_class * 5)
-            corpus = synth_corpus(out, files_per_class=files_per_class, duration_s=duration,
-                                  sample_rate=sample_rate, seed=seed,
-                                  progress=lambda done, total: bar.update(task, completed=done))
-    except ValueError as error:
-        raise fail(str(error)) from None
+    with progress_bar("synth") as bar:
+        task = bar.add_task("synth", total=files_per_class * 5)
+        corpus = synth_corpus(out, files_per_class=files_per_class, duration_s=duration,
+                              sample_rate=sample_rate, seed=seed,
+                              progress=lambda done, total: bar.update(task, completed=done))
     counts = ", ".join(f"{n} {label}" for label, n in corpus.counts.items())
     console.print(f"wrote {len(corpus.files)} recordings ({counts}) and {corpus.manifest}")
 
 
 @data_app.command("build")
+@handled()
 def data_build(
     source: Path = typer.Argument(..., help="A class-folder tree SRC/<CLASS>/*.wav or a manifest CSV."),
     output: Path = typer.Option(..., "--output", "-o", help="The HDF5 dataset file to write."),
@@ -69,39 +88,34 @@ def data_build(
     workers: int = typer.Option(2, help="Decoding threads."),
     seed: int = typer.Option(0, help="Seed of the split."),
     channel: str = typer.Option("mean", help="Channel policy: mean, first, or a channel index."),
+    max_skipped_fraction: float = typer.Option(
+        0.05, help="Fail (keeping any previous output) when more than this fraction of the files is skipped."),
 ):
     """Decode, segment and featurise a labelled corpus into one HDF5 file, split by group."""
-    from leakhunter.training.dataset import DatasetError, build_dataset
-    from leakhunter.training.splits import SplitError
+    from leakhunter.training.dataset import build_dataset
 
-    try:
-        with progress_bar("build") as bar:
-            task = bar.add_task("build", total=None)
-            report = build_dataset(source, output, preset_name=preset, val=val, test=test, workers=workers,
-                                   seed=seed, channel=channel,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except (DatasetError, SplitError, ValueError) as error:
-        raise fail(str(error)) from None
+    with progress_bar("build") as bar:
+        task = bar.add_task("build", total=None)
+        report = build_dataset(source, output, preset_name=preset, val=val, test=test, workers=workers,
+                               seed=seed, channel=channel, max_skipped_fraction=max_skipped_fraction,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     splits = ", ".join(f"{n} {name}" for name, n in report.files_per_split.items())
     console.print(f"wrote {report.output}: {report.n_files} files ({splits}), {report.hours:.2f} h, "
                   f"{report.n_long} long and {report.n_short} short segments, classes {', '.join(report.class_names)}")
     if report.skipped:
-        console.print(f"[yellow]skipped {len(report.skipped)} file(s):[/]")
+        console.print(f"[yellow]{report.skipped_summary()}[/]", highlight=False)
         for error in report.skipped:
             console.print(f"  {error}", highlight=False)
 
 
 @data_app.command("check")
+@handled()
 def data_check(dataset: Path = typer.Argument(..., help="A dataset file from `leak data build`.")):
     """Data health report: files per split and class, hours, groups, skipped files, problems. Exit 1 on problems."""
     from leakhunter.training.check import check_dataset
-    from leakhunter.training.dataset import DatasetError
     from leakhunter.training.splits import SPLITS
 
-    try:
-        report = check_dataset(dataset)
-    except DatasetError as error:
-        raise fail(str(error)) from None
+    report = check_dataset(dataset)
     table = Table(title=f"{report.path} (preset {report.preset})")
     for column in ("split", *report.class_names, "files", "hours", "groups", "short segments"):
         table.add_column(column, justify="left" if column == "split" else "right")
@@ -122,6 +136,7 @@ def data_check(dataset: Path = typer.Argument(..., help="A dataset file from `le
 
 
 @data_app.command("files")
+@handled()
 def data_files(
     dataset: Path = typer.Argument(..., help="A dataset file from `leak data build`."),
     split: str = typer.Option("test", help="train, val or test."),
@@ -131,12 +146,8 @@ def data_files(
     import csv
 
     from leakhunter.training.check import split_manifest
-    from leakhunter.training.dataset import DatasetError
 
-    try:
-        rows = split_manifest(dataset, split)
-    except (DatasetError, ValueError, OSError) as error:
-        raise fail(f"{dataset}: {error}") from None
+    rows = split_manifest(dataset, split)
     handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(("path", "label"))
@@ -147,6 +158,7 @@ def data_files(
 
 
 @app.command("train")
+@handled()
 def train(
     data: Path = typer.Option(None, help="Dataset file from `leak data build`."),
     out: Path = typer.Option(None, help="Run directory (default runs/<mode>-<time>)."),
@@ -162,47 +174,35 @@ def train(
     device: str = typer.Option(None, help="auto, cpu or cuda."),
     compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (slow first epoch)."),
     strict: bool = typer.Option(None, "--strict/--no-strict", help="Turn health warnings into failures."),
+    max_memory: str = typer.Option(None, help="RAM for the dataset: bytes, 8GB, 512MiB or a share of available "
+                                              "RAM (default 50%); a bigger /short/mel is read from disk in chunks."),
 ):
     """Train a model; writes best.pth, model_meta.json, checkpoints/, metrics.csv, config.yaml and plots."""
-    from leakhunter.card import CardError
-    from leakhunter.checkpoint import CheckpointError
-    from leakhunter.training.config import ConfigError, TrainConfig, resolve_config
-    from leakhunter.training.dataset import DatasetError
-    from leakhunter.training.health import HealthFailure
+    from leakhunter.training.config import TrainConfig, resolve_config
     from leakhunter.training.trainer import train as run_training
 
     flags = {"data": None if data is None else str(data), "out": None if out is None else str(out), "mode": mode,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "patience": patience,
-             "seed": seed, "device": device, "compile": compile, "strict": strict}
-    try:
-        if resume is None:
-            settings = resolve_config(config, flags)
-            console.print(f"config: {settings.to_dict()}", highlight=False)
-            result = run_training(settings, log=lambda text: console.print(text, highlight=False, markup=False))
-        else:
-            if mode is None and os.environ.get("LEAK_MODE"):
-                flags["mode"] = os.environ["LEAK_MODE"]
-            result = run_training(TrainConfig(), resume=resume, overrides=flags,
-                                  log=lambda text: console.print(text, highlight=False, markup=False))
-    except HealthFailure as failure:
-        errors.print(f"training stopped by health check {failure}", highlight=False, markup=False)
-        raise typer.Exit(failure.exit_code) from None
-    except (ConfigError, CardError, CheckpointError, DatasetError, FileExistsError) as error:
-        raise fail(str(error)) from None
+             "seed": seed, "device": device, "compile": compile, "strict": strict, "max_memory": max_memory}
+    if resume is None:
+        settings = resolve_config(config, flags)
+        console.print(f"config: {settings.to_dict()}", highlight=False)
+        result = run_training(settings, log=lambda text: console.print(text, highlight=False, markup=False))
+    else:
+        if mode is None and os.environ.get("LEAK_MODE"):
+            flags["mode"] = os.environ["LEAK_MODE"]
+        result = run_training(TrainConfig(), resume=resume, overrides=flags,
+                              log=lambda text: console.print(text, highlight=False, markup=False))
     console.print(f"best model: {result.run_dir / 'best.pth'} (epoch {result.best_epoch})")
 
 
 @app.command("doctor")
+@handled()
 def doctor(run_dir: Path = typer.Argument(..., help="A run directory from `leak train`.")):
     """Re-run the health checks (H001–H012) on a run; exit 1 when any check fails."""
-    from leakhunter.checkpoint import CheckpointError
-    from leakhunter.training.dataset import DatasetError
     from leakhunter.training.doctor import doctor as run_doctor
 
-    try:
-        monitor = run_doctor(run_dir)
-    except (FileNotFoundError, CheckpointError, DatasetError) as error:
-        raise fail(str(error)) from None
+    monitor = run_doctor(run_dir)
     for line in monitor.summary():
         console.print(line, highlight=False, markup=False)
     if monitor.status == "fail":
@@ -210,6 +210,7 @@ def doctor(run_dir: Path = typer.Argument(..., help="A run directory from `leak 
 
 
 @app.command("eval")
+@handled()
 def evaluate(
     model: Path = typer.Argument(..., help="A best.pth."),
     data: Path = typer.Option(..., help="Dataset file with the same front-end and classes."),
@@ -220,25 +221,25 @@ def evaluate(
     confusion_png: Path = typer.Option(None, help="Where to draw the confusion matrix (default beside the model)."),
 ):
     """File-level report of a model on one split: leak F1/precision/recall/specificity/AUC, confusion matrix."""
-    from leakhunter.card import CardError
-    from leakhunter.checkpoint import CheckpointError
-    from leakhunter.training.dataset import DatasetError
-    from leakhunter.training.evaluate import evaluate as run_evaluation, report_json
+    import math
+
+    from leakhunter.training.evaluate import auc_missing_reason, report_json
+    from leakhunter.training.evaluate import evaluate as run_evaluation
 
     png = confusion_png or model.with_name(f"confusion_{split}.png")
-    try:
-        report = run_evaluation(model, data, split=split, device=device, threshold=threshold, confusion_png=png)
-    except (CardError, CheckpointError, DatasetError, ValueError) as error:
-        raise fail(str(error)) from None
+    report = run_evaluation(model, data, split=split, device=device, threshold=threshold, confusion_png=png)
     if as_json:
         print(report_json(report))
         return
     table = Table(title=f"{model} on {split} of {data} ({report['n_files']} files, threshold {report['threshold']:.2f})")
     for column in ("file F1", "precision", "recall", "specificity", "AUC", "accuracy", "segment acc", "kappa"):
         table.add_column(column, justify="right")
-    table.add_row(*(f"{report[k]:.3f}" for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
-                                                 "file_auc", "file_accuracy", "segment_accuracy", "kappa")))
+    table.add_row(*(f"{report[k]:.3f}" if math.isfinite(report[k]) else "n/a"
+                    for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
+                              "file_auc", "file_accuracy", "segment_accuracy", "kappa")))
     console.print(table)
+    if not math.isfinite(report["file_auc"]):
+        console.print(f"AUC n/a: {auc_missing_reason(report) or 'undefined on this split'}", highlight=False)
     confusion = Table(title="files: rows = truth, columns = prediction")
     confusion.add_column("")
     for name in report["class_names"]:
@@ -250,18 +251,25 @@ def evaluate(
 
 
 @app.command("predict")
+@handled()
 def predict(
     inputs: list[str] = typer.Argument(..., help="Audio files, folders, glob patterns or manifest CSVs (a `path` column)."),
     model: Path = typer.Option(..., help="A model: .onnx (onnxruntime, no torch needed) or .pth (torch)."),
     out: Path = typer.Option(None, help="Verdict table, .csv or .jsonl, one row per input file, written as produced."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda (falls back to CPU with one warning)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (cuda is strict: exit 2 without CUDA; "
+                                            "auto takes the GPU when there is one)."),
     threshold: float = typer.Option(None, help="Override the card's calibrated P(LEAK) threshold (the rows say so)."),
     vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
-    workers: int = typer.Option(2, help="Worker processes (0: score in this process, no crash isolation)."),
+    workers: int = typer.Option(2, help="Decoding worker processes (0: decode in this process, no crash isolation)."),
+    batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
     file_timeout: float = typer.Option(600.0, help="Seconds one file may take before it is given up as `timeout`."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --out (same path, size, mtime, model)."),
-    timeline: bool = typer.Option(False, "--timeline", help="Also write per-long-segment P(LEAK) (JSONL) and a PNG per file."),
-    channel: str = typer.Option("mean", help="Channel policy for multichannel files: mean, first or an index."),
+    retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed",
+                                      help="On --resume, score files whose row is timeout, worker_crash or error again."),
+    timeline: bool = typer.Option(False, "--timeline", help="Also write per-long-segment P(LEAK) (JSONL) and a PNG per "
+                                                           "file beside --out (needs --out)."),
+    channel: str = typer.Option(None, help="Channel policy for multichannel files: mean, first or an index "
+                                           "(default: the card's, as the model was trained; the rows say so otherwise)."),
 ):
     """Score recordings: LEAK when at least half the long segments reach the threshold. Exit 0 all scored,
     3 some files failed, 2 nothing could be scored."""
@@ -269,12 +277,7 @@ def predict(
 
     from rich.progress import Progress
 
-    from leakhunter.inference.predict import PredictError, predict as run_predict
-    from leakhunter.inference.outputs import OutputError
-    from leakhunter.card import CardError
-    from leakhunter.checkpoint import CheckpointError
-    from leakhunter.inference.onnx_card import ModelLoadError
-    from leakhunter.inference.pool import SetupError
+    from leakhunter.inference.predict import predict as run_predict
 
     started = clock.perf_counter()
     audio = {"s": 0.0}
@@ -289,12 +292,10 @@ def predict(
             bar.update(task, completed=done, total=total,
                        rate=f"{done / wall:6.1f} files/s {audio['s'] / wall:7.0f}x real time")
 
-        try:
-            summary = run_predict(inputs, model, out=out, device=device, threshold=threshold,
-                                  vote_fraction=vote_fraction, workers=workers, file_timeout=file_timeout,
-                                  resume=resume, timeline=timeline, channel=channel, on_row=advance)
-        except (PredictError, OutputError, CardError, CheckpointError, ModelLoadError, SetupError) as error:
-            raise fail(str(error)) from None
+        summary = run_predict(inputs, model, out=out, device=device, threshold=threshold,
+                              vote_fraction=vote_fraction, workers=workers, file_timeout=file_timeout,
+                              resume=resume, timeline=timeline, channel=channel, on_row=advance,
+                              retry_failed=retry_failed, batch_rows=batch_rows)
     if out is None:
         table = Table(title=f"{len(summary.rows)} file(s) scored with {model}")
         for column in ("file", "status", "verdict", "leak_score", "mean_leak_prob", "top_class"):
@@ -316,7 +317,59 @@ def predict(
     raise typer.Exit(summary.exit_code)
 
 
+@app.command("bench")
+@handled()
+def bench(
+    model: Path = typer.Argument(..., help="A model: .onnx (with a .pth of the same stem beside it, torch is "
+                                           "timed too and the verdicts compared) or .pth."),
+    inputs: list[str] = typer.Argument(None, help="Audio files, folders, globs or manifests "
+                                                  "(default: a generated set)."),
+    device: str = typer.Option("auto", help="auto (cpu, plus cuda where available), cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    files: int = typer.Option(60, help="Recordings in the generated set (no INPUTS)."),
+    seconds: float = typer.Option(10.0, help="Seconds per generated recording (8 kHz)."),
+    workers: int = typer.Option(2, help="Decoding workers of the end-to-end run (one with 0 is always timed too)."),
+):
+    """Time decoding, the model (front-end and network apart for a .pth), voting and `leak predict` end to end,
+    per backend and device: × real time, files/s, peak RSS, and the file-level agreement between backends."""
+    from leakhunter.inference.bench import bench as run_bench
+
+    report = run_bench(model, inputs=inputs or None, device=device, files=files, seconds=seconds, workers=workers,
+                       log=lambda text: errors.print(text, highlight=False, markup=False))
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    labels = {"decode": "decode + resample", "model": "model (score_rows)", "frontend": "  front-end alone",
+              "network": "  network alone", "voting": "voting"}
+    for result in report["results"]:
+        table = Table(title=f"{result['backend']} on {result['device']} ({Path(result['model']).name}): peak RSS "
+                            f"{result['peak_rss_mb']:.0f} MB, decoding workers "
+                            f"{result['workers_peak_rss_mb']:.0f} MB each")
+        for column in ("stage", "seconds", "× real time", "files/s"):
+            table.add_column(column, justify="left" if column == "stage" else "right")
+        timed = [(labels[name], stage) for name, stage in result["stages"].items()]
+        timed += [(f"end to end, {name}", stage) for name, stage in result["end_to_end"].items()]
+        for label, stage in timed:
+            table.add_row(label, f"{stage['seconds']:.3f}", f"{stage['x_real_time']:,.0f}",
+                          f"{stage['files_per_s']:,.1f}")
+        for name, stage in result["end_to_end"].items():
+            table.add_row(f"engine start-up, {name}", f"{stage['engine_startup_s']:.3f}", "", "")
+        console.print(table)
+    agreement = report["agreement"]
+    for pair in agreement["pairs"]:
+        console.print(f"agreement {agreement['reference']} vs {pair['with']}: {pair['verdict_disagreements']} of "
+                      f"{pair['files']} verdicts differ, max |Δ mean_leak_prob| "
+                      f"{pair['max_abs_delta_mean_leak_prob']:.2e}",
+                      highlight=False)
+    if not agreement["pairs"]:
+        console.print(f"agreement: only {agreement['reference']} timed (no second backend or device to compare)",
+                      highlight=False)
+    source = "generated" if report["generated"] else "given"
+    console.print(f"audio: {report['audio_s'] / 3600:.2f} h in {report['files']} {source} files", highlight=False)
+
+
 @app.command("info")
+@handled(1)
 def info(
     model: Path = typer.Argument(..., help="A model file: .onnx, .pth, or a card JSON (model_meta.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the card as JSON, with the file's facts under \"file\"."),
@@ -327,10 +380,7 @@ def info(
 
     if not model.is_file():
         raise fail(f"{model}: no such file")
-    try:
-        described = describe_model(model)
-    except ValueError as error:  # CardError, ModelLoadError, CheckpointError
-        raise fail(str(error), code=1) from None
+    described = describe_model(model)
     if as_json:
         print(json.dumps(described, indent=2))
         return
@@ -349,6 +399,7 @@ def info(
 
 
 @app.command("export")
+@handled(1)
 def export(
     checkpoint: Path = typer.Argument(..., help="A best.pth from `leak train`."),
     output: Path = typer.Option(None, "--output", "-o", help="The .onnx to write (default: beside the checkpoint)."),
@@ -369,8 +420,6 @@ def export(
     except ExportError as error:
         if error.report is not None:
             console.print(parity_table(error.report))
-        raise fail(str(error), code=1) from None
-    except ValueError as error:  # CardError, CheckpointError, options
         raise fail(str(error), code=1) from None
     console.print(parity_table(report))
     console.print(f"wrote {report.output} ({report.size_bytes / 1e6:.2f} MB, {report.input} input, {report.precision}, "

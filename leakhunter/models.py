@@ -6,12 +6,13 @@ probabilities and P(LEAK) by the card's rule, so no consumer ever picks a column
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from leakhunter.card import ARCHITECTURES, CardError, ModelCard, input_shape
+from leakhunter.card import ARCHITECTURE_PARAMS, CardError, ModelCard, input_shape
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -100,10 +101,21 @@ class LeakCNN(nn.Module):
         return self.head(embedding), aux
 
 
+def check_registry() -> None:
+    """card.ARCHITECTURE_PARAMS (validated without torch) must list exactly the registry and only params
+    each constructor takes; a mismatch is a programming error, caught before any card reaches a builder."""
+    if set(REGISTRY) != set(ARCHITECTURE_PARAMS):
+        raise RuntimeError(f"card.ARCHITECTURE_PARAMS lists {sorted(ARCHITECTURE_PARAMS)}, the registry {sorted(REGISTRY)}")
+    for name, builder in REGISTRY.items():
+        accepted = set(inspect.signature(builder).parameters)
+        if not set(ARCHITECTURE_PARAMS[name]) <= accepted:
+            raise RuntimeError(f"{name} does not take {sorted(set(ARCHITECTURE_PARAMS[name]) - accepted)}")
+
+
 def build_model(card: ModelCard) -> nn.Module:
     """The card's architecture with a head of len(class_names) and, for multiclass, the aux head."""
     name = card.architecture["name"]
-    assert set(REGISTRY) == set(ARCHITECTURES), "card.ARCHITECTURES must list exactly the registry"
+    check_registry()
     builder = REGISTRY[name]
     return builder(n_classes=len(card.class_names), aux_head=card.leak_prob == "mean_softmax_aux",
                    n_mels=card.frontend.n_mels, **card.architecture.get("params", {}))

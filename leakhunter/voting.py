@@ -16,6 +16,25 @@ def long_segment_means(short_values: np.ndarray, long_first_short: np.ndarray, s
     return (cumulative[long_first_short + shorts_per_long] - cumulative[long_first_short]) / shorts_per_long
 
 
+def per_long_segment(values: np.ndarray, unit: str, long_first_short: np.ndarray, shorts_per_long: int) -> np.ndarray:
+    """Per-input values (P(LEAK) [N] or class probabilities [N, C]) → per long segment: the mean over each long
+    segment's short segments for unit "short", the values themselves for unit "long" (one input per long
+    segment). The one aggregation training, `leak eval` and `leak predict` use."""
+    if unit == "long":
+        return np.asarray(values, dtype=np.float64)
+    return long_segment_means(values, long_first_short, shorts_per_long)
+
+
+def top_class(mode: str, mean_class_probs: np.ndarray, verdict: np.ndarray, leak_idx: int) -> np.ndarray:
+    """Each file's class index: for a binary model the verdict's class (LEAK or NOLEAK, so the class agrees
+    with the vote); for every other mode the class with the highest mean probability over the file's long
+    segments. The one rule `leak eval` (confusion matrix) and `leak predict` (top_class) use."""
+    verdict = np.asarray(verdict, dtype=bool)
+    if mode == "binary":
+        return np.where(verdict, leak_idx, 1 - leak_idx)
+    return np.asarray(mean_class_probs).argmax(axis=-1)
+
+
 @dataclass(frozen=True)
 class FileScores:
     """Per file: the vote and what it was made of."""

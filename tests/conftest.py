@@ -20,7 +20,7 @@ def real_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     """A synthetic corpus of 8 recordings per class, 4 s at 8 kHz (shared, read-only)."""
-    from leakhunter.training.synth import synth_corpus
+    from leakhunter.synth import synth_corpus
 
     return synth_corpus(tmp_path_factory.mktemp("corpus"), files_per_class=8, duration_s=4.0, seed=3)
 
@@ -37,8 +37,8 @@ def small_dataset(small_corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def training_dataset(tmp_path_factory):
     """80 synthetic files (16 per class, 4 s) split 55/20/25 %: enough test files for a file-level F1."""
+    from leakhunter.synth import synth_corpus
     from leakhunter.training.dataset import build_dataset
-    from leakhunter.training.synth import synth_corpus
 
     root = tmp_path_factory.mktemp("training")
     corpus = synth_corpus(root / "corpus", files_per_class=16, duration_s=4.0, seed=11)

@@ -13,8 +13,18 @@ import soxr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leakhunter.audio import (REASONS, Audio, AudioError, AudioInfo, load_audio, open_audio, parse_channel_policy,
-                              read_many)
+from leakhunter.audio import (
+    REASONS,
+    Audio,
+    AudioError,
+    AudioInfo,
+    DecodeBugError,
+    load_audio,
+    open_audio,
+    parse_channel_policy,
+    read_many,
+)
+from leakhunter.errors import LeakhunterError
 
 RATE = 4096
 
@@ -472,18 +482,50 @@ def test_read_many_keeps_input_order_when_early_items_are_slow():
     assert list(read_many(range(6), load, workers=3)) == [(i, i * 10) for i in range(6)]
 
 
-def test_read_many_turns_failures_into_errors_and_carries_on():
+def test_read_many_turns_audio_errors_into_results_and_carries_on():
     def load(name):
-        if name == "broken.wav":
-            raise KeyError("no such key")
         if name == "silent.wav":
             raise AudioError("silent", name, "peak-to-peak amplitude 0")
         return name.upper()
-    results = dict(read_many(["a.wav", "broken.wav", "silent.wav", "b.wav"], load, workers=2))
+    results = dict(read_many(["a.wav", "silent.wav", "b.wav"], load, workers=2))
     assert results["a.wav"] == "A.WAV" and results["b.wav"] == "B.WAV"
-    assert results["broken.wav"].reason == "decode_error" and "KeyError" in results["broken.wav"].detail
-    assert str(results["broken.wav"]).startswith("broken.wav: decode_error: KeyError")
     assert results["silent.wav"].reason == "silent"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("bug", [KeyError("no such key"), MemoryError(), TypeError("bad operand")])
+def test_read_many_stops_on_an_exception_that_is_not_a_decoding_failure(workers, bug):
+    """A bug in the decoder must stop the batch naming the file, never become a decode_error skip."""
+    def load(name):
+        if name == "broken.wav":
+            raise bug
+        return name.upper()
+    with pytest.raises(DecodeBugError, match=f"broken.wav: unexpected {type(bug).__name__}.*this is a bug") as caught:
+        list(read_many(["a.wav", "broken.wav", "b.wav"], load, workers=workers))
+    assert caught.value.__cause__ is bug and isinstance(caught.value, LeakhunterError)
+
+
+def test_libsndfile_failures_while_reading_blocks_are_decode_errors(tmp_path, monkeypatch):
+    path = write(tmp_path / "a.wav", sine(300, RATE, 0.5))
+
+    def failing_read(self, *args, **kwargs):
+        raise soundfile.LibsndfileError(1, "read failed: ")
+    monkeypatch.setattr(soundfile.SoundFile, "read", failing_read)
+    ((_, result),) = read_many([path], lambda p: load_audio(p, RATE), workers=1)
+    assert isinstance(result, AudioError) and result.reason == "decode_error"
+
+
+def test_an_unreadable_file_is_a_decode_error_not_a_bug(tmp_path, monkeypatch):
+    path = write(tmp_path / "a.wav", sine(300, RATE, 0.5))
+    real_open = open
+
+    def denied(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", denied)
+    ((_, result),) = read_many([path], lambda p: load_audio(p, RATE), workers=1)
+    assert result.reason == "decode_error" and "Permission denied" in result.detail
 
 
 def test_read_many_never_runs_further_ahead_than_read_ahead():
@@ -513,6 +555,39 @@ def test_read_many_yields_audio_from_real_loads(tmp_path):
     (tmp_path / "zero.wav").write_bytes(b"")
     results = list(read_many([good, tmp_path / "zero.wav"], lambda p: load_audio(p, RATE)))
     assert isinstance(results[0][1], Audio) and results[1][1].reason == "empty"
+
+
+# --- OGG/Vorbis ------------------------------------------------------------------------------------------------------
+
+def _needs_ogg_vorbis():
+    if "OGG" not in soundfile.available_formats() or "VORBIS" not in soundfile.available_subtypes("OGG"):
+        pytest.skip(f"this libsndfile ({soundfile.__libsndfile_version__}) has no OGG/Vorbis support")
+
+
+def test_ogg_vorbis_decodes_at_the_model_rate_close_to_its_source(tmp_path):
+    _needs_ogg_vorbis()
+    rate_in, seconds = 8000, 3.0
+    t = np.arange(int(rate_in * seconds)) / rate_in
+    source = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1100 * t)).astype(np.float32)
+    path = tmp_path / "tone.ogg"
+    soundfile.write(path, source, rate_in, format="OGG", subtype="VORBIS")
+    audio = load_audio(path, RATE)
+    assert audio.sample_rate_in == rate_in and audio.channels_in == 1 and audio.resampled
+    assert audio.duration_s == pytest.approx(seconds, abs=0.01)
+    assert abs(audio.samples.size - seconds * RATE) <= 1
+    reference = soxr.resample(source, rate_in, RATE, quality="HQ")
+    n = min(reference.size, audio.samples.size)
+    # lossy: not sample-exact, but the same waveform (Vorbis keeps these tones nearly untouched)
+    assert np.corrcoef(audio.samples[:n], reference[:n])[0, 1] > 0.95
+    spectrum, expected = (np.abs(np.fft.rfft(x[:n])) for x in (audio.samples, reference))
+    assert np.argsort(spectrum)[-2:].tolist() == np.argsort(expected)[-2:].tolist()
+
+
+def test_an_ogg_name_holding_wav_bytes_is_a_format_mismatch(tmp_path):
+    _needs_ogg_vorbis()
+    path = tmp_path / "renamed.ogg"
+    soundfile.write(path, sine(300, RATE, 0.5), RATE, format="WAV", subtype="PCM_16")
+    assert reason_of(path).reason == "format_mismatch"
 
 
 # --- real recordings ------------------------------------------------------------------------------------------------

@@ -4,8 +4,18 @@ import json
 
 import pytest
 
-from leakhunter.card import (BINARY_CLASSES, PRESETS, STANDARD_CLASSES, CardError, FrontendConfig, ModelCard,
-                             SegmentationConfig, compare_configs, input_shape, preset)
+from leakhunter.card import (
+    BINARY_CLASSES,
+    PRESETS,
+    STANDARD_CLASSES,
+    CardError,
+    FrontendConfig,
+    ModelCard,
+    SegmentationConfig,
+    compare_configs,
+    input_shape,
+    preset,
+)
 
 
 def multiclass_card(**changes):

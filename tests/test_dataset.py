@@ -1,8 +1,10 @@
 """The HDF5 dataset: index-linked arrays, parity with predict-time features, bad files skipped, safe splits."""
 
 import csv
+import gc
 import json
 import shutil
+import weakref
 
 import h5py
 import numpy as np
@@ -12,7 +14,9 @@ import torch
 
 from leakhunter.audio import load_audio
 from leakhunter.card import STANDARD_CLASSES, preset
+from leakhunter.errors import LeakhunterError
 from leakhunter.frontend import FEATURE_NAMES, FrontEnd
+from leakhunter.sources import ManifestError
 from leakhunter.training.check import check_dataset
 from leakhunter.training.dataset import DatasetError, build_dataset, class_order, dataset_configs, find_sources
 from leakhunter.training.splits import SplitError
@@ -73,13 +77,99 @@ def test_three_broken_files_among_forty_are_skipped_and_reported(small_corpus, t
     for replaced in (good[1], good[6], good[21]):  # three broken files take three good ones' places
         replaced.unlink()
     (root / "manifest.csv").unlink()
-    report = build_dataset(root, tmp_path / "data.h5", workers=2)
+    report = build_dataset(root, tmp_path / "data.h5", workers=2, max_skipped_fraction=0.1)  # 3/40 = 7.5 %
     assert report.n_files == 37
     assert sorted((e.path.split("/")[-1], e.reason) for e in report.skipped) == [
         ("half.wav", "truncated"), ("notes.wav", "not_audio"), ("zero.wav", "empty")]
     with h5py.File(tmp_path / "data.h5") as h5:
         assert sorted(h5["skipped/reason"].asstr()[:]) == ["empty", "not_audio", "truncated"]
     assert len(check_dataset(tmp_path / "data.h5").skipped) == 3
+    assert report.skipped_summary() == "skipped 3 files: 1 empty, 1 not_audio, 1 truncated"
+
+
+@pytest.fixture(scope="module")
+def ten_files(tmp_path_factory):
+    """10 synthetic files of 2 s (2 per class), shared read-only: copy before breaking any."""
+    from leakhunter.synth import synth_corpus
+
+    return synth_corpus(tmp_path_factory.mktemp("ten"), files_per_class=2, duration_s=2.0, seed=5)
+
+
+def two_broken_of_ten(ten_files, root):
+    root = copy_tree(ten_files, root)
+    (root / "manifest.csv").unlink()
+    sorted(root.glob("NORMAL/*.wav"))[0].write_bytes(b"")
+    sorted(root.glob("QUIET/*.wav"))[0].write_text("not,audio\n")
+    return root
+
+
+def test_more_skipped_than_the_allowed_fraction_fails_and_keeps_the_old_file(ten_files, tmp_path):
+    root = two_broken_of_ten(ten_files, tmp_path / "corpus")
+    output = tmp_path / "data.h5"
+    output.write_bytes(b"previous dataset")
+    with pytest.raises(DatasetError) as caught:
+        build_dataset(root, output, val=0, test=0)
+    message = str(caught.value)
+    assert message.startswith("skipped 2 files: 1 empty, 1 not_audio of 10 (20.0%)")
+    assert "--max-skipped-fraction 0.05" in message and "empty" in message
+    assert output.read_bytes() == b"previous dataset" and [p.name for p in tmp_path.iterdir()] == ["corpus", "data.h5"]
+    report = build_dataset(root, output, val=0, test=0, max_skipped_fraction=0.5)
+    assert report.n_files == 8 and report.skipped_by_reason() == {"empty": 1, "not_audio": 1}
+
+
+def test_cli_build_summary_counts_reasons_and_takes_the_fraction_option(ten_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from leakhunter.cli import app
+
+    root = two_broken_of_ten(ten_files, tmp_path / "corpus")
+    runner = CliRunner()
+    args = ["data", "build", str(root), "-o", str(tmp_path / "d.h5"), "--val", "0", "--test", "0"]
+    failed = runner.invoke(app, args)
+    assert failed.exit_code != 0 and "max-skipped-fraction" in failed.output and not (tmp_path / "d.h5").exists()
+    passed = runner.invoke(app, args + ["--max-skipped-fraction", "0.5"])
+    assert passed.exit_code == 0, passed.output
+    assert "skipped 2 files: 1 empty, 1 not_audio" in passed.output and "not_audio:" in passed.output
+
+
+@pytest.mark.parametrize("bug", [KeyError("sample_rate"), MemoryError()])
+def test_a_bug_in_the_decoder_stops_the_build_naming_the_file(ten_files, tmp_path, monkeypatch, bug):
+    from leakhunter.training import dataset
+
+    target = sorted(ten_files.files)[3]
+
+    def buggy(path, *args, **kwargs):
+        if path == target:
+            raise bug
+        return load_audio(path, *args, **kwargs)
+    monkeypatch.setattr(dataset, "load_audio", buggy)
+    output = tmp_path / "data.h5"
+    with pytest.raises(LeakhunterError, match=f"{target}: unexpected {type(bug).__name__}.*this is a bug") as caught:
+        build_dataset(ten_files.root, output, workers=2, max_skipped_fraction=1.0)
+    assert caught.value.__cause__ is bug and not output.exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_builder_does_not_keep_decoded_samples(ten_files, monkeypatch, tmp_path, workers):
+    """Memory must stay flat in corpus size: at most the files in flight hold samples, never all seen so far."""
+    from leakhunter.training import dataset
+
+    refs, most_alive = [], [0]
+
+    def tracked(*args, **kwargs):
+        audio = load_audio(*args, **kwargs)
+        refs.append(weakref.ref(audio.samples))
+        return audio
+
+    def progress(done, total):
+        gc.collect()
+        most_alive[0] = max(most_alive[0], sum(ref() is not None for ref in refs))
+    monkeypatch.setattr(dataset, "load_audio", tracked)
+    build_dataset(ten_files.root, tmp_path / "data.h5", workers=workers, progress=progress)
+    assert len(refs) == 10
+    # inline: the file just featurised at most; threaded: also read_ahead (2 * workers) pending. Keeping the
+    # samples of every file seen (as `rows` once did) would make this 10.
+    assert most_alive[0] <= 1 + (2 * workers if workers > 1 else 0)
 
 
 def test_no_group_and_no_identical_audio_in_two_splits(small_corpus, tmp_path):
@@ -155,7 +245,7 @@ def test_a_crash_mid_build_leaves_no_file_and_keeps_the_old_one(small_corpus, tm
 def test_manifest_and_source_errors_are_clear(tmp_path, small_corpus):
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\nx.wav,LEAK\n")
-    with pytest.raises(DatasetError, match="lacks column"):
+    with pytest.raises(ManifestError, match=r"bad.csv: manifest lacks column\(s\) path, label"):
         find_sources(bad)
     bad.write_text("path,label,split\nx.wav,LEAK,holdout\n")
     with pytest.raises(DatasetError, match=r"bad.csv:2: split 'holdout'"):

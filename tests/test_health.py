@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import quick_config
 from typer.testing import CliRunner
 
-from conftest import quick_config
 from leakhunter.checkpoint import load_checkpoint
 from leakhunter.cli import app
 from leakhunter.training import trainer as trainer_module
@@ -169,8 +169,8 @@ def test_h008_loss_near_zero_on_nearly_constant_targets_fails(tmp_path):
     learns "anything audible is a leak", its loss falls to ~0 and validation kappa stays 0."""
     import soundfile
 
+    from leakhunter.synth import synth_recording
     from leakhunter.training.dataset import build_dataset
-    from leakhunter.training.synth import synth_recording
 
     rows = ["path,label,split"]
     plan = [("LEAK", "train", 30, 4.0), ("QUIET", "train", 1, 0.5), ("LEAK", "val", 6, 4.0),
@@ -249,3 +249,124 @@ def test_doctor_prints_the_live_findings(training_dataset, tmp_path):
     for finding in result.health:
         assert finding.line() in " ".join(cli.output.split())
     assert [f.line() for f in doctor(tmp_path / "run").findings] == [f.line() for f in result.health]
+
+
+# ---- the promised branches not reproduced above (issue 9, item 16) -------------------------------------
+
+def _row(epoch, kappa=0.5, shares=(0.5, 0.5), loss=0.5):
+    return {"epoch": epoch, "train_loss": loss, "file_f1": 0.8, "kappa": kappa, "lr": 1e-3,
+            "predicted_distribution": list(shares), "weight_change": 0.01}
+
+
+def test_h007_kappa_near_zero_for_two_epochs_warns_on_the_second():
+    from leakhunter.training.health import epoch_findings
+
+    history = [_row(1, kappa=0.01)]
+    assert epoch_findings(history, ["NOLEAK", "LEAK"], [0.5, 0.5], trivial_loss=0.69) == []
+    history.append(_row(2, kappa=-0.02))
+    found = epoch_findings(history, ["NOLEAK", "LEAK"], [0.5, 0.5], trivial_loss=0.69)
+    assert [(f.code, f.level, f.when) for f in found] == [("H007", "warn", "epoch 2")]
+    assert "kappa -0.0200 ≈ 0 for two epochs" in found[0].message
+    history[0]["kappa"] = 0.3  # one epoch near zero is not enough
+    assert epoch_findings(history, ["NOLEAK", "LEAK"], [0.5, 0.5], trivial_loss=0.69) == []
+
+
+def test_h007_a_large_class_never_predicted_at_the_first_evaluation_warns_only_then():
+    from leakhunter.training.health import epoch_findings
+
+    names, truth = ["LEAK", "NORMAL", "QUIET"], [0.2, 0.45, 0.35]
+    found = epoch_findings([_row(1, shares=(0.6, 0.0, 0.4))], names, truth, trivial_loss=1.0)
+    assert [(f.code, f.level, f.when) for f in found] == [("H007", "warn", "epoch 1")]
+    assert "NORMAL is never predicted while it is 45% of the validation inputs" in found[0].message
+    assert epoch_findings([_row(1, shares=(0.6, 0.4, 0.0))], names, truth, trivial_loss=1.0) == []  # QUIET < 40 %
+    assert epoch_findings([_row(1), _row(2, shares=(0.6, 0.0, 0.4))], names, truth, trivial_loss=1.0) == []
+
+
+def test_h007_never_predicted_fires_at_epoch_1_of_a_real_run(training_dataset, tmp_path, monkeypatch):
+    """Binary, head biased to LEAK at LR 1e-9: NOLEAK (80 % of the truth) is never predicted at epoch 1."""
+    from leakhunter.training.health import epoch_findings, truth_shares
+
+    build = trainer_module.build_model
+
+    def biased(card):
+        model = build(card)
+        with torch.no_grad():
+            model.head.bias[1] = 50.0
+        return model
+
+    monkeypatch.setattr(trainer_module, "build_model", biased)
+    trainer = Trainer(quick_config(training_dataset, tmp_path / "run", mode="binary", lr=1e-9, epochs=1), log=QUIET)
+    result = trainer.fit()
+    first = epoch_findings(result.history[:1], result.card.class_names,
+                           truth_shares(trainer.data.splits["val"], 2), trainer.trivial_loss)
+    assert any(f.code == "H007" and f.when == "epoch 1" and "NOLEAK is never predicted while it is 80%"
+               in f.message for f in first)
+    assert any(f.code == "H007" and f.when == "epoch 1" for f in result.health)  # recorded live
+
+
+def test_h001_leak_files_trained_towards_another_index_fail_at_setup(training_dataset, tmp_path, monkeypatch):
+    class LeakAsNormal(trainer_module.LeakData):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            train = self.splits["train"]
+            train.targets[train.is_leak] = 1  # LEAK files get NORMAL's target
+
+    monkeypatch.setattr(trainer_module, "LeakData", LeakAsNormal)
+    with pytest.raises(HealthFailure) as caught:
+        Trainer(quick_config(training_dataset, tmp_path / "run", mode="multiclass"), log=QUIET)
+    assert caught.value.finding.code == "H001" and caught.value.finding.when == "setup"
+    assert "LEAK files are trained towards class index [1], not leak_idx 0" in caught.value.finding.message
+    assert caught.value.exit_code == 101
+
+
+def test_focal_loss_matches_a_hand_computed_value_and_a_run_trains_with_it(training_dataset, tmp_path):
+    from leakhunter.training.trainer import LeakLoss
+
+    loss = LeakLoss(torch.tensor([1.0, 3.0]), "focal", gamma=2.0, aux_weight=0.5)
+    value = loss(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), None, torch.tensor([0, 1]), torch.tensor([False, True]))
+    p1, p2 = 1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(-1.0))  # softmax of the true class
+    expected = (1 * (1 - p1) ** 2 * -np.log(p1) + 3 * (1 - p2) ** 2 * -np.log(p2)) / (1 + 3)
+    assert float(value) == pytest.approx(expected, rel=1e-6) and float(value) == pytest.approx(0.0174443, rel=1e-4)
+    result = train(quick_config(training_dataset, tmp_path / "run", mode="binary", loss="focal", epochs=2), log=QUIET)
+    assert codes(result.health, "fail") == []
+    assert all(np.isfinite(row["train_loss"]) for row in result.history)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_onecycle_warms_up_over_30_percent_then_follows_a_cosine_and_the_run_records_it(training_dataset,
+                                                                                        tmp_path):
+    import csv
+
+    from leakhunter.training.trainer import lr_factor
+
+    assert lr_factor(0, 100, 7, "onecycle") == pytest.approx(1 / 30)  # warm-up ignores warmup_epochs
+    assert lr_factor(14, 100, 7, "onecycle") == pytest.approx(15 / 30)
+    assert lr_factor(29, 100, 7, "onecycle") == pytest.approx(1.0)
+    assert lr_factor(30, 100, 7, "onecycle") == pytest.approx(1.0)
+    assert lr_factor(65, 100, 7, "onecycle") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 7, "onecycle") == pytest.approx(0.0)
+    config = quick_config(training_dataset, tmp_path / "run", mode="binary", schedule="onecycle", epochs=3)
+    trainer = Trainer(config, log=QUIET)
+    trainer.fit()
+    steps, total = trainer.steps_per_epoch, 3 * trainer.steps_per_epoch
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        recorded = [float(row["lr"]) for row in csv.DictReader(handle)]
+    expected = [config.lr * lr_factor(epoch * steps, total, 0, "onecycle") for epoch in (1, 2, 3)]
+    assert recorded == pytest.approx(expected, rel=1e-5, abs=1e-12)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(training_dataset, tmp_path, monkeypatch):
+    original = Trainer._validate
+    calls = {"n": 0}
+
+    def best_at_epoch_1(self):
+        metrics, val_loss = original(self)
+        calls["n"] += 1
+        return {**metrics, "file_f1": 1.0 if calls["n"] == 1 else 0.0}, val_loss
+
+    monkeypatch.setattr(Trainer, "_validate", best_at_epoch_1)
+    result = train(quick_config(training_dataset, tmp_path / "run", mode="binary", epochs=8, patience=2), log=QUIET)
+    assert result.stopped_early and result.best_epoch == 1
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3
+    assert "H009" in codes(result.health, "warn")

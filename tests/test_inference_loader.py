@@ -20,7 +20,7 @@ from leakhunter.checkpoint import CheckpointError
 from leakhunter.cli import app
 from leakhunter.inference import ModelLoadError, describe_model, load_runner, long_segment_probs
 from leakhunter.segments import plan_segments
-from leakhunter.training.synth import synth_recording
+from leakhunter.synth import synth_recording
 
 runner = CliRunner()
 
@@ -61,8 +61,9 @@ def test_pth_and_onnx_load_the_same_card_and_score_alike(binary_export, recordin
 def test_score_mel_where_the_artefact_takes_mels(binary_export, recording):
     checkpoint, report = binary_export
     _, torch_runner = load_runner(checkpoint)
-    from leakhunter.inference.torch_runner import scoring_mels
     import torch
+
+    from leakhunter.inference.torch_runner import scoring_mels
 
     mels = scoring_mels(torch_runner.frontend, torch_runner.card, torch.from_numpy(recording)).numpy()
     np.testing.assert_allclose(torch_runner.score_mel(mels)[1], torch_runner.score_waveform(recording)[1], atol=1e-6)
@@ -162,33 +163,40 @@ except ImportError:
     assert result.stdout.split() == ["onnxruntime", "47", "18", "LEAK", "no", "torch"]
 
 
-def test_asking_for_cuda_without_it_runs_on_cpu_with_one_warning(binary_export):
+def test_asking_for_cuda_without_it_is_refused_and_auto_runs_on_cpu_quietly(binary_export):
+    from leakhunter.errors import DeviceError
+
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("onnxruntime has CUDA here")
     _, report = binary_export
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(DeviceError, match=rf"device '{device}' asked for, but onnxruntime .* has no CUDA "
+                                              r"execution provider .*onnxruntime-gpu.*--device auto"):
+            load_runner(report.output, device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, onnx_runner = load_runner(report.output, device="cuda")
+        _, onnx_runner = load_runner(report.output, device="auto")
         onnx_runner.score_waveform(np.zeros(4096 * 2, dtype=np.float32))
-    assert onnx_runner.device == "cpu"
-    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == [
-        f"device 'cuda' asked for but onnxruntime could not start CUDA (is onnxruntime-gpu installed?); "
-        f"running {report.output} on CPU"]
+    assert onnx_runner.device == "cpu" and not [w for w in caught if issubclass(w.category, RuntimeWarning)]
     with pytest.raises(ValueError, match="device 'gpu' is not one of auto, cpu, cuda"):
         load_runner(report.output, device="gpu")
 
 
-def test_the_torch_runner_falls_back_to_cpu_with_one_warning(binary_export):
+def test_the_torch_runner_refuses_cuda_without_it_and_auto_runs_on_cpu_quietly(binary_export):
     import torch
+
+    from leakhunter.errors import DeviceError
 
     if torch.cuda.is_available():
         pytest.skip("torch has CUDA here")
     checkpoint, _ = binary_export
+    with pytest.raises(DeviceError, match=r"device 'cuda' asked for, but CUDA is not available .*--device auto"):
+        load_runner(checkpoint, device="cuda")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, torch_runner = load_runner(checkpoint, device="cuda")
+        _, torch_runner = load_runner(checkpoint, device="auto")
         torch_runner.score_waveform(np.zeros(4096 * 2, dtype=np.float32))
-    assert torch_runner.device == "cpu" and len(caught) == 1 and "CUDA is not available" in str(caught[0].message)
+    assert torch_runner.device == "cpu" and not caught
 
 
 def test_leak_info_describes_onnx_pth_and_card_json(binary_export, tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile
 
+from leakhunter import synth
 from leakhunter.card import STANDARD_CLASSES
-from leakhunter.training import synth
-from leakhunter.training.synth import SynthCorpus, leak_recording, synth_corpus, synth_recording
+from leakhunter.synth import SynthCorpus, leak_recording, synth_corpus, synth_recording
 
 RATE = 8000
 NAME = re.compile(r"^(S\d{3})~(R\d{5})~(\d{8}T\d{6})~(0|6|12|18)\.wav$")

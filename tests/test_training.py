@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import quick_config
+
 from leakhunter.card import CardError, ModelCard
 from leakhunter.checkpoint import CheckpointError, load_checkpoint, read_model, save_atomic
 from leakhunter.training.config import ConfigError, resolve_config
@@ -287,7 +287,7 @@ while True:
 
 def test_a_kill_during_checkpoint_save_never_leaves_an_unloadable_file(tmp_path):
     target = tmp_path / "last.pth"
-    for attempt in range(4):
+    for _ in range(4):
         process = subprocess.Popen([sys.executable, "-c", SAVER, str(target)], stdout=subprocess.PIPE)
         process.stdout.readline()
         time.sleep(0.3 + random.uniform(0, 0.4))
@@ -312,3 +312,22 @@ def test_two_process_ddp_trains_and_only_rank_zero_writes(training_dataset, tmp_
     card, _ = read_model(out / "best.pth")
     assert card.mode == "binary"
     assert result.stdout.count("best model:") == 2  # both ranks trained to the end
+
+
+@pytest.mark.slow
+def test_a_streamed_run_resumes_on_its_own_loading_path_bit_for_bit(training_dataset, tmp_path, monkeypatch):
+    """The loading path decides the shuffle order: a run that read from disk (a tiny memory budget) resumes
+    from disk even when the resume's budget would fit the data, and ends with the weights of an
+    uninterrupted streamed run."""
+    config = dict(mode="multiclass", epochs=3)
+    straight = tmp_path / "straight"
+    train(quick_config(training_dataset, straight, max_memory="1KB", **config), log=QUIET)
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_write_epoch", _stop_after(1))
+        with pytest.raises(Interrupt):
+            train(quick_config(training_dataset, out, max_memory="1KB", **config), log=QUIET)
+    assert load_checkpoint(out / "checkpoints" / "last.pth")["streamed"] is True
+    train(quick_config(training_dataset, out), resume=out / "checkpoints" / "last.pth", log=QUIET)
+    resumed, expected = final_weights(out), final_weights(straight)
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)

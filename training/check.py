@@ -5,15 +5,15 @@ Run before training (`leak data check`); the same problems make training refuse 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from leakhunter.errors import InputError
 from leakhunter.training.dataset import DatasetError, dataset_configs
-from leakhunter.training.splits import SPLITS
+from leakhunter.training.splits import SPLITS, crossing_keys
 
 
 @dataclass
@@ -65,16 +65,10 @@ def check_dataset(path: str | Path) -> DatasetReport:
             if counts[code, c] == 0:
                 report.problems.append(f"split {name} has no {cls} files")
     for what, keys in (("group", groups), ("identical audio (sha256)", list(files["sha256"]))):
-        first: dict = {}
-        crossing = defaultdict(set)
-        for key, s, p in zip(keys, split, paths):
-            first.setdefault(key, (s, p))
-            if first[key][0] != s:
-                crossing[key].add((first[key][1], SPLITS[first[key][0]], p, SPLITS[s]))
-        for key, pairs in crossing.items():
-            a, sa, b, sb = sorted(pairs)[0]
-            shown = key.decode()[:12] if isinstance(key, bytes) else key
-            report.problems.append(f"{what} {shown} is in two splits: {a} ({sa}) and {b} ({sb})")
+        for c in crossing_keys(keys, split, paths):
+            shown = c.key.decode()[:12] if isinstance(c.key, bytes) else c.key
+            report.problems.append(f"{what} {shown} is in two splits: {c.first_path} ({SPLITS[c.first_split]}) "
+                                   f"and {c.other_path} ({SPLITS[c.other_split]})")
     duplicates = len(files["sha256"]) - len(set(files["sha256"]))
     if duplicates:
         report.warnings.append(f"{duplicates} file(s) repeat the bytes of another file in the same split")
@@ -88,7 +82,7 @@ def check_dataset(path: str | Path) -> DatasetReport:
 def split_manifest(path: str | Path, split: str) -> list[tuple[str, str]]:
     """(path, label) of every file of one split, e.g. to score the held-out recordings with `leak predict`."""
     if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     with h5py.File(path, "r") as h5:
         _, _, class_names = dataset_configs(h5)
         rows = zip(h5["files/path"].asstr()[:], h5["files/label"][:], h5["files/split"][:])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,16 @@ from typing import Any
 import yaml
 
 from leakhunter.card import MODES
+from leakhunter.devices import parse_device
+from leakhunter.errors import DeviceError, LeakhunterError
 
 BUILT_MODES = ("binary", "multiclass")  # fusion is specified in DESIGN §9 and not built yet
+MEMORY_SIZE = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>%|[kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+MEMORY_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+                "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
-class ConfigError(ValueError):
+class ConfigError(LeakhunterError, ValueError):
     """A config key or value that cannot be used; the message says which and what would be accepted."""
 
 
@@ -50,6 +56,7 @@ class TrainConfig:
     dropout: float = 0.25
     eval_batch_size: int = 16384
     strict: bool = False
+    max_memory: str = "50%"  # bytes, "8GB", "512MiB" or a share of available RAM; bigger data is read from disk
 
     def problems(self) -> list[str]:
         found = []
@@ -57,10 +64,14 @@ class TrainConfig:
             found.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         elif self.mode not in BUILT_MODES:
             found.append(f"mode {self.mode!r} is not built yet; use {' or '.join(BUILT_MODES)}")
-        choices = {"schedule": ("cosine", "onecycle"), "loss": ("ce", "focal"), "device": ("auto", "cpu", "cuda")}
+        choices = {"schedule": ("cosine", "onecycle"), "loss": ("ce", "focal")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 found.append(f"{key} {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        try:
+            parse_device(self.device)
+        except DeviceError as error:
+            found.append(str(error))
         positive = ("epochs", "batch_size", "lr", "patience", "keep_checkpoints", "eval_batch_size")
         found += [f"{key} must be > 0, got {getattr(self, key)!r}" for key in positive if getattr(self, key) <= 0]
         non_negative = ("weight_decay", "warmup_epochs", "focal_gamma", "aux_weight", "seed")
@@ -71,10 +82,39 @@ class TrainConfig:
             found.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.data:
             found.append("data is required (a dataset file from `leak data build`)")
+        try:
+            parse_memory(self.max_memory)
+        except ConfigError as error:
+            found.append(str(error))
         return found
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations (MemAvailable), else total physical RAM."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_memory(text: str | int | float) -> int:
+    """A memory size in bytes: 1000000, "8GB" (10**9), "512MiB" (2**20), or "50%" of available RAM."""
+    match = MEMORY_SIZE.match(str(text))
+    if not match:
+        raise ConfigError(f"max_memory {text!r} is not a size: use bytes, a unit (8GB, 512MiB) or a share (50%)")
+    number, unit = float(match["number"]), (match["unit"] or "").lower().removesuffix("b")
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ConfigError(f"max_memory {text!r}: a share of available RAM must be in (0, 100] %")
+        return int(available_memory() * number / 100)
+    return int(number * MEMORY_UNITS[unit])
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
@@ -132,4 +172,6 @@ def resolve_config(config_file: str | Path | None = None, overrides: dict[str, A
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    from leakhunter.files import write_atomic  # the resolved config appears whole or not at all
+
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,13 +1,17 @@
-"""The dataset file in memory, as model inputs and targets per split.
+"""The dataset file as model inputs and targets per split, in memory or streamed from disk.
 
-The HDF5 arrays are read once; batches are sliced by index (no per-sample Python), so the loader
-serves hundreds of thousands of inputs per second and never bounds the training step.
+When /short/mel fits the memory budget it is read once and batches are sliced by index (no per-sample
+Python), so the loader serves hundreds of thousands of inputs per second. A bigger file stays open and
+each batch reads the whole HDF5 chunks it needs (contiguous reads, a few kept in an LRU); `epoch_order`
+then shuffles chunk-sized runs of rows within a buffer so a batch touches few chunks. Both paths give
+the same inputs for the same rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +21,14 @@ import torch
 
 from leakhunter.card import BINARY_CLASSES, CardError, ModelCard, compare_configs
 from leakhunter.segments import long_segment_inputs
+from leakhunter.training.config import parse_memory
 from leakhunter.training.dataset import DatasetError, dataset_configs
 from leakhunter.training.splits import SPLITS
+
+DEFAULT_BUDGET = "50%"           # of available RAM, when no max_memory is given
+STATISTICS_CHUNK_BYTES = 64 << 20  # float64 working set of one mel_statistics chunk
+CHUNK_CACHE_BYTES = 64 << 20     # chunks the streamed path keeps decoded: a shuffle buffer's chunks stay in it
+BUFFER_BLOCKS = 8                # streamed epoch_order: runs of one HDF5 chunk, shuffled together in a buffer
 
 
 @dataclass
@@ -44,19 +54,30 @@ class SplitData:
 class LeakData:
     """All splits of one dataset file, mapped onto a mode's class names."""
 
-    def __init__(self, path: str | Path, mode: str):
+    def __init__(self, path: str | Path, mode: str, max_memory: str | int | None = None,
+                 log: Callable[[str], None] | None = None, streamed: bool | None = None):
+        """`streamed` forces the loading path (a resumed run keeps its run's, so its shuffle order is the same);
+        None chooses by the memory budget."""
         self.path = Path(path)
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: no such dataset file")
+        self.budget = parse_memory(DEFAULT_BUDGET if max_memory is None else max_memory)
+        self._h5: h5py.File | None = None
+        self._chunks: dict[int, np.ndarray] = {}  # LRU of whole HDF5 chunks, streamed path only
         with h5py.File(self.path, "r") as h5:
             self.frontend, self.segmentation, self.dataset_classes = dataset_configs(h5)
-            self.mel = torch.from_numpy(h5["short/mel"][...])  # float16 [N_short, n_mels, frames]
+            mel = h5["short/mel"]
+            self.mel_bytes = mel.size * mel.dtype.itemsize
+            self.streamed = self.mel_bytes > self.budget if streamed is None else bool(streamed)
+            self.chunk_rows = mel.chunks[0] if mel.chunks else 4096
+            self.mel = None if self.streamed else torch.from_numpy(mel[...])  # float16 [N_short, n_mels, frames]
             files = {k: h5["files"][k][...] for k in ("label", "split", "long_start", "long_count", "sha256")}
             self.paths = list(h5["files/path"].asstr()[...])
             self.groups = list(h5["files/group"].asstr()[...])
             self.long_short_start = h5["long/short_start"][...]
             self.long_file_index = h5["long/file_index"][...]
             self.short_file_index = h5["short/file_index"][...]
+            self.channel_policy = str(h5.attrs.get("channel_policy", "mean"))  # the card records it for predict
         self.mode = mode
         self.shas = [sha.decode() for sha in files["sha256"]]
         self.split_codes = files["split"]
@@ -70,6 +91,47 @@ class LeakData:
             + json.dumps(self.segmentation.__dict__).encode()).hexdigest()[:16]
         self.splits = {name: self._split(code, name, files["split"], file_is_leak, file_targets)
                        for code, name in enumerate(SPLITS)}
+        sizes = f"dataset {_gb(self.mel_bytes)} {'>' if self.streamed else '<='} budget {_gb(self.budget)}"
+        self.loading = f"{sizes}: {'reading from disk in chunks' if self.streamed else 'read into memory'}"
+        if log is not None:
+            log(self.loading)
+
+    def close(self) -> None:
+        """Close the file the streamed path keeps open (a no-op in memory)."""
+        self._chunks.clear()
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def _mel_file(self) -> h5py.Dataset:
+        if self._h5 is None:  # opened lazily, so a LeakData can cross a fork before its first read
+            self._h5 = h5py.File(self.path, "r")
+        return self._h5["short/mel"]
+
+    def _short_mels(self, shorts: np.ndarray) -> torch.Tensor:
+        """float16 mels of short segments `shorts` (ascending, distinct), from memory or by file-ordered spans."""
+        if not self.streamed:
+            return self.mel[torch.from_numpy(shorts)]
+        dataset = self._mel_file()
+        out = np.empty((len(shorts), *dataset.shape[1:]), dtype=dataset.dtype)
+        chunk_of = shorts // self.chunk_rows
+        breaks = np.flatnonzero(np.diff(chunk_of)) + 1
+        for first, stop in zip(np.r_[0, breaks].astype(int), np.r_[breaks, len(shorts)].astype(int)):
+            if stop > first:
+                chunk = int(chunk_of[first])
+                out[first:stop] = self._chunk(dataset, chunk)[shorts[first:stop] - chunk * self.chunk_rows]
+        return torch.from_numpy(out)
+
+    def _chunk(self, dataset: h5py.Dataset, chunk: int) -> np.ndarray:
+        """One HDF5 chunk of /short/mel, read whole (one contiguous read) and kept in a small LRU."""
+        if chunk in self._chunks:
+            self._chunks[chunk] = self._chunks.pop(chunk)
+            return self._chunks[chunk]
+        values = dataset[chunk * self.chunk_rows:(chunk + 1) * self.chunk_rows]
+        self._chunks[chunk] = values
+        while len(self._chunks) > 1 and sum(v.nbytes for v in self._chunks.values()) > CHUNK_CACHE_BYTES:
+            self._chunks.pop(next(iter(self._chunks)))
+        return values
 
     def _split(self, code, name, split, file_is_leak, file_targets) -> SplitData:
         files = np.flatnonzero(split == code)
@@ -96,20 +158,70 @@ class LeakData:
         """Model inputs [b, 1, n_mels, frames] (float32) for rows of a split."""
         index = split.input_index[rows]
         if self.segmentation.unit == "short":
-            batch = self.mel[torch.from_numpy(index)]
+            if self.streamed:
+                needed, where = np.unique(index, return_inverse=True)
+                batch = self._short_mels(needed)[torch.from_numpy(where.reshape(-1))]
+            else:
+                batch = self.mel[torch.from_numpy(index)]
         else:
-            batch = long_segment_inputs(self.mel, self.long_short_start[index], self.shorts_per_long)
+            starts = self.long_short_start[index]
+            if self.streamed:  # the distinct shorts of the batch's long segments, each run kept whole
+                needed = np.unique(starts[:, None] + np.arange(self.shorts_per_long)[None, :])
+                batch = long_segment_inputs(self._short_mels(needed), np.searchsorted(needed, starts),
+                                            self.shorts_per_long)
+            else:
+                batch = long_segment_inputs(self.mel, starts, self.shorts_per_long)
         return batch.float().unsqueeze(1)
 
+    def epoch_order(self, split: SplitData, seed: int, epoch: int) -> np.ndarray:
+        """The training order of an epoch's rows, a function of (seed, epoch) and the loading path.
+
+        In memory: a plain permutation (unchanged, so runs and resumes stay bit-identical). Streamed: runs
+        of one HDF5 chunk's rows in shuffled order, BUFFER_BLOCKS runs at a time shuffled together, so a
+        batch reads a few spans from the chunk cache instead of thousands of scattered rows."""
+        rng = np.random.default_rng([seed, epoch])
+        if not self.streamed:
+            return rng.permutation(len(split))
+        block = max(1, self.chunk_rows if self.segmentation.unit == "short" else
+                    self.chunk_rows // self.shorts_per_long)
+        blocks = [np.arange(start, min(start + block, len(split))) for start in range(0, len(split), block)]
+        shuffled = [blocks[b] for b in rng.permutation(len(blocks))]
+        buffers = [np.concatenate(shuffled[i:i + BUFFER_BLOCKS]) for i in range(0, len(shuffled), BUFFER_BLOCKS)]
+        return np.concatenate([rng.permutation(buffer) for buffer in buffers]) if buffers else np.zeros(0, int)
+
+    def _statistics_chunks(self, shorts: np.ndarray) -> Iterator[torch.Tensor]:
+        row_values = int(np.prod(self.mel.shape[1:] if self.mel is not None else self._mel_file().shape[1:]))
+        step = max(1, STATISTICS_CHUNK_BYTES // (8 * row_values))
+        for start in range(0, len(shorts), step):
+            yield self._short_mels(shorts[start:start + step]).double()
+
     def mel_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-mel-bin mean and std over the training split's distinct short segments."""
+        """Per-mel-bin mean and std over the training split's distinct short segments.
+
+        Streamed over contiguous chunks (float64 count/mean/M2 merged by Chan's formula), so neither path
+        makes a float64 copy of the split; the result matches a whole-array mean/std to float precision."""
         train = self.splits["train"]
         shorts = (train.input_index if self.segmentation.unit == "short"
                   else np.flatnonzero(np.isin(self.short_file_index, train.file_index)))
-        mel = self.mel[torch.from_numpy(shorts)].double()  # [n, n_mels, frames]
-        mean = mel.mean(dim=(0, 2))
-        std = mel.std(dim=(0, 2)).clamp(min=1e-3)
+        count, mean, m2 = 0, None, None
+        for chunk in self._statistics_chunks(shorts):  # [n, n_mels, frames]
+            n = chunk.shape[0] * chunk.shape[2]
+            chunk_mean = chunk.mean(dim=(0, 2))
+            chunk_m2 = ((chunk - chunk_mean[None, :, None]) ** 2).sum(dim=(0, 2))
+            if mean is None:
+                count, mean, m2 = n, chunk_mean, chunk_m2
+            else:
+                delta, total = chunk_mean - mean, count + n
+                mean = mean + delta * (n / total)
+                m2 = m2 + chunk_m2 + delta ** 2 * (count * n / total)
+                count = total
+        if mean is None:
+            raise DatasetError(f"{self.path}: the training split has no short segments to normalise with")
+        std = (m2 / max(count - 1, 1)).sqrt().clamp(min=1e-3)
         return mean.float().numpy(), std.float().numpy()
+
+    def __getstate__(self):  # an open HDF5 handle does not pickle; the copy reopens on its first read
+        return {**self.__dict__, "_h5": None, "_chunks": {}}
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         """Files per class in each split, by the model's class names."""
@@ -129,3 +241,6 @@ class LeakData:
         if problems:
             raise CardError(problems, f"{source} against {self.path}")
 
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"

@@ -1,18 +1,18 @@
 """Build the HDF5 dataset file (DESIGN §5) from a class-folder tree or a manifest CSV.
 
 Flat, index-linked arrays: files → long segments → distinct short segments, with the mel and
-engineered features computed by the one front-end. Bad files are skipped and listed, never fatal.
+engineered features computed by the one front-end. Bad files are skipped and listed, up to
+max_skipped_fraction of the source (more than that is a broken source, not a few bad files). Only the
+per-file facts are kept while building, never the samples, so memory stays flat in corpus size.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -22,19 +22,19 @@ import torch
 import leakhunter
 from leakhunter.audio import AudioError, load_audio, read_many
 from leakhunter.card import STANDARD_CLASSES, FrontendConfig, SegmentationConfig, preset
+from leakhunter.errors import LeakhunterError
 from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FrontEnd
 from leakhunter.segments import plan_segments
+from leakhunter.sources import AUDIO_SUFFIXES, find_audio, group_from_name, read_manifest
 from leakhunter.training.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
-# sensor_id~recording_id~timestamp~gain_db: the logger naming convention; the sensor is the group.
-LOGGER_NAME = re.compile(r"^(?P<sensor_id>[^~]+)~(?P<recording_id>[^~]+)~(?P<timestamp>[^~]+)~(?P<gain_db>[^~]+)$")
 MEL_CHUNK_ROWS = 65536
+MAX_SKIPPED_FRACTION = 0.05
 
 
-class DatasetError(ValueError):
+class DatasetError(LeakhunterError, ValueError):
     """A source or dataset that cannot be built or used; the message names the file and the reason."""
 
 
@@ -58,6 +58,40 @@ class BuildReport:
     skipped: list[AudioError]
     files_per_split: dict[str, int]
 
+    def skipped_by_reason(self) -> dict[str, int]:
+        return skipped_counts(self.skipped)
+
+    def skipped_summary(self) -> str:
+        """E.g. 'skipped 7 files: 3 truncated, 2 silent, 2 not_audio' (most frequent reason first)."""
+        return _skipped_summary(self.skipped)
+
+
+@dataclass(frozen=True)
+class _FileFacts:
+    """What the file table needs of one decoded file: a few numbers, never its samples."""
+    long_start: int
+    long_count: int
+    short_start: int
+    short_count: int
+    duration_s: float
+    sample_rate_in: int
+    channels_in: int
+    clipped: bool
+    sha256: str
+
+
+def skipped_counts(skipped: list[AudioError]) -> dict[str, int]:
+    """Skipped files per reason, most frequent first (ties by name)."""
+    counts: dict[str, int] = {}
+    for error in skipped:
+        counts[error.reason] = counts.get(error.reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _skipped_summary(skipped: list[AudioError]) -> str:
+    reasons = ", ".join(f"{n} {reason}" for reason, n in skipped_counts(skipped).items())
+    return f"skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''}: {reasons}"
+
 
 def find_sources(source: str | os.PathLike) -> list[SourceFile]:
     """A manifest CSV (path,label[,group][,split], extra columns kept) or a tree SRC/<CLASS>/**/*.wav."""
@@ -68,43 +102,27 @@ def find_sources(source: str | os.PathLike) -> list[SourceFile]:
         raise DatasetError(f"{source}: no such file or folder")
     files = []
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
-                files.append(SourceFile(path.resolve(), class_dir.name.upper(), _group_from_name(path)))
+        files += [SourceFile(path.resolve(), class_dir.name.upper(), group_from_name(path))
+                  for path in find_audio(class_dir)]
     if not files:
-        raise DatasetError(f"{source}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under class folders "
+        raise DatasetError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under class folders "
                            f"{source}/<CLASS>/")
     return files
 
 
 def _read_manifest(manifest: Path) -> list[SourceFile]:
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = {"path", "label"} - set(columns)
-        if missing:
-            raise DatasetError(f"{manifest}: manifest lacks column(s) {', '.join(sorted(missing))}; has {columns}")
-        files = []
-        for line, row in enumerate(reader, start=2):
-            if not (row.get("path") or "").strip() or not (row.get("label") or "").strip():
-                raise DatasetError(f"{manifest}:{line}: empty path or label")
-            split = (row.get("split") or "").strip().lower() or None
-            if split is not None and split not in SPLITS:
-                raise DatasetError(f"{manifest}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
-            path = Path(row["path"].strip())
-            path = (path if path.is_absolute() else manifest.parent / path).resolve()
-            group = (row.get("group") or "").strip() or _group_from_name(path)
-            meta = {k: v for k, v in row.items() if k not in ("path", "label", "group", "split") and k is not None}
-            files.append(SourceFile(path, row["label"].strip().upper(), group, split, meta))
+    files = []
+    for row in read_manifest(manifest, required=("path", "label")):
+        split = row.fields.get("split", "").lower() or None
+        if split is not None and split not in SPLITS:
+            raise DatasetError(f"{manifest}:{row.line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        path = row.path.resolve()
+        group = row.fields.get("group") or group_from_name(path)
+        meta = {k: v for k, v in row.fields.items() if k not in ("path", "label", "group", "split")}
+        files.append(SourceFile(path, row.fields["label"].upper(), group, split, meta))
     if not files:
         raise DatasetError(f"{manifest}: manifest has no rows")
     return files
-
-
-def _group_from_name(path: Path) -> str:
-    """The sensor id of a logger-named file, else the file itself (its own group)."""
-    match = LOGGER_NAME.match(path.stem)
-    return match["sensor_id"] if match else str(path)
 
 
 def class_order(labels) -> tuple[str, ...]:
@@ -117,8 +135,13 @@ def class_order(labels) -> tuple[str, ...]:
 
 def build_dataset(source, output, preset_name: str = "short", val: float = 0.15, test: float = 0.15,
                   workers: int = 2, seed: int = 0, channel: str | int = "mean",
-                  progress: Callable[[int, int], None] | None = None) -> BuildReport:
-    """Decode every file (in `workers` threads), segment and featurise it, split, write `output` atomically."""
+                  progress: Callable[[int, int], None] | None = None,
+                  max_skipped_fraction: float = MAX_SKIPPED_FRACTION) -> BuildReport:
+    """Decode every file (in `workers` threads), segment and featurise it, split, write `output` atomically.
+
+    More than `max_skipped_fraction` of the files skipped fails the build (the old `output` is kept)."""
+    if not 0 <= max_skipped_fraction <= 1:
+        raise DatasetError(f"max_skipped_fraction must be in [0, 1], got {max_skipped_fraction!r}")
     frontend_cfg, segmentation = preset(preset_name)
     sources = find_sources(source)
     class_names = class_order(s.label for s in sources)
@@ -128,7 +151,7 @@ def build_dataset(source, output, preset_name: str = "short", val: float = 0.15,
     try:
         with h5py.File(temporary, "w") as h5:
             report = _write(h5, sources, class_names, frontend_cfg, segmentation, val, test, workers, seed,
-                            channel, progress)
+                            channel, progress, max_skipped_fraction)
             h5.attrs.update({"source": str(Path(source).resolve()), "preset": preset_name,
                              "channel_policy": str(channel), "split_seed": seed,
                              "split_fractions": json.dumps({"val": val, "test": test})})
@@ -140,7 +163,7 @@ def build_dataset(source, output, preset_name: str = "short", val: float = 0.15,
 
 
 def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation: SegmentationConfig,
-           val, test, workers, seed, channel, progress) -> BuildReport:
+           val, test, workers, seed, channel, progress, max_skipped_fraction) -> BuildReport:
     frontend = FrontEnd(frontend_cfg, segmentation).eval()
     h5.attrs.update({
         "format_version": FORMAT_VERSION,
@@ -148,7 +171,7 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         "segmentation": json.dumps(segmentation.__dict__),
         "class_names": json.dumps(list(class_names)),
         "feature_names": json.dumps(list(FEATURE_NAMES)),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "leakhunter_version": leakhunter.__version__,
     })
     frames = segmentation.frames_per_short(frontend_cfg)
@@ -161,16 +184,22 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
 
     def decode(src: SourceFile):
         audio = load_audio(src.path, frontend_cfg.sample_rate, channel, min_samples=segmentation.long_samples)
-        return audio, file_sha256(src.path)
+        try:
+            return audio, file_sha256(src.path)
+        except OSError as error:  # removed or unreadable since it was decoded: the file's problem, not a bug
+            raise AudioError("decode_error", src.path, f"cannot read: {error}") from error
 
-    kept, rows, skipped = [], [], []
+    kept: list[SourceFile] = []
+    rows: list[_FileFacts] = []
+    skipped: list[AudioError] = []
     n_short = n_long = 0
     long_file, long_short_start = [], []
     for done, (src, result) in enumerate(read_many(sources, decode, workers=workers), start=1):
         if isinstance(result, AudioError):
-            skipped.append(result)
+            skipped.append(result.with_traceback(None))  # a traceback would keep the decoder's frames alive
         else:
             audio, sha = result
+            del result
             with torch.inference_mode():
                 file_mel, file_features = frontend.short_segments(torch.from_numpy(audio.samples)[None],
                                                                   with_features=True)
@@ -183,18 +212,26 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
                 dataset[n_short:] = values
             long_file.append(np.full(plan.n_long, len(kept), np.int32))
             long_short_start.append(n_short + plan.long_first_short)
-            rows.append((n_long, plan.n_long, n_short, count, audio, sha))
+            rows.append(_FileFacts(n_long, plan.n_long, n_short, count, audio.duration_s, audio.sample_rate_in,
+                                   audio.channels_in, audio.clipped, sha))
             kept.append(src)
             n_short += count
             n_long += plan.n_long
+            del audio, file_mel, file_features
         if progress:
             progress(done, len(sources))
     if not kept:
         reasons = ", ".join(sorted({e.reason for e in skipped}))
         raise DatasetError(f"none of the {len(sources)} files could be read ({reasons}); nothing to build")
+    if len(skipped) > max_skipped_fraction * len(sources):
+        raise DatasetError(
+            f"{_skipped_summary(skipped)} of {len(sources)} ({len(skipped) / len(sources):.1%}), more than "
+            f"--max-skipped-fraction {max_skipped_fraction:g} allows; the previous dataset file is kept. Fix the "
+            f"source, or raise --max-skipped-fraction to build from the rest. Skipped:\n"
+            + "\n".join(f"  {error}" for error in skipped))
 
     labels = np.array([class_names.index(s.label) for s in kept], dtype=np.int16)
-    shas = [row[5] for row in rows]
+    shas = [row.sha256 for row in rows]
     splits = assign_splits(labels, [s.group for s in kept], shas, [s.split for s in kept],
                            [str(s.path) for s in kept], val=val, test=test, seed=seed)
     text = h5py.string_dtype()
@@ -204,14 +241,14 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         "split": splits,
         "group": np.array([s.group for s in kept], dtype=object),
         "sha256": np.array(shas, dtype="S64"),
-        "duration_s": np.array([r[4].duration_s for r in rows], np.float32),
-        "sample_rate_in": np.array([r[4].sample_rate_in for r in rows], np.int32),
-        "channels_in": np.array([r[4].channels_in for r in rows], np.int16),
-        "clipped": np.array([r[4].clipped for r in rows], bool),
-        "long_start": np.array([r[0] for r in rows], np.int64),
-        "long_count": np.array([r[1] for r in rows], np.int32),
-        "short_start": np.array([r[2] for r in rows], np.int64),
-        "short_count": np.array([r[3] for r in rows], np.int32),
+        "duration_s": np.array([r.duration_s for r in rows], np.float32),
+        "sample_rate_in": np.array([r.sample_rate_in for r in rows], np.int32),
+        "channels_in": np.array([r.channels_in for r in rows], np.int16),
+        "clipped": np.array([r.clipped for r in rows], bool),
+        "long_start": np.array([r.long_start for r in rows], np.int64),
+        "long_count": np.array([r.long_count for r in rows], np.int32),
+        "short_start": np.array([r.short_start for r in rows], np.int64),
+        "short_count": np.array([r.short_count for r in rows], np.int32),
         "meta": np.array([json.dumps(s.meta, sort_keys=True) for s in kept], dtype=object),
     }
     for name, values in columns.items():

@@ -16,8 +16,15 @@ from leakhunter.checkpoint import card_of, load_checkpoint
 from leakhunter.models import build_model, parameter_count
 from leakhunter.training.config import make_config
 from leakhunter.training.data import LeakData
-from leakhunter.training.health import (Finding, HealthMonitor, end_findings, epoch_findings, setup_findings,
-                                        trivial_loss, truth_shares)
+from leakhunter.training.health import (
+    Finding,
+    HealthMonitor,
+    end_findings,
+    epoch_findings,
+    setup_findings,
+    trivial_loss,
+    truth_shares,
+)
 from leakhunter.training.trainer import class_weights
 
 

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from leakhunter.errors import LeakhunterError
+from leakhunter.files import write_atomic
+from leakhunter.training.splits import crossing_keys
+
 EXIT_BASE = 100  # a run stopped by Hxxx exits with status 100 + xxx
 COLLAPSE_SHARE = 0.95
 NEVER_PREDICTED_TRUTH_SHARE = 0.40
@@ -73,13 +77,13 @@ class Finding:
         return f"{self.code} {self.name} ({self.level}) at {self.when}: {self.message}"
 
 
-class HealthFailure(RuntimeError):
+class HealthFailure(LeakhunterError, RuntimeError):
     """A check that failed the run; `exit_code` is 100 + the check number."""
 
     def __init__(self, finding: Finding):
         self.finding = finding
         self.exit_code = EXIT_BASE + int(finding.code[1:])
-        super().__init__(f"{finding.line()}\n  what to do: {finding.advice}")
+        super().__init__(f"training stopped by health check {finding.line()}\n  what to do: {finding.advice}")
 
 
 def fail(code, when, message) -> Finding:
@@ -137,18 +141,12 @@ def leakage_findings(groups: list[str], shas: list[str], splits: np.ndarray, pat
     """H004: the same group or the same audio in two splits inflates every validation number."""
     found = []
     for what, keys in (("group", groups), ("identical audio", shas)):
-        first: dict = {}
-        crossing = 0
-        example = None
-        for key, split, path in zip(keys, splits, paths):
-            if key in first and first[key][0] != split:
-                crossing += 1
-                example = example or (key, first[key][1], path)
-            first.setdefault(key, (split, path))
-        if crossing:
-            key, a, b = example
-            found.append(fail("H004", "setup", f"{crossing} file(s) share a {what} with a file of another split, "
-                                               f"e.g. {key!s:.24} in {a} and {b}"))
+        crossings = crossing_keys(keys, splits, paths)
+        if crossings:
+            example = crossings[0]
+            found.append(fail("H004", "setup", f"{sum(c.count for c in crossings)} file(s) share a {what} with a "
+                                               f"file of another split, e.g. {example.key!s:.24} in "
+                                               f"{example.first_path} and {example.other_path}"))
     return found
 
 
@@ -221,6 +219,16 @@ def prior_loss(train_class_shares: np.ndarray, leak_share: float, aux_weight: fl
     if aux_weight is not None and 0 < leak_share < 1:
         loss += aux_weight * float(-(leak_share * math.log(leak_share) + (1 - leak_share) * math.log(1 - leak_share)))
     return loss
+
+
+def nonfinite_findings(epoch: int, train_loss: float, val_loss: float, weights_finite: bool) -> list[Finding]:
+    """H012, checked after an epoch and BEFORE its checkpoints are written, so the last good one survives."""
+    problems = ([] if weights_finite else ["the weights hold NaN or inf after this epoch"]) + [
+        f"{name} {value}" for name, value in (("training loss", train_loss), ("validation loss", val_loss))
+        if not math.isfinite(value)]
+    if problems:
+        return [fail("H012", f"epoch {epoch}", "; ".join(problems) + " (no checkpoint of this epoch was written)")]
+    return []
 
 
 def epoch_findings(history: list[dict], class_names, val_truth_shares: list[float], trivial_loss: float
@@ -316,7 +324,7 @@ class HealthMonitor:
             return
         payload = {"status": self.status, "strict": self.strict,
                    "findings": [asdict(f) | {"name": f.name, "advice": f.advice} for f in self.findings]}
-        self.path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        write_atomic(self.path, json.dumps(payload, indent=2))
 
     def summary(self) -> list[str]:
         if not self.findings:

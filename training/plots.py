@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # a Figure draws without pyplot: no global backend, no display
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from leakhunter.files import atomic_path
+
+
+def _save(figure: Figure, path: str | Path) -> None:
+    """Draw to a temporary file and rename: a killed run never leaves half a PNG."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
 
 
 def plot_curves(history: list[dict], path: str | Path, best_epoch: int | None = None) -> None:
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, metric_axis, lr_axis) = plt.subplots(1, 3, figsize=(14, 4))
+    figure = Figure(figsize=(14, 4))
+    loss_axis, metric_axis, lr_axis = figure.subplots(1, 3)
     loss_axis.plot(epochs, [r["train_loss"] for r in history], label="train")
     loss_axis.plot(epochs, [r["val_loss"] for r in history], label="val")
     loss_axis.set(title="loss", xlabel="epoch")
@@ -28,15 +34,15 @@ def plot_curves(history: list[dict], path: str | Path, best_epoch: int | None = 
             axis.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_confusion(matrix: np.ndarray, class_names, path: str | Path, title: str) -> None:
     """Rows = truth, columns = prediction; each cell shows the count and the row share."""
     matrix = np.asarray(matrix)
     shares = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
-    figure, axis = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    figure = Figure(figsize=(1.2 * len(class_names) + 2, 1.1 * len(class_names) + 1.5))
+    axis = figure.subplots()
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     axis.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
     axis.set_yticks(range(len(class_names)), class_names)
@@ -45,5 +51,4 @@ def plot_confusion(matrix: np.ndarray, class_names, path: str | Path, title: str
         axis.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center", va="center",
                   color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(figure, path)

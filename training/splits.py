@@ -7,14 +7,17 @@ or one recording never sits in two splits; class proportions follow the requeste
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
+
+from leakhunter.errors import InputError, LeakhunterError
 
 SPLITS = ("train", "val", "test")
 RESTARTS = 32
 
 
-class SplitError(ValueError):
+class SplitError(LeakhunterError, ValueError):
     """A manifest that forces one group or one recording into two splits."""
 
 
@@ -38,16 +41,41 @@ def _clusters(groups, shas) -> np.ndarray:
     return np.array([root(i) for i in range(len(groups))])
 
 
+@dataclass(frozen=True)
+class Crossing:
+    """A key (group, sha256, cluster) whose files sit in more than one split."""
+    key: object
+    first_path: str
+    first_split: object
+    other_path: str  # the first file found in another split than the key's first file
+    other_split: object
+    count: int  # files of this key outside the first file's split
+
+
+def crossing_keys(keys, splits, paths) -> list[Crossing]:
+    """Every key found in two splits, in the order the first crossing file appears: the one split-crossing
+    check behind H004, `leak data check` and the splitter's refusal of a manifest that forces one."""
+    first: dict = {}
+    found: dict = {}
+    for key, split, path in zip(keys, splits, paths):
+        if key not in first:
+            first[key] = (split, path)
+        elif split != first[key][0]:
+            if key in found:
+                found[key]["count"] += 1
+            else:
+                found[key] = {"first_split": first[key][0], "first_path": first[key][1], "other_split": split,
+                              "other_path": path, "count": 1}
+    return [Crossing(key=key, **fields) for key, fields in found.items()]
+
+
 def _check_forced(keys, forced, paths, what: str) -> None:
-    seen: dict = {}
-    for key, split, path in zip(keys, forced, paths):
-        if split is None:
-            continue
-        if key in seen and seen[key][0] != split:
-            other_split, other_path = seen[key]
-            raise SplitError(f"{what} {key} is forced into two splits by the manifest: {other_path} ({other_split}) "
-                             f"and {path} ({split})")
-        seen.setdefault(key, (split, path))
+    fixed = [(key, split, path) for key, split, path in zip(keys, forced, paths) if split is not None]
+    crossings = crossing_keys(*zip(*fixed)) if fixed else []
+    if crossings:
+        c = crossings[0]
+        raise SplitError(f"{what} {c.key} is forced into two splits by the manifest: {c.first_path} "
+                         f"({c.first_split}) and {c.other_path} ({c.other_split})")
 
 
 def assign_splits(labels, groups, shas, forced, paths, val: float = 0.15, test: float = 0.15,
@@ -60,7 +88,7 @@ def assign_splits(labels, groups, shas, forced, paths, val: float = 0.15, test: 
     the best of RESTARTS seeded orders is kept, first by fewest splits left without a class.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(f"val and test fractions must be in [0, 1) with val + test < 1, got {val} and {test}")
+        raise InputError(f"val and test fractions must be in [0, 1) with val + test < 1, got {val} and {test}")
     labels = np.asarray(labels)
     n_classes = int(labels.max()) + 1
     _check_forced([s.decode() if isinstance(s, bytes) else s for s in shas], forced, paths, "identical audio (sha256)")

@@ -7,12 +7,13 @@ of self-describing, atomically written checkpoints, and resumes bit-for-bit on C
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +24,36 @@ from torch.nn import functional as F
 import leakhunter
 from leakhunter.card import CardError, ModelCard, VotingConfig
 from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, save_atomic
-from leakhunter.devices import autocast_dtype, pick_device
+from leakhunter.devices import autocast_dtype, to_device
+from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
-from leakhunter.voting import calibrate_threshold
 from leakhunter.training.config import TrainConfig, make_config, save_config
 from leakhunter.training.data import LeakData
+from leakhunter.training.distributed import (
+    StepLosses,
+    barrier,
+    end_group,
+    launch_from_env,
+    share,
+    start_group,
+    together,
+    training_device,
+)
 from leakhunter.training.evaluate import evaluate_split, long_probabilities, score_split
-from leakhunter.training.health import (HealthFailure, HealthMonitor, end_findings, epoch_findings,
-                                        epoch_order_findings, fail, setup_findings, trivial_loss, truth_shares)
+from leakhunter.training.health import (
+    HealthFailure,
+    HealthMonitor,
+    end_findings,
+    epoch_findings,
+    epoch_order_findings,
+    fail,
+    nonfinite_findings,
+    setup_findings,
+    trivial_loss,
+    truth_shares,
+)
 from leakhunter.training.plots import plot_confusion, plot_curves
+from leakhunter.voting import calibrate_threshold
 
 RESUMABLE_OVERRIDES = ("epochs", "patience", "device", "eval_batch_size", "strict")
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "segment_accuracy", "file_f1", "file_precision", "file_recall",
@@ -99,13 +121,28 @@ def _git_commit() -> str:
         return ""
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun; (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+def epoch_checkpoints(folder: Path) -> list[Path]:
+    """epoch_N.pth files in `folder`, oldest first by the epoch NUMBER (names sort wrongly past 999)."""
+    numbered = [(int(match.group(1)), path) for path in folder.glob("epoch_*.pth")
+                if (match := re.fullmatch(r"epoch_(\d+)\.pth", path.name))]
+    return [path for _, path in sorted(numbered)]
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` epoch checkpoints."""
+    for old in epoch_checkpoints(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+
+
+def metrics_csv_text(history: list[dict]) -> str:
+    """metrics.csv from the run's history: rewritten whole each epoch, so a resume never repeats a row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(METRIC_COLUMNS + ("predicted_distribution",))
+    for row in history:
+        writer.writerow([f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in METRIC_COLUMNS]
+                        + [" ".join(f"{share:.3f}" for share in row["predicted_distribution"])])
+    return buffer.getvalue()
 
 
 def find_resume_checkpoint(path: Path, warn) -> dict:
@@ -113,7 +150,7 @@ def find_resume_checkpoint(path: Path, warn) -> dict:
     try:
         return load_checkpoint(path)
     except CheckpointError as error:
-        for candidate in sorted(path.parent.glob("epoch_*.pth"), reverse=True):
+        for candidate in reversed(epoch_checkpoints(path.parent)):
             try:
                 payload = load_checkpoint(candidate)
             except CheckpointError:
@@ -140,7 +177,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: str | Path | None = None, overrides: dict | None = None,
                  log=print):
         self.log = log
-        self.rank, self.world = _distributed()
+        self.launch = launch_from_env()
+        self.rank, self.world = self.launch.rank, self.launch.world
         self.payload = None
         if resume is not None:
             resume = Path(resume)
@@ -154,10 +192,13 @@ class Trainer:
         if resume is None and (self.run_dir / "best.pth").exists():
             raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume "
                                   f"{self.run_dir / 'checkpoints' / 'last.pth'} or choose another --out")
-        self.device = pick_device(config.device)
+        self.device = training_device(config.device, self.launch)  # under torchrun: cuda:LOCAL_RANK or cpu
+        start_group(self.launch, self.device)  # train() destroys it on every exit path
         self.amp = autocast_dtype(self.device, config.amp)
         torch.manual_seed(config.seed)
-        self.data = LeakData(config.data, config.mode)
+        self.data = LeakData(config.data, config.mode, max_memory=config.max_memory,
+                             log=log if self.rank == 0 else None,
+                             streamed=None if self.payload is None else self.payload.get("streamed"))
         self.card = self._card()
         if self.payload is not None:
             try:
@@ -209,17 +250,26 @@ class Trainer:
             self.health.load()
         else:
             trainable = parameter_count(self.net, trainable_only=True)
-            self.health.add(setup_findings(config, self.card, self.net.head.out_features, self.net.aux is not None,
-                                           self.data, weights.tolist(), self.weights_capped, raw_ratio, trainable,
-                                           parameter_count(self.net), self.world))
+            self._check(setup_findings(config, self.card, self.net.head.out_features, self.net.aux is not None,
+                                       self.data, weights.tolist(), self.weights_capped, raw_ratio, trainable,
+                                       parameter_count(self.net), self.world))
+
+    def _together(self, action):
+        """Run `action`; if it fails on any rank, every rank raises that failure (training/distributed.py)."""
+        return together(action, self.launch, self.device, self.health.add)
+
+    def _check(self, findings) -> None:
+        """Record health findings; a failure on one rank stops all ranks with the same finding."""
+        self._together(lambda: self.health.add(findings))
 
     def _card(self) -> ModelCard:
         config, data = self.config, self.data
         return ModelCard.for_mode(
             config.mode, data.class_names, frontend=data.frontend, segmentation=data.segmentation,
             architecture={"name": "leakcnn", "params": {"dropout": config.dropout}},
-            name=self.run_dir.name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            name=self.run_dir.name, created=datetime.now(UTC).isoformat(timespec="seconds"),
             leakhunter_version=leakhunter.__version__, git_commit=_git_commit(),
+            channel_policy=data.channel_policy,
         )
 
     def _restore(self, payload: dict) -> None:
@@ -239,35 +289,45 @@ class Trainer:
     # ---- one epoch -------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> float:
         train = self.data.splits["train"]
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
-        per_rank = len(order) // self.world
-        order = order[: per_rank * self.world][self.rank::self.world]
-        self.health.add(epoch_order_findings(order, len(train), epoch))
+        order = self.data.epoch_order(train, self.config.seed, epoch)
+        order = order[: len(order) // self.world * self.world]  # every rank takes the same number of steps
+        mine, size = order[self.rank::self.world], self.config.batch_size
+        self._check(epoch_order_findings(mine, len(train), epoch))
         self.model.train()
-        total, seen = 0.0, 0
-        for start in range(0, len(order), self.config.batch_size):
-            rows = order[start:start + self.config.batch_size]
-            inputs = self.data.inputs(train, rows).to(self.device, non_blocking=True)
+        losses = StepLosses(self.device, self.launch)  # the per-step loss read (and, under DDP, shared)
+        for step, start in enumerate(range(0, len(mine), size)):
+            rows = mine[start:start + size]
+            inputs = to_device(self.data.inputs(train, rows), self.device)
             if self.channels_last:
                 inputs = inputs.to(memory_format=torch.channels_last)
-            targets = torch.from_numpy(train.targets[rows]).to(self.device)
-            is_leak = torch.from_numpy(train.is_leak[rows]).to(self.device)
+            targets = to_device(torch.from_numpy(train.targets[rows]), self.device)
+            is_leak = to_device(torch.from_numpy(train.is_leak[rows]), self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits, aux = self.model(inputs)
                 loss = self.criterion(logits, aux, targets, is_leak)
-            if not torch.isfinite(loss):
-                files = sorted({train.paths[i] for i in train.input_file[rows]})
-                self.health.add([fail("H012", f"epoch {epoch}", f"step {start // self.config.batch_size + 1}: "
-                                      f"training loss {float(loss.detach())}; the batch's files: {', '.join(files[:5])}"
-                                      + (f" and {len(files) - 5} more" if len(files) > 5 else ""))])
+            losses.push(step, loss, len(rows))
+            self._stop_on_nonfinite(losses.settle(), epoch, order)  # CPU: this step, before its update
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            total += float(loss.detach()) * len(rows)
-            seen += len(rows)
-        return total / max(1, seen)
+        self._stop_on_nonfinite(losses.settle(final=True), epoch, order)
+        return losses.mean
+
+    def _stop_on_nonfinite(self, bad: tuple[int, int, float] | None, epoch: int, order: np.ndarray) -> None:
+        """H012 for the first non-finite loss: its step, its rank under DDP, and that batch's files.
+
+        Every rank holds every rank's losses (StepLosses), so all ranks raise this at the same step."""
+        if bad is None:
+            return
+        step, rank, value = bad
+        size, train = self.config.batch_size, self.data.splits["train"]
+        rows = order[rank::self.world][step * size:(step + 1) * size]
+        files = sorted({train.paths[i] for i in train.input_file[rows]})
+        where = f"step {step + 1}" + (f" on rank {rank}" if self.world > 1 else "")
+        self.health.add([fail("H012", f"epoch {epoch}", f"{where}: training loss {value}; the batch's files: "
+                              f"{', '.join(files[:5])}" + (f" and {len(files) - 5} more" if len(files) > 5 else ""))])
 
     def _validate(self) -> tuple[dict, float]:
         val = self.data.splits["val"]
@@ -278,7 +338,7 @@ class Trainer:
         threshold, _ = calibrate_threshold(long_prob, val.long_file, val.file_is_leak,
                                            self.card.voting.vote_fraction)
         result = evaluate_split(val, probs, leak_prob, self.card.class_names, threshold,
-                                self.card.voting.vote_fraction, self.data.shorts_per_long, unit)
+                                self.card.voting.vote_fraction, self.data.shorts_per_long, unit, self.card.mode)
         return result.metrics, val_loss
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -286,6 +346,8 @@ class Trainer:
         config = self.config
         if self.rank == 0:
             save_config(config, self.run_dir / "config.yaml")
+            if self.history:  # a resume: drop rows of epochs after the checkpoint (a kill before last.pth)
+                write_atomic(self.run_dir / "metrics.csv", metrics_csv_text(self.history))
         self.log(f"run {self.run_dir}: mode {config.mode}, classes {list(self.card.class_names)}, "
                  f"{parameter_count(self.net):,} parameters, device {self.device}, "
                  f"{len(self.data.splits['train']):,} training inputs, {self.steps_per_epoch} steps/epoch")
@@ -297,7 +359,10 @@ class Trainer:
             before = torch.cat([p.detach().flatten() for p in self.net.parameters()]).clone()
             train_loss = self._train_epoch(epoch)
             after = torch.cat([p.detach().flatten() for p in self.net.parameters()])
-            metrics, val_loss = self._validate()
+            # rank 0's numbers on every rank: the same history, findings, best epoch and early stop everywhere
+            metrics, val_loss = share(self._validate(), self.launch, self.device)
+            # before any checkpoint is written: non-finite weights must not overwrite the last good one
+            self._check(nonfinite_findings(epoch, train_loss, val_loss, bool(torch.isfinite(after).all())))
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics,
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                    "weight_change": float((after - before).norm() / before.norm().clamp(min=1e-12))}
@@ -307,11 +372,11 @@ class Trainer:
             if improved:
                 self.best_key, self.best_epoch = key, epoch
             self.log(_epoch_line(row, improved))
-            if self.rank == 0:
-                self._write_epoch(epoch, row, improved)
-            self.health.add(epoch_findings(self.history, self.card.class_names,
-                                           truth_shares(self.data.splits["val"], len(self.card.class_names)),
-                                           self.trivial_loss))
+            # rank 0 alone writes; a failed write there stops every rank instead of leaving them waiting
+            self._together(lambda e=epoch, r=row, i=improved: self._write_epoch(e, r, i) if self.rank == 0 else None)
+            self._check(epoch_findings(self.history, self.card.class_names,
+                                       truth_shares(self.data.splits["val"], len(self.card.class_names)),
+                                       self.trivial_loss))
             if epoch - self.best_epoch >= config.patience:
                 self.log(f"early stop: no better file-level leak F1 for {config.patience} epochs")
                 stopped_early = True
@@ -330,19 +395,12 @@ class Trainer:
         return replace(self.card, voting=voting, training=training)
 
     def _write_epoch(self, epoch: int, row: dict, improved: bool) -> None:
-        metrics_csv = self.run_dir / "metrics.csv"
-        new = not metrics_csv.exists() or epoch == 1
-        with open(metrics_csv, "w" if new else "a", newline="") as handle:
-            writer = csv.writer(handle)
-            if new:
-                writer.writerow(METRIC_COLUMNS + ("predicted_distribution",))
-            writer.writerow([f"{row[k]:.6g}" if isinstance(row[k], float) else row[k] for k in METRIC_COLUMNS]
-                            + [" ".join(f"{share:.3f}" for share in row["predicted_distribution"])])
+        write_atomic(self.run_dir / "metrics.csv", metrics_csv_text(self.history))
         state = self.net.state_dict()
         if improved:
             best_card = self._training_card(row)
             save_atomic({"card": best_card.to_json(), "model": state}, self.run_dir / "best.pth")
-            (self.run_dir / "model_meta.json").write_text(best_card.to_json(), encoding="utf-8")
+            write_atomic(self.run_dir / "model_meta.json", best_card.to_json())
         full = {
             "card": self.card.to_json(), "model": state, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
@@ -350,16 +408,16 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "best_epoch": self.best_epoch, "best_key": list(self.best_key), "history": self.history,
             "config": self.config.to_dict(), "data_fingerprint": self.data.fingerprint,
+            "streamed": self.data.streamed,  # the loading path decides the shuffle order: a resume keeps it
         }
         checkpoints = self.run_dir / "checkpoints"
         save_atomic(full, checkpoints / f"epoch_{epoch:03d}.pth")
         save_atomic(full, checkpoints / "last.pth")
-        for old in sorted(checkpoints.glob("epoch_*.pth"))[: -self.config.keep_checkpoints]:
-            old.unlink()
+        prune_checkpoints(checkpoints, self.config.keep_checkpoints)
 
     def _finish(self, stopped_early: bool) -> TrainResult:
         if self.world > 1:
-            torch.distributed.barrier()  # rank 0 has written best.pth
+            barrier(self.device)  # rank 0 has written best.pth
         best = load_checkpoint(self.run_dir / "best.pth", map_location=self.device)
         card = card_of(best, self.run_dir / "best.pth")
         self.net.load_state_dict(best["model"])
@@ -368,17 +426,17 @@ class Trainer:
                                        self.amp)
         test_metrics = evaluate_split(test, probs, leak_prob, card.class_names, card.voting.threshold,
                                       card.voting.vote_fraction, self.data.shorts_per_long,
-                                      card.segmentation.unit).metrics
+                                      card.segmentation.unit, card.mode).metrics
         card = replace(card, training={**card.training, "test_metrics": {
             k: test_metrics[k] for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
                                          "file_auc", "file_accuracy", "n_files", "confusion")}})
         if self.rank == 0:
             save_atomic({"card": card.to_json(), "model": best["model"]}, self.run_dir / "best.pth")
-            (self.run_dir / "model_meta.json").write_text(card.to_json(), encoding="utf-8")
+            write_atomic(self.run_dir / "model_meta.json", card.to_json())
             plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
             plot_confusion(np.array(test_metrics["confusion"]), card.class_names, self.run_dir / "confusion.png",
                            f"best epoch {self.best_epoch} on test ({test_metrics['n_files']} files)")
-        self.health.add(end_findings(self.history, self.best_epoch))
+        self._check(end_findings(self.history, self.best_epoch))
         for line in self.health.summary():
             self.log(line)
         self.log(f"best epoch {self.best_epoch}: val file F1 {self.best_key[0]:.3f}, threshold "
@@ -400,5 +458,12 @@ def _epoch_line(row: dict, improved: bool) -> str:
 
 def train(config: TrainConfig, resume: str | Path | None = None, overrides: dict | None = None,
           log=print) -> TrainResult:
-    """Train (or resume) a model; returns the run directory, final card and test metrics."""
-    return Trainer(config, resume=resume, overrides=overrides, log=log).fit()
+    """Train (or resume) a model; returns the run directory, final card and test metrics.
+
+    Under torchrun the process group this call creates is destroyed on every exit path (success, a health
+    failure, an error), so no rank leaves a group behind."""
+    created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    try:
+        return Trainer(config, resume=resume, overrides=overrides, log=log).fit()
+    finally:
+        end_group(created)

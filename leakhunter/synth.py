@@ -6,15 +6,16 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile as sf
 
 from leakhunter.card import STANDARD_CLASSES
+from leakhunter.errors import InputError
 
 GAINS_DB = (0, 6, 12, 18)
 PEAK_CEILING = 0.95
@@ -225,9 +226,9 @@ def limit_peak(signal: np.ndarray, ceiling: float = PEAK_CEILING) -> np.ndarray:
 
 def _check_audio_args(duration_s: float, sample_rate: int) -> None:
     if not 0 < duration_s < float("inf"):
-        raise ValueError(f"duration_s must be a finite number of seconds > 0, got {duration_s!r}")
+        raise InputError(f"duration_s must be a finite number of seconds > 0, got {duration_s!r}")
     if int(sample_rate) != sample_rate or sample_rate < 4000:
-        raise ValueError(f"sample_rate must be an integer >= 4000 Hz, got {sample_rate!r}")
+        raise InputError(f"sample_rate must be an integer >= 4000 Hz, got {sample_rate!r}")
 
 
 def synth_recording(label: str, duration_s: float, sample_rate: int,
@@ -235,7 +236,7 @@ def synth_recording(label: str, duration_s: float, sample_rate: int,
     """float32 mono in [-1, 1] (peak <= 0.95) for one recording of that class, at 0 dB gain."""
     _check_audio_args(duration_s, sample_rate)
     if label not in CLASS_RECORDINGS:
-        raise ValueError(f"label must be one of {', '.join(STANDARD_CLASSES)}, got {label!r}")
+        raise InputError(f"label must be one of {', '.join(STANDARD_CLASSES)}, got {label!r}")
     n = max(1, round(duration_s * sample_rate))
     signal = CLASS_RECORDINGS[label](n, sample_rate, rng)
     if label in DECOY_CLASSES and rng.random() < DECOY_BURST_SHARE:
@@ -274,10 +275,10 @@ def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sampl
     A file depends only on (seed, class, index): growing files_per_class keeps the earlier files.
     Files it writes are overwritten; anything else in OUT is left alone."""
     if int(files_per_class) != files_per_class or files_per_class < 1:
-        raise ValueError(f"files_per_class must be an integer >= 1, got {files_per_class!r}")
+        raise InputError(f"files_per_class must be an integer >= 1, got {files_per_class!r}")
     _check_audio_args(duration_s, sample_rate)
     if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     root = Path(out)
     jobs = [(label, i) for label in STANDARD_CLASSES for i in range(int(files_per_class))]
     for label in STANDARD_CLASSES:

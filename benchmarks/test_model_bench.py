@@ -1,0 +1,77 @@
+"""LeakCNN's exact rewrites for width-1 maps (the `short` preset's [1, 32, 1] input) against torch's own
+kernels on the same weights: the README's training and inference speed-ups come from here."""
+
+import pytest
+import torch
+from timing import best_of_interleaved
+from torch import nn
+
+from leakhunter.card import STANDARD_CLASSES, ModelCard
+from leakhunter.models import build_model
+
+BATCH = 2048
+
+
+def torch_kernels_copy(fast: nn.Module) -> nn.Module:
+    """The same network built from torch's stock layers (Conv2d 3×3, MaxPool2d (2, 1), AdaptiveAvgPool2d
+    (16, 1)) with the same weights: the reference the rewrites must equal."""
+
+    class Stock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            convs = [module for module in fast.features if isinstance(module, nn.Conv2d)]
+            stock = []
+            for conv in convs:
+                copy = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1)
+                copy.load_state_dict(conv.state_dict())
+                stock.append(copy)
+            self.normalise = fast.normalise
+            self.features = nn.Sequential(stock[0], nn.ReLU(), stock[1], nn.ReLU(), nn.MaxPool2d((2, 1)),
+                                          stock[2], nn.ReLU(), nn.MaxPool2d((2, 1)),
+                                          nn.AdaptiveAvgPool2d((16, 1)), nn.Flatten())
+            self.embed, self.head, self.aux = fast.embed, fast.head, fast.aux
+
+        def forward(self, mel):
+            embedding = self.embed(self.features(self.normalise(mel)))
+            return self.head(embedding), self.aux(embedding).squeeze(-1)
+
+    return Stock()
+
+
+@pytest.fixture(scope="module")
+def networks():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    fast = build_model(ModelCard.for_mode("multiclass", STANDARD_CLASSES))
+    return fast, torch_kernels_copy(fast)
+
+
+def test_width1_rewrites_vs_torch_kernels(benchmark, report_ratio, networks):
+    fast, stock = networks
+    inputs = torch.randn(BATCH, 1, 32, 1)
+    fast.eval(), stock.eval()
+    with torch.inference_mode():
+        difference = (fast(inputs)[0] - stock(inputs)[0]).abs().max().item()
+    assert difference <= 1e-5, difference  # the same function, not an approximation
+
+    def train_step(network):
+        network.train()
+        torch.manual_seed(1)  # the same dropout mask on both sides
+        logits, aux = network(inputs)
+        (logits.square().mean() + aux.square().mean()).backward()
+        network.zero_grad(set_to_none=True)
+
+    def infer(network):
+        network.eval()
+        with torch.inference_mode():
+            network(inputs)
+
+    benchmark.pedantic(train_step, args=(fast,), rounds=3, warmup_rounds=1)
+    fast_train, stock_train, fast_infer, stock_infer = best_of_interleaved(
+        [lambda: train_step(fast), lambda: train_step(stock), lambda: infer(fast), lambda: infer(stock)], 3,
+        warmup=True)
+    benchmark.extra_info.update(train_speedup=stock_train / fast_train, infer_speedup=stock_infer / fast_infer)
+    report_ratio("LeakCNN width-1 rewrites vs torch kernels, train step",
+                 f"{stock_train / fast_train:5.1f}x ({BATCH / fast_train:,.0f} vs {BATCH / stock_train:,.0f} inputs/s)")
+    report_ratio("LeakCNN width-1 rewrites vs torch kernels, inference",
+                 f"{stock_infer / fast_infer:5.1f}x ({BATCH / fast_infer:,.0f} vs {BATCH / stock_infer:,.0f} inputs/s)")

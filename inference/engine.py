@@ -1,0 +1,320 @@
+"""The batched scoring engine: recordings are decoded in isolated worker processes (a crash or a hang costs
+one row), their pieces of whole long segments are packed ACROSS files into batches of one fixed shape for the
+one model in this process, and the results are routed back to their files.
+
+Packing is exact: every scoring input (a short segment's mel, or a long segment's) depends only on its own
+samples, so a piece scored at some offset of a packed row gives what it gives alone. Pieces start on the long
+segment grid, with a gap wide enough that no input of one piece reaches into the next. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from leakhunter.audio import AudioError
+from leakhunter.card import ModelCard
+from leakhunter.errors import InputError
+from leakhunter.inference.loader import load_runner, read_card
+from leakhunter.inference.pool import WorkerFailure, WorkerPool
+from leakhunter.inference.runner import Runner, long_segment_probs
+from leakhunter.inference.scorer import (
+    Decoded,
+    DecodeTask,
+    FileResult,
+    Piece,
+    PlotTask,
+    RecordingDecoder,
+    RecordingScorer,
+    decode_in_worker,
+    setup_decoder,
+)
+
+PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
+BATCH_ROWS = 4  # rows (each one piece long) per model call on CPU: ~240 s of audio, ~3,800 short segments
+GPU_BATCH_ROWS = 32
+QUIET_SECONDS = 0.5  # workers silent this long: score what is held rather than wait for a full batch
+
+
+@dataclass
+class _Slot:
+    """Where a piece sits in a batch: row, first long-segment slot."""
+
+    state: _FileState
+    piece: Piece
+    row: int
+    slot: int
+
+
+class PieceBatcher:
+    """Packs pieces first-fit into rows of `row_slots` long segments and scores `batch_rows` rows per call."""
+
+    def __init__(self, card: ModelCard, runner: Runner, piece_longs: int, batch_rows: int):
+        seg = card.segmentation
+        self.card, self.runner, self.batch_rows = card, runner, batch_rows
+        # A piece of n long segments takes n + gap slots: the next piece's first input must not overlap it.
+        self.gap = math.ceil(seg.long_samples / seg.long_hop) - 1
+        self.row_slots = piece_longs + 1 + self.gap  # a padded tail may add one long segment to the last piece
+        self.row_samples = (self.row_slots - 1) * seg.long_hop + seg.long_samples
+        self.inputs_per_long = seg.long_hop // seg.short_hop if seg.unit == "short" else 1
+        self.slots: list[_Slot] = []
+        self.next_free = [0]  # per row: first free slot
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def add(self, state: _FileState, piece: Piece) -> bool:
+        """Place the piece; False when the batch is full (seal() first, then add again)."""
+        need = piece.n_long + self.gap
+        row = len(self.next_free) - 1
+        if self.next_free[row] + piece.n_long > self.row_slots:
+            if len(self.next_free) == self.batch_rows:
+                return False
+            self.next_free.append(0)
+            row += 1
+        self.slots.append(_Slot(state, piece, row, self.next_free[row]))
+        self.next_free[row] += need
+        return True
+
+    def seal(self) -> _Batch | None:
+        """The placed pieces as one array of a few fixed shapes (1, 2, 4 ... batch_rows rows of 1/8, 2/8 ...
+        8/8 of a full row, so onnxruntime and a GPU do not re-plan per batch, and a small last batch does not
+        pay for full rows); the batcher is empty again."""
+        if not self.slots:
+            return None
+        seg = self.card.segmentation
+        rows = min(1 << (len(self.next_free) - 1).bit_length(), self.batch_rows)
+        used = max(placed.slot + placed.piece.n_long for placed in self.slots)
+        eighth = -(-self.row_slots // 8)
+        slots = min(self.row_slots, -(-used // eighth) * eighth)
+        samples = np.zeros((rows, (slots - 1) * seg.long_hop + seg.long_samples), np.float32)
+        for placed in self.slots:
+            start = placed.slot * seg.long_hop
+            samples[placed.row, start: start + placed.piece.samples.size] = placed.piece.samples
+        batch = _Batch(samples, self.slots)
+        self.slots, self.next_free = [], [0]
+        return batch
+
+    def score(self, batch: _Batch) -> list[tuple[_Slot, np.ndarray, np.ndarray]]:
+        """Each piece's P(LEAK) [n_long] and class probabilities [n_long, C] per long segment. Thread-safe:
+        it touches nothing but the batch (the engine scores in a thread while the next batch fills)."""
+        seg = self.card.segmentation
+        probs, leak_prob = self.runner.score_rows(batch.samples)  # [rows, n_inputs, C], [rows, n_inputs]
+        scored = []
+        for placed in batch.slots:
+            first = placed.slot * self.inputs_per_long
+            n_inputs = (placed.piece.n_long - 1) * self.inputs_per_long + (
+                seg.shorts_per_long() if seg.unit == "short" else 1)
+            span = placed.piece.samples.size
+            scored.append((placed,
+                           long_segment_probs(self.card, span, leak_prob[placed.row, first: first + n_inputs]),
+                           long_segment_probs(self.card, span, probs[placed.row, first: first + n_inputs])))
+        return scored
+
+
+@dataclass
+class _Batch:
+    samples: np.ndarray  # float32 [rows, samples]
+    slots: list[_Slot]
+
+
+@dataclass
+class _FileState:
+    """A recording on its way: pieces scored so far, and what its decoder said at the end."""
+
+    path: Path
+    long_leak: dict = field(default_factory=dict)
+    long_classes: dict = field(default_factory=dict)
+    decoded: Decoded | None = None
+    failure: tuple[str, str] | None = None
+
+    def scored(self, index: int, leak: np.ndarray, classes: np.ndarray) -> None:
+        self.long_leak[index], self.long_classes[index] = leak, classes
+
+    def fail(self, reason: str, detail: str) -> None:
+        self.failure = self.failure or (reason, detail)
+
+    @property
+    def finished(self) -> bool:
+        return self.failure is not None or (self.decoded is not None and len(self.long_leak) == self.decoded.n_pieces)
+
+    def result(self, scorer: RecordingScorer) -> FileResult:
+        if self.failure is not None:
+            return scorer.failed(self.path, *self.failure)
+        order = sorted(self.long_leak)
+        return scorer.result(self.path, self.decoded, np.concatenate([self.long_leak[i] for i in order]),
+                             np.concatenate([self.long_classes[i] for i in order]))
+
+
+class ScoringEngine:
+    """Scores recordings with one model held in this process; `workers` processes decode (0: decode here, no
+    isolation). One batch is scored in a background thread while the next one fills, so decoding and the
+    model overlap. Long-lived: score() may be called many times (a service keeps one engine)."""
+
+    def __init__(self, model: str | Path, device: str = "auto", workers: int = 2, file_timeout: float | None = 600.0,
+                 threshold: float | None = None, vote_fraction: float | None = None, channel: str | int | None = None,
+                 timeline: bool = False, piece_seconds: float = PIECE_SECONDS, batch_rows: int | None = None,
+                 threads: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder,
+                 block_frames: int = 1 << 16):
+        if batch_rows is not None and batch_rows < 1:
+            raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
+        # The card first (cheap), so the decoding workers start while the model loads.
+        card, _, _ = read_card(model)
+        piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
+        decoder = RecordingScorer(card, "", channel=channel).decoder(piece_longs, decoder_class, block_frames)
+        self.workers = workers
+        self.pool = (WorkerPool(setup_decoder, (decoder,), decode_in_worker, workers, file_timeout)
+                     if workers > 0 else None)
+        try:
+            self.card, self.runner = load_runner(model, device, threads)
+        except BaseException:
+            self.close()
+            raise
+        self.scorer = RecordingScorer(self.card, self.runner.sha256, threshold, vote_fraction, channel, timeline)
+        self.decoder = self.scorer.decoder(piece_longs, decoder_class, block_frames)
+        if batch_rows is None:
+            batch_rows = GPU_BATCH_ROWS if self.runner.device.startswith("cuda") else BATCH_ROWS
+        self.batcher = PieceBatcher(self.card, self.runner, piece_longs, batch_rows)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leakhunter-model")
+        self._scoring: Future | None = None
+        self._plot_failures = 0
+
+    def __enter__(self) -> ScoringEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_thread", None) is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def score(self, paths: Iterable[str | Path], png_for: dict | None = None) -> Iterator[FileResult]:
+        """One FileResult per path, in completion order; with `png_for` {path: png}, timeline PNGs are drawn
+        (by the workers, off this loop)."""
+        paths = [Path(p) for p in paths]
+        if self.pool is None:
+            yield from self._score_inline(paths, png_for)
+        else:
+            yield from self._score_in_workers(paths, png_for)
+
+    def score_file(self, path: str | Path) -> FileResult:
+        """One recording's result (in the workers when there are any)."""
+        return next(iter(self.score([path])))
+
+    # ---- batches: one scoring in the thread, one filling here ------------------------------------------
+    def _add(self, state: _FileState, piece: Piece) -> None:
+        if state.failure is None and not self.batcher.add(state, piece):
+            self._submit()
+            self.batcher.add(state, piece)
+
+    def _submit(self) -> None:
+        """Seal the held pieces and score them in the thread (after the batch before has been routed)."""
+        batch = self.batcher.seal()
+        if batch is not None:
+            self._collect(wait=True)
+            self._scoring = self._thread.submit(self.batcher.score, batch)
+            self._scoring.slots = batch.slots
+
+    def _collect(self, wait: bool) -> None:
+        """Hand the scored batch's results to their files (waiting for it when `wait`)."""
+        future = self._scoring
+        if future is None or not (wait or future.done()):
+            return
+        self._scoring = None
+        try:
+            scored = future.result()
+        except Exception as error:  # noqa: BLE001 - the batch's files get an `error` row, the run goes on
+            for placed in future.slots:
+                placed.state.fail("error", f"scoring failed: {type(error).__name__}: {error}")
+            return
+        for placed, leak, classes in scored:
+            placed.state.scored(placed.piece.index, leak, classes)
+
+    # ---- the two loops -----------------------------------------------------------------------------------
+    def _score_inline(self, paths: list[Path], png_for: dict | None) -> Iterator[FileResult]:
+        waiting: list[_FileState] = []
+        for path in paths:
+            state = _FileState(path)
+            try:
+                state.decoded = self.decoder.decode(path, lambda piece, state=state: self._add(state, piece))
+            except AudioError as error:
+                state.fail(error.reason, error.detail)
+            waiting.append(state)
+            self._collect(wait=False)
+            yield from self._finished(waiting, png_for, drawn_here=True)
+        self._submit()
+        self._collect(wait=True)
+        yield from self._finished(waiting, png_for, drawn_here=True)
+
+    def _score_in_workers(self, paths: list[Path], png_for: dict | None) -> Iterator[FileResult]:
+        queue, waiting, by_task = deque(paths), [], {}
+        plots, quiet_since = 0, time.monotonic()
+        in_flight = 2 * self.workers  # decode tasks queued per worker: enough to keep them busy, bounded
+        while queue or by_task or waiting or plots:
+            while queue and len(by_task) < in_flight:
+                state = _FileState(queue.popleft())
+                by_task[self.pool.submit(DecodeTask(state.path))] = state
+                waiting.append(state)
+            if self.pool.outstanding:
+                events = self.pool.events(timeout=0.01 if self._scoring is not None else 0.05)
+            else:  # nothing decoding: only the batch in the thread is left to wait for
+                events = []
+                self._collect(wait=True)
+            for event in events:
+                if isinstance(event.task, PlotTask):
+                    plots -= event.kind == "done"
+                    self._plot_failures += isinstance(event.payload, WorkerFailure)
+                    continue
+                state = by_task[event.task_id]
+                if event.kind == "emitted":
+                    self._add(state, event.payload)
+                    continue
+                del by_task[event.task_id]
+                if isinstance(event.payload, Decoded):
+                    state.decoded = event.payload
+                else:  # AudioError (the file), or WorkerFailure (timeout, worker_crash, error)
+                    state.fail(event.payload.reason, event.payload.detail)
+            # A batch is scored when it is full (in _add), when nothing is being decoded, or when the workers have
+            # been quiet for a while (a slow or hanging file must not hold the rows of the others back).
+            if events:
+                quiet_since = time.monotonic()
+            self._collect(wait=False)
+            if len(self.batcher) and self._scoring is None and (
+                    not by_task or time.monotonic() - quiet_since > QUIET_SECONDS):
+                self._submit()
+            for result in self._finished(waiting, png_for, drawn_here=False):
+                if result.extra.get("plot") is not None:
+                    self.pool.submit(result.extra.pop("plot"))
+                    plots += 1
+                yield result
+        if self._plot_failures:
+            warnings.warn(f"{self._plot_failures} timeline PNG(s) could not be drawn", RuntimeWarning, stacklevel=2)
+            self._plot_failures = 0
+
+    def _finished(self, waiting: list[_FileState], png_for: dict | None, drawn_here: bool) -> Iterator[FileResult]:
+        for state in [s for s in waiting if s.finished]:
+            waiting.remove(state)
+            result = state.result(self.scorer)
+            png = (png_for or {}).get(state.path)
+            if png is not None and result.timeline is not None:
+                result.timeline["png"] = Path(png).name
+                if drawn_here:
+                    from leakhunter.inference.timeline import plot_timeline
+
+                    plot_timeline(result.timeline, png)
+                else:
+                    result.extra["plot"] = PlotTask(result.timeline, Path(png))
+            yield result

@@ -1,0 +1,177 @@
+"""One recording, two halves: RecordingDecoder turns a file into pieces of whole long segments (it runs in the
+isolated worker processes), and RecordingScorer turns the per-long-segment probabilities of those pieces into
+the file's row (the vote of leakhunter.voting, the top class, the timeline). Every engine that scores files
+(`leak predict`, a service, a cluster) uses these two and nothing else. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import leakhunter
+from leakhunter.audio import AudioError, open_audio, parse_channel_policy
+from leakhunter.card import FrontendConfig, ModelCard, SegmentationConfig
+from leakhunter.inference.outputs import columns_for
+from leakhunter.segments import plan_segments
+from leakhunter.voting import top_class, vote_files
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Samples of `n_long` whole long segments of one recording (its tail already padded or dropped)."""
+
+    index: int  # position among the recording's pieces
+    samples: np.ndarray  # float32 [(n_long - 1) * long_hop + long_samples]
+    n_long: int
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What decoding a whole recording found out, sent after its last piece."""
+
+    n_pieces: int
+    duration_s: float
+    sample_rate_in: int
+    resampled: bool
+    channels_in: int
+    clipped: bool
+
+
+class RecordingDecoder:
+    """Decode (open_audio: every check kept), resample, mix by the channel policy and cut into pieces of at most
+    `piece_longs` long segments, emitted as they are ready: memory stays flat for any recording length."""
+
+    def __init__(self, frontend: FrontendConfig, segmentation: SegmentationConfig, channel: str | int,
+                 piece_longs: int, block_frames: int = 1 << 16):
+        self.frontend, self.segmentation = frontend, segmentation
+        self.channel, self.piece_longs, self.block_frames = channel, max(1, piece_longs), block_frames
+
+    def decode(self, path: str | Path, emit: Callable[[Piece], None]) -> Decoded:
+        """Emit the pieces of one recording and return what was decoded; AudioError for a bad file."""
+        seg = self.segmentation
+        piece_samples = (self.piece_longs - 1) * seg.long_hop + seg.long_samples
+        buffered, held, index = [], 0, 0
+        with open_audio(path, self.frontend.sample_rate, self.channel, min_samples=seg.long_samples,
+                        block_frames=self.block_frames) as stream:
+            for block in stream:
+                buffered.append(block)
+                held += block.size
+                while held >= piece_samples + seg.long_hop:  # a whole piece, and the next one has begun
+                    samples = np.concatenate(buffered)
+                    emit(Piece(index, samples[:piece_samples], self.piece_longs))
+                    index += 1
+                    rest = samples[self.piece_longs * seg.long_hop:]
+                    buffered, held = [rest], rest.size
+            samples = np.concatenate(buffered) if buffered else np.zeros(0, np.float32)
+            plan = plan_segments(samples.size, seg)
+            if plan.n_long:
+                span = (plan.n_long - 1) * seg.long_hop + seg.long_samples
+                emit(Piece(index, np.ascontiguousarray(np.pad(samples, (0, max(0, span - samples.size)))[:span]),
+                           plan.n_long))
+                index += 1
+            info = stream.info
+            return Decoded(n_pieces=index, duration_s=round(info.duration_s, 3), sample_rate_in=info.sample_rate_in,
+                           resampled=info.resampled, channels_in=info.channels_in, clipped=stream.clipped)
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    path: Path
+
+
+@dataclass(frozen=True)
+class PlotTask:
+    timeline: dict
+    png: Path
+
+
+def setup_decoder(decoder: RecordingDecoder) -> RecordingDecoder:
+    return decoder
+
+
+def decode_in_worker(decoder: RecordingDecoder, task, emit):
+    """In a worker: decode a recording (pieces are emitted as they are ready), or draw a timeline PNG."""
+    if isinstance(task, PlotTask):
+        from leakhunter.inference.timeline import plot_timeline
+
+        plot_timeline(task.timeline, task.png)
+        return None
+    try:
+        return decoder.decode(task.path, emit)
+    except AudioError as error:  # a property of the file: its row says why
+        return error
+
+
+@dataclass
+class FileResult:
+    row: dict
+    timeline: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class RecordingScorer:
+    """The row of one recording from its long segments' probabilities: verdict, scores, top class, class
+    probabilities, and (with `timeline`) P(LEAK) per long segment. Overrides of the card are said in `message`."""
+
+    def __init__(self, card: ModelCard, model_sha256: str, threshold: float | None = None,
+                 vote_fraction: float | None = None, channel: str | int | None = None, timeline: bool = False):
+        self.card, self.model_sha256, self.timeline = card, model_sha256, timeline
+        self.threshold = card.voting.threshold if threshold is None else threshold
+        self.vote_fraction = card.voting.vote_fraction if vote_fraction is None else vote_fraction
+        self.channel = card.channel_policy if channel is None else str(parse_channel_policy(channel))
+        self.multiclass = card.mode != "binary"  # p_<class> columns
+        self.columns = columns_for(card.class_names, self.multiclass)
+        overridden = [f"{name} {value:g} (card {card_value:g})" for name, value, card_value in
+                      (("threshold", self.threshold, card.voting.threshold),
+                       ("vote_fraction", self.vote_fraction, card.voting.vote_fraction)) if value != card_value]
+        if self.channel != card.channel_policy:
+            overridden.append(f"channel {self.channel} (card {card.channel_policy})")
+        self.override_note = "overridden: " + ", ".join(overridden) if overridden else ""
+
+    def decoder(self, piece_longs: int, decoder_class: type[RecordingDecoder] = RecordingDecoder,
+                block_frames: int = 1 << 16) -> RecordingDecoder:
+        return decoder_class(self.card.frontend, self.card.segmentation, self.channel, piece_longs, block_frames)
+
+    def base_row(self, path: str | Path) -> dict:
+        path = Path(path)
+        try:
+            stat = path.stat()
+            size, mtime = stat.st_size, f"{stat.st_mtime:.6f}"
+        except OSError:
+            size, mtime = "", ""
+        return {"file": str(path), "threshold": self.threshold, "vote_fraction": self.vote_fraction,
+                "model_sha256": self.model_sha256, "leakhunter_version": leakhunter.__version__,
+                "size_bytes": size, "mtime": mtime, "message": self.override_note}
+
+    def failed(self, path: str | Path, reason: str, detail: str) -> FileResult:
+        return FileResult({**self.base_row(path), "status": reason, "message": detail})
+
+    def audio_failed(self, error: AudioError) -> FileResult:
+        return self.failed(error.path, error.reason, error.detail)
+
+    def result(self, path: str | Path, decoded: Decoded, long_leak: np.ndarray, long_classes: np.ndarray) -> FileResult:
+        """The row from P(LEAK) [L] and class probabilities [L, C] per long segment."""
+        row = self.base_row(path)
+        votes = vote_files(long_leak, np.zeros(len(long_leak), dtype=np.int64), 1, self.threshold, self.vote_fraction)
+        mean_classes = long_classes.mean(axis=0)
+        top = top_class(self.card.mode, mean_classes[None], votes.verdict, self.card.leak_idx)[0]
+        row.update(status="ok", verdict="LEAK" if votes.verdict[0] else "NOLEAK",
+                   leak_score=float(votes.leak_score[0]), mean_leak_prob=float(votes.mean_leak_prob[0]),
+                   max_long_prob=float(votes.max_long_prob[0]), n_long=int(len(long_leak)),
+                   duration_s=decoded.duration_s, sample_rate_in=decoded.sample_rate_in,
+                   resampled=decoded.resampled, channels_in=decoded.channels_in,
+                   top_class=self.card.class_names[int(top)],
+                   message="; ".join(filter(None, [self.override_note, "clipped" if decoded.clipped else ""])))
+        if self.multiclass:
+            row.update({f"p_{name}": float(p) for name, p in zip(self.card.class_names, mean_classes)})
+        timeline = None
+        if self.timeline:
+            seg, rate = self.card.segmentation, self.card.frontend.sample_rate
+            timeline = {"file": str(path), "long_start_s": (np.arange(len(long_leak)) * seg.long_hop / rate)
+                        .round(4).tolist(), "long_seconds": seg.long_samples / rate,
+                        "leak_prob": np.round(long_leak, 5).tolist(), "threshold": self.threshold}
+        return FileResult(row, timeline)

@@ -1,0 +1,21 @@
+"""The one base of every error leakhunter raises on purpose, so the CLI maps all of them to a message and
+an exit status in one place (leakhunter.cli.handled) and a library user can catch them with one class."""
+
+from __future__ import annotations
+
+
+class LeakhunterError(Exception):
+    """An error whose message names the file or setting and the reason; never a bare traceback.
+
+    `exit_code` is the status the CLI exits with; None lets the command choose (2 for bad input, 1 for a
+    check that found a problem)."""
+
+    exit_code: int | None = None
+
+
+class DeviceError(LeakhunterError, ValueError):
+    """A device name that is not auto, cpu, cuda or cuda:N, or a GPU index this machine does not have."""
+
+
+class InputError(LeakhunterError, ValueError):
+    """A parameter outside what is accepted (a preset, a split name, a channel policy, a fraction ...)."""

@@ -1,0 +1,77 @@
+"""Where recordings come from: the one list of audio suffixes, the one manifest reader and the one parser of
+the logger naming grammar `sensor_id~recording_id~timestamp~gain_db`, shared by `leak data build` and
+`leak predict` so the two accept the same files and read the same manifests."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from leakhunter.errors import LeakhunterError
+
+# Every suffix that leakhunter.audio knows the container of (EXPECTED_FORMATS there).
+AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
+LOGGER_NAME = re.compile(r"^(?P<sensor_id>[^~]+)~(?P<recording_id>[^~]+)~(?P<timestamp>[^~]+)~(?P<gain_db>[^~]+)$")
+
+
+class ManifestError(LeakhunterError, ValueError):
+    """A manifest CSV that cannot be read; the message names the file (and line) and the reason."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: Path  # resolved against the manifest's folder when relative
+    line: int  # line number in the manifest, for messages
+    fields: dict[str, str]  # every column, stripped, the path column included
+
+
+def is_audio(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in AUDIO_SUFFIXES
+
+
+def find_audio(folder: str | os.PathLike) -> list[Path]:
+    """Audio files under a folder, recursively, in a stable (sorted) order; hidden files left out."""
+    return sorted(path for path in Path(folder).rglob("*")
+                  if is_audio(path) and not path.name.startswith(".") and path.is_file())
+
+
+def logger_fields(path: str | os.PathLike) -> dict[str, str] | None:
+    """The fields of a logger-named file (`S01~R0001~20261120T023000~12.wav`), or None for any other name."""
+    match = LOGGER_NAME.match(Path(path).stem)
+    return match.groupdict() if match else None
+
+
+def group_from_name(path: str | os.PathLike) -> str:
+    """The sensor id of a logger-named file, else the file itself (its own group)."""
+    fields = logger_fields(path)
+    return fields["sensor_id"] if fields else str(path)
+
+
+def read_manifest(manifest: str | os.PathLike, required: tuple[str, ...] = ("path",)) -> list[ManifestRow]:
+    """Rows of a manifest CSV (UTF-8, a BOM allowed) with every `required` column present and non-empty."""
+    manifest = Path(manifest)
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c for c in (reader.fieldnames or []) if c is not None]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise ManifestError(f"{manifest}: manifest lacks column(s) {', '.join(missing)}; has {columns}")
+            rows = []
+            for line, raw in enumerate(reader, start=2):
+                fields = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+                empty = [c for c in required if not fields.get(c)]
+                if empty:
+                    if not any(fields.values()):
+                        continue  # a blank line
+                    raise ManifestError(f"{manifest}:{line}: empty {', '.join(empty)}")
+                path = Path(fields["path"])
+                rows.append(ManifestRow(path if path.is_absolute() else manifest.parent / path, line, fields))
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{manifest}: not a UTF-8 text CSV ({error.reason} at byte {error.start})") from None
+    except csv.Error as error:
+        raise ManifestError(f"{manifest}: not a readable CSV ({error})") from None
+    return rows
