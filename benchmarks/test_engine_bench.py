@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import librosa
 import numpy as np
 import pytest
 import soundfile
 import torch
+from reference import CompetentReference
 from timing import best_of_interleaved
 
 from leakhunter.card import ModelCard
@@ -59,46 +59,6 @@ def leak_predict(*arguments) -> tuple[float, int, str]:
     wall_s, peak_kb, code = first.split()
     assert code in ("0", "3"), printed
     return float(wall_s), int(peak_kb) // 1024, printed
-
-
-class CompetentReference:
-    """Scoring as a competent engineer would write it without leakhunter: one librosa mel spectrogram per file
-    (each short segment's frames picked from it), the torch model on all of a file's inputs at once, the
-    card's P(LEAK) rule, long-segment means and the same vote."""
-
-    def __init__(self, checkpoint: Path):
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        self.card = ModelCard.from_json(payload["card"])
-        self.model = build_model(self.card)
-        self.model.load_state_dict(payload["model"])
-        self.model.eval()
-
-    def score_file(self, path: Path) -> dict:
-        fe, seg = self.card.frontend, self.card.segmentation
-        y, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        y = y.mean(axis=1)
-        if rate != fe.sample_rate:
-            y = librosa.resample(y, orig_sr=rate, target_sr=fe.sample_rate)
-        mel = librosa.power_to_db(librosa.feature.melspectrogram(
-            y=y, sr=fe.sample_rate, n_fft=fe.n_fft, hop_length=fe.hop_length, win_length=fe.win_length,
-            n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax, center=False, power=2.0), ref=1.0, amin=1e-10, top_db=None)
-        n_long = 1 + (len(y) - seg.long_samples) // seg.long_hop
-        n_short = (n_long - 1) * (seg.long_hop // seg.short_hop) + seg.shorts_per_long()
-        frames = seg.frames_per_short(fe)
-        step = seg.short_hop // fe.hop_length
-        inputs = np.stack([mel[:, k * step: k * step + frames] for k in range(n_short)])[:, None]
-        with torch.inference_mode():
-            logits, aux = self.model(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)))
-            probs = torch.softmax(logits, dim=-1)
-            leak = probs[:, self.card.leak_idx]
-            if self.card.leak_prob == "mean_softmax_aux":
-                leak = 0.5 * (leak + torch.sigmoid(aux))
-        leak = leak.numpy().astype(np.float64)
-        first = np.arange(n_long) * (seg.long_hop // seg.short_hop)
-        long_prob = np.array([leak[f: f + seg.shorts_per_long()].mean() for f in first])
-        over = np.mean(long_prob >= self.card.voting.threshold)
-        return {"file": str(path), "verdict": "LEAK" if over >= self.card.voting.vote_fraction else "NOLEAK",
-                "mean_leak_prob": float(long_prob.mean())}
 
 
 def test_default_predict_on_an_hour_of_ten_second_files(benchmark, report_ratio, model, tmp_path):

@@ -3,39 +3,13 @@ kernels on the same weights: the README's training and inference speed-ups come 
 
 import pytest
 import torch
+from reference import torch_kernels_copy
 from timing import best_of_interleaved
-from torch import nn
 
 from leakhunter.card import STANDARD_CLASSES, ModelCard
 from leakhunter.models import build_model
 
 BATCH = 2048
-
-
-def torch_kernels_copy(fast: nn.Module) -> nn.Module:
-    """The same network built from torch's stock layers (Conv2d 3×3, MaxPool2d (2, 1), AdaptiveAvgPool2d
-    (16, 1)) with the same weights: the reference the rewrites must equal."""
-
-    class Stock(nn.Module):
-        def __init__(self):
-            super().__init__()
-            convs = [module for module in fast.features if isinstance(module, nn.Conv2d)]
-            stock = []
-            for conv in convs:
-                copy = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1)
-                copy.load_state_dict(conv.state_dict())
-                stock.append(copy)
-            self.normalise = fast.normalise
-            self.features = nn.Sequential(stock[0], nn.ReLU(), stock[1], nn.ReLU(), nn.MaxPool2d((2, 1)),
-                                          stock[2], nn.ReLU(), nn.MaxPool2d((2, 1)),
-                                          nn.AdaptiveAvgPool2d((16, 1)), nn.Flatten())
-            self.embed, self.head, self.aux = fast.embed, fast.head, fast.aux
-
-        def forward(self, mel):
-            embedding = self.embed(self.features(self.normalise(mel)))
-            return self.head(embedding), self.aux(embedding).squeeze(-1)
-
-    return Stock()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,15 @@ def devices_for(model: Path, device: str) -> list[str]:
     return ["cpu", "cuda"] if has_cuda else ["cpu"]
 
 
+@dataclass
+class _Recording:
+    """What the batcher needs to know of a recording here: where its results go, and that it has not failed."""
+
+    index: int
+    path: Path
+    failure: None = None
+
+
 def _timed(work: Callable) -> tuple[float, object]:
     started = time.perf_counter()
     result = work()
@@ -143,10 +153,11 @@ def bench_one(model: Path, device: str, paths: list[Path], workers: int,
         audio_s = sum(info.duration_s for info in decoded.values())
         n_ok = len(decoded)
         batches = []
+        states = {index: _Recording(index, paths[index]) for index in decoded}
         for index, piece in pieces:  # packed as the engine packs them (packing itself is not a stage)
-            if not batcher.add(index, piece):
+            if not batcher.add(states[index], piece):
                 batches.append(batcher.seal())
-                batcher.add(index, piece)
+                batcher.add(states[index], piece)
         batches.append(batcher.seal())
         say(f"  model on {len(batches)} packed batch(es)")
         with ThreadPoolExecutor(max_workers=1) as thread:  # the model runs in a thread of its own in the engine,
@@ -159,8 +170,8 @@ def bench_one(model: Path, device: str, paths: list[Path], workers: int,
                 stages.update(thread.submit(_torch_split, runner, batches, audio_s, n_ok).result())
         long_leak, long_classes = {}, {}
         for placed, leak, classes in scored:
-            long_leak.setdefault(placed.state, {})[placed.piece.index] = leak
-            long_classes.setdefault(placed.state, {})[placed.piece.index] = classes
+            long_leak.setdefault(placed.state.index, {})[placed.index] = leak
+            long_classes.setdefault(placed.state.index, {})[placed.index] = classes
         started = time.perf_counter()
         for index, info in decoded.items():
             order = sorted(long_leak[index])

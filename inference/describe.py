@@ -33,7 +33,7 @@ def describe_model(path: str | Path) -> dict:
         facts |= {"format": "onnx", "input": model.input, "precision": model.precision,
                   "inputs": model.tensor_shapes("inputs"), "outputs": model.tensor_shapes("outputs"),
                   "opset": model.opset,
-                  "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip()}
+                  "producer": model.facts.producer}
     elif suffix in CHECKPOINT_SUFFIXES:
         from leakhunter.checkpoint import card_of, load_checkpoint  # imports torch
         from leakhunter.models import load_model, parameter_count

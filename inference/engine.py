@@ -22,7 +22,7 @@ import numpy as np
 
 from leakhunter.audio import AudioError
 from leakhunter.card import ModelCard
-from leakhunter.errors import InputError
+from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.inference.loader import load_runner, read_card
 from leakhunter.inference.pool import WorkerFailure, WorkerPool
 from leakhunter.inference.runner import Runner, long_segment_probs
@@ -44,18 +44,34 @@ GPU_BATCH_ROWS = 32
 QUIET_SECONDS = 0.5  # workers silent this long: score what is held rather than wait for a full batch
 
 
+class ScoringError(LeakhunterError, RuntimeError):
+    """The model failed on a batch: the job stops (the files are not to blame), and --resume continues it."""
+
+
+class _EngineFailure(Exception):
+    """Carries an error of the engine out through a decoder's emit() call, past its per-file handling."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass
 class _Slot:
-    """Where a piece sits in a batch: row, first long-segment slot."""
+    """Where a piece sits in a batch (row, first long-segment slot) and what it is: no samples, so a batch in
+    the scoring thread holds its audio once, in the batch array."""
 
     state: _FileState
-    piece: Piece
+    index: int  # the piece's position in its file
+    n_long: int
+    span: int  # samples
     row: int
     slot: int
 
 
 class PieceBatcher:
-    """Packs pieces first-fit into rows of `row_slots` long segments and scores `batch_rows` rows per call."""
+    """Packs pieces, in arrival order, into rows of `row_slots` long segments (a piece goes to the last row, or
+    opens the next one) and scores `batch_rows` rows per call."""
 
     def __init__(self, card: ModelCard, runner: Runner, piece_longs: int, batch_rows: int):
         seg = card.segmentation
@@ -63,45 +79,46 @@ class PieceBatcher:
         # A piece of n long segments takes n + gap slots: the next piece's first input must not overlap it.
         self.gap = math.ceil(seg.long_samples / seg.long_hop) - 1
         self.row_slots = piece_longs + 1 + self.gap  # a padded tail may add one long segment to the last piece
-        self.row_samples = (self.row_slots - 1) * seg.long_hop + seg.long_samples
         self.inputs_per_long = seg.long_hop // seg.short_hop if seg.unit == "short" else 1
-        self.slots: list[_Slot] = []
+        self.held: list[tuple[_FileState, Piece, int, int]] = []  # (state, piece, row, slot)
         self.next_free = [0]  # per row: first free slot
 
     def __len__(self) -> int:
-        return len(self.slots)
+        return len(self.held)
 
     def add(self, state: _FileState, piece: Piece) -> bool:
         """Place the piece; False when the batch is full (seal() first, then add again)."""
-        need = piece.n_long + self.gap
+        if piece.n_long > self.row_slots:
+            raise ValueError(f"{state.path}: a piece of {piece.n_long} long segments does not fit a row of "
+                             f"{self.row_slots}; the decoder must cut shorter pieces")
         row = len(self.next_free) - 1
         if self.next_free[row] + piece.n_long > self.row_slots:
             if len(self.next_free) == self.batch_rows:
                 return False
             self.next_free.append(0)
             row += 1
-        self.slots.append(_Slot(state, piece, row, self.next_free[row]))
-        self.next_free[row] += need
+        self.held.append((state, piece, row, self.next_free[row]))
+        self.next_free[row] += piece.n_long + self.gap
         return True
 
     def seal(self) -> _Batch | None:
-        """The placed pieces as one array of a few fixed shapes (1, 2, 4 ... batch_rows rows of 1/8, 2/8 ...
+        """The held pieces as one array of a few fixed shapes (1, 2, 4 ... batch_rows rows of 1/8, 2/8 ...
         8/8 of a full row, so onnxruntime and a GPU do not re-plan per batch, and a small last batch does not
-        pay for full rows); the batcher is empty again."""
-        if not self.slots:
+        pay for full rows); pieces of files that failed meanwhile are left out; the batcher is empty again."""
+        held = [(state, piece, row, slot) for state, piece, row, slot in self.held if state.failure is None]
+        self.held, self.next_free = [], [0]
+        if not held:
             return None
         seg = self.card.segmentation
-        rows = min(1 << (len(self.next_free) - 1).bit_length(), self.batch_rows)
-        used = max(placed.slot + placed.piece.n_long for placed in self.slots)
+        rows = min(1 << max(row for _, _, row, _ in held).bit_length(), self.batch_rows)
+        used = max(slot + piece.n_long for _, piece, _, slot in held)
         eighth = -(-self.row_slots // 8)
         slots = min(self.row_slots, -(-used // eighth) * eighth)
         samples = np.zeros((rows, (slots - 1) * seg.long_hop + seg.long_samples), np.float32)
-        for placed in self.slots:
-            start = placed.slot * seg.long_hop
-            samples[placed.row, start: start + placed.piece.samples.size] = placed.piece.samples
-        batch = _Batch(samples, self.slots)
-        self.slots, self.next_free = [], [0]
-        return batch
+        for _, piece, row, slot in held:
+            samples[row, slot * seg.long_hop: slot * seg.long_hop + piece.samples.size] = piece.samples
+        return _Batch(samples, [_Slot(state, piece.index, piece.n_long, piece.samples.size, row, slot)
+                                for state, piece, row, slot in held])
 
     def score(self, batch: _Batch) -> list[tuple[_Slot, np.ndarray, np.ndarray]]:
         """Each piece's P(LEAK) [n_long] and class probabilities [n_long, C] per long segment. Thread-safe:
@@ -111,12 +128,10 @@ class PieceBatcher:
         scored = []
         for placed in batch.slots:
             first = placed.slot * self.inputs_per_long
-            n_inputs = (placed.piece.n_long - 1) * self.inputs_per_long + (
-                seg.shorts_per_long() if seg.unit == "short" else 1)
-            span = placed.piece.samples.size
-            scored.append((placed,
-                           long_segment_probs(self.card, span, leak_prob[placed.row, first: first + n_inputs]),
-                           long_segment_probs(self.card, span, probs[placed.row, first: first + n_inputs])))
+            n_inputs = (placed.n_long - 1) * self.inputs_per_long + (seg.shorts_per_long() if seg.unit == "short" else 1)
+            inputs = slice(first, first + n_inputs)
+            scored.append((placed, long_segment_probs(self.card, placed.span, leak_prob[placed.row, inputs]),
+                           long_segment_probs(self.card, placed.span, probs[placed.row, inputs])))
         return scored
 
 
@@ -131,6 +146,7 @@ class _FileState:
     """A recording on its way: pieces scored so far, and what its decoder said at the end."""
 
     path: Path
+    pieces_seen: int = 0
     long_leak: dict = field(default_factory=dict)
     long_classes: dict = field(default_factory=dict)
     decoded: Decoded | None = None
@@ -141,6 +157,14 @@ class _FileState:
 
     def fail(self, reason: str, detail: str) -> None:
         self.failure = self.failure or (reason, detail)
+
+    def decoded_as(self, decoded: Decoded, pieces_seen: int) -> None:
+        """The decoder's last word; a recording with no piece, or pieces lost on the way, is not scored."""
+        if decoded.n_pieces == 0:
+            self.fail("too_short", "no whole long segment to score")
+        elif pieces_seen != decoded.n_pieces:
+            self.fail("error", f"the decoder announced {decoded.n_pieces} pieces but {pieces_seen} arrived")
+        self.decoded = decoded
 
     @property
     def finished(self) -> bool:
@@ -171,7 +195,7 @@ class ScoringEngine:
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
         decoder = RecordingScorer(card, "", channel=channel).decoder(piece_longs, decoder_class, block_frames)
         self.workers = workers
-        self.pool = (WorkerPool(setup_decoder, (decoder,), decode_in_worker, workers, file_timeout)
+        self.pool = (WorkerPool(setup_decoder, (decoder, timeline), decode_in_worker, workers, file_timeout)
                      if workers > 0 else None)
         try:
             self.card, self.runner = load_runner(model, device, threads)
@@ -186,6 +210,8 @@ class ScoringEngine:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leakhunter-model")
         self._scoring: Future | None = None
         self._plot_failures = 0
+        self._plotter = None  # inline (workers=0) timelines
+        self._busy = False
 
     def __enter__(self) -> ScoringEngine:
         return self
@@ -204,11 +230,25 @@ class ScoringEngine:
     def score(self, paths: Iterable[str | Path], png_for: dict | None = None) -> Iterator[FileResult]:
         """One FileResult per path, in completion order; with `png_for` {path: png}, timeline PNGs are drawn
         (by the workers, off this loop)."""
+        if self._busy:
+            raise RuntimeError("this ScoringEngine is already scoring: finish or close that score() iteration "
+                               "first (one engine scores one batch of files at a time)")
+        self._busy = True
         paths = [Path(p) for p in paths]
-        if self.pool is None:
-            yield from self._score_inline(paths, png_for)
-        else:
-            yield from self._score_in_workers(paths, png_for)
+        png_for = {Path(path): Path(png) for path, png in (png_for or {}).items()}
+        finished = False
+        try:
+            if self.pool is None:
+                yield from self._score_inline(paths, png_for)
+            else:
+                yield from self._score_in_workers(paths, png_for)
+            finished = True
+        finally:  # leave nothing behind for the next call, also when the caller stopped early (a cancelled job)
+            self._busy = False
+            self._collect(wait=True, routed=finished)
+            self.batcher.seal()
+            if not finished and self.pool is not None:
+                self.pool.cancel()
 
     def score_file(self, path: str | Path) -> FileResult:
         """One recording's result (in the workers when there are any)."""
@@ -216,9 +256,11 @@ class ScoringEngine:
 
     # ---- batches: one scoring in the thread, one filling here ------------------------------------------
     def _add(self, state: _FileState, piece: Piece) -> None:
+        state.pieces_seen += 1
         if state.failure is None and not self.batcher.add(state, piece):
             self._submit()
-            self.batcher.add(state, piece)
+            if not self.batcher.add(state, piece):  # an empty batcher takes any piece that fits a row
+                raise RuntimeError(f"{state.path}: piece {piece.index} was not placed in an empty batch")
 
     def _submit(self) -> None:
         """Seal the held pieces and score them in the thread (after the batch before has been routed)."""
@@ -228,30 +270,45 @@ class ScoringEngine:
             self._scoring = self._thread.submit(self.batcher.score, batch)
             self._scoring.slots = batch.slots
 
-    def _collect(self, wait: bool) -> None:
-        """Hand the scored batch's results to their files (waiting for it when `wait`)."""
+    def _collect(self, wait: bool, routed: bool = True) -> None:
+        """Hand the scored batch's results to their files (waiting for it when `wait`). A model that fails is
+        not a property of the files: the job stops (a ScoringError naming the batch's files), resumable."""
         future = self._scoring
         if future is None or not (wait or future.done()):
             return
         self._scoring = None
         try:
             scored = future.result()
-        except Exception as error:  # noqa: BLE001 - the batch's files get an `error` row, the run goes on
-            for placed in future.slots:
-                placed.state.fail("error", f"scoring failed: {type(error).__name__}: {error}")
-            return
-        for placed, leak, classes in scored:
-            placed.state.scored(placed.piece.index, leak, classes)
+        except Exception as error:
+            if not routed:
+                return
+            files = sorted({str(placed.state.path) for placed in future.slots})
+            raise ScoringError(f"the model failed on a batch of {len(files)} file(s) ({', '.join(files[:3])}"
+                               f"{' ...' if len(files) > 3 else ''}): {type(error).__name__}: {error}") from error
+        if routed:
+            for placed, leak, classes in scored:
+                placed.state.scored(placed.index, leak, classes)
 
     # ---- the two loops -----------------------------------------------------------------------------------
     def _score_inline(self, paths: list[Path], png_for: dict | None) -> Iterator[FileResult]:
         waiting: list[_FileState] = []
         for path in paths:
             state = _FileState(path)
+
+            def emit(piece: Piece, state=state) -> None:
+                try:
+                    self._add(state, piece)
+                except Exception as error:  # the engine's own failure, not the decoder's: it stops the job
+                    raise _EngineFailure(error) from error
+
             try:
-                state.decoded = self.decoder.decode(path, lambda piece, state=state: self._add(state, piece))
+                state.decoded_as(self.decoder.decode(path, emit), state.pieces_seen)
             except AudioError as error:
                 state.fail(error.reason, error.detail)
+            except _EngineFailure as failure:
+                raise failure.error from None
+            except Exception as error:  # noqa: BLE001 - a decoder bug costs this file's row, as in a worker
+                state.fail("error", f"{type(error).__name__}: {error}")
             waiting.append(state)
             self._collect(wait=False)
             yield from self._finished(waiting, png_for, drawn_here=True)
@@ -284,7 +341,7 @@ class ScoringEngine:
                     continue
                 del by_task[event.task_id]
                 if isinstance(event.payload, Decoded):
-                    state.decoded = event.payload
+                    state.decoded_as(event.payload, state.pieces_seen)
                 else:  # AudioError (the file), or WorkerFailure (timeout, worker_crash, error)
                     state.fail(event.payload.reason, event.payload.detail)
             # A batch is scored when it is full (in _add), when nothing is being decoded, or when the workers have
@@ -295,6 +352,10 @@ class ScoringEngine:
             if len(self.batcher) and self._scoring is None and (
                     not by_task or time.monotonic() - quiet_since > QUIET_SECONDS):
                 self._submit()
+            stuck = [s for s in waiting if not s.finished]
+            if stuck and not by_task and not queue and not len(self.batcher) and self._scoring is None:
+                raise RuntimeError(f"{len(stuck)} file(s) can never finish (e.g. {stuck[0].path}): nothing is "
+                                   f"decoding or scoring them; this is a bug")
             for result in self._finished(waiting, png_for, drawn_here=False):
                 if result.extra.get("plot") is not None:
                     self.pool.submit(result.extra.pop("plot"))
@@ -312,9 +373,15 @@ class ScoringEngine:
             if png is not None and result.timeline is not None:
                 result.timeline["png"] = Path(png).name
                 if drawn_here:
-                    from leakhunter.inference.timeline import plot_timeline
+                    if self._plotter is None:
+                        from leakhunter.inference.timeline import TimelinePlotter
 
-                    plot_timeline(result.timeline, png)
+                        self._plotter = TimelinePlotter()
+                    try:
+                        self._plotter.draw(result.timeline, png)
+                    except Exception as error:  # noqa: BLE001 - a picture never costs the row
+                        warnings.warn(f"{png}: the timeline could not be drawn ({error})", RuntimeWarning,
+                                      stacklevel=2)
                 else:
                     result.extra["plot"] = PlotTask(result.timeline, Path(png))
             yield result

@@ -2,7 +2,8 @@
 
 `metadata_props` hold `leakhunter.card` (the card as JSON), `leakhunter.input` and `leakhunter.precision`, plus flat
 `class_names` (JSON list), `leak_idx` and `mode` for tools that are not leakhunter. Values are JSON,
-never Python reprs. Reading needs only the `onnx` package: no torch.
+never Python reprs. Reading needs only protobuf (leakhunter.inference.onnx_proto): neither torch nor the
+`onnx` package, whose import alone costs more than scoring ten minutes of audio.
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-from google.protobuf.message import DecodeError
-
 from leakhunter.card import CardError, ModelCard, input_shape
 from leakhunter.errors import LeakhunterError
+from leakhunter.inference.onnx_proto import FLOAT, DecodeError, OnnxFacts, parse_onnx
 
 CARD_KEY = "leakhunter.card"
 INPUT_KEY = "leakhunter.input"
@@ -23,7 +22,6 @@ PRECISION_KEY = "leakhunter.precision"
 INPUT_KINDS = ("waveform", "mel")
 PRECISIONS = ("fp32", "fp16", "int8")
 OUTPUT_NAMES = ("probs", "leak_prob")
-FLOAT = onnx.TensorProto.FLOAT
 
 
 class ModelLoadError(LeakhunterError, ValueError):
@@ -38,18 +36,16 @@ class OnnxModel:
     card: ModelCard
     input: str  # "waveform" or "mel"
     precision: str  # "fp32", "fp16" or "int8"
-    proto: onnx.ModelProto
+    facts: OnnxFacts
     data: bytes
 
     def tensor_shapes(self, which: str) -> list[dict]:
         """[{name, dtype, shape}] of the graph's inputs or outputs; dynamic axes by their names."""
-        values = self.proto.graph.input if which == "inputs" else self.proto.graph.output
-        return [{"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name,
-                 "shape": _shape(value)} for value in values]
+        return [value.describe() for value in (self.facts.inputs if which == "inputs" else self.facts.outputs)]
 
     @property
-    def opset(self) -> int:
-        return next(entry.version for entry in self.proto.opset_import if entry.domain in ("", "ai.onnx"))
+    def opset(self) -> int | None:
+        return self.facts.opset
 
 
 def flat_metadata(card: ModelCard) -> dict[str, object]:
@@ -79,24 +75,24 @@ def read_onnx(path: str | Path) -> OnnxModel:
     if not data:
         raise ModelLoadError(f"{path}: empty file (0 bytes), probably an interrupted copy or export")
     try:
-        proto = onnx.load_from_string(data)
+        facts = parse_onnx(data)
     except (DecodeError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"{path}: truncated or not an ONNX model ({str(error).splitlines()[0]})") from None
-    if not proto.graph.node or not proto.graph.output:
+    if not facts.n_nodes or not facts.outputs:
         raise ModelLoadError(f"{path}: truncated or not an ONNX model (no graph in {len(data)} bytes)")
-    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    metadata = facts.metadata
     if CARD_KEY not in metadata:
         raise ModelLoadError(f"{path}: carries no model card (metadata {CARD_KEY!r}); it was not written by "
                              f"`leak export`, or the file is truncated")
     card = ModelCard.from_json(metadata[CARD_KEY], source=str(path))
     precision = _json_value(metadata.get(PRECISION_KEY, '"fp32"'))
-    problems = _flat_problems(card, metadata) + _graph_problems(card, metadata, proto)
+    problems = _flat_problems(card, metadata) + _graph_problems(card, metadata, facts)
     if precision not in PRECISIONS:
         problems.append((PRECISION_KEY, f"must be one of {list(PRECISIONS)}, got {precision!r}"))
     if problems:
         raise CardError(problems, str(path))
     return OnnxModel(path=path, card=card, input=json.loads(metadata[INPUT_KEY]), precision=precision,
-                     proto=proto, data=data)
+                     facts=facts, data=data)
 
 
 def _json_value(text: str):
@@ -120,20 +116,20 @@ def _flat_problems(card: ModelCard, metadata: dict[str, str]) -> list[tuple[str,
     return problems
 
 
-def _graph_problems(card: ModelCard, metadata: dict[str, str], proto: onnx.ModelProto) -> list[tuple[str, str]]:
+def _graph_problems(card: ModelCard, metadata: dict[str, str], facts: OnnxFacts) -> list[tuple[str, str]]:
     """The graph must take what leakhunter.input says and output one probability per class of the card."""
     kind = _json_value(metadata.get(INPUT_KEY, "null"))
     if kind not in INPUT_KINDS:
         return [(INPUT_KEY, f"must be one of {list(INPUT_KINDS)}, got {kind!r}")]
     problems = []
-    inputs = [value for value in proto.graph.input if value.name not in {init.name for init in proto.graph.initializer}]
+    inputs = facts.inputs
     expected_shape = ["batch", "samples"] if kind == "waveform" else ["batch", *input_shape(card.frontend, card.segmentation)]
     if len(inputs) != 1 or inputs[0].name != kind:
         problems.append(("graph inputs", f"expected one input named {kind!r}, found {[value.name for value in inputs]}"))
-    elif not _matches(_shape(inputs[0]), expected_shape) or inputs[0].type.tensor_type.elem_type != FLOAT:
+    elif not _matches(inputs[0].shape, expected_shape) or inputs[0].elem_type != FLOAT:
         problems.append(("graph inputs", f"{kind!r} should be float32 {expected_shape} for this card, "
-                                         f"found {_shape(inputs[0])}"))
-    outputs = {value.name: _shape(value) for value in proto.graph.output}
+                                         f"found {inputs[0].shape}"))
+    outputs = {value.name: value.shape for value in facts.outputs}
     missing = [name for name in OUTPUT_NAMES if name not in outputs]
     if missing:
         problems.append(("graph outputs", f"expected {list(OUTPUT_NAMES)}, found {list(outputs)}"))
@@ -145,11 +141,6 @@ def _graph_problems(card: ModelCard, metadata: dict[str, str], proto: onnx.Model
     if len(outputs["leak_prob"]) != 1:
         problems.append(("graph outputs", f"leak_prob should be one value per input, found {outputs['leak_prob']}"))
     return problems
-
-
-def _shape(value: onnx.ValueInfoProto) -> list:
-    return [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
-            for dim in value.type.tensor_type.shape.dim]
 
 
 def _matches(found: list, expected: list) -> bool:

@@ -40,9 +40,15 @@ def columns_for(class_names, multiclass: bool) -> tuple[str, ...]:
     return BASE_COLUMNS + probabilities + TAIL_COLUMNS
 
 
-def resume_key(row: dict) -> tuple[str, str, str, str]:
-    """A file is done when the same path, size and mtime were scored by the same model."""
-    return (str(row["file"]), str(row["size_bytes"]), _mtime_text(row["mtime"]), str(row["model_sha256"]))
+def resume_key(row: dict) -> tuple[str, ...]:
+    """A file is done when the same path, size and mtime were scored by the same model with the same threshold
+    and vote fraction (a resume with --threshold 0.7 does not keep rows voted at 0.5)."""
+    return (str(row["file"]), str(row["size_bytes"]), _mtime_text(row["mtime"]), str(row["model_sha256"]),
+            _number_text(row.get("threshold")), _number_text(row.get("vote_fraction")))
+
+
+def _number_text(value) -> str:
+    return f"{float(value):.6g}" if value not in ("", None) else ""
 
 
 def _mtime_text(value) -> str:

@@ -16,6 +16,8 @@ from multiprocessing.connection import wait
 
 from leakhunter.errors import LeakhunterError
 
+MAX_EMITTED_PER_CALL = 2
+
 
 @dataclass(frozen=True)
 class WorkerFailure:
@@ -87,11 +89,15 @@ class _Worker:
         self.process.join(timeout=5)
         self.connection.close()
 
+    def close(self) -> None:
+        self.connection.close()
+
 
 class WorkerPool:
     """`workers` isolated processes fed from a queue of tasks. A worker that dies mid-task (segfault,
-    os._exit, OOM kill) or runs past `timeout` seconds on one task is replaced, and its task ends with a
-    WorkerFailure; every other task goes on. Use as a context manager, or call close()."""
+    os._exit, OOM kill) or goes `timeout` seconds on one task without a result or a partial result is
+    replaced, and its task ends with a WorkerFailure; every other task goes on. Use as a context manager,
+    or call close()."""
 
     def __init__(self, setup: Callable, setup_args: tuple, work: Callable, workers: int = 2,
                  timeout: float | None = None):
@@ -133,10 +139,15 @@ class WorkerPool:
         wait([w.connection for w in self._workers] + [w.process.sentinel for w in self._workers], timeout=timeout)
         found: list[PoolEvent] = []
         for worker in list(self._workers):
+            emitted = 0
             try:
-                while worker.connection.poll():
+                # A few partial results per worker per call: a fast decoder cannot flood this process, and
+                # every worker's timeout is looked at often.
+                while emitted < MAX_EMITTED_PER_CALL and worker.connection.poll():
                     kind, task_id, payload = worker.connection.recv()
                     if kind == "setup_failed":
+                        worker.kill()
+                        self._workers.remove(worker)
                         raise SetupError(payload)
                     if kind == "ready":
                         worker.ready = True
@@ -144,7 +155,10 @@ class WorkerPool:
                         worker.started = time.monotonic()
                     elif task_id == worker.task_id and kind in ("emitted", "done"):
                         found.append(PoolEvent(task_id, self._tasks[task_id], kind, payload))
-                        if kind == "done":
+                        if kind == "emitted":  # progress: the timeout counts time without any
+                            worker.started = time.monotonic()
+                            emitted += 1
+                        else:
                             del self._tasks[task_id]
                             worker.task_id = None
             except (EOFError, OSError):
@@ -167,6 +181,8 @@ class WorkerPool:
                 return WorkerFailure("timeout", f"no result after {self.timeout:g} s; the worker was stopped")
             return None
         if not worker.ready:
+            worker.kill()
+            self._workers.remove(worker)
             raise SetupError(f"a worker process died while starting (exit code {worker.process.exitcode})")
         if worker.task_id is not None:
             return WorkerFailure("worker_crash", f"the worker process died (exit code {worker.process.exitcode}) "
@@ -187,6 +203,16 @@ class WorkerPool:
                 except OSError:
                     pass  # it died; events() finds out, and the task is reported as its crash
 
+    def cancel(self) -> None:
+        """Drop every task not yet done: queued ones are forgotten, running ones end with their worker (which is
+        replaced). The pool stays usable, e.g. after a caller stopped reading a batch's results."""
+        self._queue.clear()
+        for worker in [w for w in self._workers if w.task_id is not None]:
+            worker.kill()
+            self._workers.remove(worker)
+            self._spawn()
+        self._tasks.clear()
+
     def close(self) -> None:
         for worker in self._workers:
             worker.stop()
@@ -195,6 +221,7 @@ class WorkerPool:
             worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()
+            worker.close()
         self._workers.clear()
 
 

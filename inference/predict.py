@@ -83,69 +83,82 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     their worker or raised (RETRIED_STATUSES) are scored again unless retry_failed is False.
     decoder_class: a RecordingDecoder subclass (importable by worker processes) to decode with instead.
     """
-    out = Path(out) if out is not None else None
-    if resume and out is None:
-        raise PredictError("--resume needs --out: it continues an existing output file")
     if timeline and out is None:
         raise PredictError("--timeline needs --out: the timeline is written beside the table, as "
                            "<out>.timeline.jsonl and <out>.timeline/*.png")
+    if resume and out is None:
+        raise PredictError("--resume needs --out: it continues an existing output file")
     paths = find_inputs(inputs)
     started = time.perf_counter()
     with ScoringEngine(model, device, workers=workers, file_timeout=file_timeout, threshold=threshold,
                        vote_fraction=vote_fraction, channel=channel, timeline=timeline, batch_rows=batch_rows,
                        decoder_class=decoder_class) as engine:
-        scorer = engine.scorer
-        keys = {str(path): resume_key(scorer.base_row(path)) for path in paths}
-        done_keys: set = set()
-        kept_rows: list[dict] = []
-        if out is not None and resume and out.exists():
-            def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
-                failed = retry_failed and row["status"] in RETRIED_STATUSES
-                return not failed and keys.get(str(row["file"]), resume_key(row)) == resume_key(row)
+        params = {"model": str(model), "device": device, "workers": workers, "file_timeout": file_timeout,
+                  "inputs": [str(i) for i in inputs]}
+        return score_batch(paths, engine, out=out, resume=resume, retry_failed=retry_failed, on_row=on_row,
+                           params=params, started=started)
 
-            kept_rows = prepare_resume(out, scorer.columns, keep)
-            done_keys = {resume_key(row) for row in kept_rows}
-        todo = [p for p in paths if keys[str(p)] not in done_keys]
-        writer = RowWriter(out, scorer.columns, append=resume) if out is not None else None
-        timelines = None
-        if timeline:
-            scored_ok = {str(row["file"]) for row in kept_rows if row["status"] == "ok"}
-            timelines = _TimelineWriter(out, paths, append=resume, keep_files=scored_ok)
-        if out is not None:
-            _write_params(out, engine, model, inputs, device, workers, file_timeout)
-        summary = PredictSummary(out=out, rows=[], skipped=len(paths) - len(todo), wall_s=0.0, audio_s=0.0)
-        png_for = {path: timelines.png_path(path) for path in todo} if timelines is not None else None
-        try:
-            for done_count, result in enumerate(engine.score(todo, png_for), start=1):
-                row = result.row
-                if writer is not None:
-                    writer.write(row)
-                if timelines is not None and result.timeline is not None:
-                    timelines.write(result.timeline)
-                summary.rows.append(row)
-                summary.statuses[row["status"]] += 1
-                if row["status"] == "ok":
-                    summary.verdicts[row["verdict"]] += 1
-                    summary.audio_s += float(row["duration_s"])
-                if on_row is not None:
-                    on_row(row, done_count, len(todo))
-        finally:
-            summary.wall_s = time.perf_counter() - started
+
+def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None = None, resume: bool = False,
+                retry_failed: bool = True, on_row: Callable[[dict, int, int], None] | None = None,
+                params: dict | None = None, started: float | None = None) -> PredictSummary:
+    """The batch runner around an engine, shared by `leak predict` and the service's folder jobs: resume, the
+    row writer, the timelines (when the engine's scorer makes them), params.json and the summary. The engine
+    stays open (a service keeps one); stopping the iteration early (on_row raising) leaves a resumable table."""
+    out = Path(out) if out is not None else None
+    started = time.perf_counter() if started is None else started
+    scorer = engine.scorer
+    keys = {str(path): resume_key(scorer.base_row(path)) for path in paths}
+    done_keys: set = set()
+    kept_rows: list[dict] = []
+    timeline_done = _TimelineWriter.files_in(out) if scorer.timeline and out is not None and resume else set()
+    if out is not None and resume and out.exists():
+        def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
+            failed = retry_failed and row["status"] in RETRIED_STATUSES
+            no_timeline = scorer.timeline and row["status"] == "ok" and str(row["file"]) not in timeline_done
+            return not failed and not no_timeline and keys.get(str(row["file"]), resume_key(row)) == resume_key(row)
+
+        kept_rows = prepare_resume(out, scorer.columns, keep)
+        done_keys = {resume_key(row) for row in kept_rows}
+    todo = [p for p in paths if keys[str(p)] not in done_keys]
+    writer = RowWriter(out, scorer.columns, append=resume) if out is not None else None
+    timelines = None
+    if scorer.timeline and out is not None:
+        scored_ok = {str(row["file"]) for row in kept_rows if row["status"] == "ok"}
+        timelines = _TimelineWriter(out, paths, append=resume, keep_files=scored_ok)
+    if out is not None:
+        _write_params(out, engine, params or {})
+    summary = PredictSummary(out=out, rows=[], skipped=len(paths) - len(todo), wall_s=0.0, audio_s=0.0)
+    png_for = {path: timelines.png_path(path) for path in todo} if timelines is not None else None
+    try:
+        for done_count, result in enumerate(engine.score(todo, png_for), start=1):
+            row = result.row
+            if timelines is not None and result.timeline is not None:
+                timelines.write(result.timeline)  # first: a row in the table implies its timeline line
             if writer is not None:
-                writer.close()
+                writer.write(row)
+            summary.rows.append(row)
+            summary.statuses[row["status"]] += 1
+            if row["status"] == "ok":
+                summary.verdicts[row["verdict"]] += 1
+                summary.audio_s += float(row["duration_s"])
+            if on_row is not None:
+                on_row(row, done_count, len(todo))
+    finally:
+        summary.wall_s = time.perf_counter() - started
+        if writer is not None:
+            writer.close()
     return summary
 
 
-def _write_params(out: Path, engine: ScoringEngine, model, inputs, device, workers, file_timeout) -> None:
+def _write_params(out: Path, engine: ScoringEngine, params: dict) -> None:
     """The run's parameters beside the output, so a table can always be traced to its model and settings."""
     scorer = engine.scorer
-    params = {"model": str(model), "model_sha256": scorer.model_sha256, "backend": engine.runner.backend,
+    params = {**params, "model_sha256": scorer.model_sha256, "backend": engine.runner.backend,
               "device_used": engine.runner.device, "batch_rows": engine.batcher.batch_rows,
-              "device": device, "threshold": scorer.threshold, "vote_fraction": scorer.vote_fraction,
+              "workers": engine.workers, "threshold": scorer.threshold, "vote_fraction": scorer.vote_fraction,
               "card_threshold": scorer.card.voting.threshold, "channel": scorer.channel,
-              "card_channel": scorer.card.channel_policy, "workers": workers,
-              "file_timeout": file_timeout, "inputs": [str(i) for i in inputs],
-              "leakhunter_version": leakhunter.__version__,
+              "card_channel": scorer.card.channel_policy, "leakhunter_version": leakhunter.__version__,
               "started": datetime.now(UTC).isoformat(timespec="seconds")}
     write_atomic(out.with_name(out.name + ".params.json"), json.dumps(params, indent=2))
 
@@ -168,18 +181,34 @@ class _TimelineWriter:
     file, drawn by whoever scored it. On resume the JSONL is repaired like the table: a half-written last
     line and lines of files not kept as ok in the table are dropped, one line per file."""
 
+    @staticmethod
+    def jsonl_of(out: Path) -> Path:
+        return out.with_name(out.stem + ".timeline.jsonl")
+
+    @staticmethod
+    def whole_lines(jsonl: Path) -> list[tuple[str, str]]:
+        """(file, line) of every whole line (a half-written last one is not a line)."""
+        if not jsonl.exists():
+            return []
+        data = jsonl.read_bytes()
+        return [(str(json.loads(line)["file"]), line) for line in data[: data.rfind(b"\n") + 1].decode("utf-8")
+                .split("\n") if line.strip()]
+
+    @classmethod
+    def files_in(cls, out: Path) -> set[str]:
+        """The files the timeline JSONL beside `out` has a whole line for."""
+        return {file for file, _ in cls.whole_lines(cls.jsonl_of(out))}
+
     def __init__(self, out: Path, paths: list[Path], append: bool, keep_files: set[str]):
-        self.jsonl = out.with_name(out.stem + ".timeline.jsonl")
+        self.jsonl = self.jsonl_of(out)
         self.folder = out.with_name(out.stem + ".timeline")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.names = png_names(paths)
         kept: dict[str, str] = {}
-        if append and self.jsonl.exists():
-            data = self.jsonl.read_bytes()
-            for line in data[: data.rfind(b"\n") + 1].decode("utf-8").split("\n"):
-                if line.strip() and (file := str(json.loads(line)["file"])) in keep_files:
-                    kept.pop(file, None)
-                    kept[file] = line + "\n"  # the latest line of a file wins
+        for file, line in self.whole_lines(self.jsonl) if append else ():
+            if file in keep_files:
+                kept.pop(file, None)
+                kept[file] = line + "\n"  # the latest line of a file wins
         write_atomic(self.jsonl, "".join(kept.values()))
 
     def png_path(self, path: Path) -> Path:

@@ -6,6 +6,7 @@ the file's row (the vote of leakhunter.voting, the top class, the timeline). Eve
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,19 +90,40 @@ class PlotTask:
     png: Path
 
 
-def setup_decoder(decoder: RecordingDecoder) -> RecordingDecoder:
-    return decoder
+class DecodingWorker:
+    """A worker process's state: its decoder, and (with timelines) a plotter built at start-up, so importing
+    matplotlib overlaps the model loading in the parent instead of delaying the first plot."""
+
+    def __init__(self, decoder: RecordingDecoder, timeline: bool):
+        self.decoder = decoder
+        self.plotter = None
+        if timeline:
+            from leakhunter.inference.timeline import TimelinePlotter
+
+            self.plotter = TimelinePlotter()
 
 
-def decode_in_worker(decoder: RecordingDecoder, task, emit):
+def setup_decoder(decoder: RecordingDecoder, timeline: bool = False) -> DecodingWorker:
+    """A decoding worker yields the CPU to the model's threads (a lower priority): on a box with few cores the
+    model is the bottleneck, and one of its parallel threads waiting for a core stalls all of them."""
+    try:
+        os.nice(10)
+    except OSError:  # not allowed here: decoding runs at the normal priority
+        pass
+    return DecodingWorker(decoder, timeline)
+
+
+def decode_in_worker(worker: DecodingWorker, task, emit):
     """In a worker: decode a recording (pieces are emitted as they are ready), or draw a timeline PNG."""
     if isinstance(task, PlotTask):
-        from leakhunter.inference.timeline import plot_timeline
+        if worker.plotter is None:
+            from leakhunter.inference.timeline import TimelinePlotter
 
-        plot_timeline(task.timeline, task.png)
+            worker.plotter = TimelinePlotter()
+        worker.plotter.draw(task.timeline, task.png)
         return None
     try:
-        return decoder.decode(task.path, emit)
+        return worker.decoder.decode(task.path, emit)
     except AudioError as error:  # a property of the file: its row says why
         return error
 

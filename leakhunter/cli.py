@@ -262,7 +262,8 @@ def predict(
     vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
     workers: int = typer.Option(2, help="Decoding worker processes (0: decode in this process, no crash isolation)."),
     batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
-    file_timeout: float = typer.Option(600.0, help="Seconds one file may take before it is given up as `timeout`."),
+    file_timeout: float = typer.Option(600.0, help="Seconds one file may go without progress before it is given up "
+                                                   "as `timeout`."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --out (same path, size, mtime, model)."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed",
                                       help="On --resume, score files whose row is timeout, worker_crash or error again."),

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 import leakhunter
-from leakhunter.audio import AudioError, load_audio, read_many
+from leakhunter.audio import AudioError, load_audio, parse_channel_policy, read_many
 from leakhunter.card import STANDARD_CLASSES, FrontendConfig, SegmentationConfig, preset
 from leakhunter.errors import LeakhunterError
+from leakhunter.files import atomic_path
 from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FrontEnd
 from leakhunter.segments import plan_segments
@@ -146,18 +147,12 @@ def build_dataset(source, output, preset_name: str = "short", val: float = 0.15,
     sources = find_sources(source)
     class_names = class_order(s.label for s in sources)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(temporary, "w") as h5:
-            report = _write(h5, sources, class_names, frontend_cfg, segmentation, val, test, workers, seed,
-                            channel, progress, max_skipped_fraction)
-            h5.attrs.update({"source": str(Path(source).resolve()), "preset": preset_name,
-                             "channel_policy": str(channel), "split_seed": seed,
-                             "split_fractions": json.dumps({"val": val, "test": test})})
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(output) as temporary, h5py.File(temporary, "w") as h5:  # an old output survives a failure
+        report = _write(h5, sources, class_names, frontend_cfg, segmentation, val, test, workers, seed,
+                        channel, progress, max_skipped_fraction)
+        h5.attrs.update({"source": str(Path(source).resolve()), "preset": preset_name,
+                         "channel_policy": str(parse_channel_policy(channel)), "split_seed": seed,
+                         "split_fractions": json.dumps({"val": val, "test": test})})
     report.output = output
     return report
 
