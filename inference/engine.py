@@ -10,6 +10,8 @@ segment grid, with a gap wide enough that no input of one piece reaches into the
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
 import warnings
 from collections import deque
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -250,9 +253,23 @@ class ScoringEngine:
             if not finished and self.pool is not None:
                 self.pool.cancel()
 
-    def score_file(self, path: str | Path) -> FileResult:
-        """One recording's result (in the workers when there are any)."""
-        return next(iter(self.score([path])))
+    def score_file(self, source: str | Path | BinaryIO, name: str | None = None) -> FileResult:
+        """One recording's result (decoded in the workers when there are any). `source` is a path, or a binary
+        file-like object (an upload) that is spooled to a temporary file named `name` first, so every check
+        of open_audio applies (the name's suffix says what the content must be); the row says `name`."""
+        if isinstance(source, (str, Path)):
+            return next(iter(self.score([source])))
+        if not name or Path(name).name != name:
+            raise InputError(f"an uploaded recording needs a plain file name with its suffix, got {name!r}")
+        with tempfile.TemporaryDirectory(prefix="leakhunter-upload-") as folder:
+            spooled = Path(folder) / name
+            with open(spooled, "wb") as handle:
+                shutil.copyfileobj(source, handle, 1 << 20)
+            result = next(iter(self.score([spooled])))
+        result.row["file"] = name
+        if result.timeline is not None:
+            result.timeline["file"] = name
+        return result
 
     # ---- batches: one scoring in the thread, one filling here ------------------------------------------
     def _add(self, state: _FileState, piece: Piece) -> None:

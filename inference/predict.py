@@ -111,7 +111,10 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
     keys = {str(path): resume_key(scorer.base_row(path)) for path in paths}
     done_keys: set = set()
     kept_rows: list[dict] = []
-    timeline_done = _TimelineWriter.files_in(out) if scorer.timeline and out is not None and resume else set()
+    timeline_done = set()
+    if scorer.timeline and out is not None and resume:  # an ok row counts as done with its line and its PNG
+        pngs = {str(path): _TimelineWriter.folder_of(out) / name for path, name in png_names(paths).items()}
+        timeline_done = {file for file in _TimelineWriter.files_in(out) if file in pngs and pngs[file].exists()}
     if out is not None and resume and out.exists():
         def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
             failed = retry_failed and row["status"] in RETRIED_STATUSES
@@ -186,6 +189,10 @@ class _TimelineWriter:
         return out.with_name(out.stem + ".timeline.jsonl")
 
     @staticmethod
+    def folder_of(out: Path) -> Path:
+        return out.with_name(out.stem + ".timeline")
+
+    @staticmethod
     def whole_lines(jsonl: Path) -> list[tuple[str, str]]:
         """(file, line) of every whole line (a half-written last one is not a line)."""
         if not jsonl.exists():
@@ -201,7 +208,7 @@ class _TimelineWriter:
 
     def __init__(self, out: Path, paths: list[Path], append: bool, keep_files: set[str]):
         self.jsonl = self.jsonl_of(out)
-        self.folder = out.with_name(out.stem + ".timeline")
+        self.folder = self.folder_of(out)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.names = png_names(paths)
         kept: dict[str, str] = {}

@@ -125,3 +125,18 @@ def test_resume_keeps_only_rows_voted_with_the_same_threshold(binary_export, rec
     with open(out, newline="") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(recordings) and {row["threshold"] for row in table} == {"0.9"}
+
+
+def test_an_upload_is_spooled_and_scored_like_the_file(binary_export, recordings, tmp_path):
+    import io
+
+    with ScoringEngine(binary_export[1].output, workers=1) as engine:
+        from_disk = engine.score_file(recordings[3]).row
+        uploaded = engine.score_file(io.BytesIO(recordings[3].read_bytes()), name="night~r3.wav").row
+        renamed = engine.score_file(io.BytesIO(recordings[3].read_bytes()), name="r3.flac").row
+        text = engine.score_file(io.BytesIO(b"path,label\nx.wav,LEAK\n" * 40), name="r4.wav").row
+    assert uploaded["file"] == "night~r3.wav" and uploaded["status"] == "ok"
+    assert uploaded["mean_leak_prob"] == from_disk["mean_leak_prob"] and uploaded["verdict"] == from_disk["verdict"]
+    assert renamed["status"] == "format_mismatch" and text["status"] == "not_audio"  # every open_audio check
+    with pytest.raises(ValueError, match="plain file name"):
+        ScoringEngine.score_file(engine, io.BytesIO(b""), name="../x.wav")

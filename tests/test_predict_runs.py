@@ -239,3 +239,14 @@ def test_cuda_without_it_stops_with_one_message_and_auto_runs_on_cpu_quietly(mod
     assert quiet.returncode == 0, quiet.stderr
     assert "asked for" not in quiet.stderr and "Warning" not in quiet.stderr, quiet.stderr
     assert [row["status"] for row in rows_of(tmp_path / "auto.csv")] == ["ok"] * 4
+
+
+def test_resume_rescores_an_ok_row_whose_timeline_png_is_missing(model, tmp_path):
+    for name in ("a", "b", "c"):
+        write_recording(tmp_path / "night" / f"{name}.wav", seed=ord(name))
+    out = tmp_path / "scores.csv"
+    predict([tmp_path / "night"], model, out=out, workers=0, timeline=True)
+    (tmp_path / "scores.timeline" / "b.wav.png").unlink()  # killed before the worker drew it
+    again = predict([tmp_path / "night"], model, out=out, workers=0, timeline=True, resume=True)
+    assert [Path(row["file"]).name for row in again.rows] == ["b.wav"] and again.skipped == 2
+    assert (tmp_path / "scores.timeline" / "b.wav.png").is_file() and len(rows_of(out)) == 3
