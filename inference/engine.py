@@ -1,6 +1,6 @@
 """The batched scoring engine: recordings are decoded in isolated worker processes (a crash or a hang costs
-one row), their pieces of whole long segments are packed ACROSS files into batches of one fixed shape for the
-one model in this process, and the results are routed back to their files.
+one row), their pieces of whole long segments are packed ACROSS files into batches of a few fixed shapes for
+the one model in this process, and the results are routed back to their files.
 
 Packing is exact: every scoring input (a short segment's mel, or a long segment's) depends only on its own
 samples, so a piece scored at some offset of a packed row gives what it gives alone. Pieces start on the long

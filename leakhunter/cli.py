@@ -283,7 +283,7 @@ def predict(
     started = clock.perf_counter()
     audio = {"s": 0.0}
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=errors) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=errors, transient=True) as bar:
         task = bar.add_task("scoring", total=None, rate="")
 
         def advance(row, done, total):
