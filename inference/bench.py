@@ -57,8 +57,8 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
         raise InputError(f"workers must be >= 0, got {workers}")
     request = parse_device(device)  # a bad name fails before anything is generated
     models = [model]
-    if model.suffix.lower() in ONNX_SUFFIXES and (sibling := model.with_suffix(".pth")).is_file():
-        models.append(sibling)
+    if model.suffix.lower() in ONNX_SUFFIXES and (sibling := model.with_suffix(".pth")).is_file() and _has_torch():
+        models.append(sibling)  # the scoring install has no torch: then the .onnx is benched alone
     with tempfile.TemporaryDirectory(prefix="leak-bench-") as folder:
         if inputs is None:
             if int(files) != files or files < 1 or not seconds > 0:
@@ -91,6 +91,14 @@ def generate(folder: Path, files: int, seconds: float) -> list[Path]:
         soundfile.write(path, samples, SYNTH_RATE, subtype="PCM_16")
         paths.append(path)
     return paths
+
+
+def _has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def devices_for(model: Path, device: str) -> list[str]:

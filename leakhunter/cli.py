@@ -32,6 +32,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+# What `pip install 'leakhunter[train]'` adds to the scoring install: training, export, .pth models, datasets.
+TRAINING_EXTRA = frozenset({"torch", "h5py", "matplotlib", "yaml", "onnx", "onnxscript"})
+
+
 def handled(default_code: int = 2):
     """The one place errors become messages: a LeakhunterError (or an OSError naming a file) prints one red line
     and exits with the error's own status (e.g. 100 + N for a failed health check), else `default_code`
@@ -47,6 +51,12 @@ def handled(default_code: int = 2):
                 raise fail(str(error), error.exit_code or default_code) from None
             except OSError as error:
                 raise fail(str(error), default_code) from None
+            except ModuleNotFoundError as error:
+                if (error.name or "").split(".")[0] not in TRAINING_EXTRA:
+                    raise
+                raise fail(f"`leak {command.__name__.replace('_', ' ')}` needs {error.name}, which the scoring "
+                           f"install leaves out (it scores .onnx models only): pip install 'leakhunter[train]'",
+                           2) from None
         return run
     return decorate
 

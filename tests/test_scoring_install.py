@@ -1,0 +1,56 @@
+"""The scoring install (`pip install leakhunter`, no extras) scores `.onnx` models without torch, h5py,
+matplotlib, pyyaml or the onnx package; a command that needs the training extra says which extra to install."""
+
+import subprocess
+import sys
+
+import numpy as np
+import soundfile
+
+from leakhunter.synth import synth_recording
+
+# Run leak in a fresh interpreter where the training extra's packages cannot be imported.
+BLOCKED = ("torch", "h5py", "matplotlib", "yaml", "onnx", "onnxscript", "librosa")
+RUN_WITHOUT_TRAINING_EXTRA = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {BLOCKED!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+sys.argv = ["leak", *sys.argv[1:]]
+from leakhunter.cli import app
+app()
+"""
+
+
+def leak_without_training_extra(*arguments):
+    return subprocess.run([sys.executable, "-c", RUN_WITHOUT_TRAINING_EXTRA, *map(str, arguments)],
+                          capture_output=True, text=True)
+
+
+def test_predict_info_and_bench_on_onnx_need_no_training_extra(binary_export, tmp_path):
+    folder = tmp_path / "night"
+    folder.mkdir()
+    for seed in range(3):
+        soundfile.write(folder / f"r{seed}.wav", synth_recording("LEAK", 4.0, 8000, np.random.default_rng(seed)), 8000)
+    model = binary_export[1].output
+    scored = leak_without_training_extra("predict", folder, "--model", model, "--out", tmp_path / "s.csv",
+                                         "--timeline")
+    assert scored.returncode == 0, scored.stderr
+    assert "files: 3 ok" in " ".join(scored.stdout.split())
+    assert len(list((tmp_path / "s.timeline").glob("*.png"))) == 3
+    described = leak_without_training_extra("info", model)
+    assert described.returncode == 0 and "opset" in described.stdout, described.stderr
+    benched = leak_without_training_extra("bench", model, folder, "--json")
+    assert benched.returncode == 0, benched.stderr
+
+
+def test_a_command_that_needs_the_training_extra_says_which(binary_export, tmp_path):
+    trained = leak_without_training_extra("train", "--data", tmp_path / "data.h5", "--out", tmp_path / "run")
+    assert trained.returncode == 2
+    assert "pip install 'leakhunter[train]'" in trained.stderr and "Traceback" not in trained.stderr
+    recording = tmp_path / "r.wav"
+    soundfile.write(recording, synth_recording("LEAK", 2.0, 8000, np.random.default_rng(0)), 8000)
+    scored = leak_without_training_extra("predict", recording, "--model", binary_export[0])  # a .pth needs torch
+    assert scored.returncode == 2 and "leakhunter[train]" in scored.stderr, scored.stderr
