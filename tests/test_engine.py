@@ -61,11 +61,11 @@ def test_packing_many_files_into_one_batch_scores_each_as_alone(kind, binary_exp
 
 
 class SlowDecoder(RecordingDecoder):
-    """Takes 0.4 s before every piece: slow, but making progress. Module level, for the worker processes."""
+    """Takes 0.5 s before every piece: slow, but making progress. Module level, for the worker processes."""
 
     def decode(self, path, emit):
         def slow(piece):
-            time.sleep(0.4)
+            time.sleep(0.5)
             emit(piece)
 
         return super().decode(path, slow)
@@ -73,9 +73,9 @@ class SlowDecoder(RecordingDecoder):
 
 def test_a_slow_file_that_makes_progress_is_not_a_timeout(binary_export, tmp_path):
     path = write(tmp_path / "long.wav", 10.0, seed=1)
-    with ScoringEngine(binary_export[1].output, workers=1, file_timeout=1.0, piece_seconds=2.0,
+    with ScoringEngine(binary_export[1].output, workers=1, file_timeout=2.0, piece_seconds=2.0,
                        decoder_class=SlowDecoder) as engine:
-        row = engine.score_file(path).row  # five pieces, 2 s in all: over the timeout, never 1 s without progress
+        row = engine.score_file(path).row  # five pieces, 2.5 s in all: over the timeout, never 2 s without progress
     assert row["status"] == "ok", row
 
 
