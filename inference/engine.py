@@ -37,6 +37,7 @@ from leakhunter.inference.scorer import (
     PlotTask,
     RecordingDecoder,
     RecordingScorer,
+    channel_policy,
     decode_in_worker,
     setup_decoder,
 )
@@ -196,9 +197,11 @@ class ScoringEngine:
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
-        decoder = RecordingScorer(card, "", channel=channel).decoder(piece_longs, decoder_class, block_frames)
+        # What the workers decode with; inline (workers=0) this process uses the same decoder.
+        self.decoder = decoder_class(card.frontend, card.segmentation, channel_policy(card, channel), piece_longs,
+                                     block_frames)
         self.workers = workers
-        self.pool = (WorkerPool(setup_decoder, (decoder, timeline), decode_in_worker, workers, file_timeout)
+        self.pool = (WorkerPool(setup_decoder, (self.decoder,), decode_in_worker, workers, file_timeout)
                      if workers > 0 else None)
         try:
             self.card, self.runner = load_runner(model, device, threads)
@@ -206,7 +209,6 @@ class ScoringEngine:
             self.close()
             raise
         self.scorer = RecordingScorer(self.card, self.runner.sha256, threshold, vote_fraction, channel, timeline)
-        self.decoder = self.scorer.decoder(piece_longs, decoder_class, block_frames)
         if batch_rows is None:
             batch_rows = GPU_BATCH_ROWS if self.runner.device.startswith("cuda") else BATCH_ROWS
         self.batcher = PieceBatcher(self.card, self.runner, piece_longs, batch_rows)
@@ -374,8 +376,8 @@ class ScoringEngine:
                 raise RuntimeError(f"{len(stuck)} file(s) can never finish (e.g. {stuck[0].path}): nothing is "
                                    f"decoding or scoring them; this is a bug")
             for result in self._finished(waiting, png_for, drawn_here=False):
-                if result.extra.get("plot") is not None:
-                    self.pool.submit(result.extra.pop("plot"))
+                if result.plot is not None:
+                    self.pool.submit(result.plot)
                     plots += 1
                 yield result
         if self._plot_failures:
@@ -400,5 +402,5 @@ class ScoringEngine:
                         warnings.warn(f"{png}: the timeline could not be drawn ({error})", RuntimeWarning,
                                       stacklevel=2)
                 else:
-                    result.extra["plot"] = PlotTask(result.timeline, Path(png))
+                    result.plot = PlotTask(result.timeline, Path(png))
             yield result

@@ -115,16 +115,6 @@ class RowWriter:
         self.handle.close()
 
 
-def read_done(path: str | Path, columns: tuple[str, ...]) -> tuple[list[dict], int]:
-    """Rows already complete in an earlier output, and how many bytes of it are whole lines.
-
-    A last line without its newline (a run killed mid-write) is not a row; the caller truncates the
-    file to the returned length before appending.
-    """
-    _, lines, length = read_table(path, columns)
-    return [row for row, _ in lines], length
-
-
 def read_table(path: str | Path, columns: tuple[str, ...]) -> tuple[str, list[tuple[dict, str]], int]:
     """(header line, [(row, its line as written)], bytes of whole lines) of an earlier output.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
@@ -223,29 +223,3 @@ class WorkerPool:
                 worker.process.kill()
             worker.close()
         self._workers.clear()
-
-
-def isolated_map(tasks: Iterable, work: Callable, setup: Callable, setup_args: tuple = (), workers: int = 2,
-                 timeout: float | None = None) -> Iterator[tuple[object, object]]:
-    """Yield (task, result or WorkerFailure) as tasks finish, in completion order: `work(state, task)` in a
-    WorkerPool. Stopping the iteration stops the workers."""
-    tasks = list(tasks)
-    if not tasks:
-        return
-    with WorkerPool(setup, setup_args, _Partial(work), min(workers, len(tasks)), timeout) as pool:
-        for task in tasks:
-            pool.submit(task)
-        while pool.outstanding:
-            for event in pool.events():
-                if event.kind == "done":
-                    yield event.task, event.payload
-
-
-class _Partial:
-    """work(state, task) as work(state, task, emit); a class, not a lambda, so spawned workers can unpickle it."""
-
-    def __init__(self, work: Callable):
-        self.work = work
-
-    def __call__(self, state, task, emit):
-        return self.work(state, task)

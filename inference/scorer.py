@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,26 +91,21 @@ class PlotTask:
 
 
 class DecodingWorker:
-    """A worker process's state: its decoder, and (with timelines) a plotter built at start-up, so importing
-    matplotlib overlaps the model loading in the parent instead of delaying the first plot."""
+    """A worker process's state: its decoder, and a timeline plotter made on the first PlotTask."""
 
-    def __init__(self, decoder: RecordingDecoder, timeline: bool):
+    def __init__(self, decoder: RecordingDecoder):
         self.decoder = decoder
         self.plotter = None
-        if timeline:
-            from leakhunter.inference.timeline import TimelinePlotter
-
-            self.plotter = TimelinePlotter()
 
 
-def setup_decoder(decoder: RecordingDecoder, timeline: bool = False) -> DecodingWorker:
+def setup_decoder(decoder: RecordingDecoder) -> DecodingWorker:
     """A decoding worker yields the CPU to the model's threads (a lower priority): on a box with few cores the
     model is the bottleneck, and one of its parallel threads waiting for a core stalls all of them."""
     try:
         os.nice(10)
     except OSError:  # not allowed here: decoding runs at the normal priority
         pass
-    return DecodingWorker(decoder, timeline)
+    return DecodingWorker(decoder)
 
 
 def decode_in_worker(worker: DecodingWorker, task, emit):
@@ -128,11 +123,16 @@ def decode_in_worker(worker: DecodingWorker, task, emit):
         return error
 
 
+def channel_policy(card: ModelCard, channel: str | int | None) -> str:
+    """The channel policy to decode with: the card's (as the training data was mixed) unless overridden."""
+    return card.channel_policy if channel is None else str(parse_channel_policy(channel))
+
+
 @dataclass
 class FileResult:
     row: dict
     timeline: dict | None = None
-    extra: dict = field(default_factory=dict)
+    plot: PlotTask | None = None  # a timeline PNG still to draw (by a worker)
 
 
 class RecordingScorer:
@@ -144,7 +144,7 @@ class RecordingScorer:
         self.card, self.model_sha256, self.timeline = card, model_sha256, timeline
         self.threshold = card.voting.threshold if threshold is None else threshold
         self.vote_fraction = card.voting.vote_fraction if vote_fraction is None else vote_fraction
-        self.channel = card.channel_policy if channel is None else str(parse_channel_policy(channel))
+        self.channel = channel_policy(card, channel)
         self.multiclass = card.mode != "binary"  # p_<class> columns
         self.columns = columns_for(card.class_names, self.multiclass)
         overridden = [f"{name} {value:g} (card {card_value:g})" for name, value, card_value in
@@ -153,10 +153,6 @@ class RecordingScorer:
         if self.channel != card.channel_policy:
             overridden.append(f"channel {self.channel} (card {card.channel_policy})")
         self.override_note = "overridden: " + ", ".join(overridden) if overridden else ""
-
-    def decoder(self, piece_longs: int, decoder_class: type[RecordingDecoder] = RecordingDecoder,
-                block_frames: int = 1 << 16) -> RecordingDecoder:
-        return decoder_class(self.card.frontend, self.card.segmentation, self.channel, piece_longs, block_frames)
 
     def base_row(self, path: str | Path) -> dict:
         path = Path(path)
@@ -171,9 +167,6 @@ class RecordingScorer:
 
     def failed(self, path: str | Path, reason: str, detail: str) -> FileResult:
         return FileResult({**self.base_row(path), "status": reason, "message": detail})
-
-    def audio_failed(self, error: AudioError) -> FileResult:
-        return self.failed(error.path, error.reason, error.detail)
 
     def result(self, path: str | Path, decoded: Decoded, long_leak: np.ndarray, long_classes: np.ndarray) -> FileResult:
         """The row from P(LEAK) [L] and class probabilities [L, C] per long segment."""

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from leakhunter.audio import load_audio
 from leakhunter.cli import app
 from leakhunter.inference.engine import ScoringEngine
-from leakhunter.inference.pool import WorkerFailure, isolated_map
+from leakhunter.inference.pool import WorkerFailure, WorkerPool
 from leakhunter.inference.predict import PredictError, find_inputs, predict
 from leakhunter.sources import ManifestError
 from leakhunter.synth import synth_recording
@@ -226,7 +226,7 @@ def test_inputs_are_files_folders_globs_and_manifests(night, tmp_path):
         find_inputs([manifest])
 
 
-def _crashy(state, task):
+def _crashy(state, task, emit):
     if task == "crash":
         os._exit(7)
     if task == "hang":
@@ -240,7 +240,12 @@ def _setup(prefix):
 
 def test_a_crashing_or_hanging_file_costs_one_row_not_the_batch():
     tasks = ["a", "crash", "b", "hang", "c", "d"]
-    results = dict(isolated_map(tasks, _crashy, _setup, ("ok",), workers=2, timeout=3.0))
+    results = {}
+    with WorkerPool(_setup, ("ok",), _crashy, workers=2, timeout=3.0) as pool:
+        for task in tasks:
+            pool.submit(task)
+        while pool.outstanding:
+            results.update((event.task, event.payload) for event in pool.events() if event.kind == "done")
     assert results["a"] == "ok:a" and results["b"] == "ok:b" and results["d"] == "ok:d"
     assert isinstance(results["crash"], WorkerFailure) and results["crash"].reason == "worker_crash"
     assert "exit code 7" in results["crash"].detail
