@@ -88,8 +88,8 @@ def environment(checks: Checks) -> tuple[bool, bool]:
         print("  note: onnxruntime and onnxruntime-gpu are both installed; they share one folder and the last "
               "installed wins (install only onnxruntime-gpu on a GPU box)")
     if not ort_cuda:
-        print("  onnxruntime has no CUDAExecutionProvider: onnxruntime-gpu (the `gpu` extra, pip install "
-              "'.[gpu]') is not installed in this environment, so `leak predict --device cuda` on an .onnx "
+        print("  onnxruntime has no CUDAExecutionProvider: onnxruntime-gpu (the `gpu` extra: pip uninstall -y "
+              "onnxruntime && pip install '.[gpu]') is not installed in this environment, so `leak predict --device cuda` on an .onnx "
               "refuses to run and the onnxruntime CUDA rows below are skipped")
         if cuda:
             checks.incomplete.append("onnxruntime-gpu missing: the onnxruntime CUDA execution provider was not checked")

@@ -18,7 +18,8 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 if ! "$PYTHON" -c "import leakhunter, torch, onnxruntime" 2>/dev/null; then
     echo "gpu_check: $PYTHON cannot import leakhunter, torch and onnxruntime; install the project in it first" \
-         "(pip install -e '.[gpu]') or point PYTHON at an environment that has it" >&2
+         "(make setup; then pip uninstall -y onnxruntime && pip install '.[gpu]' for the GPU build) or point PYTHON at an" \
+         "environment that has it" >&2
     exit 2
 fi
 

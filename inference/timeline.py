@@ -1,8 +1,8 @@
 """A recording's P(LEAK) over time, one bar per long segment (red over the threshold, blue under it), with the
 dashed threshold line (`--timeline`).
 
-Drawn straight into pixels with numpy and Pillow rather than through matplotlib: a couple of milliseconds a
-file instead of about a hundred, so `--timeline` does not dominate a night's scoring. Where a pixel column
+Drawn straight into pixels with numpy and Pillow rather than through matplotlib: about 20 ms a file instead
+of about 200 (benchmarks/test_engine_bench.py), so `--timeline` does not dominate a night's scoring. Where a pixel column
 covers several long segments (an hour-long file), it shows their maximum: a leak never disappears.
 """
 

@@ -36,7 +36,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 TRAINING_EXTRA = frozenset({"torch", "h5py", "matplotlib", "yaml", "onnx", "onnxscript"})
 
 
-def handled(default_code: int = 2):
+def handled(default_code: int = 2, name: str = "this command"):
     """The one place errors become messages: a LeakhunterError (or an OSError naming a file) prints one red line
     and exits with the error's own status (e.g. 100 + N for a failed health check), else `default_code`
     (2: bad input; 1 for commands whose job is to find problems). Anything else is a bug and keeps its traceback."""
@@ -54,10 +54,19 @@ def handled(default_code: int = 2):
             except ModuleNotFoundError as error:
                 if (error.name or "").split(".")[0] not in TRAINING_EXTRA:
                     raise
-                raise fail(f"`leak {command.__name__.replace('_', ' ')}` needs {error.name}, which the scoring "
+                raise fail(f"`{name}` needs {error.name}, which the scoring "
                            f"install leaves out (it scores .onnx models only): pip install 'leakhunter[train]'",
                            2) from None
         return run
+    return decorate
+
+
+def command(group: typer.Typer, name: str, default_code: int = 2):
+    """Register a `leak` command whose errors are `handled` (one red line, the right exit status)."""
+    full_name = f"leak {'data ' if group is data_app else ''}{name}"
+
+    def decorate(function):
+        return group.command(name)(handled(default_code, full_name)(function))
     return decorate
 
 
@@ -66,8 +75,7 @@ def progress_bar(description: str) -> Progress:
                     TimeRemainingColumn(), console=errors)
 
 
-@data_app.command("synth")
-@handled()
+@command(data_app, "synth")
 def data_synth(
     out: Path = typer.Argument(..., help="Folder to write OUT/<CLASS>/*.wav and OUT/manifest.csv into."),
     files_per_class: int = typer.Option(20, help="Recordings per class."),
@@ -87,8 +95,7 @@ def data_synth(
     console.print(f"wrote {len(corpus.files)} recordings ({counts}) and {corpus.manifest}")
 
 
-@data_app.command("build")
-@handled()
+@command(data_app, "build")
 def data_build(
     source: Path = typer.Argument(..., help="A class-folder tree SRC/<CLASS>/*.wav or a manifest CSV."),
     output: Path = typer.Option(..., "--output", "-o", help="The HDF5 dataset file to write."),
@@ -118,8 +125,7 @@ def data_build(
             console.print(f"  {error}", highlight=False)
 
 
-@data_app.command("check")
-@handled()
+@command(data_app, "check")
 def data_check(dataset: Path = typer.Argument(..., help="A dataset file from `leak data build`.")):
     """Data health report: files per split and class, hours, groups, skipped files, problems. Exit 1 on problems."""
     from leakhunter.training.check import check_dataset
@@ -145,8 +151,7 @@ def data_check(dataset: Path = typer.Argument(..., help="A dataset file from `le
     console.print("[green]no problems found[/]")
 
 
-@data_app.command("files")
-@handled()
+@command(data_app, "files")
 def data_files(
     dataset: Path = typer.Argument(..., help="A dataset file from `leak data build`."),
     split: str = typer.Option("test", help="train, val or test."),
@@ -167,8 +172,7 @@ def data_files(
         console.print(f"wrote {len(rows)} {split} files to {output}")
 
 
-@app.command("train")
-@handled()
+@command(app, "train")
 def train(
     data: Path = typer.Option(None, help="Dataset file from `leak data build`."),
     out: Path = typer.Option(None, help="Run directory (default runs/<mode>-<time>)."),
@@ -206,8 +210,7 @@ def train(
     console.print(f"best model: {result.run_dir / 'best.pth'} (epoch {result.best_epoch})")
 
 
-@app.command("doctor")
-@handled()
+@command(app, "doctor")
 def doctor(run_dir: Path = typer.Argument(..., help="A run directory from `leak train`.")):
     """Re-run the health checks (H001–H012) on a run; exit 1 when any check fails."""
     from leakhunter.training.doctor import doctor as run_doctor
@@ -219,8 +222,7 @@ def doctor(run_dir: Path = typer.Argument(..., help="A run directory from `leak 
         raise typer.Exit(1)
 
 
-@app.command("eval")
-@handled()
+@command(app, "eval")
 def evaluate(
     model: Path = typer.Argument(..., help="A best.pth."),
     data: Path = typer.Option(..., help="Dataset file with the same front-end and classes."),
@@ -260,8 +262,7 @@ def evaluate(
     console.print(f"confusion matrix drawn to {png}")
 
 
-@app.command("predict")
-@handled()
+@command(app, "predict")
 def predict(
     inputs: list[str] = typer.Argument(..., help="Audio files, folders, glob patterns or manifest CSVs (a `path` column)."),
     model: Path = typer.Option(..., help="A model: .onnx (onnxruntime, no torch needed) or .pth (torch)."),
@@ -328,8 +329,7 @@ def predict(
     raise typer.Exit(summary.exit_code)
 
 
-@app.command("bench")
-@handled()
+@command(app, "bench")
 def bench(
     model: Path = typer.Argument(..., help="A model: .onnx (with a .pth of the same stem beside it, torch is "
                                            "timed too and the verdicts compared) or .pth."),
@@ -379,8 +379,7 @@ def bench(
     console.print(f"audio: {report['audio_s'] / 3600:.2f} h in {report['files']} {source} files", highlight=False)
 
 
-@app.command("info")
-@handled(1)
+@command(app, "info", 1)
 def info(
     model: Path = typer.Argument(..., help="A model file: .onnx, .pth, or a card JSON (model_meta.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the card as JSON, with the file's facts under \"file\"."),
@@ -409,15 +408,14 @@ def info(
     console.print(table)
 
 
-@app.command("export")
-@handled(1)
+@command(app, "export", 1)
 def export(
     checkpoint: Path = typer.Argument(..., help="A best.pth from `leak train`."),
     output: Path = typer.Option(None, "--output", "-o", help="The .onnx to write (default: beside the checkpoint)."),
     input_kind: str = typer.Option("waveform", "--input", help="Graph input: waveform (front-end inside, needs "
                                                               "only onnxruntime) or mel."),
     opset: int = typer.Option(18, help="ONNX opset, 18 or newer."),
-    fp16: bool = typer.Option(False, "--fp16", help="Float16 network (front-end stays float32)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Float16 network (the DFT stays float64; mel, dB and softmax float32)."),
     int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantisation of the network's dense layers."),
 ):
     """Export to one .onnx file carrying the model card; kept only when it scores the golden recordings

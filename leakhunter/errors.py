@@ -16,6 +16,11 @@ class LeakhunterError(Exception):
 class DeviceError(LeakhunterError, ValueError):
     """A device name that is not auto, cpu, cuda or cuda:N, or a GPU index this machine does not have."""
 
+    exit_code = 2
+
 
 class InputError(LeakhunterError, ValueError):
-    """A parameter outside what is accepted (a preset, a split name, a channel policy, a fraction ...)."""
+    """A parameter outside what is accepted (a preset, a split name, a channel policy, a fraction ...): bad
+    input, exit status 2 from every command."""
+
+    exit_code = 2

@@ -215,8 +215,8 @@ def test_front_end_precision_measures_float32_against_float64():
     frontend, segmentation = preset("short")
     card = ModelCard.for_mode("binary", BINARY_CLASSES, frontend=frontend, segmentation=segmentation)
     recordings = golden_recordings(card)  # synthetic and noise only: independent of the real data at hand
-    same = frontend_precision(card, recordings, "float64")
-    assert same.max_abs_db == 0.0 and same.passed and same.n_files == 13
+    exported = frontend_precision(card, recordings, "float64", dft="matmul")  # the DFT the ONNX graph runs
+    assert exported.passed and exported.n_files == 13 and exported.max_abs_db <= 1e-4, exported.to_dict()
     single = frontend_precision(card, recordings, "float32")
     assert single.variant == "float32 fft on cpu" and set(single.max_abs_db_by_source) == {"synthetic", "noise"}
     # The decision in README "GPU": a float32 DFT misses the contract (2.6e-3 dB on synthetic recordings,

@@ -50,6 +50,9 @@ def test_a_command_that_needs_the_training_extra_says_which(binary_export, tmp_p
     trained = leak_without_training_extra("train", "--data", tmp_path / "data.h5", "--out", tmp_path / "run")
     assert trained.returncode == 2
     assert "pip install 'leakhunter[train]'" in trained.stderr and "Traceback" not in trained.stderr
+    assert "`leak train` needs" in trained.stderr
+    evaluated = leak_without_training_extra("eval", binary_export[0], "--data", tmp_path / "data.h5")
+    assert evaluated.returncode == 2 and "`leak eval` needs" in evaluated.stderr, evaluated.stderr
     recording = tmp_path / "r.wav"
     soundfile.write(recording, synth_recording("LEAK", 2.0, 8000, np.random.default_rng(0)), 8000)
     scored = leak_without_training_extra("predict", recording, "--model", binary_export[0])  # a .pth needs torch

@@ -56,21 +56,16 @@ class SplitEvaluation:
     predicted: np.ndarray  # per input
 
 
-def long_probabilities(split: SplitData, values: np.ndarray, shorts_per_long: int, unit: str) -> np.ndarray:
-    """Per long segment of a split, from per-input values: leakhunter.voting.per_long_segment."""
-    return per_long_segment(values, unit, split.long_first_input, shorts_per_long)
-
-
 def evaluate_split(split: SplitData, probs: np.ndarray, leak_prob: np.ndarray, class_names, threshold: float,
                    vote_fraction: float, shorts_per_long: int, unit: str, mode: str) -> SplitEvaluation:
     """Segment accuracy, kappa and predicted-class shares; file-level leak metrics and confusion."""
     n_classes = len(class_names)
     predicted = probs.argmax(axis=1)
-    long_prob = long_probabilities(split, leak_prob, shorts_per_long, unit)
+    long_prob = per_long_segment(leak_prob, unit, split.long_first_input, shorts_per_long)
     n_files = len(split.file_index)
     scores = vote_files(long_prob, split.long_file, n_files, threshold, vote_fraction)
     sums = np.zeros((n_files, n_classes))
-    np.add.at(sums, split.long_file, long_probabilities(split, probs, shorts_per_long, unit))
+    np.add.at(sums, split.long_file, per_long_segment(probs, unit, split.long_first_input, shorts_per_long))
     mean_classes = sums / np.maximum(1, np.bincount(split.long_file, minlength=n_files))[:, None]
     file_top_class = top_class(mode, mean_classes, scores.verdict, list(class_names).index("LEAK"))
     leak = leak_metrics(split.file_is_leak, scores.verdict, np.nan_to_num(scores.mean_leak_prob))

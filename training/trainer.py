@@ -39,7 +39,7 @@ from leakhunter.training.distributed import (
     together,
     training_device,
 )
-from leakhunter.training.evaluate import evaluate_split, long_probabilities, score_split
+from leakhunter.training.evaluate import evaluate_split, score_split
 from leakhunter.training.health import (
     HealthFailure,
     HealthMonitor,
@@ -53,7 +53,7 @@ from leakhunter.training.health import (
     truth_shares,
 )
 from leakhunter.training.plots import plot_confusion, plot_curves
-from leakhunter.voting import calibrate_threshold
+from leakhunter.voting import calibrate_threshold, per_long_segment
 
 RESUMABLE_OVERRIDES = ("epochs", "patience", "device", "eval_batch_size", "strict")
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "segment_accuracy", "file_f1", "file_precision", "file_recall",
@@ -334,7 +334,7 @@ class Trainer:
         probs, leak_prob, val_loss = score_split(self.scorer, self.data, val, self.config.eval_batch_size,
                                                  self.device, self.amp, self.criterion)
         unit = self.card.segmentation.unit
-        long_prob = long_probabilities(val, leak_prob, self.data.shorts_per_long, unit)
+        long_prob = per_long_segment(leak_prob, unit, val.long_first_input, self.data.shorts_per_long)
         threshold, _ = calibrate_threshold(long_prob, val.long_file, val.file_is_leak,
                                            self.card.voting.vote_fraction)
         result = evaluate_split(val, probs, leak_prob, self.card.class_names, threshold,
