@@ -126,3 +126,16 @@ def test_peak_rss_on_a_two_hour_file_and_on_ten_thousand_files(benchmark, report
     benchmark.extra_info.update(long_peak_mb=runs["long"][1], many_peak_mb=runs["many"][1],
                                 import_s=time.perf_counter() - started)
     assert runs["long"][1] <= 500 and runs["many"][1] <= 500
+
+
+def test_timeline_png_per_file(benchmark, report_ratio, tmp_path):
+    """What `--timeline` adds per file: one PNG of a 10-s recording's 79 long segments."""
+    from leakhunter.inference.timeline import TimelinePlotter
+
+    plotter = TimelinePlotter()
+    rng = np.random.default_rng(0)
+    timeline = {"file": "S000~R00000~20261201T000000~0.wav", "long_start_s": (np.arange(79) * 0.125).tolist(),
+                "long_seconds": 0.25, "leak_prob": rng.random(79).tolist(), "threshold": 0.5}
+    benchmark.pedantic(plotter.draw, args=(timeline, tmp_path / "t.png"), rounds=20, warmup_rounds=2)
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    report_ratio("timeline PNG of a 10-s file", f"{1000 * benchmark.stats.stats.min:5.1f} ms")

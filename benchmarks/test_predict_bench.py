@@ -2,10 +2,11 @@
 
 On a folder of 60 synthetic 10-s recordings at 8 kHz (decoded, resampled to 4096 Hz, segmented, scored,
 voted, one CSV row each), for both presets, both backends (exported .onnx via onnxruntime, .pth via
-torch) and workers = 0 (inline), 1 and 2 (spawned worker processes, each loading the model):
+torch) and workers = 0 (decoding inline), 1 and 2 (spawned decoding processes; the model stays in the
+calling process):
 
 - end to end: audio seconds scored / wall seconds of the whole `predict(...)` call, startup included
-  (model load in the main process and in every spawned worker, their imports);
+  (the model load and the decoding workers' start);
 - steady state: the same rate with startup left out, from the times the rows arrive (`on_row`): the audio
   of rows 2..N over the time from the first row to the last;
 - the speed-up over a reference pipeline written the obvious way (soundfile + librosa/soxr resampling,
