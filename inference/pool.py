@@ -163,8 +163,9 @@ class WorkerPool:
                             worker.task_id = None
             except (EOFError, OSError):
                 pass  # the process is gone; its sentinel says so below
-            failure = self._failure(worker)
-            if failure is not None or not worker.process.is_alive():
+            alive = worker.process.is_alive()  # asked once: a worker dying between two asks lost its task's row
+            failure = self._failure(worker, alive)
+            if failure is not None or not alive:
                 task_id = worker.task_id
                 worker.kill()
                 self._workers.remove(worker)
@@ -174,8 +175,8 @@ class WorkerPool:
         self._dispatch()
         return found
 
-    def _failure(self, worker: _Worker) -> WorkerFailure | None:
-        if worker.process.is_alive():
+    def _failure(self, worker: _Worker, alive: bool) -> WorkerFailure | None:
+        if alive:
             if (worker.task_id is not None and worker.started is not None and self.timeout is not None
                     and time.monotonic() - worker.started > self.timeout):
                 return WorkerFailure("timeout", f"no result after {self.timeout:g} s; the worker was stopped")

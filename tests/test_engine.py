@@ -1,6 +1,7 @@
 """The batched scoring engine: packing pieces of many files into one batch changes nothing in the scores, a
 slow but working file is not a timeout, a model failure stops the job, and a long-lived engine stays usable."""
 
+import os
 import time
 from pathlib import Path
 
@@ -140,3 +141,42 @@ def test_an_upload_is_spooled_and_scored_like_the_file(binary_export, recordings
     assert renamed["status"] == "format_mismatch" and text["status"] == "not_audio"  # every open_audio check
     with pytest.raises(ValueError, match="plain file name"):
         ScoringEngine.score_file(engine, io.BytesIO(b""), name="../x.wav")
+
+
+def _nothing():
+    return None
+
+
+def _die(state, task, emit):
+    os._exit(3)
+
+
+class _FlickeringProcess:
+    """A dead worker process whose is_alive() answers True, then False, then True ...: what a process
+    that dies between two looks at it shows. The pool must look once per round and still report the task."""
+
+    def __init__(self, process):
+        self.process, self.answers = process, iter([True, False] * 50)
+
+    def is_alive(self):
+        self.process.join(timeout=5)
+        return next(self.answers)
+
+    def __getattr__(self, name):
+        return getattr(self.process, name)
+
+
+def test_a_worker_dying_between_two_looks_still_costs_its_task_a_row():
+    from leakhunter.inference.pool import WorkerFailure, WorkerPool
+
+    with WorkerPool(_nothing, (), _die, workers=1, timeout=30) as pool:
+        task_id = pool.submit("x")
+        deadline = time.monotonic() + 20
+        while not any(worker.ready for worker in pool._workers) and time.monotonic() < deadline:
+            pool.events(timeout=0.05)
+        pool._workers[0].process = _FlickeringProcess(pool._workers[0].process)
+        events = []
+        while pool.outstanding and time.monotonic() < deadline:
+            events += pool.events(timeout=0.05)
+    assert [(e.task_id, e.payload.reason) for e in events if isinstance(e.payload, WorkerFailure)] == [
+        (task_id, "worker_crash")]
