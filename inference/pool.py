@@ -198,7 +198,7 @@ class WorkerPool:
         for worker in self._workers:
             if worker.ready and worker.task_id is None and self._queue:
                 worker.task_id, task = self._queue.pop(0)
-                worker.started = None
+                worker.started = time.monotonic()  # the timeout runs from here, even if "started" never came
                 try:
                     worker.connection.send((worker.task_id, task))
                 except OSError:
