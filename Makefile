@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[train,dev]'
+	$(PIP) install -e '.[train,dev,ray]'
 	touch $@
 
 demo: setup
