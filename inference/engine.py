@@ -48,6 +48,14 @@ GPU_BATCH_ROWS = 32
 QUIET_SECONDS = 0.5  # workers silent this long: score what is held rather than wait for a full batch
 
 
+def upload_name(name: str | None) -> str:
+    """An upload's name as a spool file name: a plain file name with its suffix, which says what the content
+    must be (every check of open_audio applies to uploads too)."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise InputError(f"an uploaded recording needs a plain file name with its suffix, got {name!r}")
+    return name
+
+
 class ScoringError(LeakhunterError, RuntimeError):
     """The model failed on a batch: the job stops (the files are not to blame), and --resume continues it."""
 
@@ -261,17 +269,23 @@ class ScoringEngine:
         of open_audio applies (the name's suffix says what the content must be); the row says `name`."""
         if isinstance(source, (str, Path)):
             return next(iter(self.score([source])))
-        if not name or Path(name).name != name:
-            raise InputError(f"an uploaded recording needs a plain file name with its suffix, got {name!r}")
         with tempfile.TemporaryDirectory(prefix="leakhunter-upload-") as folder:
-            spooled = Path(folder) / name
+            spooled = Path(folder) / upload_name(name)
             with open(spooled, "wb") as handle:
                 shutil.copyfileobj(source, handle, 1 << 20)
-            result = next(iter(self.score([spooled])))
-        result.row["file"] = name
-        if result.timeline is not None:
-            result.timeline["file"] = name
-        return result
+            return next(self.score_uploads({spooled: name}))[1]
+
+    def score_uploads(self, uploads: dict[Path, str]) -> Iterator[tuple[Path, FileResult]]:
+        """(spooled path, result) for recordings already spooled to disk, scored together (a service's concurrent
+        uploads share batches); each row, message and timeline names the upload, and `mtime` (the spool file's) is
+        left empty: it says nothing about the recording."""
+        for result in self.score(uploads):
+            spooled = Path(result.row["file"])
+            message = str(result.row.get("message") or "").replace(str(spooled), uploads[spooled])  # no spool paths
+            result.row.update(file=uploads[spooled], mtime="", message=message)
+            if result.timeline is not None:
+                result.timeline["file"] = uploads[spooled]
+            yield spooled, result
 
     # ---- batches: one scoring in the thread, one filling here ------------------------------------------
     def _add(self, state: _FileState, piece: Piece) -> None:

@@ -85,6 +85,31 @@ def csv_row_line(row: dict, columns: tuple[str, ...]) -> str:
     return csv_line([escape_formula(cell) if k in TEXT_COLUMNS else cell for k, cell in zip(columns, cells)])
 
 
+def json_record(row: dict, columns: tuple[str, ...]) -> dict:
+    """A row as a JSON object: every column, in order (None where the row has no value, NaN included); a row
+    read back from a CSV table gets its numbers, booleans and empty cells (None) back."""
+    return {k: _json_value(k, row.get(k)) for k in columns}
+
+
+def _json_value(column: str, value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if not isinstance(value, str) or column in ("message", "mtime"):  # text even when empty or numeric-looking
+        return value
+    if value == "":
+        return None
+    if column in TEXT_COLUMNS:
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 class RowWriter:
     """Appends rows to a .csv or .jsonl file; each row is one write of one whole line, then flushed."""
 
@@ -105,9 +130,7 @@ class RowWriter:
 
     def write(self, row: dict) -> None:
         if self.jsonl:
-            record = {k: row.get(k) for k in self.columns}
-            record = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
-            self._write_line(json.dumps(record) + "\n")
+            self._write_line(json.dumps(json_record(row, self.columns)) + "\n")
         else:
             self._write_line(csv_row_line(row, self.columns))
 

@@ -123,6 +123,10 @@ class WorkerPool:
         """Tasks submitted and not yet done (queued or running)."""
         return len(self._tasks)
 
+    def alive(self) -> int:
+        """Worker processes running now (a service's readiness probe asks from another thread: read-only)."""
+        return sum(worker.process.is_alive() for worker in list(self._workers))
+
     def submit(self, task) -> int:
         task_id, self._next_id = self._next_id, self._next_id + 1
         self._queue.append((task_id, task))

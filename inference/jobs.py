@@ -1,0 +1,266 @@
+"""Folder jobs of `leak serve`: `leak predict` on folders under the server's data root, run by the one batch
+runner (inference.predict.score_batch), with the rows, resume and bad-file handling of the CLI.
+
+A job is a JSON file in the jobs folder, rewritten on every change of state, so a server that restarts finds
+its queued and running jobs and resumes them from their output tables. Jobs run one at a time; each takes
+turns with the uploads for the engine, a chunk of files per turn, so an upload never waits for a whole job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from leakhunter.errors import LeakhunterError
+from leakhunter.files import write_atomic
+from leakhunter.inference.engine import ScoringEngine
+from leakhunter.inference.outputs import json_record, read_table
+from leakhunter.inference.predict import find_inputs, score_batch
+
+ACTIVE_STATES = ("queued", "running")
+OUTPUT_SUFFIXES = (".csv", ".jsonl")
+CHUNK_FILES = 64  # files per turn: an upload waits at most for this many files of a job
+CHUNK_BYTES = 64 << 20  # ... or this much audio (long recordings)
+
+log = logging.getLogger("leakhunter.serve")
+
+
+class JobError(LeakhunterError, ValueError):
+    """A job request the server refuses; `status` is the HTTP status that says why."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class JobCancelled(Exception):
+    """Raised between two rows of a job whose cancel was asked for: its table stays resumable."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Turns:
+    """The engine scores one set of files at a time: uploads and job chunks take turns in the order they asked."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._waiting: deque[object] = deque()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        me = object()
+        with self._changed:
+            self._waiting.append(me)
+            self._changed.wait_for(lambda: self._waiting[0] is me)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._waiting.popleft()
+                self._changed.notify_all()
+
+
+class _JobEngine:
+    """score_batch's view of the service's engine for one job: chunks of files, each scored in its own turn."""
+
+    def __init__(self, engine: ScoringEngine, turns: Turns):
+        self._engine, self._turns = engine, turns
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def score(self, paths: list[Path], png_for: dict | None = None):
+        for chunk in _chunks(paths):
+            with self._turns.turn():
+                yield from self._engine.score(chunk, png_for)
+
+
+def _chunks(paths: list[Path]) -> Iterator[list[Path]]:
+    chunk, size = [], 0
+    for path in paths:
+        try:
+            size += path.stat().st_size
+        except OSError:
+            pass  # a missing file still gets its row from the engine
+        chunk.append(path)
+        if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class Job:
+    """What was asked (inputs, out: relative to the data root) and where it stands."""
+
+    id: str
+    seq: int  # submission order: jobs run oldest first, also after a restart
+    inputs: list[str]
+    out: str
+    retry_failed: bool = True
+    state: str = "queued"
+    created: str = field(default_factory=_now)
+    started: str | None = None
+    finished: str | None = None
+    error: str | None = None
+    total: int | None = None  # files found
+    skipped: int = 0  # already in the table (resumed)
+    scored: int = 0  # scored in this run
+    statuses: dict = field(default_factory=dict)
+    verdicts: dict = field(default_factory=dict)
+    audio_s: float = 0.0
+    exit_code: int | None = None  # as `leak predict`'s: 0 all scored, 3 some files failed, 2 none could be
+    cancel_asked: bool = field(default=False, repr=False)
+
+    def public(self) -> dict:
+        data = asdict(self)
+        data.pop("cancel_asked")
+        data["done"] = self.skipped + self.scored
+        return data
+
+
+class JobStore:
+    """The jobs of one server: validated against the data root, persisted in `folder`, run by run_jobs()."""
+
+    def __init__(self, data_root: Path | None, folder: Path | None, max_jobs: int):
+        self.data_root = data_root.resolve() if data_root is not None else None
+        self.folder, self.max_jobs = folder, max_jobs
+        self._lock = threading.Condition()
+        self.jobs: dict[str, Job] = {}
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for saved in sorted(self.folder.glob("*.json")):
+                try:
+                    job = Job(**{k: v for k, v in json.loads(saved.read_text()).items() if k != "done"})
+                except (ValueError, TypeError) as error:
+                    log.error("%s: not a job file, left alone (%s)", saved, error)
+                    continue
+                if job.state == "running":  # the server stopped under it: it resumes from its table
+                    job.state = "queued"
+                self.jobs[job.id] = job
+        self._stopping = False
+
+    def under_root(self, relative: str) -> Path:
+        """A path of a request, inside the data root (after `..` and symlinks), or a 403."""
+        if self.data_root is None:
+            raise JobError("folder jobs are off: start the server with --data-root", 403)
+        resolved = (self.data_root / relative).resolve()
+        if not resolved.is_relative_to(self.data_root):
+            raise JobError(f"{relative}: outside the data root", 403)
+        return resolved
+
+    def submit(self, inputs: list[str], out: str, retry_failed: bool) -> Job:
+        for item in [*inputs, out]:
+            self.under_root(item)
+        if not inputs:
+            raise JobError("a job needs at least one input (files, folders or glob patterns under the data root)", 422)
+        if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
+            raise JobError(f"out: {out} must end in {' or '.join(OUTPUT_SUFFIXES)}", 422)
+        out_path = self.under_root(out)
+        with self._lock:
+            active = [job for job in self.jobs.values() if job.state in ACTIVE_STATES]
+            if any(self.under_root(job.out) == out_path for job in active):
+                raise JobError(f"out: another job is writing {out}; wait for it or cancel it", 409)
+            if len(active) >= self.max_jobs:
+                raise JobError(f"{len(active)} jobs are queued or running (--max-jobs {self.max_jobs})", 503)
+            seq = max((job.seq for job in self.jobs.values()), default=0) + 1
+            job = Job(id=uuid.uuid4().hex[:12], seq=seq, inputs=list(inputs), out=out, retry_failed=retry_failed)
+            self.jobs[job.id] = job
+            self._save(job)
+            self._lock.notify_all()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise JobError(f"no job {job_id}", 404)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is cancelled at once, a running one between two rows; its table stays resumable (post
+        the job again to continue it)."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.state == "queued":
+                job.state, job.finished = "cancelled", _now()
+                self._save(job)
+            elif job.state == "running":
+                job.cancel_asked = True
+        return job
+
+    def rows(self, job_id: str, columns: tuple[str, ...], offset: int, limit: int) -> dict:
+        """The rows in the job's table so far, as JSON records (CSV cells are text, as stored)."""
+        _, lines, _ = read_table(self.under_root(self.get(job_id).out), columns)
+        return {"total": len(lines), "offset": offset,
+                "rows": [json_record(row, columns) for row, _ in lines[offset: offset + limit]]}
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for job in self.jobs.values():
+                job.cancel_asked = job.cancel_asked or job.state == "running"
+            self._lock.notify_all()
+
+    def run_jobs(self, engine: ScoringEngine, turns: Turns, params: dict) -> None:
+        """The job thread: one job at a time, oldest first, until stop(). `params` go to each table's
+        params.json (the served model and settings)."""
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._stopping or self._next() is not None)
+                if self._stopping:
+                    return
+                job = self._next()
+                job.state, job.started, job.cancel_asked = "running", _now(), False
+                self._save(job)
+            self._run(job, engine, turns, params)
+
+    def _next(self) -> Job | None:
+        queued = [job for job in self.jobs.values() if job.state == "queued"]
+        return min(queued, key=lambda job: job.seq) if queued else None
+
+    def _run(self, job: Job, engine: ScoringEngine, turns: Turns, params: dict) -> None:
+        def progress(row: dict, done: int, total: int) -> None:
+            job.scored = done
+            job.statuses[row["status"]] = job.statuses.get(row["status"], 0) + 1
+            if row["status"] == "ok":
+                job.verdicts[row["verdict"]] = job.verdicts.get(row["verdict"], 0) + 1
+                job.audio_s += float(row["duration_s"])
+            if job.cancel_asked:
+                raise JobCancelled
+
+        job.scored, job.statuses, job.verdicts, job.audio_s, job.error = 0, {}, {}, 0.0, None
+        try:
+            paths = find_inputs([self.under_root(item) for item in job.inputs])
+            outside = [path for path in paths if not path.is_relative_to(self.data_root)]
+            if outside:
+                raise JobError(f"{outside[0]}: outside the data root (a symlink?)", 403)
+            job.total = len(paths)
+            summary = score_batch(paths, _JobEngine(engine, turns), out=self.under_root(job.out), resume=True,
+                                  retry_failed=job.retry_failed, on_row=progress,
+                                  params={**params, "job": job.id, "inputs": job.inputs})
+            job.skipped, job.exit_code, job.state = summary.skipped, summary.exit_code, "done"
+        except JobCancelled:  # asked for, or the server is stopping: then the next start resumes it
+            job.state = "queued" if self._stopping else "cancelled"
+        except LeakhunterError as error:
+            job.state, job.error = "failed", str(error)
+        except Exception as error:  # noqa: BLE001 - a job's failure is that job's state; the server goes on
+            log.exception("job %s failed", job.id)
+            job.state, job.error = "failed", f"{type(error).__name__}: {error}"
+        with self._lock:
+            job.finished = _now()
+            self._save(job)
+
+    def _save(self, job: Job) -> None:
+        if self.folder is not None:
+            write_atomic(self.folder / f"{job.id}.json", json.dumps(job.public(), indent=2))

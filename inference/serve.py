@@ -1,0 +1,375 @@
+"""`leak serve`: batch scoring over HTTP around the one scoring engine (inference.engine.ScoringEngine).
+
+Uploads (POST /v1/score) are spooled to disk, never held in memory, and scored together with whatever other
+uploads are waiting, so concurrent clients share the engine's batches; folder jobs (inference.jobs) run through
+`leak predict`'s batch runner. Either way the rows are predict's rows. Every limit answers before any work is
+taken on: 413 (too big, by Content-Length before the body is read, or while a chunked body streams in), 415 (not
+a recording), 503 with Retry-After (queue full, or not ready yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import threading
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from fastapi import FastAPI, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+import leakhunter
+from leakhunter.devices import parse_device
+from leakhunter.errors import InputError, LeakhunterError
+from leakhunter.inference.engine import ScoringEngine, upload_name
+from leakhunter.inference.jobs import JobError, JobStore, Turns
+from leakhunter.inference.outputs import json_record
+from leakhunter.inference.scorer import RecordingDecoder
+from leakhunter.sources import AUDIO_SUFFIXES
+
+log = logging.getLogger("leakhunter.serve")
+
+# What an upload's Content-Type says it is; application/octet-stream leaves it to the `name`'s suffix.
+MEDIA_SUFFIXES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/vnd.wave": ".wav",
+                  "audio/flac": ".flac", "audio/x-flac": ".flac", "audio/ogg": ".ogg", "application/ogg": ".ogg",
+                  "audio/mpeg": ".mp3", "audio/mp3": ".mp3"}
+UPLOADS_PER_TURN = 64  # uploads scored together in one engine call
+RETRY_AFTER_S = 2
+
+
+@dataclass
+class ServeSettings:
+    model: Path
+    device: str = "auto"
+    workers: int = 2
+    file_timeout: float = 600.0
+    threshold: float | None = None
+    vote_fraction: float | None = None
+    channel: str | None = None
+    batch_rows: int | None = None
+    data_root: Path | None = None
+    jobs_dir: Path | None = None  # default: <data_root>/.leakhunter-jobs
+    max_upload_mb: float = 200.0
+    max_queue: int = 32  # uploads admitted at once (being received, waiting or being scored)
+    max_jobs: int = 16  # folder jobs queued or running
+    request_timeout: float = 300.0  # seconds an upload may wait for its row
+    decoder_class: type[RecordingDecoder] = RecordingDecoder  # as predict(): importable by the worker processes
+
+    def __post_init__(self):
+        parse_device(self.device)
+        for name in ("workers", "max_queue", "max_jobs"):
+            if getattr(self, name) < (0 if name == "workers" else 1):
+                raise InputError(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}")
+        if self.max_upload_mb <= 0 or self.request_timeout <= 0:
+            raise InputError("--max-upload-mb and --request-timeout must be > 0")
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise InputError(f"--data-root {self.data_root}: not a folder")
+        if self.jobs_dir is not None and self.data_root is None:
+            raise InputError("--jobs-dir needs --data-root: jobs read and write under the data root only")
+        if self.data_root is not None and self.jobs_dir is None:
+            self.jobs_dir = Path(self.data_root) / ".leakhunter-jobs"
+
+
+@dataclass
+class _Upload:
+    path: Path  # the spool file, alone in its own folder
+    name: str
+    future: Future
+
+
+class Service:
+    """The engine, the uploads waiting for it, the folder jobs, and whether all of it is ready."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.engine: ScoringEngine | None = None
+        self.not_ready = "loading the model"  # None once ready
+        self.fatal: Exception | None = None
+        self.turns = Turns()
+        self.jobs = JobStore(settings.data_root, settings.jobs_dir, settings.max_jobs)
+        self.spool = Path(tempfile.mkdtemp(prefix="leakhunter-serve-"))
+        self._admitted = 0
+        self._pending: list[_Upload] = []
+        self._changed = threading.Condition()
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+
+    # ---- life --------------------------------------------------------------------------------------------
+    def start(self, on_fatal=None) -> None:
+        """Load and warm up in the background (healthz answers meanwhile; readyz says 503 until it is done)."""
+        def load() -> None:
+            try:
+                self._load()
+            except Exception as error:  # noqa: BLE001 - the server stops with this error (cli maps it)
+                log.error("cannot serve %s: %s", self.settings.model, error)
+                self.fatal, self.not_ready = error, f"failed to load: {error}"
+                if on_fatal is not None:
+                    on_fatal()
+
+        self._thread(load, "leakhunter-load")
+
+    def _load(self) -> None:
+        settings = self.settings
+        self.engine = ScoringEngine(settings.model, settings.device, workers=settings.workers,
+                                    file_timeout=settings.file_timeout, threshold=settings.threshold,
+                                    vote_fraction=settings.vote_fraction, channel=settings.channel,
+                                    batch_rows=settings.batch_rows, decoder_class=settings.decoder_class)
+        self.not_ready = "warming up"
+        warm = self._warm_up()
+        if warm["status"] != "ok":
+            raise RuntimeError(f"the warm-up recording was not scored: {warm['status']} {warm['message']}")
+        self._thread(self._score_uploads, "leakhunter-uploads")
+        params = {"model": str(settings.model), "device": settings.device, "workers": settings.workers,
+                  "file_timeout": settings.file_timeout, "served": True}
+        self._thread(lambda: self.jobs.run_jobs(self.engine, self.turns, params), "leakhunter-jobs")
+        self.not_ready = None
+        log.info("ready: %s on %s (%s), %d decoding worker(s)", settings.model, self.engine.runner.device,
+                 self.engine.runner.backend, settings.workers)
+
+    def _warm_up(self) -> dict:
+        """Score a few seconds of quiet noise through the whole path (workers, model on its device)."""
+        card = self.engine.card
+        rate = card.frontend.sample_rate
+        seconds = 2 * card.segmentation.long_samples / rate
+        noise = 0.01 * np.random.default_rng(0).standard_normal(int(seconds * rate)).astype(np.float32)
+        path = self.spool / "warm-up.wav"
+        soundfile.write(path, noise, rate)
+        try:
+            with self.turns.turn():
+                return next(self.engine.score_uploads({path: path.name}))[1].row
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _thread(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def close(self) -> None:
+        """Stop taking work; a running job stops between two rows and is queued again for the next start."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self.jobs.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self.engine is not None:
+            self.engine.close()
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+    def readiness(self) -> str | None:
+        """None when ready; else why not (the body of readyz's 503)."""
+        if self.not_ready is not None:
+            return self.not_ready
+        requested, runner = parse_device(self.settings.device), self.engine.runner
+        if requested.kind == "cuda" and not runner.device.startswith("cuda"):
+            return f"{self.settings.device} was asked for, but scoring runs on {runner.device}"
+        pool = self.engine.pool
+        if pool is not None and pool.alive() < pool.size:
+            return f"{pool.alive()} of {pool.size} decoding workers alive"
+        return None
+
+    # ---- uploads -----------------------------------------------------------------------------------------
+    def admit(self) -> bool:
+        with self._changed:
+            if self._admitted >= self.settings.max_queue:
+                return False
+            self._admitted += 1
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self._admitted -= 1
+
+    def submit(self, path: Path, name: str) -> Future:
+        upload = _Upload(path, name, Future())
+        with self._changed:
+            self._pending.append(upload)
+            self._changed.notify_all()
+        return upload.future
+
+    def _score_uploads(self) -> None:
+        """The uploads thread: whatever uploads wait are scored together, in one turn of the engine."""
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._closing or self._pending)
+                if self._closing:
+                    return
+                taken, self._pending = self._pending[:UPLOADS_PER_TURN], self._pending[UPLOADS_PER_TURN:]
+            live = {upload.path: upload for upload in taken if upload.future.set_running_or_notify_cancel()}
+            if not live:
+                continue
+            try:
+                with self.turns.turn():
+                    for spooled, result in self.engine.score_uploads({p: u.name for p, u in live.items()}):
+                        live[spooled].future.set_result(result.row)
+            except Exception as error:  # noqa: BLE001 - the model failed: these uploads get a 500 saying why
+                log.error("scoring uploads failed: %s", error)
+                for upload in live.values():
+                    if not upload.future.done():
+                        upload.future.set_exception(error)
+
+
+class JobRequest(BaseModel):
+    """POST /v1/jobs: paths relative to the server's data root (files, folders, glob patterns, manifest CSVs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[str] = Field(min_length=1)
+    out: str
+    retry_failed: bool = True
+
+
+def _unavailable(reason: str) -> HTTPException:
+    return HTTPException(503, reason, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def upload_suffix(content_type: str | None, name: str | None) -> str:
+    """The suffix an upload is spooled with, from its Content-Type and `name`; a 415 when neither says audio
+    leakhunter reads, or when the two disagree."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    name_suffix = Path(name).suffix.lower() if name else ""
+    if name_suffix and name_suffix not in AUDIO_SUFFIXES:
+        raise HTTPException(415, f"name {name!r}: not one of {', '.join(AUDIO_SUFFIXES)}")
+    if media == "application/octet-stream" and name_suffix:
+        return name_suffix
+    if media not in MEDIA_SUFFIXES:
+        raise HTTPException(415, f"Content-Type {media or '(none)'!r} is not audio leakhunter reads: send one of "
+                                 f"{', '.join(sorted(set(MEDIA_SUFFIXES)))}, or application/octet-stream with "
+                                 f"?name=<file name with its suffix>")
+    if name_suffix and name_suffix != MEDIA_SUFFIXES[media]:
+        raise HTTPException(415, f"Content-Type {media} does not match the name {name!r}")
+    return MEDIA_SUFFIXES[media]
+
+
+def create_app(service: Service, on_fatal=None) -> FastAPI:
+    settings = service.settings
+    max_bytes = int(settings.max_upload_mb * (1 << 20))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start(on_fatal)
+        yield
+        await asyncio.to_thread(service.close)
+
+    app = FastAPI(title="leakhunter", version=leakhunter.__version__, lifespan=lifespan,
+                  description="Batch scoring of pipe recordings: the rows of `leak predict`, over HTTP.")
+
+    def require_ready() -> None:
+        reason = service.readiness()
+        if reason is not None:
+            raise _unavailable(f"not ready: {reason}")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        reason = service.readiness()
+        if reason is not None:
+            raise HTTPException(503, f"not ready: {reason}")
+        runner = service.engine.runner
+        return {"ready": True, "device": runner.device, "backend": runner.backend, "workers": settings.workers}
+
+    @app.get("/v1/model")
+    def model() -> dict:
+        require_ready()
+        engine = service.engine
+        return {"path": str(settings.model), "sha256": engine.runner.sha256, "backend": engine.runner.backend,
+                "device": engine.runner.device, "threshold": engine.scorer.threshold,
+                "vote_fraction": engine.scorer.vote_fraction, "channel": engine.scorer.channel,
+                "columns": list(engine.scorer.columns), "card": engine.card.to_dict()}
+
+    @app.post("/v1/score")
+    async def score(request: Request, name: str | None = Query(None, description="the recording's file name")):
+        require_ready()
+        suffix = upload_suffix(request.headers.get("content-type"), name)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise HTTPException(413, f"upload of {int(declared)} bytes is over --max-upload-mb "
+                                     f"{settings.max_upload_mb:g}")
+        if not service.admit():
+            raise _unavailable(f"{settings.max_queue} uploads are being scored (--max-queue); retry later")
+        folder = Path(tempfile.mkdtemp(dir=service.spool))
+        try:
+            name = upload_name(name or f"upload{suffix}")
+            size = 0
+            with open(folder / name, "wb") as handle:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise HTTPException(413, f"upload is over --max-upload-mb {settings.max_upload_mb:g}")
+                    handle.write(chunk)
+            future = service.submit(folder / name, name)
+            try:
+                row = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout)
+            except TimeoutError:
+                raise HTTPException(504, f"{name}: no row within --request-timeout "
+                                         f"{settings.request_timeout:g} s") from None
+            except LeakhunterError as error:
+                raise HTTPException(500, f"{name}: {error}") from error
+            return json_record(row, service.engine.scorer.columns)
+        except InputError as error:
+            raise HTTPException(422, str(error)) from error
+        finally:
+            service.release()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def job_call(call, *args):
+        try:
+            return call(*args)
+        except JobError as error:
+            raise HTTPException(error.status, str(error)) from error
+
+    @app.post("/v1/jobs", status_code=202)
+    def submit_job(request: JobRequest) -> dict:
+        require_ready()
+        return job_call(service.jobs.submit, request.inputs, request.out, request.retry_failed).public()
+
+    @app.get("/v1/jobs")
+    def list_jobs() -> dict:
+        return {"jobs": [job.public() for job in sorted(service.jobs.jobs.values(), key=lambda job: job.seq)]}
+
+    @app.get("/v1/jobs/{job_id}")
+    def get_job(job_id: str) -> dict:
+        return job_call(service.jobs.get, job_id).public()
+
+    @app.get("/v1/jobs/{job_id}/rows")
+    def job_rows(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000)) -> dict:
+        require_ready()
+        return job_call(service.jobs.rows, job_id, service.engine.scorer.columns, offset, limit)
+
+    @app.delete("/v1/jobs/{job_id}", status_code=202)
+    def cancel_job(job_id: str) -> dict:
+        return job_call(service.jobs.cancel, job_id).public()
+
+    return app
+
+
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run the service until interrupted; a model that cannot be loaded stops it with that error."""
+    import uvicorn
+
+    if not Path(settings.model).is_file():
+        raise InputError(f"{settings.model}: no such model file")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(log_level.upper())
+    service = Service(settings)
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        server.should_exit = True
+
+    server = uvicorn.Server(uvicorn.Config(create_app(service, on_fatal=stop), host=host, port=port,
+                                           log_level=log_level, timeout_graceful_shutdown=10))
+    server.run()
+    if service.fatal is not None:
+        raise service.fatal

@@ -1,0 +1,329 @@
+"""`leak serve` on 127.0.0.1: the rows of `leak predict` over HTTP, the limits (413, 415, 503 + Retry-After),
+folder jobs under the data root (403 outside), resume after a SIGKILL, and readiness. Every loop is bounded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+from test_predict import broken_files, write_recording
+from test_predict_runs import FaultyDecoder
+
+from leakhunter.inference.predict import predict
+from leakhunter.inference.serve import ServeSettings, Service, create_app
+from leakhunter.synth import synth_recording
+
+PATH_FIELDS = ("file", "mtime")  # where an upload and a file on disk differ by nature
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(url: str, seconds: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=2)
+            if response.status_code == 200:
+                return response
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} not ready within {seconds} s")
+
+
+@contextmanager
+def running(**settings):
+    """A server in a thread of this process (what `leak serve` runs), ready; yields its URL and Service."""
+    import uvicorn
+
+    service = Service(ServeSettings(**settings))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        yield url, service
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def leak_serve(*arguments) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "leakhunter.cli", "serve", *map(str, arguments)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def upload(url: str, path: Path, name: str | None = None, media: str = "audio/wav", **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v1/score", params={"name": name or path.name}, content=path.read_bytes(),
+                      headers={"Content-Type": media}, timeout=60, **kwargs)
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def wait_job(url: str, job_id: str, states=("done", "failed", "cancelled"), seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5).json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not {states} within {seconds} s: {job}")
+
+
+@pytest.fixture(scope="module")
+def model(binary_export):
+    return Path(binary_export[1].output)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    """A data root: 12 good recordings of 4-6 s and the 20 broken ones `leak predict` is tested with."""
+    root = tmp_path_factory.mktemp("root")
+    (root / "night").mkdir()
+    for i in range(12):
+        write_recording(root / "night" / f"S{i:03d}~R{i:05d}.wav", ["LEAK", "NORMAL", "QUIET"][i % 3],
+                        seconds=4 + i % 3, seed=i)
+    expected = broken_files(root / "night" / "broken")
+    return root, expected
+
+
+@pytest.fixture(scope="module")
+def reference(night, model, tmp_path_factory):
+    """`leak predict --workers 0` on the data root's files: the table the server must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "scores.csv"
+    predict([night[0] / "night"], model, out=out, workers=0)
+    return {Path(row["file"]).name: row for row in csv_rows(out)}
+
+
+@pytest.fixture(scope="module")
+def server(model, night):
+    with running(model=model, workers=2, data_root=night[0], max_upload_mb=1.0, max_queue=4) as (url, service):
+        yield url, service
+
+
+def as_csv_cells(record: dict) -> dict:
+    """A JSON row as `leak predict` writes it to CSV, to compare the two cell by cell."""
+    from leakhunter.inference.outputs import _cell
+
+    return {key: _cell(value) for key, value in record.items()}
+
+
+def test_served_rows_are_predicts_rows_for_good_and_every_kind_of_bad_file(server, night, reference):
+    url, _ = server
+    files = sorted((night[0] / "night").rglob("*.wav"))
+    with ThreadPoolExecutor(4) as clients:  # concurrent uploads share the engine's batches
+        responses = list(clients.map(lambda path: upload(url, path), files))
+    assert [r.status_code for r in responses] == [200] * len(files)  # a bad recording is a row, not an error
+    for path, response in zip(files, responses):
+        served, expected = as_csv_cells(response.json()), dict(reference[path.name])
+        expected["message"] = expected["message"].replace(str(path), path.name)  # a message names the upload
+        assert served["file"] == path.name and served["mtime"] == ""
+        assert {k: v for k, v in served.items() if k not in PATH_FIELDS} == \
+               {k: v for k, v in expected.items() if k not in PATH_FIELDS}, path.name
+    statuses = {path.name: r.json()["status"] for path, r in zip(files, responses)}
+    assert {name: statuses[name] for name in night[1]} == night[1]
+
+
+def test_media_type_and_name_must_say_audio(server, night):
+    url, _ = server
+    recording = next((night[0] / "night").glob("S000*.wav"))
+    assert upload(url, recording, media="text/plain").status_code == 415
+    assert upload(url, recording, media="audio/flac").status_code == 415  # the name says .wav
+    assert upload(url, recording, name="notes.txt", media="application/octet-stream").status_code == 415
+    octet = upload(url, recording, name="r.wav", media="application/octet-stream")
+    assert octet.status_code == 200 and octet.json()["status"] == "ok"
+    assert upload(url, recording, name="../r.wav").status_code == 422
+
+
+def test_an_upload_over_the_limit_gets_413_declared_or_chunked(server, night):
+    url, _ = server
+    big = night[0] / "big.wav"
+    soundfile.write(big, np.zeros(800_000, np.float32), 8000, subtype="PCM_16")  # 1.6 MB > 1 MB
+    declared = upload(url, big)
+    assert declared.status_code == 413 and "max-upload-mb" in declared.json()["detail"]
+    data = big.read_bytes()
+
+    def chunks():
+        for start in range(0, len(data), 64 << 10):
+            yield data[start: start + 64 << 10]
+
+    chunked = httpx.post(f"{url}/v1/score", params={"name": "big.wav"}, content=chunks(),
+                         headers={"Content-Type": "audio/wav"}, timeout=60)
+    assert chunked.status_code == 413
+    assert httpx.get(f"{url}/readyz").status_code == 200  # and the server goes on
+
+
+def test_a_burst_of_four_times_capacity_gets_only_200s_and_503s_with_retry_after(server, night):
+    url, service = server
+    recording = next((night[0] / "night").glob("S001*.wav"))
+    rss_before = _rss_peak_kb()
+    with ThreadPoolExecutor(16) as clients:
+        responses = list(clients.map(lambda _: upload(url, recording), range(64)))  # max_queue 4, 16 at a time
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 4 and 503 in codes
+    assert all(r.headers.get("Retry-After") for r in responses if r.status_code == 503)
+    assert all(r.json()["status"] == "ok" for r in responses if r.status_code == 200)
+    assert service._admitted == 0 and not service._pending  # nothing left behind
+    assert _rss_peak_kb() - rss_before < 100_000  # uploads are spooled to disk, the queue is bounded
+
+
+def _rss_peak_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_folder_job_writes_predicts_table_and_its_rows_are_served(server, night, reference):
+    url, _ = server
+    submitted = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "out/night.csv"}, timeout=10)
+    assert submitted.status_code == 202, submitted.text
+    job = wait_job(url, submitted.json()["id"])
+    assert job["state"] == "done" and job["total"] == 32 and job["done"] == 32 and job["exit_code"] == 3
+    assert job["statuses"]["ok"] == 12 and sum(job["statuses"].values()) == 32
+    table = {Path(row["file"]).name: row for row in csv_rows(night[0] / "out" / "night.csv")}
+    assert {k: {c: v for c, v in row.items() if c != "file"} for k, row in table.items()} == \
+           {k: {c: v for c, v in row.items() if c != "file"} for k, row in reference.items()}
+    rows = httpx.get(f"{url}/v1/jobs/{job['id']}/rows", params={"offset": 30, "limit": 5}).json()
+    assert rows["total"] == 32 and len(rows["rows"]) == 2 and rows["offset"] == 30
+    first = httpx.get(f"{url}/v1/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"][0]
+    assert isinstance(first["size_bytes"], int) and (first["verdict"] is None) == (first["status"] != "ok")
+    again = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "out/night.csv"}, timeout=10).json()
+    assert wait_job(url, again["id"])["skipped"] == 32  # posting it again resumes: nothing left to score
+
+
+def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
+    url, _ = server
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (night[0] / "escape").symlink_to(outside, target_is_directory=True)
+    for body in ({"inputs": ["../"], "out": "x.csv"}, {"inputs": ["/etc"], "out": "x.csv"},
+                 {"inputs": ["night/"], "out": "../x.csv"}, {"inputs": ["escape/"], "out": "x.csv"}):
+        response = httpx.post(f"{url}/v1/jobs", json=body, timeout=10)
+        assert response.status_code == 403, (body, response.text)
+    assert httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "x.txt"}).status_code == 422
+    assert httpx.post(f"{url}/v1/jobs", json={"inputs": [], "out": "x.csv"}).status_code == 422
+    assert httpx.post(f"{url}/v1/jobs", json={"inputs": ["a"], "out": "x.csv", "extra": 1}).status_code == 422
+    assert httpx.get(f"{url}/v1/jobs/nope").status_code == 404
+
+
+def test_without_a_data_root_folder_jobs_are_off(model):
+    with running(model=model, workers=0) as (url, _):
+        response = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "x.csv"})
+        assert response.status_code == 403 and "--data-root" in response.json()["detail"]
+        model_info = httpx.get(f"{url}/v1/model").json()
+        assert model_info["card"]["mode"] == "binary" and model_info["columns"][0] == "file"
+
+
+def test_a_crashing_or_hanging_upload_costs_its_own_row(model, night):
+    root = night[0]
+    hang = write_recording(root / "hang.wav", "LEAK", seed=3)
+    hang.with_suffix(".hang").touch()  # FaultyDecoder hangs on files with this marker beside them
+    crash = write_recording(root / "crash.wav", "LEAK", seed=4)
+    good = next((root / "night").glob("S002*.wav"))
+    with running(model=model, workers=2, file_timeout=3.0, decoder_class=FaultyDecoder) as (url, _):
+        with ThreadPoolExecutor(2) as clients:  # an upload named crash* kills its worker
+            responses = list(clients.map(lambda path: upload(url, path), [good, crash]))
+        assert [r.json()["status"] for r in responses] == ["ok", "worker_crash"]
+        assert upload(url, good).json()["status"] == "ok"  # the engine goes on
+    with running(model=model, workers=2, file_timeout=3.0, decoder_class=FaultyDecoder, data_root=root) as (url, _):
+        job = httpx.post(f"{url}/v1/jobs", json={"inputs": ["hang.wav", "crash.wav", str(good.relative_to(root))],
+                                                 "out": "faults.csv"}).json()
+        done = wait_job(url, job["id"])
+        assert done["statuses"] == {"timeout": 1, "worker_crash": 1, "ok": 1}
+
+
+def test_a_killed_server_resumes_its_job_to_the_uninterrupted_table(model, night, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(night[0] / "night", root / "night")
+    for i in range(30):  # enough work to kill the server in the middle of it
+        write_recording(root / "night" / f"long{i:02d}.wav", "LEAK", seconds=30, seed=100 + i)
+    expected = tmp_path / "expected.csv"
+    predict([root / "night"], model, out=expected, workers=0)
+    port = free_port()
+    arguments = ["--model", model, "--port", port, "--data-root", root, "--workers", 1, "--batch-rows", 1,
+                 "--log-level", "warning"]
+    process = leak_serve(*arguments)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        job = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "scores.csv"}).json()
+        out, deadline = root / "scores.csv", time.monotonic() + 60
+        while (not out.exists() or len(out.read_bytes().splitlines()) < 4) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    written = len(out.read_bytes().splitlines()) - 1
+    assert 0 < written < 62, written  # it died mid-job
+    saved = json.loads((root / ".leakhunter-jobs" / f"{job['id']}.json").read_text())
+    assert saved["state"] == "running"
+    process = leak_serve(*arguments)
+    try:
+        wait_ready(url)
+        resumed = wait_job(url, job["id"])
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert resumed["state"] == "done" and resumed["skipped"] == written and resumed["done"] == 62
+    key = lambda row: row["file"]  # noqa: E731
+    assert sorted(csv_rows(out), key=key) == sorted(csv_rows(expected), key=key)
+
+
+def test_readiness_says_why_not(model, night):
+    with running(model=model, workers=2) as (url, service):
+        assert httpx.get(f"{url}/readyz").json() == {"ready": True, "device": "cpu", "backend": "onnxruntime",
+                                                     "workers": 2}
+        service.settings.device = "cuda"  # as if CUDA had been asked for and the backend had fallen back to CPU
+        response = httpx.get(f"{url}/readyz")
+        assert response.status_code == 503 and "cuda was asked for, but scoring runs on cpu" in response.text
+        assert upload(url, next((night[0] / "night").glob("S000*.wav"))).status_code == 503
+        service.settings.device = "auto"
+        os.kill(service.engine.pool._workers[0].process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/readyz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "1 of 2 decoding workers alive" in httpx.get(f"{url}/readyz").text
+
+
+def test_serve_refuses_a_missing_model_and_cuda_it_cannot_have(tmp_path, model):
+    missing = leak_serve("--model", tmp_path / "nope.onnx", "--port", free_port())
+    assert missing.wait(timeout=60) == 2 and "nope.onnx: no such model file" in missing.stdout.read()
+    cuda = leak_serve("--model", model, "--device", "cuda", "--port", free_port(), "--workers", 0)
+    output = cuda.communicate(timeout=60)[0]
+    assert cuda.returncode == 2 and "CUDA" in output, output
+
+
+def test_rows_match_for_an_upload_of_a_48k_stereo_flac(server, tmp_path):
+    url, _ = server
+    stereo = np.stack([synth_recording("LEAK", 3.0, 48000, np.random.default_rng(1))] * 2, axis=1)
+    path = tmp_path / "stereo.flac"
+    soundfile.write(path, stereo, 48000)
+    served = upload(url, path, media="audio/flac").json()
+    expected = predict([path], Path(httpx.get(f"{url}/v1/model").json()["path"]), workers=0).rows[0]
+    assert served["status"] == "ok" and served["resampled"] is True and served["channels_in"] == 2
+    assert served["mean_leak_prob"] == pytest.approx(expected["mean_leak_prob"], abs=1e-6)
