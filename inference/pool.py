@@ -127,6 +127,16 @@ class WorkerPool:
         """Worker processes running now (a service's readiness probe asks from another thread: read-only)."""
         return sum(worker.process.is_alive() for worker in list(self._workers))
 
+    def replace_dead(self) -> int:
+        """Replace idle workers that died (an OOM kill between jobs): events() only looks while tasks run, and a
+        service that waits for work must not stay short of workers. Returns how many were replaced."""
+        dead = [w for w in self._workers if w.ready and w.task_id is None and not w.process.is_alive()]
+        for worker in dead:
+            worker.kill()
+            self._workers.remove(worker)
+            self._spawn()
+        return len(dead)
+
     def submit(self, task) -> int:
         task_id, self._next_id = self._next_id, self._next_id + 1
         self._queue.append((task_id, task))

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 from fastapi import FastAPI, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import leakhunter
 from leakhunter.devices import parse_device
@@ -41,6 +42,7 @@ MEDIA_SUFFIXES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wa
                   "audio/mpeg": ".mp3", "audio/mp3": ".mp3"}
 UPLOADS_PER_TURN = 64  # uploads scored together in one engine call
 RETRY_AFTER_S = 2
+IDLE_CHECK_S = 1.0  # an idle server looks this often for decoding workers that died, and replaces them
 
 
 @dataclass
@@ -198,12 +200,15 @@ class Service:
         """The uploads thread: whatever uploads wait are scored together, in one turn of the engine."""
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._closing or self._pending)
+                self._changed.wait_for(lambda: self._closing or self._pending, timeout=IDLE_CHECK_S)
                 if self._closing:
                     return
                 taken, self._pending = self._pending[:UPLOADS_PER_TURN], self._pending[UPLOADS_PER_TURN:]
             live = {upload.path: upload for upload in taken if upload.future.set_running_or_notify_cancel()}
             if not live:
+                if self.engine.pool is not None:
+                    with self.turns.turn():  # the pool is the engine's: touched in a turn only
+                        self.engine.pool.replace_dead()
                 continue
             try:
                 with self.turns.turn():
@@ -328,9 +333,17 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
             raise HTTPException(error.status, str(error)) from error
 
     @app.post("/v1/jobs", status_code=202)
-    def submit_job(request: JobRequest) -> dict:
+    async def submit_job(request: Request) -> dict:
+        """The body is JSON whatever its Content-Type says (`curl -d` sends a form type)."""
         require_ready()
-        return job_call(service.jobs.submit, request.inputs, request.out, request.retry_failed).public()
+        body = await request.body()
+        if len(body) > 1 << 20:
+            raise HTTPException(413, "a job request is at most 1 MB of JSON")
+        try:
+            job = JobRequest.model_validate_json(body)
+        except ValidationError as error:
+            raise RequestValidationError(error.errors(include_url=False)) from None
+        return job_call(service.jobs.submit, job.inputs, job.out, job.retry_failed).public()
 
     @app.get("/v1/jobs")
     def list_jobs() -> dict:
