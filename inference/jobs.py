@@ -231,10 +231,11 @@ class JobStore:
 
     def _run(self, job: Job, engine: ScoringEngine, turns: Turns, params: dict) -> None:
         def progress(row: dict, done: int, total: int) -> None:
-            job.scored = done
-            job.statuses[row["status"]] = job.statuses.get(row["status"], 0) + 1
+            # New dicts, not updates: a request thread may be turning this job into JSON right now.
+            job.scored, job.skipped = done, job.total - total  # total: the files left to score
+            job.statuses = {**job.statuses, row["status"]: job.statuses.get(row["status"], 0) + 1}
             if row["status"] == "ok":
-                job.verdicts[row["verdict"]] = job.verdicts.get(row["verdict"], 0) + 1
+                job.verdicts = {**job.verdicts, row["verdict"]: job.verdicts.get(row["verdict"], 0) + 1}
                 job.audio_s += float(row["duration_s"])
             if job.cancel_asked:
                 raise JobCancelled

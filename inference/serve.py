@@ -331,6 +331,8 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
             return call(*args)
         except JobError as error:
             raise HTTPException(error.status, str(error)) from error
+        except LeakhunterError as error:  # e.g. a table at `out` with another model's columns
+            raise HTTPException(409, str(error)) from error
 
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: Request) -> dict:
@@ -371,9 +373,10 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, lo
 
     if not Path(settings.model).is_file():
         raise InputError(f"{settings.model}: no such model file")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
-    log.addHandler(handler)
+    if not log.handlers:  # uvicorn's format, on stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        log.addHandler(handler)
     log.setLevel(log_level.upper())
     service = Service(settings)
     server: uvicorn.Server | None = None
