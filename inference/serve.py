@@ -330,7 +330,8 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
         try:
             return call(*args)
         except JobError as error:
-            raise HTTPException(error.status, str(error)) from error
+            raise (_unavailable(str(error)) if error.status == 503 else HTTPException(error.status, str(error))) \
+                from error
         except LeakhunterError as error:  # e.g. a table at `out` with another model's columns
             raise HTTPException(409, str(error)) from error
 

@@ -232,6 +232,17 @@ def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
     assert httpx.get(f"{url}/v1/jobs/nope").status_code == 404
 
 
+def test_more_jobs_than_max_jobs_get_503_with_retry_after(model, night):
+    with running(model=model, workers=0, data_root=night[0], max_jobs=1) as (url, service):
+        with service.turns.turn():  # the engine is busy: the first job waits in its queue
+            first = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "a.csv"})
+            second = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "b.csv"})
+            assert first.status_code == 202 and second.status_code == 503 and second.headers["Retry-After"]
+            cancelled = httpx.delete(f"{url}/v1/jobs/{first.json()['id']}").json()
+        assert cancelled["state"] in ("cancelled", "running")  # queued: cancelled at once; else between two rows
+        assert wait_job(url, first.json()["id"])["state"] == "cancelled"
+
+
 def test_without_a_data_root_folder_jobs_are_off(model):
     with running(model=model, workers=0) as (url, _):
         response = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "x.csv"})
