@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import leakhunter
 from leakhunter.errors import LeakhunterError
@@ -25,6 +26,9 @@ from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import RETRIED_STATUSES, RowWriter, prepare_resume, resume_key
 from leakhunter.inference.scorer import RecordingDecoder
+
+if TYPE_CHECKING:
+    from leakhunter.inference.ray_engine import RayOptions
 from leakhunter.sources import AUDIO_SUFFIXES, find_audio, read_manifest
 
 
@@ -72,30 +76,44 @@ class PredictSummary:
 
 
 def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None = None, device: str = "auto",
-            threshold: float | None = None, vote_fraction: float | None = None, workers: int = 2,
+            threshold: float | None = None, vote_fraction: float | None = None, workers: int | None = None,
             file_timeout: float | None = 600.0, resume: bool = False, timeline: bool = False,
             channel: str | int | None = None, on_row: Callable[[dict, int, int], None] | None = None,
             retry_failed: bool = True, batch_rows: int | None = None,
-            decoder_class: type[RecordingDecoder] = RecordingDecoder) -> PredictSummary:
+            decoder_class: type[RecordingDecoder] = RecordingDecoder, engine: str = "local",
+            ray_options: RayOptions | None = None) -> PredictSummary:
     """Score every input file; rows go to `out` (.csv or .jsonl) as they are produced and are returned.
 
     resume: keep the rows already in `out` and score the rest; rows of files that timed out, crashed
     their worker or raised (RETRIED_STATUSES) are scored again unless retry_failed is False.
     decoder_class: a RecordingDecoder subclass (importable by worker processes) to decode with instead.
+    engine: "local" (this process; workers default 2) or "ray" (actors on a Ray cluster, `ray_options`; workers
+    per actor, default from its CPUs): the same rows either way.
     """
     if timeline and out is None:
         raise PredictError("--timeline needs --out: the timeline is written beside the table, as "
                            "<out>.timeline.jsonl and <out>.timeline/*.png")
     if resume and out is None:
         raise PredictError("--resume needs --out: it continues an existing output file")
+    if engine not in ("local", "ray"):
+        raise PredictError(f"unknown engine {engine!r}: local or ray")
+    if ray_options is not None and engine != "ray":
+        raise PredictError("Ray options (--address, --actors, --cpus-per-actor, --gpus-per-actor, --files-per-batch) "
+                           "need --engine ray")
     paths = find_inputs(inputs)
     started = time.perf_counter()
-    with ScoringEngine(model, device, workers=workers, file_timeout=file_timeout, threshold=threshold,
-                       vote_fraction=vote_fraction, channel=channel, timeline=timeline, batch_rows=batch_rows,
-                       decoder_class=decoder_class) as engine:
-        params = {"model": str(model), "device": device, "workers": workers, "file_timeout": file_timeout,
+    settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
+                    timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class)
+    if engine == "ray":
+        from leakhunter.inference.ray_engine import RayEngine
+
+        scoring = RayEngine(model, device, ray_options, workers=workers, **settings)
+    else:
+        scoring = ScoringEngine(model, device, workers=2 if workers is None else workers, **settings)
+    with scoring:
+        params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
                   "inputs": [str(i) for i in inputs]}
-        return score_batch(paths, engine, out=out, resume=resume, retry_failed=retry_failed, on_row=on_row,
+        return score_batch(paths, scoring, out=out, resume=resume, retry_failed=retry_failed, on_row=on_row,
                            params=params, started=started)
 
 
@@ -157,9 +175,11 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
 def _write_params(out: Path, engine: ScoringEngine, params: dict) -> None:
     """The run's parameters beside the output, so a table can always be traced to its model and settings."""
     scorer = engine.scorer
-    params = {**params, "model_sha256": scorer.model_sha256, "backend": engine.runner.backend,
-              "device_used": engine.runner.device, "batch_rows": engine.batcher.batch_rows,
-              "workers": engine.workers, "threshold": scorer.threshold, "vote_fraction": scorer.vote_fraction,
+    used = (engine.run_params() if hasattr(engine, "run_params") else  # RayEngine says what it runs with
+            {"backend": engine.runner.backend, "device_used": engine.runner.device,
+             "batch_rows": engine.batcher.batch_rows, "workers": engine.workers})
+    params = {**params, "model_sha256": scorer.model_sha256, **used,
+              "threshold": scorer.threshold, "vote_fraction": scorer.vote_fraction,
               "card_threshold": scorer.card.voting.threshold, "channel": scorer.channel,
               "card_channel": scorer.card.channel_policy, "leakhunter_version": leakhunter.__version__,
               "started": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -34,6 +34,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 # What `pip install 'leakhunter[train]'` adds to the scoring install: training, export, .pth models, datasets.
 TRAINING_EXTRA = frozenset({"torch", "h5py", "matplotlib", "yaml", "onnx", "onnxscript"})
+# What `pip install 'leakhunter[ray]'` adds: `leak predict --engine ray` on a Ray cluster.
+RAY_EXTRA = frozenset({"ray"})
 
 
 def handled(default_code: int = 2, name: str = "this command"):
@@ -52,6 +54,9 @@ def handled(default_code: int = 2, name: str = "this command"):
             except OSError as error:
                 raise fail(str(error), default_code) from None
             except ModuleNotFoundError as error:
+                if (error.name or "").split(".")[0] in RAY_EXTRA:
+                    raise fail(f"`{name} --engine ray` needs {error.name}, which the scoring install leaves out: "
+                               f"pip install 'leakhunter[ray]'", 2) from None
                 if (error.name or "").split(".")[0] not in TRAINING_EXTRA:
                     raise
                 raise fail(f"`{name}` needs {error.name}, which the scoring "
@@ -271,7 +276,8 @@ def predict(
                                             "auto takes the GPU when there is one)."),
     threshold: float = typer.Option(None, help="Override the card's calibrated P(LEAK) threshold (the rows say so)."),
     vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
-    workers: int = typer.Option(2, help="Decoding worker processes (0: decode in this process, no crash isolation)."),
+    workers: int = typer.Option(None, help="Decoding worker processes (default 2; 0: decode in this process, no crash "
+                                           "isolation). With --engine ray: per actor, default one per 3 of its CPUs."),
     batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
     file_timeout: float = typer.Option(600.0, help="Seconds one file may go without progress before it is given up "
                                                    "as `timeout`."),
@@ -282,6 +288,16 @@ def predict(
                                                            "file beside --out (needs --out)."),
     channel: str = typer.Option(None, help="Channel policy for multichannel files: mean, first or an index "
                                            "(default: the card's, as the model was trained; the rows say so otherwise)."),
+    engine: str = typer.Option("local", help="local (this machine) or ray (actors on a Ray cluster; the inputs on a "
+                                             "filesystem every node mounts at the same path): the same table."),
+    address: str = typer.Option(None, help="--engine ray: the cluster (ray://head:10001, or head:6379 on a node); "
+                                           "default RAY_ADDRESS, else a `ray start` cluster here, else a local Ray."),
+    actors: int = typer.Option(None, help="--engine ray: scoring actors (default: as many as the cluster's CPUs, and "
+                                          "GPUs with --gpus-per-actor, hold)."),
+    cpus_per_actor: float = typer.Option(None, help="--engine ray: CPUs per actor, its model threads (default 1)."),
+    gpus_per_actor: float = typer.Option(None, help="--engine ray: GPUs per actor, e.g. 0.25 (default 0)."),
+    files_per_batch: int = typer.Option(None, help="--engine ray: files per actor call (default 32; fewer when "
+                                                   "actors would idle). Rows come back at least every 0.5 s."),
 ):
     """Score recordings: LEAK when at least half the long segments reach the threshold. Exit 0 all scored,
     3 some files failed, 2 nothing could be scored."""
@@ -290,6 +306,17 @@ def predict(
     from rich.progress import Progress
 
     from leakhunter.inference.predict import predict as run_predict
+    from leakhunter.inference.ray_engine import RayOptions
+
+    ray_settings = {key: value for key, value in dict(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                                                      gpus_per_actor=gpus_per_actor,
+                                                      files_per_batch=files_per_batch).items() if value is not None}
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine {engine}: expected local or ray")
+    if ray_settings and engine != "ray":
+        flags = ", ".join("--" + key.replace("_", "-") for key in ray_settings)
+        raise fail(f"{flags} need{'s' if len(ray_settings) == 1 else ''} --engine ray")
+    ray_options = RayOptions(**ray_settings) if engine == "ray" else None
 
     started = clock.perf_counter()
     audio = {"s": 0.0}
@@ -307,7 +334,8 @@ def predict(
         summary = run_predict(inputs, model, out=out, device=device, threshold=threshold,
                               vote_fraction=vote_fraction, workers=workers, file_timeout=file_timeout,
                               resume=resume, timeline=timeline, channel=channel, on_row=advance,
-                              retry_failed=retry_failed, batch_rows=batch_rows)
+                              retry_failed=retry_failed, batch_rows=batch_rows, engine=engine,
+                              ray_options=ray_options)
     if out is None:
         table = Table(title=f"{len(summary.rows)} file(s) scored with {model}")
         for column in ("file", "status", "verdict", "leak_score", "mean_leak_prob", "top_class"):
@@ -377,6 +405,41 @@ def bench(
                       highlight=False)
     source = "generated" if report["generated"] else "given"
     console.print(f"audio: {report['audio_s'] / 3600:.2f} h in {report['files']} {source} files", highlight=False)
+
+
+@command(app, "serve")
+def serve(
+    model: Path = typer.Option(..., help="The model to serve: .onnx (no torch needed) or .pth."),
+    host: str = typer.Option("127.0.0.1", envvar="LEAK_SERVE_HOST", help="Address to listen on (the Docker "
+                                                                         "image sets 0.0.0.0)."),
+    port: int = typer.Option(8000, envvar="LEAK_SERVE_PORT", help="Port to listen on."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (cuda is strict: exit 2 without CUDA)."),
+    workers: int = typer.Option(2, help="Decoding worker processes (0: decode in the server, no isolation)."),
+    data_root: Path = typer.Option(None, help="Folder jobs (POST /v1/jobs) read and write under this folder only; "
+                                              "without it, folder jobs are off (403)."),
+    jobs_dir: Path = typer.Option(None, help="Where jobs are kept, so a restart resumes them (default: "
+                                             "<data-root>/.leakhunter-jobs)."),
+    max_upload_mb: float = typer.Option(200.0, help="Largest upload; a larger one gets 413."),
+    max_queue: int = typer.Option(32, help="Uploads taken on at once; more get 503 with Retry-After."),
+    max_jobs: int = typer.Option(16, help="Folder jobs queued or running; more get 503 with Retry-After."),
+    request_timeout: float = typer.Option(300.0, help="Seconds an upload may wait for its row (then 504)."),
+    file_timeout: float = typer.Option(600.0, help="Seconds one file may go without progress (then `timeout`)."),
+    threshold: float = typer.Option(None, help="Override the card's P(LEAK) threshold (the rows say so)."),
+    vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
+    channel: str = typer.Option(None, help="Channel policy for multichannel files (default: the card's)."),
+    batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
+    log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
+):
+    """Serve batch scoring over HTTP: POST audio to /v1/score for its row, POST /v1/jobs for folders under
+    --data-root; /healthz, /readyz, /v1/model. Rows are `leak predict`'s."""
+    from leakhunter.inference.serve import ServeSettings
+    from leakhunter.inference.serve import serve as run_server
+
+    settings = ServeSettings(model=model, device=device, workers=workers, file_timeout=file_timeout,
+                             threshold=threshold, vote_fraction=vote_fraction, channel=channel, batch_rows=batch_rows,
+                             data_root=data_root, jobs_dir=jobs_dir, max_upload_mb=max_upload_mb, max_queue=max_queue,
+                             max_jobs=max_jobs, request_timeout=request_timeout)
+    run_server(settings, host=host, port=port, log_level=log_level)
 
 
 @command(app, "info", 1)
