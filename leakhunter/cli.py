@@ -87,6 +87,10 @@ def data_synth(
     duration: float = typer.Option(10.0, help="Seconds per recording."),
     sample_rate: int = typer.Option(8000, help="Sample rate of the WAV files (Hz)."),
     seed: int = typer.Option(0, help="Same seed, same bytes."),
+    scenario: str = typer.Option("classes", help="classes: five easy classes, for plumbing tests; sites: recorded "
+                                                 "at --sites sites that each colour their sound (pipe resonances, "
+                                                 "sensor, gain, background, leak SNR down to -10 dB)."),
+    sites: int = typer.Option(None, help="Sites of the sites scenario (default 12); the sensor id is the site."),
 ):
     """Write a synthetic labelled corpus (LEAK, NORMAL, QUIET, RANDOM, MECHANICAL) for demos and tests."""
     from leakhunter.synth import synth_corpus
@@ -94,10 +98,11 @@ def data_synth(
     with progress_bar("synth") as bar:
         task = bar.add_task("synth", total=files_per_class * 5)
         corpus = synth_corpus(out, files_per_class=files_per_class, duration_s=duration,
-                              sample_rate=sample_rate, seed=seed,
+                              sample_rate=sample_rate, seed=seed, scenario=scenario, sites=sites,
                               progress=lambda done, total: bar.update(task, completed=done))
     counts = ", ".join(f"{n} {label}" for label, n in corpus.counts.items())
-    console.print(f"wrote {len(corpus.files)} recordings ({counts}) and {corpus.manifest}")
+    where = f" at {len(corpus.sites)} sites (knobs in {corpus.root / 'sites.csv'})" if corpus.sites else ""
+    console.print(f"wrote {len(corpus.files)} recordings ({counts}){where} and {corpus.manifest}")
 
 
 @command(data_app, "build")

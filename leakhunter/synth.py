@@ -25,15 +25,19 @@ LEAK_INTERRUPTED_SHARE = 0.3
 DECOY_BURST_SHARE = 0.2
 DECOY_CLASSES = ("NORMAL", "RANDOM", "MECHANICAL")  # a QUIET file with a hiss in it is not quiet
 SENSORS_PER_BLOCK, RECORDINGS_PER_BLOCK = 4, 16  # about one sensor per four recordings
+SCENARIOS = ("classes", "sites")  # sites: leakhunter.synth_sites
 
 
 @dataclass(frozen=True)
 class SynthCorpus:
-    """What synth_corpus wrote: the folder, its manifest, the files in manifest order, files per class."""
+    """What synth_corpus wrote: the folder, its manifest, the files in manifest order, files per class, the
+    scenario and (sites scenario) the site names."""
     root: Path
     manifest: Path
     files: tuple[Path, ...]
     counts: dict[str, int]
+    scenario: str = "classes"
+    sites: tuple[str, ...] = ()
 
 
 def db_to_amplitude(db: float) -> float:
@@ -128,14 +132,16 @@ TRANSIENTS = (traffic_rumble, footsteps, knocks)
 
 
 def scatter_transients(n: int, sample_rate: int, rng: np.random.Generator, cover_fraction: float,
-                       peak_db_range: tuple[float, float]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+                       peak_db_range: tuple[float, float], peak_cap_db: float = EVENT_PEAK_CAP_DB
+                       ) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """At least one transient (traffic, footsteps, knocks) at random times, covering at most
-    cover_fraction of the recording; each peaks in peak_db_range. Returns the sum and its spans."""
+    cover_fraction of the recording; each peaks in peak_db_range (at most peak_cap_db). Returns the sum
+    and its spans."""
     interference, spans = np.zeros(n), []
     budget = max(1, int(cover_fraction * n))
     while budget > 0 and (not spans or rng.random() < 0.6):
         event = TRANSIENTS[rng.integers(len(TRANSIENTS))](sample_rate, rng, budget)
-        peak_db = min(rng.uniform(*peak_db_range), EVENT_PEAK_CAP_DB)
+        peak_db = min(rng.uniform(*peak_db_range), peak_cap_db)
         event *= db_to_amplitude(peak_db) / max(float(np.max(np.abs(event))), 1e-12)
         start = int(rng.integers(0, n - event.size + 1))
         interference[start:start + event.size] += event
@@ -189,10 +195,18 @@ def mechanical_recording(n: int, sample_rate: int, rng: np.random.Generator) -> 
     with harmonics up to 1 kHz decaying with order, wandering ~0.1 % in frequency, over flow."""
     f0_hz = float(rng.choice([50.0, 60.0]) * rng.choice([1, 2]))
     hum_db = rng.uniform(-48, -36)
+    hum = harmonic_hum(n, sample_rate, f0_hz, db_to_amplitude(hum_db), rng)
+    return hum + flow_noise(n, sample_rate, rng) * db_to_amplitude(hum_db - rng.uniform(10, 25))
+
+
+def harmonic_hum(n: int, sample_rate: int, f0_hz: float, rms: float, rng: np.random.Generator,
+                 top_hz: float = 1000.0) -> np.ndarray:
+    """A rotating machine: f0_hz and its harmonics up to top_hz, decaying with order, wandering ~0.1 %
+    in frequency, scaled to the given RMS."""
     knots = np.linspace(0, n, max(2, int(2 * n / sample_rate)))
     wander = 1 + 0.001 * np.interp(np.arange(n), knots, rng.standard_normal(knots.size))
     rotation = 2 * np.pi * np.cumsum(f0_hz * wander) / sample_rate
-    orders = np.arange(1, int(1000 // f0_hz) + 1)
+    orders = np.arange(1, max(1, int(top_hz // f0_hz)) + 1)
     amplitudes = orders ** -rng.uniform(0.5, 1.5) * rng.lognormal(0, 0.3, orders.size)
     offsets = rng.uniform(0, 2 * np.pi, orders.size)
     coefficients = amplitudes * np.exp(1j * offsets)
@@ -201,8 +215,8 @@ def mechanical_recording(n: int, sample_rate: int, rng: np.random.Generator) -> 
         series *= turn
         series += coefficient
     hum = (series * turn).imag
-    hum *= db_to_amplitude(hum_db) / max(float(np.sqrt(np.mean(hum**2))), 1e-12)
-    return hum + flow_noise(n, sample_rate, rng) * db_to_amplitude(hum_db - rng.uniform(10, 25))
+    hum *= rms / max(float(np.sqrt(np.mean(hum**2))), 1e-12)
+    return hum
 
 
 def leak_burst(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -269,9 +283,13 @@ def write_recording(root: Path, label: str, index: int, duration_s: float, sampl
 
 
 def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sample_rate: int = 8000,
-                 seed: int = 0, progress: Callable[[int, int], None] | None = None) -> SynthCorpus:
+                 seed: int = 0, progress: Callable[[int, int], None] | None = None, scenario: str = "classes",
+                 sites: int | None = None) -> SynthCorpus:
     """Write OUT/<CLASS>/<sensor_id>~<recording_id>~<timestamp>~<gain_db>.wav and OUT/manifest.csv.
 
+    scenario "classes" (the default) makes five easy-to-separate classes for plumbing tests; "sites"
+    (leakhunter.synth_sites) records them at `sites` sites (default 12) that each colour their sound, the
+    sensor id being the site, and adds OUT/sites.csv and the manifest's snr_db column.
     A file depends only on (seed, class, index): growing files_per_class keeps the earlier files.
     Files it writes are overwritten; anything else in OUT is left alone."""
     if int(files_per_class) != files_per_class or files_per_class < 1:
@@ -279,21 +297,41 @@ def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sampl
     _check_audio_args(duration_s, sample_rate)
     if int(seed) != seed or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if scenario not in SCENARIOS:
+        raise InputError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    if scenario != "sites" and sites is not None:
+        raise InputError(f"sites applies to the sites scenario only, got sites={sites!r} with scenario {scenario!r}")
+    if sites is not None and (int(sites) != sites or not 1 <= sites <= 999):
+        raise InputError(f"sites must be an integer from 1 to 999, got {sites!r}")
     root = Path(out)
     jobs = [(label, i) for label in STANDARD_CLASSES for i in range(int(files_per_class))]
     for label in STANDARD_CLASSES:
         (root / label).mkdir(parents=True, exist_ok=True)
+    header, site_table = ("path", "label", "group"), ()
+    if scenario == "sites":
+        from leakhunter.synth_sites import make_sites, write_site_recording, write_site_table
+
+        site_table = make_sites(12 if sites is None else int(sites), int(seed))
+        header += ("snr_db",)
+
+        def write(label, index):
+            return write_site_recording(root, label, index, duration_s, int(sample_rate), int(seed), site_table)
+    else:
+        def write(label, index):
+            path, sensor_id = write_recording(root, label, index, duration_s, int(sample_rate), int(seed))
+            return path, (sensor_id,)
     files, rows = [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy FFTs drop the GIL
-        written = pool.map(lambda job: write_recording(root, *job, duration_s, int(sample_rate), int(seed)),
-                           jobs)
-        for (label, _), (path, sensor_id) in zip(jobs, written):
+        for (label, _), (path, fields) in zip(jobs, pool.map(lambda job: write(*job), jobs)):
             files.append(path)
-            rows.append((f"{label}/{path.name}", label, sensor_id))
+            rows.append((f"{label}/{path.name}", label, *fields))
             if progress is not None:
                 progress(len(files), len(jobs))
     manifest = root / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle, lineterminator="\n").writerows([("path", "label", "group"), *rows])
+        csv.writer(handle, lineterminator="\n").writerows([header, *rows])
+    if site_table:
+        write_site_table(site_table, root / "sites.csv")
     return SynthCorpus(root=root, manifest=manifest, files=tuple(files),
-                       counts={label: int(files_per_class) for label in STANDARD_CLASSES})
+                       counts={label: int(files_per_class) for label in STANDARD_CLASSES}, scenario=scenario,
+                       sites=tuple(site.name for site in site_table))

@@ -55,6 +55,7 @@ def test_healthy_runs_raise_no_failure_and_at_most_one_warning(training_dataset,
     result = train(quick_config(training_dataset, tmp_path / "run", mode=mode, seed=seed), log=QUIET)
     assert codes(result.health, "fail") == []
     assert len(result.health) <= 1, [f.line() for f in result.health]
+    assert "H015" not in codes(result.health)  # the network beats (or ties) the baseline on validation
     assert health_json(result.run_dir)["status"] in ("ok", "warn")
 
 
@@ -370,3 +371,37 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(training
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3
     assert "H009" in codes(result.health, "warn")
+
+
+# ---- H015: the network must beat a linear model on each file's median spectrum ----------------------------
+
+def test_h015_warns_only_when_the_kept_epoch_is_below_the_baseline():
+    from leakhunter.training.health import baseline_findings
+
+    history = [_row(1), _row(2), _row(3)]
+    history[1]["file_f1"] = 0.9  # the kept epoch
+    found = baseline_findings(history, best_epoch=2, baseline_val_f1=0.95)
+    assert [(f.code, f.level, f.when) for f in found] == [("H015", "warn", "end")]
+    assert "validation file F1 0.900 (epoch 2) is below the baseline's 0.950" in found[0].message
+    assert baseline_findings(history, best_epoch=2, baseline_val_f1=0.9) == []  # a tie is not a loss
+    assert baseline_findings(history, best_epoch=2, baseline_val_f1=0.6) == []
+    assert baseline_findings(history, best_epoch=2, baseline_val_f1=None) == []
+
+
+def test_h015_a_network_that_never_trained_loses_to_the_baseline_and_doctor_says_so(training_dataset, tmp_path):
+    """Incident: a CNN reported as the model while a linear model on median spectra did better (F1 1.0 vs
+    less); here the network's LR is 1e-12, so it never leaves its random start."""
+    messages = []
+    result = train(quick_config(training_dataset, tmp_path / "run", mode="binary", lr=1e-12, epochs=1),
+                   log=messages.append)
+    h015 = [f for f in result.health if f.code == "H015"]
+    assert [(f.level, f.when) for f in h015] == [("warn", "end")]
+    assert result.history[0]["file_f1"] < result.baseline["val"]["file_f1"] == 1.0
+    assert "below the baseline's 1.000" in h015[0].message
+    assert any(m.startswith("baseline (") and "val file F1 1.000" in m for m in messages)  # shown beside the CNN
+    assert "H015" in [f["code"] for f in health_json(result.run_dir)["findings"]]
+    cli = CliRunner().invoke(app, ["doctor", str(tmp_path / "run")])
+    assert cli.exit_code == 0 and "H015 baseline (warn) at end" in cli.output
+    assert [f.line() for f in doctor(tmp_path / "run").findings] == [f.line() for f in result.health]
+    (tmp_path / "run" / "health.json").unlink()  # recomputed, not read back from the live record
+    assert "H015" in codes(doctor(tmp_path / "run").findings)

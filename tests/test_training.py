@@ -47,6 +47,17 @@ def test_both_modes_learn_the_synthetic_corpus(run, request):
     assert result.test_metrics["file_specificity"] >= 0.9
 
 
+def test_every_run_reports_the_baseline_beside_the_network(binary_run, training_dataset):
+    baseline = binary_run.baseline
+    assert baseline["model"] == "logistic regression on each file's median log-mel"
+    assert baseline["test"]["n_files"] == 20 and 0.0 <= baseline["test"]["file_f1"] <= 1.0
+    card = ModelCard.from_json(load_checkpoint(binary_run.run_dir / "best.pth")["card"])
+    assert card.training["baseline"] == baseline
+    report = evaluate(binary_run.run_dir / "best.pth", training_dataset, "test")
+    assert report["baseline"]["file_f1"] == baseline["test"]["file_f1"]  # `leak eval` refits the same one
+    assert report["baseline"]["file_auc"] == baseline["test"]["file_auc"]
+
+
 def test_binary_checkpoint_describes_itself(binary_run):
     payload = load_checkpoint(binary_run.run_dir / "best.pth")
     card = ModelCard.from_json(payload["card"])

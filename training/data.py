@@ -220,6 +220,31 @@ class LeakData:
         std = (m2 / max(count - 1, 1)).sqrt().clamp(min=1e-3)
         return mean.float().numpy(), std.float().numpy()
 
+    def file_mel_medians(self, split: SplitData) -> np.ndarray:
+        """Each file's median log-mel over its short segments (and their frames), [F, n_mels] float32 in the
+        split's file order: the input of the baseline (training/baseline.py). Read in chunks of whole files."""
+        shorts = np.flatnonzero(np.isin(self.short_file_index, split.file_index))
+        owner = self.short_file_index[shorts]
+        order = np.argsort(owner, kind="stable")
+        shorts, owner = shorts[order], owner[order]
+        starts = np.searchsorted(owner, split.file_index, side="left")
+        stops = np.searchsorted(owner, split.file_index, side="right")
+        row_values = int(np.prod(self.mel.shape[1:] if self.mel is not None else self._mel_file().shape[1:]))
+        budget = max(1, STATISTICS_CHUNK_BYTES // (4 * row_values))
+        medians = np.zeros((len(split.file_index), self.frontend.n_mels), np.float32)
+        first = 0
+        while first < len(split.file_index):
+            last = int(np.searchsorted(starts, starts[first] + budget, side="left"))
+            last = max(last, first + 1)  # at least one file, however long
+            rows = shorts[starts[first]:stops[last - 1]]
+            needed, where = np.unique(rows, return_inverse=True)
+            mels = self._short_mels(needed)[torch.from_numpy(where.reshape(-1))].float().numpy()
+            for f in range(first, last):
+                block = mels[starts[f] - starts[first]:stops[f] - starts[first]]  # [k, n_mels, frames]
+                medians[f] = np.median(block.transpose(0, 2, 1).reshape(-1, block.shape[1]), axis=0)
+            first = last
+        return medians
+
     def __getstate__(self):  # an open HDF5 handle does not pickle; the copy reopens on its first read
         return {**self.__dict__, "_h5": None, "_chunks": {}}
 

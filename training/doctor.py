@@ -14,11 +14,13 @@ import yaml
 
 from leakhunter.checkpoint import card_of, load_checkpoint
 from leakhunter.models import build_model, parameter_count
+from leakhunter.training.baseline import fit_baseline
 from leakhunter.training.config import make_config
 from leakhunter.training.data import LeakData
 from leakhunter.training.health import (
     Finding,
     HealthMonitor,
+    baseline_findings,
     end_findings,
     epoch_findings,
     setup_findings,
@@ -48,14 +50,16 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     monitor.add(setup_findings(config, card, network.head.out_features, network.aux is not None, data,
                                weights.tolist(), capped, raw_ratio, trainable, parameter_count(network)))
     shares = truth_shares(data.splits["val"], len(card.class_names))
-    baseline = trivial_loss(data, card, config.aux_weight)
+    constant_loss = trivial_loss(data, card, config.aux_weight)
     history = last["history"]
     for end in range(1, len(history) + 1):
-        monitor.add(epoch_findings(history[:end], card.class_names, shares, baseline))
+        monitor.add(epoch_findings(history[:end], card.class_names, shares, constant_loss))
     finished = (run_dir / "best.pth").is_file() and history and (
         history[-1]["epoch"] == config.epochs or history[-1]["epoch"] - last["best_epoch"] >= config.patience)
     if finished:
-        monitor.add(end_findings(history, last["best_epoch"]))
+        baseline_f1 = fit_baseline(data).metrics["val"]["file_f1"]
+        monitor.add(end_findings(history, last["best_epoch"])
+                    + baseline_findings(history, last["best_epoch"], baseline_f1))
     live = run_dir / "health.json"
     if live.is_file():
         recorded = [Finding(f["code"], f["level"], f["when"], f["message"])

@@ -15,6 +15,7 @@ import torch
 
 from leakhunter.devices import to_device
 from leakhunter.errors import InputError
+from leakhunter.training.baseline import baseline_report
 from leakhunter.training.data import LeakData, SplitData
 from leakhunter.training.metrics import class_distribution, cohen_kappa, confusion_matrix, leak_metrics
 from leakhunter.voting import per_long_segment, top_class, vote_files
@@ -103,7 +104,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     result = evaluate_split(target, probs, leak_prob, card.class_names,
                             card.voting.threshold if threshold is None else threshold, card.voting.vote_fraction,
                             leak_data.shorts_per_long, card.segmentation.unit, card.mode)
-    report = dict(result.metrics, model=str(model), data=str(data), split=split, mode=card.mode)
+    report = dict(result.metrics, model=str(model), data=str(data), split=split, mode=card.mode,
+                  baseline=baseline_report(leak_data, split))
     if confusion_png is not None:
         plot_confusion(np.array(report["confusion"]), card.class_names, confusion_png,
                        f"{Path(model).name} on {split} ({report['n_files']} files)")

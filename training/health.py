@@ -16,6 +16,7 @@ import numpy as np
 
 from leakhunter.errors import LeakhunterError
 from leakhunter.files import write_atomic
+from leakhunter.training.baseline import BASELINE_NAME
 from leakhunter.training.splits import crossing_keys
 
 EXIT_BASE = 100  # a run stopped by Hxxx exits with status 100 + xxx
@@ -52,10 +53,14 @@ ADVICE = {
     "H011": "Use a batch size smaller than the training split; every epoch must visit each input once.",
     "H012": "Non-finite loss or weights: check the named files for NaN/inf or extreme values, lower lr; the "
             "last good checkpoint was kept.",
+    "H015": "A linear model on each file's median spectrum beats the network on validation: check the run "
+            "(H009, H010, too few epochs), add sites and leaks, and trust neither number on a new site before "
+            "grouped cross-validation; until the CNN wins, its complexity buys nothing.",
 }
 NAMES = {"H001": "config", "H002": "checkpoint", "H003": "labels", "H004": "leakage", "H005": "class weights",
          "H006": "trainable params", "H007": "prediction collapse", "H008": "trivial loss", "H009": "no progress",
-         "H010": "learning rate", "H011": "data cycling", "H012": "non-finite"}
+         "H010": "learning rate", "H011": "data cycling", "H012": "non-finite", "H015": "baseline"}
+CHECKED = "H001–H012, H015"  # H013/H014 are reserved for fusion
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,17 @@ def end_findings(history: list[dict], best_epoch: int) -> list[Finding]:
     return []
 
 
+def baseline_findings(history: list[dict], best_epoch: int, baseline_val_f1: float | None) -> list[Finding]:
+    """H015: the kept epoch's validation file F1 below the baseline's (training/baseline.py). It can only be
+    judged once the best epoch is final, so it runs at the end, like H009."""
+    kept = [row for row in history if row["epoch"] == best_epoch]
+    if baseline_val_f1 is None or not kept or not kept[0]["file_f1"] < baseline_val_f1 - 1e-9:
+        return []
+    return [warn("H015", "end", f"the CNN's validation file F1 {kept[0]['file_f1']:.3f} (epoch {best_epoch}) is below "
+                                f"the baseline's {baseline_val_f1:.3f} ({BASELINE_NAME}): the network is not "
+                                f"earning its complexity")]
+
+
 # ---- the report ----------------------------------------------------------------------------------
 
 class HealthMonitor:
@@ -328,5 +344,5 @@ class HealthMonitor:
 
     def summary(self) -> list[str]:
         if not self.findings:
-            return ["health: all checks passed (H001–H012)"]
+            return [f"health: all checks passed ({CHECKED})"]
         return [f"health: {self.status}"] + [f"  {f.line()}\n    what to do: {f.advice}" for f in self.findings]

@@ -27,6 +27,7 @@ from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, sav
 from leakhunter.devices import autocast_dtype, to_device
 from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
+from leakhunter.training.baseline import fit_baseline
 from leakhunter.training.config import TrainConfig, make_config, save_config
 from leakhunter.training.data import LeakData
 from leakhunter.training.distributed import (
@@ -39,10 +40,11 @@ from leakhunter.training.distributed import (
     together,
     training_device,
 )
-from leakhunter.training.evaluate import evaluate_split, score_split
+from leakhunter.training.evaluate import evaluate_split, finite_or_none, score_split
 from leakhunter.training.health import (
     HealthFailure,
     HealthMonitor,
+    baseline_findings,
     end_findings,
     epoch_findings,
     epoch_order_findings,
@@ -69,6 +71,7 @@ class TrainResult:
     test_metrics: dict
     stopped_early: bool
     health: list
+    baseline: dict  # training/baseline.py on the same split: its metrics on val and test
 
 
 def class_weights(targets: np.ndarray, n_classes: int, cap: float) -> tuple[torch.Tensor, bool, float]:
@@ -253,6 +256,8 @@ class Trainer:
             self._check(setup_findings(config, self.card, self.net.head.out_features, self.net.aux is not None,
                                        self.data, weights.tolist(), self.weights_capped, raw_ratio, trainable,
                                        parameter_count(self.net), self.world))
+        # the bar the network must clear (H015); deterministic, so a resume and `leak doctor` refit the same one
+        self.baseline = fit_baseline(self.data)
 
     def _together(self, action):
         """Run `action`; if it fails on any rank, every rank raises that failure (training/distributed.py)."""
@@ -353,6 +358,7 @@ class Trainer:
                  f"{len(self.data.splits['train']):,} training inputs, {self.steps_per_epoch} steps/epoch")
         self.log(f"class weights {np.round(self.criterion.weights.cpu().numpy(), 3).tolist()}"
                  + (f" (capped at {config.class_weight_cap}x)" if self.weights_capped else ""))
+        self.log(f"{self.baseline.line()}: the network must beat its validation F1")
         stopped_early = False
         for epoch in range(self.start_epoch, config.epochs + 1):
             started = time.perf_counter()
@@ -391,7 +397,7 @@ class Trainer:
                     "parameters": parameter_count(self.net),
                     "trainable_parameters": parameter_count(self.net, trainable_only=True),
                     "val_metrics": {k: row[k] for k in METRIC_COLUMNS if k in row},
-                    "config": self.config.to_dict()}
+                    "baseline": finite_or_none(self.baseline.to_dict()), "config": self.config.to_dict()}
         return replace(self.card, voting=voting, training=training)
 
     def _write_epoch(self, epoch: int, row: dict, improved: bool) -> None:
@@ -436,15 +442,18 @@ class Trainer:
             plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
             plot_confusion(np.array(test_metrics["confusion"]), card.class_names, self.run_dir / "confusion.png",
                            f"best epoch {self.best_epoch} on test ({test_metrics['n_files']} files)")
-        self._check(end_findings(self.history, self.best_epoch))
+        self._check(end_findings(self.history, self.best_epoch)
+                    + baseline_findings(self.history, self.best_epoch, self.baseline.metrics["val"]["file_f1"]))
         for line in self.health.summary():
             self.log(line)
         self.log(f"best epoch {self.best_epoch}: val file F1 {self.best_key[0]:.3f}, threshold "
                  f"{card.voting.threshold:.2f}; test file F1 {test_metrics['file_f1']:.3f}, precision "
                  f"{test_metrics['file_precision']:.3f}, recall {test_metrics['file_recall']:.3f}, "
                  f"AUC {test_metrics['file_auc']:.3f} on {test_metrics['n_files']} files")
+        self.log(self.baseline.line())
         return TrainResult(run_dir=self.run_dir, card=card, best_epoch=self.best_epoch, history=self.history,
-                           test_metrics=test_metrics, stopped_early=stopped_early, health=self.health.findings)
+                           test_metrics=test_metrics, stopped_early=stopped_early, health=self.health.findings,
+                           baseline=self.baseline.to_dict())
 
 
 def _epoch_line(row: dict, improved: bool) -> str:
