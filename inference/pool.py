@@ -130,7 +130,14 @@ class WorkerPool:
     def replace_dead(self) -> int:
         """Replace idle workers that died (an OOM kill between jobs): events() only looks while tasks run, and a
         service that waits for work must not stay short of workers. Returns how many were replaced."""
-        dead = [w for w in self._workers if w.ready and w.task_id is None and not w.process.is_alive()]
+        idle = [w for w in self._workers if w.task_id is None]
+        for worker in idle:  # a worker's "ready" waits unread until a task comes: read it now
+            try:
+                while not worker.ready and worker.connection.poll():
+                    worker.ready = worker.connection.recv()[0] == "ready"
+            except (EOFError, OSError):
+                pass
+        dead = [w for w in idle if w.ready and not w.process.is_alive()]  # died starting: events() says why
         for worker in dead:
             worker.kill()
             self._workers.remove(worker)

@@ -165,15 +165,17 @@ class Service:
             self.engine.close()
         shutil.rmtree(self.spool, ignore_errors=True)
 
-    def readiness(self) -> str | None:
-        """None when ready; else why not (the body of readyz's 503)."""
+    def readiness(self, workers: bool = True) -> str | None:
+        """None when ready; else why not (the body of readyz's 503). Work is taken on without looking at the
+        workers (`workers=False`): a worker that a file just crashed is being replaced, and that file's
+        neighbours must not get 503s for it."""
         if self.not_ready is not None:
             return self.not_ready
         requested, runner = parse_device(self.settings.device), self.engine.runner
         if requested.kind == "cuda" and not runner.device.startswith("cuda"):
             return f"{self.settings.device} was asked for, but scoring runs on {runner.device}"
         pool = self.engine.pool
-        if pool is not None and pool.alive() < pool.size:
+        if workers and pool is not None and pool.alive() < pool.size:
             return f"{pool.alive()} of {pool.size} decoding workers alive"
         return None
 
@@ -266,7 +268,7 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
                   description="Batch scoring of pipe recordings: the rows of `leak predict`, over HTTP.")
 
     def require_ready() -> None:
-        reason = service.readiness()
+        reason = service.readiness(workers=False)
         if reason is not None:
             raise _unavailable(f"not ready: {reason}")
 
