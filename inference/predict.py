@@ -65,12 +65,14 @@ class PredictSummary:
     audio_s: float
     statuses: Counter = field(default_factory=Counter)
     verdicts: Counter = field(default_factory=Counter)
+    kept_statuses: Counter = field(default_factory=Counter)  # of the rows --resume kept from the earlier table
 
     @property
     def exit_code(self) -> int:
-        """0 all scored, 3 some files failed, 2 nothing could be scored."""
-        failed = sum(n for status, n in self.statuses.items() if status != "ok")
-        if failed and failed == sum(self.statuses.values()):
+        """Of the whole table, kept rows included: 0 all scored, 3 some files failed, 2 nothing could be scored."""
+        table = self.statuses + self.kept_statuses
+        failed = sum(n for status, n in table.items() if status != "ok")
+        if failed and failed == sum(table.values()):
             return 2
         return 3 if failed else 0
 
@@ -149,7 +151,8 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
         timelines = _TimelineWriter(out, paths, append=resume, keep_files=scored_ok)
     if out is not None:
         _write_params(out, engine, params or {})
-    summary = PredictSummary(out=out, rows=[], skipped=len(paths) - len(todo), wall_s=0.0, audio_s=0.0)
+    summary = PredictSummary(out=out, rows=[], skipped=len(paths) - len(todo), wall_s=0.0, audio_s=0.0,
+                             kept_statuses=Counter(row["status"] for row in kept_rows if str(row["file"]) in keys))
     png_for = {path: timelines.png_path(path) for path in todo} if timelines is not None else None
     try:
         for done_count, result in enumerate(engine.score(todo, png_for), start=1):

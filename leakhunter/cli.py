@@ -358,6 +358,8 @@ def predict(
     console.print(f"scored {hours:.2f} h of audio in {summary.wall_s:.1f} s ({speed:.0f}x real time); "
                   f"verdicts: {verdicts}; files: {statuses}"
                   + (f"; {summary.skipped} already in {out}" if summary.skipped else "")
+                  + (f" ({kept_failed} of them failed)" if (kept_failed := sum(
+                      n for status, n in summary.kept_statuses.items() if status != "ok")) else "")
                   + (f"; table: {out}" if out else ""), highlight=False)
     raise typer.Exit(summary.exit_code)
 

@@ -107,6 +107,10 @@ def test_exit_codes_and_empty_inputs(tmp_path, onnx_model, night):
         predict([tmp_path / "empty"], onnx_model)
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "empty"), "--model", str(onnx_model)])
     assert result.exit_code == 2 and "no audio files" in result.output
+    mixed = [*good, folder / "broken" / "zero0.wav"]
+    assert predict(mixed, onnx_model, out=tmp_path / "t.csv", workers=0).exit_code == 3
+    resumed = predict(mixed, onnx_model, out=tmp_path / "t.csv", workers=0, resume=True)
+    assert resumed.skipped == 4 and not resumed.rows and resumed.exit_code == 3  # the table still has a failed file
 
 
 @pytest.mark.parametrize("rate", [4096, 8000, 16000, 44100, 48000, "stereo"])
