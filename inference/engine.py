@@ -51,7 +51,7 @@ QUIET_SECONDS = 0.5  # workers silent this long: score what is held rather than 
 def upload_name(name: str | None) -> str:
     """An upload's name as a spool file name: a plain file name with its suffix, which says what the content
     must be (every check of open_audio applies to uploads too)."""
-    if not name or Path(name).name != name or name in (".", ".."):
+    if not name or Path(name).name != name or name in (".", "..") or "\x00" in name:
         raise InputError(f"an uploaded recording needs a plain file name with its suffix, got {name!r}")
     return name
 

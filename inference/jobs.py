@@ -155,6 +155,8 @@ class JobStore:
         """A path of a request, inside the data root (after `..` and symlinks), or a 403."""
         if self.data_root is None:
             raise JobError("folder jobs are off: start the server with --data-root", 403)
+        if "\x00" in relative:
+            raise JobError(f"{relative!r}: a path cannot hold a NUL byte", 422)
         resolved = (self.data_root / relative).resolve()
         if not resolved.is_relative_to(self.data_root):
             raise JobError(f"{relative}: outside the data root", 403)
@@ -222,7 +224,7 @@ class JobStore:
                     return
                 job = self._next()
                 job.state, job.started, job.cancel_asked = "running", _now(), False
-                self._save(job)
+                self._save_or_log(job)
             self._run(job, engine, turns, params)
 
     def _next(self) -> Job | None:
@@ -253,14 +255,25 @@ class JobStore:
             job.skipped, job.exit_code, job.state = summary.skipped, summary.exit_code, "done"
         except JobCancelled:  # asked for, or the server is stopping: then the next start resumes it
             job.state = "queued" if self._stopping else "cancelled"
-        except LeakhunterError as error:
-            job.state, job.error = "failed", str(error)
         except Exception as error:  # noqa: BLE001 - a job's failure is that job's state; the server goes on
-            log.exception("job %s failed", job.id)
-            job.state, job.error = "failed", f"{type(error).__name__}: {error}"
+            if self._stopping:  # the engine closed under it: not the job's fault, the next start resumes it
+                log.warning("job %s stopped with the server (%s); the next start resumes it", job.id, error)
+                job.state = "queued"
+            else:
+                if not isinstance(error, LeakhunterError):
+                    log.exception("job %s failed", job.id)
+                job.state, job.error = "failed", str(error) if isinstance(error, LeakhunterError) else \
+                    f"{type(error).__name__}: {error}"
         with self._lock:
-            job.finished = _now()
+            job.finished = _now() if job.state != "queued" else None
+            self._save_or_log(job)
+
+    def _save_or_log(self, job: Job) -> None:
+        """In the jobs thread: a full disk must not end it; the state stays in memory and in the log."""
+        try:
             self._save(job)
+        except OSError as error:
+            log.error("job %s: cannot save its state (%s)", job.id, error)
 
     def _save(self, job: Job) -> None:
         if self.folder is not None:

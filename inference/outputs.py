@@ -43,7 +43,8 @@ def columns_for(class_names, multiclass: bool) -> tuple[str, ...]:
 def resume_key(row: dict) -> tuple[str, ...]:
     """A file is done when the same path, size and mtime were scored by the same model with the same threshold
     and vote fraction (a resume with --threshold 0.7 does not keep rows voted at 0.5)."""
-    return (str(row["file"]), str(row["size_bytes"]), _mtime_text(row["mtime"]), str(row["model_sha256"]),
+    size = "" if row["size_bytes"] is None else str(row["size_bytes"])  # JSONL writes an unknown size as null
+    return (str(row["file"]), size, _mtime_text(row["mtime"]), str(row["model_sha256"]),
             _number_text(row.get("threshold")), _number_text(row.get("vote_fraction")))
 
 

@@ -141,8 +141,10 @@ class WorkerPool:
         for worker in dead:
             worker.kill()
             self._workers.remove(worker)
+        replaced = self.size - len(self._workers)
+        while len(self._workers) < self.size:  # also those a failed start removed
             self._spawn()
-        return len(dead)
+        return replaced
 
     def submit(self, task) -> int:
         task_id, self._next_id = self._next_id, self._next_id + 1
@@ -153,7 +155,9 @@ class WorkerPool:
 
     def events(self, timeout: float = 0.05) -> list[PoolEvent]:
         """What happened since the last call, waiting up to `timeout` seconds for the first thing to happen.
-        Raises SetupError when a worker cannot start."""
+        Raises SetupError when a worker cannot start (the next call starts another: a pool never shrinks)."""
+        while len(self._workers) < self.size:  # one removed by a failed start last time
+            self._spawn()
         self._dispatch()
         if not self._tasks:
             return []

@@ -50,7 +50,7 @@ class ServeSettings:
     model: Path
     device: str = "auto"
     workers: int = 2
-    file_timeout: float = 600.0
+    file_timeout: float = 60.0  # below request_timeout: a hanging file holds the engine until then
     threshold: float | None = None
     vote_fraction: float | None = None
     channel: str | None = None
@@ -70,12 +70,20 @@ class ServeSettings:
                 raise InputError(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}")
         if self.max_upload_mb <= 0 or self.request_timeout <= 0:
             raise InputError("--max-upload-mb and --request-timeout must be > 0")
+        if not 0 < self.file_timeout < self.request_timeout:
+            raise InputError(f"--file-timeout ({self.file_timeout:g} s) must be above 0 and below --request-timeout "
+                             f"({self.request_timeout:g} s): a hanging file holds the engine until its timeout, and "
+                             f"its client must get its `timeout` row, not a 504")
         if self.data_root is not None and not Path(self.data_root).is_dir():
             raise InputError(f"--data-root {self.data_root}: not a folder")
         if self.jobs_dir is not None and self.data_root is None:
             raise InputError("--jobs-dir needs --data-root: jobs read and write under the data root only")
         if self.data_root is not None and self.jobs_dir is None:
             self.jobs_dir = Path(self.data_root) / ".leakhunter-jobs"
+
+
+class ServeError(LeakhunterError, RuntimeError):
+    """The server cannot serve: a warm-up that failed, a model that failed on a batch of uploads."""
 
 
 @dataclass
@@ -125,7 +133,7 @@ class Service:
         self.not_ready = "warming up"
         warm = self._warm_up()
         if warm["status"] != "ok":
-            raise RuntimeError(f"the warm-up recording was not scored: {warm['status']} {warm['message']}")
+            raise ServeError(f"the warm-up recording was not scored: {warm['status']} {warm['message']}")
         self._thread(self._score_uploads, "leakhunter-uploads")
         params = {"model": str(settings.model), "device": settings.device, "workers": settings.workers,
                   "file_timeout": settings.file_timeout, "served": True}
@@ -172,6 +180,9 @@ class Service:
         if self.not_ready is not None:
             return self.not_ready
         requested, runner = parse_device(self.settings.device), self.engine.runner
+        stopped = [thread.name for thread in self._threads[1:] if not thread.is_alive()]
+        if stopped and not self._closing:
+            return f"{', '.join(stopped)} stopped (see the log)"
         if requested.kind == "cuda" and not runner.device.startswith("cuda"):
             return f"{self.settings.device} was asked for, but scoring runs on {runner.device}"
         pool = self.engine.pool
@@ -206,21 +217,23 @@ class Service:
                 if self._closing:
                     return
                 taken, self._pending = self._pending[:UPLOADS_PER_TURN], self._pending[UPLOADS_PER_TURN:]
-            live = {upload.path: upload for upload in taken if upload.future.set_running_or_notify_cancel()}
-            if not live:
-                if self.engine.pool is not None:
-                    with self.turns.turn():  # the pool is the engine's: touched in a turn only
+            with self.turns.turn():  # the engine and its pool are touched in a turn only
+                # Only now: an upload whose client gave up (504) while the engine was busy is not scored.
+                live = {upload.path: upload for upload in taken if upload.future.set_running_or_notify_cancel()}
+                try:
+                    if not live and self.engine.pool is not None:
                         self.engine.pool.replace_dead()
-                continue
-            try:
-                with self.turns.turn():
-                    for spooled, result in self.engine.score_uploads({p: u.name for p, u in live.items()}):
-                        live[spooled].future.set_result(result.row)
-            except Exception as error:  # noqa: BLE001 - the model failed: these uploads get a 500 saying why
-                log.error("scoring uploads failed: %s", error)
-                for upload in live.values():
-                    if not upload.future.done():
-                        upload.future.set_exception(error)
+                    elif live:
+                        for spooled, result in self.engine.score_uploads({p: u.name for p, u in live.items()}):
+                            live[spooled].future.set_result(result.row)
+                except Exception as error:  # noqa: BLE001 - the model failed (or no worker starts): a 500 saying why
+                    message = str(error)
+                    for spooled, upload in live.items():  # name the uploads, never the spool paths
+                        message = message.replace(str(spooled), upload.name)
+                    log.error("scoring uploads failed: %s", message)
+                    for upload in live.values():
+                        if not upload.future.done():
+                            upload.future.set_exception(ServeError(message))
 
 
 class JobRequest(BaseModel):
@@ -303,8 +316,9 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
                                      f"{settings.max_upload_mb:g}")
         if not service.admit():
             raise _unavailable(f"{settings.max_queue} uploads are being scored (--max-queue); retry later")
-        folder = Path(tempfile.mkdtemp(dir=service.spool))
+        folder = None
         try:
+            folder = Path(tempfile.mkdtemp(dir=service.spool))
             name = upload_name(name or f"upload{suffix}")
             size = 0
             with open(folder / name, "wb") as handle:
@@ -326,7 +340,8 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
             raise HTTPException(422, str(error)) from error
         finally:
             service.release()
-            shutil.rmtree(folder, ignore_errors=True)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def job_call(call, *args):
         try:

@@ -430,7 +430,8 @@ def serve(
     max_queue: int = typer.Option(32, help="Uploads taken on at once; more get 503 with Retry-After."),
     max_jobs: int = typer.Option(16, help="Folder jobs queued or running; more get 503 with Retry-After."),
     request_timeout: float = typer.Option(300.0, help="Seconds an upload may wait for its row (then 504)."),
-    file_timeout: float = typer.Option(600.0, help="Seconds one file may go without progress (then `timeout`)."),
+    file_timeout: float = typer.Option(60.0, help="Seconds one file may go without progress (then `timeout`); below "
+                                                  "--request-timeout."),
     threshold: float = typer.Option(None, help="Override the card's P(LEAK) threshold (the rows say so)."),
     vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
     channel: str = typer.Option(None, help="Channel policy for multichannel files (default: the card's)."),

@@ -255,3 +255,12 @@ def test_a_crashing_or_hanging_file_costs_one_row_not_the_batch():
     assert "exit code 7" in results["crash"].detail
     assert isinstance(results["hang"], WorkerFailure) and results["hang"].reason == "timeout"
     assert len(results) == 6
+
+
+def test_a_jsonl_table_resumes_a_missing_files_row_like_a_csv_one(night, onnx_model, tmp_path):
+    folder, _ = night
+    inputs = [sorted(folder.glob("*.wav"))[0], tmp_path / "gone.wav"]
+    out = tmp_path / "t.jsonl"
+    assert predict(inputs, onnx_model, out=out, workers=0).statuses == {"ok": 1, "missing": 1}
+    resumed = predict(inputs, onnx_model, out=out, workers=0, resume=True)  # size_bytes null in JSONL
+    assert resumed.skipped == 2 and not resumed.rows

@@ -348,3 +348,14 @@ def test_rows_match_for_an_upload_of_a_48k_stereo_flac(server, tmp_path):
     expected = predict([path], Path(httpx.get(f"{url}/v1/model").json()["path"]), workers=0).rows[0]
     assert served["status"] == "ok" and served["resampled"] is True and served["channels_in"] == 2
     assert served["mean_leak_prob"] == pytest.approx(expected["mean_leak_prob"], abs=1e-6)
+
+
+def test_settings_that_cannot_work_are_refused(model, tmp_path):
+    from leakhunter.errors import InputError
+
+    with pytest.raises(InputError, match="below --request-timeout"):
+        ServeSettings(model=model, file_timeout=600, request_timeout=300)
+    with pytest.raises(InputError, match="needs --data-root"):
+        ServeSettings(model=model, jobs_dir=tmp_path)
+    with pytest.raises(InputError, match="not a folder"):
+        ServeSettings(model=model, data_root=tmp_path / "nope")
