@@ -16,6 +16,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import re
 import socket
 import tempfile
 import time
@@ -187,7 +189,7 @@ class RayEngine:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
         self.ray = import_ray()
         if not self.ray.is_initialized():
-            check_reachable(self.options.address)  # Ray itself retries a wrong address for minutes
+            check_reachable(self.options.address or os.environ.get("RAY_ADDRESS"))  # Ray retries for minutes
         self.model = Path(model)
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
         self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline)
@@ -222,14 +224,16 @@ class RayEngine:
                 "gpus_per_actor": self.options.gpus_per_actor, "model_threads": self.options.model_threads,
                 "files_per_batch": self.options.files_per_batch}
 
-    def score(self, paths: Iterable[str | Path], png_for: dict | None = None) -> Iterator[FileResult]:
+    def score(self, paths: Iterable[str | Path], png_for: dict | None = None,
+              files_per_batch: int | None = None) -> Iterator[FileResult]:
         """One FileResult per path, as the actors finish their batches; with `png_for` {path: png} the actors draw
         the timeline PNGs (on the shared filesystem) before their rows come back."""
         paths = [Path(p) for p in paths]
         if not paths:
             return
-        png_for = {Path(path): str(png) for path, png in (png_for or {}).items()}
-        dataset = self._dataset([{"path": str(p), "png": png_for.get(p, "")} for p in paths])
+        # Absolute: an actor's working folder is where `ray start` ran, not the driver's.
+        png_for = {Path(path): str(Path(png).resolve()) for path, png in (png_for or {}).items()}
+        dataset = self._dataset([{"path": str(p), "png": png_for.get(p, "")} for p in paths], files_per_batch)
         pending = {str(path): path for path in paths}
         try:
             for record in dataset.iter_rows():
@@ -241,9 +245,14 @@ class RayEngine:
                     raise RayEngineError(f"an actor on {sent['host']} failed: {sent['failure']}; the job stopped "
                                          f"(rows written so far are kept: --resume continues it)")
         except self.ray.exceptions.RayError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise RayEngineError(f"the Ray job failed ({type(error).__name__}: {first_line}); rows written so far "
-                                 f"are kept: --resume continues it") from error
+            lines = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+            reason = lines[-1].strip() if lines else type(error).__name__  # the cause is last (an actor's init error)
+            raise RayEngineError(f"the Ray job failed ({type(error).__name__}: {reason}); rows written so far "
+                                 f"are kept") from error
+        if len(pending) > 1 and (files_per_batch or self.options.files_per_batch) > 1:
+            # A batch killed its actor every time: one file per batch now, so only the file to blame pays for it.
+            yield from self.score(list(pending.values()), png_for, files_per_batch=1)
+            return
         for path in pending.values():  # their batch killed its actor every time it was tried
             yield self.scorer.failed(path, "worker_crash", f"the Ray actor scoring this file's batch died each of "
                                                            f"the {BATCH_RETRIES + 1} time(s) it was tried (out of "
@@ -254,6 +263,9 @@ class RayEngine:
         """A file the driver sees but the actor's node does not is a mount problem, not a missing file: `error`
         (scored again on --resume), naming the node."""
         row = result["row"]
+        here = self.scorer.base_row(row["file"])  # resume compares the driver's stat, whatever the node's mount says
+        if here["size_bytes"] != "":
+            row.update(size_bytes=here["size_bytes"], mtime=here["mtime"])
         if row["status"] == "missing" and Path(row["file"]).exists():
             return self.scorer.failed(row["file"], "error", f"not found on the Ray node {host}, though the driver "
                                                             f"sees it: mount the inputs at the same path on every node")
@@ -281,10 +293,11 @@ class RayEngine:
         if self._model_ref is None:
             self._model_ref = ray.put(self.model.read_bytes())  # shipped once; each actor checks its sha256
 
-    def _dataset(self, items: list[dict]):
+    def _dataset(self, items: list[dict], files_per_batch: int | None = None):
         self._connect()
         ray = self.ray
-        size = max(1, min(self.options.files_per_batch, math.ceil(len(items) / self.actors)))  # no actor idles
+        most = files_per_batch or self.options.files_per_batch
+        size = max(1, min(most, math.ceil(len(items) / self.actors)))  # no actor idles
         inputs = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / size)))
         with warnings.catch_warnings():  # max_task_retries has no named parameter yet (ray pinned in the extra)
             warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
