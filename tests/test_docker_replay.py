@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile
 from dockerfile_parser import base_image, read_stages, target_instructions
+from servers import free_port
 
 from leakhunter.synth import synth_recording
 
@@ -99,11 +99,6 @@ def image_environment(environment: dict[str, str], venv: Path) -> dict[str, str]
     merged.pop("PYTHONPATH", None)
     return merged
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_image_has_no_torch_and_one_onnxruntime(image):

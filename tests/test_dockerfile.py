@@ -6,7 +6,6 @@ import http.server
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from dockerfile_parser import read_instructions, read_stages, target_instructions
 from packaging.requirements import Requirement
+from servers import free_port
 
 from leakhunter import healthcheck
 
@@ -231,11 +231,6 @@ def process_with_cmdline():
         process.kill()
         process.wait()
 
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize(("status", "code"), [(200, 0), (503, 1)])

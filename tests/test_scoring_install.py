@@ -60,27 +60,17 @@ def test_a_command_that_needs_the_training_extra_says_which(binary_export, tmp_p
 
 
 def test_serve_on_onnx_needs_no_training_extra(binary_export, tmp_path):
-    import socket
-    import time
-
     import httpx
+    from servers import free_port, wait_ready
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-c", RUN_WITHOUT_TRAINING_EXTRA, "serve", "--model",
                                str(binary_export[1].output), "--port", str(port), "--workers", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     recording = tmp_path / "r.wav"
     soundfile.write(recording, synth_recording("LEAK", 4.0, 8000, np.random.default_rng(0)), 8000)
     try:
-        deadline, ready = time.monotonic() + 60, None
-        while ready is None and time.monotonic() < deadline and server.poll() is None:
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz").raise_for_status()
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        assert ready is not None, server.stdout.read() if server.poll() is not None else "not ready in 60 s"
+        wait_ready(f"http://127.0.0.1:{port}", server)
         row = httpx.post(f"http://127.0.0.1:{port}/v1/score", params={"name": "r.wav"}, content=recording.read_bytes(),
                          headers={"Content-Type": "audio/wav"}, timeout=60).json()
         assert row["status"] == "ok" and row["file"] == "r.wav"
