@@ -14,6 +14,11 @@ from leakhunter.errors import LeakhunterError
 
 # Every suffix that leakhunter.audio knows the container of (EXPECTED_FORMATS there).
 AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
+def logger_name(sensor_id: str, recording_no: int, timestamp: str, gain_db: int | float) -> str:
+    """A file name in the logger grammar that LOGGER_NAME reads back (synth writes its corpora with it)."""
+    return f"{sensor_id}~R{recording_no:05d}~{timestamp}~{gain_db}.wav"
+
+
 LOGGER_NAME = re.compile(r"^(?P<sensor_id>[^~]+)~(?P<recording_id>[^~]+)~(?P<timestamp>[^~]+)~(?P<gain_db>[^~]+)$")
 
 

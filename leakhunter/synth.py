@@ -16,6 +16,7 @@ import soundfile as sf
 
 from leakhunter.card import STANDARD_CLASSES
 from leakhunter.errors import InputError
+from leakhunter.sources import logger_name
 
 GAINS_DB = (0, 6, 12, 18)
 PEAK_CEILING = 0.95
@@ -275,7 +276,7 @@ def write_recording(root: Path, label: str, index: int, duration_s: float, sampl
     block = recording_no // RECORDINGS_PER_BLOCK  # each block of 16 recordings shares 4 sensors
     sensor_id = f"S{SENSORS_PER_BLOCK * block + int(rng.integers(SENSORS_PER_BLOCK)):03d}"
     gain_db = int(rng.choice(GAINS_DB))
-    path = root / label / f"{sensor_id}~R{recording_no:05d}~{night_timestamp(rng)}~{gain_db}.wav"
+    path = root / label / logger_name(sensor_id, recording_no, night_timestamp(rng), gain_db)
     signal = synth_recording(label, duration_s, sample_rate, rng)
     sf.write(path, limit_peak(signal * np.float32(db_to_amplitude(gain_db))), sample_rate,
              subtype="PCM_16")

@@ -12,11 +12,11 @@ Each site draws its knobs once from the seed (README, `leak data synth`, has the
   fundamental), a valve's hiss (400-1400 Hz, narrower than a leak's) at half the sites, all at a site level of
   -62..-46 dBFS; the sensor's white self-noise 15-35 dB under it;
 - leaks: broadband hiss (a flat ~150-1500 Hz band) at an SNR around the site's centre (-8..+6 dB, each file
-  within +-6 dB, clipped to -10..+14 dB; leak over background-and-self-noise power within LEAK_BAND_HZ), and a
+  within +-6 dB, clipped to -10..+12 dB; leak over background-and-self-noise power within LEAK_BAND_HZ), and a
   site-specific share of the leaks (0.3-1.7x), so a site's sound correlates with its label in training.
 
 The five class folders stay, so binary and multiclass both work: NORMAL is the site background, QUIET the
-background 18-30 dB down (no flow), RANDOM background plus transients, MECHANICAL background plus a machine
+background 18-30 dB down, RANDOM background plus transients, MECHANICAL background plus a machine
 running loud (the site's pump where it has one), LEAK background plus the hiss (30 % also with transients).
 A fifth of NORMAL, RANDOM and MECHANICAL files carry a brief leak-like burst (a consumer drawing water).
 """
@@ -31,10 +31,13 @@ import numpy as np
 import soundfile as sf
 
 from leakhunter.card import STANDARD_CLASSES
+from leakhunter.sources import logger_name
 from leakhunter.synth import (
     BAND_EDGE_HZ,
+    DECOY_BURST_SHARE,
     DECOY_CLASSES,
     GAINS_DB,
+    LEAK_INTERRUPTED_SHARE,
     db_to_amplitude,
     harmonic_hum,
     limit_peak,
@@ -48,9 +51,7 @@ from leakhunter.synth import (
 
 SITE_STREAM = 1_000  # seeds [seed, SITE_STREAM, ...] never meet the classes scenario's [seed, class, index]
 LEAK_BAND_HZ = (150.0, 1500.0)  # SNRs are measured here: where the leak is, not where the rumble is
-LEAK_SNR_FLOOR_DB, LEAK_SNR_CEILING_DB = -10.0, 14.0
-LEAK_INTERRUPTED_SHARE = 0.3
-DECOY_BURST_SHARE = 0.2
+LEAK_SNR_FLOOR_DB, LEAK_SNR_CEILING_DB = -10.0, 12.0  # a site's centre -8..+6 dB, each file +-6 dB
 MAINS_PUMP_HZ = (24.6, 29.5, 49.2, 59.0, 98.4, 118.0)  # induction motors: slip below 25/30/50/60 Hz, 2 poles
 
 
@@ -226,7 +227,7 @@ def write_site_recording(root: Path, label: str, index: int, duration_s: float, 
     """Synthesise and write one file of the sites scenario; returns its path and (group, snr_db)."""
     site, rng = site_of(label, index, sites, seed)
     recording_no = index * len(STANDARD_CLASSES) + STANDARD_CLASSES.index(label)
-    path = root / label / f"{site.name}~R{recording_no:05d}~{night_timestamp(rng)}~{site.gain_db}.wav"
+    path = root / label / logger_name(site.name, recording_no, night_timestamp(rng), site.gain_db)
     signal, snr_db = site_recording(label, site, max(1, round(duration_s * sample_rate)), sample_rate, rng)
     signal *= db_to_amplitude(site.gain_db + site.sensitivity_db)
     sf.write(path, limit_peak(signal).astype(np.float32), sample_rate, subtype="PCM_16")

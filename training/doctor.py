@@ -57,7 +57,7 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     finished = (run_dir / "best.pth").is_file() and history and (
         history[-1]["epoch"] == config.epochs or history[-1]["epoch"] - last["best_epoch"] >= config.patience)
     if finished:
-        baseline_f1 = fit_baseline(data).metrics["val"]["file_f1"]
+        baseline_f1 = fit_baseline(data, ("val",)).metrics["val"]["file_f1"]  # H015 judges validation only
         monitor.add(end_findings(history, last["best_epoch"])
                     + baseline_findings(history, last["best_epoch"], baseline_f1))
     live = run_dir / "health.json"
