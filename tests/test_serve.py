@@ -214,10 +214,12 @@ def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
     assert httpx.get(f"{url}/v1/jobs/nope").status_code == 404
 
 
-def test_more_jobs_than_max_jobs_get_503_with_retry_after(model, night):
+def test_a_second_job_on_the_same_table_is_409_and_more_than_max_jobs_503(model, night):
     with running(model=model, workers=0, data_root=night[0], max_jobs=1) as (url, service):
         with service.turns.turn():  # the engine is busy: the first job waits in its queue
             first = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "a.csv"})
+            same_out = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/broken/"], "out": "a.csv"})
+            assert same_out.status_code == 409 and "another job is writing a.csv" in same_out.text
             second = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "b.csv"})
             assert first.status_code == 202 and second.status_code == 503 and second.headers["Retry-After"]
             cancelled = httpx.delete(f"{url}/v1/jobs/{first.json()['id']}").json()
