@@ -41,6 +41,7 @@ from leakhunter.inference.scorer import (
     decode_in_worker,
     setup_decoder,
 )
+from leakhunter.operating import deployed_threshold
 
 PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
 BATCH_ROWS = 4  # rows (each one piece long) per model call on CPU: ~240 s of audio, ~3,800 short segments
@@ -199,11 +200,12 @@ class ScoringEngine:
                  threshold: float | None = None, vote_fraction: float | None = None, channel: str | int | None = None,
                  timeline: bool = False, piece_seconds: float = PIECE_SECONDS, batch_rows: int | None = None,
                  threads: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder,
-                 block_frames: int = 1 << 16):
+                 block_frames: int = 1 << 16, sensitivity: str | None = None):
         if batch_rows is not None and batch_rows < 1:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
+        deployed_threshold(card, threshold, sensitivity)  # a bad --sensitivity is refused before any worker starts
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
         # What the workers decode with; inline (workers=0) this process uses the same decoder.
         self.decoder = decoder_class(card.frontend, card.segmentation, channel_policy(card, channel), piece_longs,
@@ -216,7 +218,8 @@ class ScoringEngine:
         except BaseException:
             self.close()
             raise
-        self.scorer = RecordingScorer(self.card, self.runner.sha256, threshold, vote_fraction, channel, timeline)
+        self.scorer = RecordingScorer(self.card, self.runner.sha256, threshold, vote_fraction, channel, timeline,
+                                      sensitivity)
         if batch_rows is None:
             batch_rows = GPU_BATCH_ROWS if self.runner.device.startswith("cuda") else BATCH_ROWS
         self.batcher = PieceBatcher(self.card, self.runner, piece_longs, batch_rows)

@@ -20,10 +20,12 @@ from leakhunter.files import write_atomic
 
 BASE_COLUMNS = ("file", "status", "verdict", "leak_score", "mean_leak_prob", "max_long_prob", "n_long",
                 "duration_s", "sample_rate_in", "resampled", "channels_in", "top_class")
-TAIL_COLUMNS = ("threshold", "vote_fraction", "model_sha256", "leakhunter_version", "size_bytes", "mtime",
-                "message")
+# `sensitivity`: the card's operating point the threshold came from (`--sensitivity high`), empty otherwise.
+TAIL_COLUMNS = ("threshold", "vote_fraction", "sensitivity", "model_sha256", "leakhunter_version", "size_bytes",
+                "mtime", "message")
 # Free-text columns: the only ones a formula could hide in (numbers such as -0.5 must stay numbers).
-TEXT_COLUMNS = frozenset({"file", "status", "verdict", "top_class", "model_sha256", "leakhunter_version", "message"})
+TEXT_COLUMNS = frozenset({"file", "status", "verdict", "top_class", "sensitivity", "model_sha256",
+                          "leakhunter_version", "message"})
 # A leading quote is escaped too, so that reading back can always drop exactly one.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 # Statuses that say something about the run, not the file: --resume scores these files again.
@@ -41,11 +43,13 @@ def columns_for(class_names, multiclass: bool) -> tuple[str, ...]:
 
 
 def resume_key(row: dict) -> tuple[str, ...]:
-    """A file is done when the same path, size and mtime were scored by the same model with the same threshold
-    and vote fraction (a resume with --threshold 0.7 does not keep rows voted at 0.5)."""
+    """A file is done when the same path, size and mtime were scored by the same model with the same threshold,
+    vote fraction and sensitivity (a resume with --threshold 0.7, or --sensitivity high, does not keep rows voted
+    at 0.5, or named by another operating point even at the same threshold)."""
     size = "" if row["size_bytes"] is None else str(row["size_bytes"])  # JSONL writes an unknown size as null
     return (str(row["file"]), size, _mtime_text(row["mtime"]), str(row["model_sha256"]),
-            _number_text(row.get("threshold")), _number_text(row.get("vote_fraction")))
+            _number_text(row.get("threshold")), _number_text(row.get("vote_fraction")),
+            str(row.get("sensitivity") or ""))
 
 
 def _number_text(value) -> str:

@@ -83,7 +83,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
             channel: str | int | None = None, on_row: Callable[[dict, int, int], None] | None = None,
             retry_failed: bool = True, batch_rows: int | None = None,
             decoder_class: type[RecordingDecoder] = RecordingDecoder, engine: str = "local",
-            ray_options: RayOptions | None = None) -> PredictSummary:
+            ray_options: RayOptions | None = None, sensitivity: str | None = None) -> PredictSummary:
     """Score every input file; rows go to `out` (.csv or .jsonl) as they are produced and are returned.
 
     resume: keep the rows already in `out` and score the rest; rows of files that timed out, crashed
@@ -91,6 +91,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     decoder_class: a RecordingDecoder subclass (importable by worker processes) to decode with instead.
     engine: "local" (this process; workers default 2) or "ray" (actors on a Ray cluster, `ray_options`; workers
     per actor, default from its CPUs): the same rows either way.
+    sensitivity: score at the card's operating point of that name (`high`, `balanced`, `low-false-alarm`) instead
+    of its calibrated threshold; every row says which (`sensitivity` column). Not with `threshold`.
     """
     if timeline and out is None:
         raise PredictError("--timeline needs --out: the timeline is written beside the table, as "
@@ -105,7 +107,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     paths = find_inputs(inputs)
     started = time.perf_counter()
     settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
-                    timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class)
+                    timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class, sensitivity=sensitivity)
     if engine == "ray":
         from leakhunter.inference.ray_engine import RayEngine
 
@@ -182,7 +184,7 @@ def _write_params(out: Path, engine: ScoringEngine, params: dict) -> None:
             {"backend": engine.runner.backend, "device_used": engine.runner.device,
              "batch_rows": engine.batcher.batch_rows, "workers": engine.workers})
     params = {**params, "model_sha256": scorer.model_sha256, **used,
-              "threshold": scorer.threshold, "vote_fraction": scorer.vote_fraction,
+              "threshold": scorer.threshold, "sensitivity": scorer.sensitivity, "vote_fraction": scorer.vote_fraction,
               "card_threshold": scorer.card.voting.threshold, "channel": scorer.channel,
               "card_channel": scorer.card.channel_policy, "leakhunter_version": leakhunter.__version__,
               "started": datetime.now(UTC).isoformat(timespec="seconds")}

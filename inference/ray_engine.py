@@ -175,7 +175,8 @@ class RayEngine:
     def __init__(self, model: str | Path, device: str = "auto", options: RayOptions | None = None,
                  workers: int | None = None, file_timeout: float | None = 600.0, threshold: float | None = None,
                  vote_fraction: float | None = None, channel: str | int | None = None, timeline: bool = False,
-                 batch_rows: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder):
+                 batch_rows: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder,
+                 sensitivity: str | None = None):
         self.options = options or RayOptions()
         if workers is not None and workers < 1:
             raise InputError("--engine ray needs at least one decoding worker per actor (--workers 1 or more): "
@@ -192,13 +193,13 @@ class RayEngine:
             check_reachable(self.options.address or os.environ.get("RAY_ADDRESS"))  # Ray retries for minutes
         self.model = Path(model)
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
-        self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline)
+        self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline, sensitivity)
         # An actor without a GPU of its own scores on CPU, even on a node that has one (Ray did not give it one).
         self.device, self.batch_rows = device if self.options.gpus_per_actor else "cpu", batch_rows
         self.workers = self.options.decoding_workers if workers is None else workers
         self.engine_options = {"device": self.device, "workers": self.workers, "file_timeout": file_timeout,
                                "threshold": threshold, "vote_fraction": vote_fraction, "channel": channel,
-                               "timeline": timeline, "batch_rows": batch_rows,
+                               "timeline": timeline, "batch_rows": batch_rows, "sensitivity": sensitivity,
                                "threads": self.options.model_threads, "decoder_class": decoder_class}
         self._started_ray = False
         self._model_ref = None

@@ -17,6 +17,7 @@ import leakhunter
 from leakhunter.audio import AudioError, open_audio, parse_channel_policy
 from leakhunter.card import FrontendConfig, ModelCard, SegmentationConfig
 from leakhunter.inference.outputs import columns_for
+from leakhunter.operating import deployed_threshold
 from leakhunter.segments import plan_segments
 from leakhunter.voting import top_class, vote_files
 
@@ -133,16 +134,20 @@ class FileResult:
     row: dict
     timeline: dict | None = None
     plot: PlotTask | None = None  # a timeline PNG still to draw (by a worker)
+    long_leak_prob: np.ndarray | None = None  # P(LEAK) per long segment, exact (`leak eval` re-votes with it)
 
 
 class RecordingScorer:
     """The row of one recording from its long segments' probabilities: verdict, scores, top class, class
-    probabilities, and (with `timeline`) P(LEAK) per long segment. Overrides of the card are said in `message`."""
+    probabilities, and (with `timeline`) P(LEAK) per long segment. Overrides of the card are said in `message`;
+    `sensitivity` names the card's operating point whose threshold is used (the `sensitivity` column says it)."""
 
     def __init__(self, card: ModelCard, model_sha256: str, threshold: float | None = None,
-                 vote_fraction: float | None = None, channel: str | int | None = None, timeline: bool = False):
+                 vote_fraction: float | None = None, channel: str | int | None = None, timeline: bool = False,
+                 sensitivity: str | None = None):
         self.card, self.model_sha256, self.timeline = card, model_sha256, timeline
-        self.threshold = card.voting.threshold if threshold is None else threshold
+        self.threshold = deployed_threshold(card, threshold, sensitivity)
+        self.sensitivity = sensitivity
         self.vote_fraction = card.voting.vote_fraction if vote_fraction is None else vote_fraction
         self.channel = channel_policy(card, channel)
         self.multiclass = card.mode != "binary"  # p_<class> columns
@@ -150,9 +155,14 @@ class RecordingScorer:
         overridden = [f"{name} {value:g} (card {card_value:g})" for name, value, card_value in
                       (("threshold", self.threshold, card.voting.threshold),
                        ("vote_fraction", self.vote_fraction, card.voting.vote_fraction)) if value != card_value]
+        chosen = ""
+        if sensitivity is not None:  # said even when the point's threshold is the card's own
+            chosen = f"sensitivity {sensitivity}: threshold {self.threshold:g} (card {card.voting.threshold:g})"
+            overridden = [note for note in overridden if not note.startswith("threshold ")]
         if self.channel != card.channel_policy:
             overridden.append(f"channel {self.channel} (card {card.channel_policy})")
-        self.override_note = "overridden: " + ", ".join(overridden) if overridden else ""
+        self.override_note = "; ".join(filter(None, [chosen, "overridden: " + ", ".join(overridden) if overridden
+                                                     else ""]))
 
     def base_row(self, path: str | Path) -> dict:
         path = Path(path)
@@ -162,7 +172,7 @@ class RecordingScorer:
         except OSError:
             size, mtime = "", ""
         return {"file": str(path), "threshold": self.threshold, "vote_fraction": self.vote_fraction,
-                "model_sha256": self.model_sha256, "leakhunter_version": leakhunter.__version__,
+                "sensitivity": self.sensitivity or "", "model_sha256": self.model_sha256, "leakhunter_version": leakhunter.__version__,
                 "size_bytes": size, "mtime": mtime, "message": self.override_note}
 
     def failed(self, path: str | Path, reason: str, detail: str) -> FileResult:
@@ -189,4 +199,4 @@ class RecordingScorer:
             timeline = {"file": str(path), "long_start_s": (np.arange(len(long_leak)) * seg.long_hop / rate)
                         .round(4).tolist(), "long_seconds": seg.long_samples / rate,
                         "leak_prob": np.round(long_leak, 5).tolist(), "threshold": self.threshold}
-        return FileResult(row, timeline)
+        return FileResult(row, timeline, long_leak_prob=long_leak)

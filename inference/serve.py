@@ -55,6 +55,7 @@ class ServeSettings:
     vote_fraction: float | None = None
     channel: str | None = None
     batch_rows: int | None = None
+    sensitivity: str | None = None  # the card's operating point to score at (not with threshold)
     data_root: Path | None = None
     jobs_dir: Path | None = None  # default: <data_root>/.leakhunter-jobs
     max_upload_mb: float = 200.0
@@ -65,6 +66,9 @@ class ServeSettings:
 
     def __post_init__(self):
         parse_device(self.device)
+        if self.sensitivity is not None and self.threshold is not None:
+            raise InputError(f"--sensitivity {self.sensitivity} and --threshold {self.threshold:g} both choose the "
+                             f"threshold: give one of them")
         for name in ("workers", "max_queue", "max_jobs"):
             if getattr(self, name) < (0 if name == "workers" else 1):
                 raise InputError(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}")
@@ -129,7 +133,8 @@ class Service:
         self.engine = ScoringEngine(settings.model, settings.device, workers=settings.workers,
                                     file_timeout=settings.file_timeout, threshold=settings.threshold,
                                     vote_fraction=settings.vote_fraction, channel=settings.channel,
-                                    batch_rows=settings.batch_rows, decoder_class=settings.decoder_class)
+                                    batch_rows=settings.batch_rows, decoder_class=settings.decoder_class,
+                                    sensitivity=settings.sensitivity)
         self.not_ready = "warming up"
         warm = self._warm_up()
         if warm["status"] != "ok":
@@ -303,7 +308,7 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
         engine = service.engine
         return {"path": str(settings.model), "sha256": engine.runner.sha256, "backend": engine.runner.backend,
                 "device": engine.runner.device, "threshold": engine.scorer.threshold,
-                "vote_fraction": engine.scorer.vote_fraction, "channel": engine.scorer.channel,
+                "sensitivity": engine.scorer.sensitivity, "vote_fraction": engine.scorer.vote_fraction, "channel": engine.scorer.channel,
                 "columns": list(engine.scorer.columns), "card": engine.card.to_dict()}
 
     @app.post("/v1/score")

@@ -66,6 +66,51 @@ def architecture_problems(architecture: Any) -> list[tuple[str, str]]:
             found.append((f"architecture.params.{key}", problem))
     return found
 CHANNEL_POLICIES = ("mean", "first")  # or a channel index as text: leakhunter.audio.parse_channel_policy's values
+# The named thresholds a card may carry (leakhunter.operating chooses them; `leak predict --sensitivity NAME`).
+OPERATING_POINTS = ("high", "balanced", "low-false-alarm")
+_POINT_FRACTIONS = ("recall", "specificity", "precision", "f1")
+_POINT_KEYS = frozenset({"target", "threshold", "reason", "false_alarms_per_100", "n_files", "n_leak",
+                         *_POINT_FRACTIONS})
+
+
+def operating_point_problems(points: Any) -> list[tuple[str, str]]:
+    """The card's operating points: known names, each a threshold in [0, 1] with its file-level rates, or an
+    unavailable point (threshold null) that says why."""
+    if points is None:
+        return []
+    if not isinstance(points, dict):
+        return [("operating_points", f"must be an object of named points, got {type(points).__name__}")]
+    found = []
+    for name, point in points.items():
+        where = f"operating_points.{name}"
+        if name not in OPERATING_POINTS:
+            found.append((where, f"is not a known operating point; known: {', '.join(OPERATING_POINTS)}"))
+            continue
+        if not isinstance(point, dict):
+            found.append((where, f"must be an object, got {type(point).__name__}"))
+            continue
+        found += [(f"{where}.{key}", "unknown field") for key in sorted(set(point) - _POINT_KEYS)]
+        threshold = point.get("threshold")
+        if threshold is None:
+            if not (isinstance(point.get("reason"), str) and point["reason"]):
+                found.append((f"{where}.reason", "an unavailable point (threshold null) must say why"))
+        elif not _number_in(threshold, 0.0, 1.0):
+            found.append((f"{where}.threshold", f"must be in [0, 1] or null, got {threshold!r:.60}"))
+        for key in _POINT_FRACTIONS:
+            if point.get(key) is not None and not _number_in(point[key], 0.0, 1.0):
+                found.append((f"{where}.{key}", f"must be in [0, 1] or null, got {point[key]!r:.60}"))
+        if point.get("false_alarms_per_100") is not None and not _number_in(point["false_alarms_per_100"], 0.0, 100.0):
+            found.append((f"{where}.false_alarms_per_100", f"must be in [0, 100] or null, "
+                                                           f"got {point['false_alarms_per_100']!r:.60}"))
+        for key in ("n_files", "n_leak"):
+            value = point.get(key)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                found.append((f"{where}.{key}", f"must be a count (an integer >= 0), got {value!r:.60}"))
+    return found
+
+
+def _number_in(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 class CardError(LeakhunterError, ValueError):
@@ -230,6 +275,10 @@ class ModelCard:
     # text): predict mixes the same way unless told otherwise. Cards from before this field read as "mean",
     # the only policy there was, so schema_version 1 still holds.
     channel_policy: str = "mean"
+    # Named thresholds chosen on labelled files (leakhunter.operating.operating_points): {name: {threshold, target,
+    # recall, specificity, precision, f1, false_alarms_per_100, n_files, n_leak}}, or {name: {threshold: null,
+    # reason}} where unreachable. Cards from before this field have none (None), so schema_version 1 still holds.
+    operating_points: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def for_mode(cls, mode: str, class_names, **kwargs) -> ModelCard:
@@ -270,6 +319,7 @@ class ModelCard:
                                                           or self.channel_policy.isdigit())):
             found.append(("channel_policy", f"must be 'mean', 'first' or a channel index such as '0', "
                                             f"got {self.channel_policy!r}"))
+        found += operating_point_problems(self.operating_points)
         return found
 
     def validate(self, source: str = "model card") -> ModelCard:

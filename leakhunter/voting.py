@@ -62,6 +62,11 @@ def vote_files(long_leak_prob: np.ndarray, long_file_index: np.ndarray, n_files:
                       max_long_prob=max_prob, n_long=n_long)
 
 
+def threshold_grid(candidates: int = 99) -> np.ndarray:
+    """The thresholds calibration chooses from: [0.01, 0.02 ... 0.99] (the default 99 candidates)."""
+    return np.linspace(0.01, 0.99, candidates)
+
+
 def calibrate_threshold(long_leak_prob: np.ndarray, long_file_index: np.ndarray, file_is_leak: np.ndarray,
                         vote_fraction: float = 0.5, candidates: int = 99) -> tuple[float, float]:
     """The threshold in [0.01, 0.99] that maximises file-level leak F1 on these files: (threshold, F1).
@@ -69,7 +74,7 @@ def calibrate_threshold(long_leak_prob: np.ndarray, long_file_index: np.ndarray,
     Ties go to the threshold closest to 0.5, so an easy validation set keeps the neutral default.
     """
     file_is_leak = np.asarray(file_is_leak, dtype=bool)
-    grid = np.linspace(0.01, 0.99, candidates)
+    grid = threshold_grid(candidates)
     best = (-1.0, 0.0, 0.5)  # (F1, -distance to 0.5, threshold)
     for threshold in grid:
         verdict = vote_files(long_leak_prob, long_file_index, len(file_is_leak), threshold, vote_fraction).verdict

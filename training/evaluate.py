@@ -1,7 +1,8 @@
 """File-level evaluation exactly as deployed: per-input P(LEAK) → long-segment means → vote.
 
 Training selects models with this, and `leak eval` reports with it; both use leakhunter.voting,
-the code predict scores with.
+the code predict scores with. Recordings that are not a dataset's features are scored by predict's own
+engine (training/eval_sources.py), so `leak eval` on an .onnx model measures what will be deployed.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from leakhunter.card import ModelCard
 from leakhunter.devices import to_device
 from leakhunter.errors import InputError
+from leakhunter.operating import file_rates, points_on, threshold_sweep
 from leakhunter.training.baseline import baseline_report
+from leakhunter.training.curves import plot_precision_recall, plot_roc
 from leakhunter.training.data import LeakData, SplitData
+from leakhunter.training.eval_sources import FileVotes, dataset_files, is_dataset, score_files, source_files
 from leakhunter.training.metrics import class_distribution, cohen_kappa, confusion_matrix, leak_metrics
+from leakhunter.training.plots import plot_confusion
 from leakhunter.voting import per_long_segment, top_class, vote_files
 
 
@@ -85,32 +91,131 @@ def evaluate_split(split: SplitData, probs: np.ndarray, leak_prob: np.ndarray, c
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", device: str = "auto",
-             threshold: float | None = None, confusion_png: str | Path | None = None) -> dict:
-    """`leak eval`: the file-level report of a checkpoint on one split of a dataset file."""
+             threshold: float | None = None, confusion_png: str | Path | None = None,
+             roc_png: str | Path | None = None, pr_png: str | Path | None = None, workers: int = 2) -> dict:
+    """`leak eval`: the file-level report of a model (.pth or .onnx) on labelled recordings: one split of a
+    dataset file, a manifest CSV (path, label, optional group) or a class-folder tree SRC/<CLASS>/**/*.wav.
+
+    A .pth on a dataset is scored from the dataset's features; every other pair by the scoring engine `leak
+    predict` uses, on the recordings themselves (`workers` decoding processes), and files it cannot score are
+    listed under `failed_files` and left out of every metric. Beside the file metrics: per group, false alarms
+    per 100 non-LEAK recordings, the card's operating points applied to these files, and the pictures asked for.
+    """
+    from leakhunter.inference.loader import read_card
+
+    card, _, backend = read_card(model)
+    used = card.voting.threshold if threshold is None else threshold
+    segment: dict = {"segment_accuracy": None, "kappa": None, "predicted_distribution": None}
+    if is_dataset(data):
+        leak_data = LeakData(data, card.mode)
+        leak_data.check_card(card, str(model))
+        if split not in leak_data.splits:
+            raise InputError(f"split {split!r} is not one of {', '.join(leak_data.splits)}")
+        files = dataset_files(leak_data, split) if backend != "torch" else None
+        if files is None:
+            votes, segment = _score_dataset(model, card, leak_data, split, device, used)
+            failed = []
+        else:
+            votes, failed = score_files(model, card, files, device, threshold, workers)
+        about = {"split": split, "source": "dataset", "baseline": baseline_report(leak_data, split),
+                 "group_from": "the dataset's /files/group",
+                 "scored_by": "the dataset's features (torch)" if files is None else
+                              f"the recordings, by the scoring engine ({backend})"}
+    else:
+        files = source_files(data)
+        votes, failed = score_files(model, card, files, device, threshold, workers)
+        about = {"split": None, "source": files.source, "baseline": None, "group_from": files.group_from,
+                 "scored_by": f"the recordings, by the scoring engine ({backend})"}
+    if failed and not len(votes.paths):
+        reasons = ", ".join(sorted({row["status"] for row in failed}))
+        raise InputError(f"none of the {len(failed)} files of {data} could be scored ({reasons}), e.g. "
+                         f"{failed[0]['file']}: {failed[0]['message']}")
+    report = dict(file_report(votes, card, used), **segment, **about, model=str(model), data=str(data),
+                  mode=card.mode, failed_files=failed)
+    _draw(report, votes, card, model, confusion_png, roc_png, pr_png)
+    return report
+
+
+def _score_dataset(model, card: ModelCard, leak_data: LeakData, split: str, device: str,
+                   threshold: float) -> tuple[FileVotes, dict]:
+    """A checkpoint on a dataset split's stored features: the votes, and the segment-level metrics."""
     from leakhunter.checkpoint import read_model
     from leakhunter.devices import pick_device
     from leakhunter.models import Scorer
-    from leakhunter.training.plots import plot_confusion
 
-    card, network = read_model(model)
-    leak_data = LeakData(data, card.mode)
-    leak_data.check_card(card, str(model))
-    if split not in leak_data.splits:
-        raise InputError(f"split {split!r} is not one of {', '.join(leak_data.splits)}")
+    _, network = read_model(model)
     target = leak_data.splits[split]
     torch_device = pick_device(device)
-    scorer = Scorer(network, card).to(torch_device)
-    probs, leak_prob = score_split(scorer, leak_data, target, 16384, torch_device)
-    result = evaluate_split(target, probs, leak_prob, card.class_names,
-                            card.voting.threshold if threshold is None else threshold, card.voting.vote_fraction,
+    probs, leak_prob = score_split(Scorer(network, card).to(torch_device), leak_data, target, 16384, torch_device)
+    result = evaluate_split(target, probs, leak_prob, card.class_names, threshold, card.voting.vote_fraction,
                             leak_data.shorts_per_long, card.segmentation.unit, card.mode)
-    report = dict(result.metrics, model=str(model), data=str(data), split=split, mode=card.mode,
-                  baseline=baseline_report(leak_data, split))
-    if confusion_png is not None:
-        plot_confusion(np.array(report["confusion"]), card.class_names, confusion_png,
-                       f"{Path(model).name} on {split} ({report['n_files']} files)")
-        report["confusion_png"] = str(confusion_png)
+    votes = FileVotes(paths=list(target.paths), groups=[leak_data.groups[i] for i in target.file_index],
+                      file_is_leak=target.file_is_leak, file_targets=target.file_targets,
+                      verdict=result.file_verdict, mean_leak_prob=result.file_mean_leak_prob,
+                      top_class=result.file_top_class, long_leak_prob=result.long_leak_prob,
+                      long_file=target.long_file)
+    return votes, {k: result.metrics[k] for k in ("segment_accuracy", "kappa", "predicted_distribution")}
+
+
+def file_report(votes: FileVotes, card: ModelCard, threshold: float) -> dict:
+    """File-level leak metrics, false alarms per 100 non-LEAK recordings, the confusion matrix, the same per
+    group, the card's operating points voted again on these files, and each file's truth and vote."""
+    vote_fraction = card.voting.vote_fraction
+    leak = leak_metrics(votes.file_is_leak, votes.verdict, np.nan_to_num(votes.mean_leak_prob))
+    report = {f"file_{k}": v for k, v in leak.items()}
+    report.update(
+        n_files=len(votes.paths), n_leak=int(votes.file_is_leak.sum()),
+        false_alarms_per_100=file_rates(votes.file_is_leak, votes.verdict, digits=None)["false_alarms_per_100"],
+        threshold=float(threshold), vote_fraction=float(vote_fraction), class_names=list(card.class_names),
+        confusion=confusion_matrix(votes.file_targets, votes.top_class, len(card.class_names)).tolist(),
+        groups=group_report(votes),
+        operating_points=points_on(card.operating_points, votes.long_leak_prob, votes.long_file,
+                                   votes.file_is_leak, vote_fraction),
+        files=[{"file": path, "group": group, "truth": card.class_names[truth], "verdict": "LEAK" if verdict else
+                "NOLEAK", "mean_leak_prob": float(mean), "top_class": card.class_names[top]}
+               for path, group, truth, verdict, mean, top in zip(votes.paths, votes.groups, votes.file_targets,
+                                                                 votes.verdict, votes.mean_leak_prob, votes.top_class)])
     return report
+
+
+def group_report(votes: FileVotes) -> dict[str, dict]:
+    """Per group (site, sensor): file_rates and the LEAK verdicts, groups in name order."""
+    groups = np.asarray(votes.groups, dtype=object)
+    report = {}
+    for group in sorted(set(votes.groups)):
+        mine = groups == group
+        report[group] = {**file_rates(votes.file_is_leak[mine], votes.verdict[mine]),
+                         "leak_verdicts": int(votes.verdict[mine].sum())}
+    return report
+
+
+def default_png(model: str | Path, data: str | Path, split: str, kind: str) -> Path:
+    """Where `leak eval` draws a picture unless told: beside the model, named by the split (a dataset) or by the
+    manifest or folder evaluated, e.g. roc_test.png, pr_night_labels.png."""
+    tag = split if is_dataset(data) else Path(data).stem
+    return Path(model).with_name(f"{kind}_{tag}.png")
+
+
+def _draw(report: dict, votes: FileVotes, card: ModelCard, model, confusion_png, roc_png, pr_png) -> None:
+    where = report["split"] if report["split"] is not None else Path(report["data"]).name
+    title = f"{Path(model).name} on {where} ({report['n_files']} files)"
+    if confusion_png is not None:
+        plot_confusion(np.array(report["confusion"]), card.class_names, confusion_png, title)
+        report["confusion_png"] = str(confusion_png)
+    if roc_png is None and pr_png is None:
+        return
+    sweep = threshold_sweep(votes.long_leak_prob, votes.long_file, votes.file_is_leak, card.voting.vote_fraction)
+    evaluated = {"threshold": report["threshold"],
+                 **file_rates(votes.file_is_leak, votes.verdict, digits=None)}
+    marks = {"evaluated": evaluated, **{name: point for name, point in report["operating_points"].items()
+                                        if point.get("threshold") is not None}}
+    score = np.nan_to_num(votes.mean_leak_prob)
+    if roc_png is not None:
+        plot_roc(votes.file_is_leak, score, sweep, marks, report["file_auc"], roc_png, f"ROC: {title}")
+        report["roc_png"] = str(roc_png)
+    if pr_png is not None:
+        plot_precision_recall(votes.file_is_leak, score, sweep, marks, pr_png, f"precision-recall: {title}")
+        report["pr_png"] = str(pr_png)
 
 
 def finite_or_none(value):

@@ -1,0 +1,82 @@
+"""How `leak eval` prints its report (training/evaluate.py makes it): rich tables of the file metrics, the
+confusion matrix, the groups, the operating points on these files and the files that could not be scored."""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+
+GROUPS_SHOWN = 40  # groups printed; --json has them all
+FAILED_SHOWN = 20
+
+
+def number(value, digits: int = 3) -> str:
+    """A metric as text; n/a where it does not exist on these files (None or NaN)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def eval_tables(report: dict) -> list[Table | str]:
+    """The report as tables and lines, in reading order."""
+    where = f"{report['split']} of {report['data']}" if report["split"] else report["data"]
+    main = Table(title=f"{report['model']} on {where} ({report['n_files']} files, {report['n_leak']} LEAK, "
+                       f"threshold {report['threshold']:.2f}; scored from {report['scored_by']})")
+    columns = {"file F1": "file_f1", "precision": "file_precision", "recall": "file_recall",
+               "specificity": "file_specificity", "false alarms /100": "false_alarms_per_100", "AUC": "file_auc",
+               "accuracy": "file_accuracy", "segment acc": "segment_accuracy", "kappa": "kappa"}
+    for column in columns:
+        main.add_column(column, justify="right")
+    main.add_row(*(number(report[key], 1 if key == "false_alarms_per_100" else 3) for key in columns.values()))
+    parts: list[Table | str] = [main]
+    confusion = Table(title="files: rows = truth, columns = prediction")
+    confusion.add_column("")
+    for name in report["class_names"]:
+        confusion.add_column(name, justify="right")
+    for name, row in zip(report["class_names"], report["confusion"]):
+        confusion.add_row(name, *map(str, row))
+    parts += [confusion, _groups(report), *_points(report)]
+    if report.get("baseline"):
+        base = report["baseline"]
+        parts.append(f"baseline ({base['model']}, threshold {base['threshold']:.2f}): file F1 "
+                     f"{number(base['file_f1'])}, AUC {number(base['file_auc'])}")
+    failed = report["failed_files"]
+    if failed:
+        parts.append(f"{len(failed)} file(s) could not be scored and are left out of every number above:")
+        parts += [f"  {row['file']}: {row['status']}: {row['message']}" for row in failed[:FAILED_SHOWN]]
+        if len(failed) > FAILED_SHOWN:
+            parts.append(f"  ... and {len(failed) - FAILED_SHOWN} more (--json lists them all)")
+    return parts
+
+
+def _groups(report: dict) -> Table:
+    groups = report["groups"]
+    table = Table(title=f"per group ({len(groups)}; from {report['group_from']})"
+                        + (f", the first {GROUPS_SHOWN}" if len(groups) > GROUPS_SHOWN else ""))
+    for column in ("group", "files", "LEAK", "LEAK verdicts", "recall", "specificity", "false alarms /100"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for name, group in list(groups.items())[:GROUPS_SHOWN]:
+        table.add_row(name, str(group["n_files"]), str(group["n_leak"]), str(group["leak_verdicts"]),
+                      number(group["recall"]), number(group["specificity"]),
+                      number(group["false_alarms_per_100"], 1))
+    return table
+
+
+def _points(report: dict) -> list[Table | str]:
+    points = report["operating_points"]
+    if not points:
+        return ["operating points: none in this model's card"]
+    table = Table(title="the card's operating points on these files (calibrated value in brackets)")
+    for column in ("sensitivity", "threshold", "target", "recall", "specificity", "precision", "false alarms /100"):
+        table.add_column(column, justify="left" if column in ("sensitivity", "target") else "right")
+    for name, point in points.items():
+        if point["threshold"] is None:
+            table.add_row(name, "-", f"unavailable: {point['reason']}", "", "", "", "")
+            continue
+        calibrated = point["calibrated"]
+        cells = [f"{number(point[key], digits)} ({number(calibrated[key], digits)})"
+                 for key, digits in (("recall", 3), ("specificity", 3), ("precision", 3),
+                                     ("false_alarms_per_100", 1))]
+        table.add_row(name, f"{point['threshold']:.2f}", point.get("target") or "", *cells)
+    return [table]
