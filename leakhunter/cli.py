@@ -189,6 +189,9 @@ def train(
     mode: str = typer.Option(None, help="binary or multiclass (also LEAK_MODE, or `mode:` in --config)."),
     config: Path = typer.Option(None, help="YAML file of training settings; flags override it."),
     resume: Path = typer.Option(None, help="Continue exactly from a run's checkpoints/last.pth."),
+    cv: int = typer.Option(None, help="Grouped K-fold cross-validation over the training and validation files "
+                                      "(every epoch of each fold), then the final model on all of them with the "
+                                      "chosen epochs and threshold; rerun the same command to finish a stopped one."),
     epochs: int = typer.Option(None, help="Maximum epochs (default 60)."),
     batch_size: int = typer.Option(None, help="Inputs per step (default 2048)."),
     lr: float = typer.Option(None, help="Peak learning rate of AdamW (default 2e-3)."),
@@ -200,6 +203,10 @@ def train(
     strict: bool = typer.Option(None, "--strict/--no-strict", help="Turn health warnings into failures."),
     max_memory: str = typer.Option(None, help="RAM for the dataset: bytes, 8GB, 512MiB or a share of available "
                                               "RAM (default 50%); a bigger /short/mel is read from disk in chunks."),
+    augment: str = typer.Option(None, help="Training-time augmentation, a comma list of gain, tilt, mix, mask "
+                                           "(default none; validation, test and predict never augment)."),
+    channels: str = typer.Option(None, help="The CNN's three convolution widths (default 32,64,128)."),
+    hidden: int = typer.Option(None, help="The CNN's embedding width (default 256)."),
 ):
     """Train a model; writes best.pth, model_meta.json, checkpoints/, metrics.csv, config.yaml and plots."""
     from leakhunter.training.config import TrainConfig, resolve_config
@@ -207,16 +214,24 @@ def train(
 
     flags = {"data": None if data is None else str(data), "out": None if out is None else str(out), "mode": mode,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "patience": patience,
-             "seed": seed, "device": device, "compile": compile, "strict": strict, "max_memory": max_memory}
+             "seed": seed, "device": device, "compile": compile, "strict": strict, "max_memory": max_memory,
+             "augment": augment, "channels": channels, "hidden": hidden}
+    log = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
+    if cv is not None and resume is not None:
+        raise fail("--cv and --resume do not combine: rerun the --cv command with the same --out to finish its folds")
     if resume is None:
         settings = resolve_config(config, flags)
         console.print(f"config: {settings.to_dict()}", highlight=False)
-        result = run_training(settings, log=lambda text: console.print(text, highlight=False, markup=False))
+        if cv is not None:
+            from leakhunter.training.cv import cross_validate
+
+            result = cross_validate(settings, cv, log=log)
+        else:
+            result = run_training(settings, log=log)
     else:
         if mode is None and os.environ.get("LEAK_MODE"):
             flags["mode"] = os.environ["LEAK_MODE"]
-        result = run_training(TrainConfig(), resume=resume, overrides=flags,
-                              log=lambda text: console.print(text, highlight=False, markup=False))
+        result = run_training(TrainConfig(), resume=resume, overrides=flags, log=log)
     console.print(f"best model: {result.run_dir / 'best.pth'} (epoch {result.best_epoch})")
 
 
@@ -234,42 +249,37 @@ def doctor(run_dir: Path = typer.Argument(..., help="A run directory from `leak 
 
 @command(app, "eval")
 def evaluate(
-    model: Path = typer.Argument(..., help="A best.pth."),
-    data: Path = typer.Option(..., help="Dataset file with the same front-end and classes."),
-    split: str = typer.Option("test", help="train, val or test."),
+    model: Path = typer.Argument(..., help="A model: best.pth or an exported .onnx."),
+    data: Path = typer.Option(..., help="Labelled recordings: a dataset file (.h5, with --split), a manifest CSV "
+                                        "(path, label, optional group) or class folders SRC/<CLASS>/**/*.wav."),
+    split: str = typer.Option("test", help="train, val or test (of a dataset file)."),
     threshold: float = typer.Option(None, help="Override the card's calibrated threshold."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    workers: int = typer.Option(2, help="Decoding worker processes where recordings are scored (0: in this process)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     confusion_png: Path = typer.Option(None, help="Where to draw the confusion matrix (default beside the model)."),
+    roc_png: Path = typer.Option(None, help="Where to draw the ROC curve (default beside the model)."),
+    pr_png: Path = typer.Option(None, help="Where to draw the precision-recall curve (default beside the model)."),
 ):
-    """File-level report of a model on one split: leak F1/precision/recall/specificity/AUC, confusion matrix."""
+    """File-level report of a model on labelled recordings: leak F1/precision/recall/specificity/AUC, false alarms
+    per 100 non-LEAK recordings, confusion matrix, per group, the card's operating points; ROC and PR curves."""
     import math
 
-    from leakhunter.training.evaluate import auc_missing_reason, report_json
+    from leakhunter.eval_tables import eval_tables
+    from leakhunter.training.evaluate import auc_missing_reason, default_png, report_json
     from leakhunter.training.evaluate import evaluate as run_evaluation
 
-    png = confusion_png or model.with_name(f"confusion_{split}.png")
-    report = run_evaluation(model, data, split=split, device=device, threshold=threshold, confusion_png=png)
+    pngs = {f"{kind}_png": given or default_png(model, data, split, kind)
+            for kind, given in (("confusion", confusion_png), ("roc", roc_png), ("pr", pr_png))}
+    report = run_evaluation(model, data, split=split, device=device, threshold=threshold, workers=workers, **pngs)
     if as_json:
         print(report_json(report))
         return
-    table = Table(title=f"{model} on {split} of {data} ({report['n_files']} files, threshold {report['threshold']:.2f})")
-    for column in ("file F1", "precision", "recall", "specificity", "AUC", "accuracy", "segment acc", "kappa"):
-        table.add_column(column, justify="right")
-    table.add_row(*(f"{report[k]:.3f}" if math.isfinite(report[k]) else "n/a"
-                    for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
-                              "file_auc", "file_accuracy", "segment_accuracy", "kappa")))
-    console.print(table)
+    for part in eval_tables(report):
+        console.print(part, highlight=False, markup=False)
     if not math.isfinite(report["file_auc"]):
-        console.print(f"AUC n/a: {auc_missing_reason(report) or 'undefined on this split'}", highlight=False)
-    confusion = Table(title="files: rows = truth, columns = prediction")
-    confusion.add_column("")
-    for name in report["class_names"]:
-        confusion.add_column(name, justify="right")
-    for name, row in zip(report["class_names"], report["confusion"]):
-        confusion.add_row(name, *map(str, row))
-    console.print(confusion)
-    console.print(f"confusion matrix drawn to {png}")
+        console.print(f"AUC n/a: {auc_missing_reason(report) or 'undefined on these files'}", highlight=False)
+    console.print(f"drawn: {pngs['confusion_png']}, {pngs['roc_png']}, {pngs['pr_png']}", highlight=False)
 
 
 @command(app, "predict")
@@ -280,6 +290,9 @@ def predict(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (cuda is strict: exit 2 without CUDA; "
                                             "auto takes the GPU when there is one)."),
     threshold: float = typer.Option(None, help="Override the card's calibrated P(LEAK) threshold (the rows say so)."),
+    sensitivity: str = typer.Option(None, help="Score at one of the card's operating points instead: high (recall "
+                                               ">= 0.95 on validation), balanced (best F1) or low-false-alarm "
+                                               "(specificity >= 0.98); each row says which. Not with --threshold."),
     vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
     workers: int = typer.Option(None, help="Decoding worker processes (default 2; 0: decode in this process, no crash "
                                            "isolation). With --engine ray: per actor, default one per 3 of its CPUs."),
@@ -336,7 +349,7 @@ def predict(
             bar.update(task, completed=done, total=total,
                        rate=f"{done / wall:6.1f} files/s {audio['s'] / wall:7.0f}x real time")
 
-        summary = run_predict(inputs, model, out=out, device=device, threshold=threshold,
+        summary = run_predict(inputs, model, out=out, device=device, threshold=threshold, sensitivity=sensitivity,
                               vote_fraction=vote_fraction, workers=workers, file_timeout=file_timeout,
                               resume=resume, timeline=timeline, channel=channel, on_row=advance,
                               retry_failed=retry_failed, batch_rows=batch_rows, engine=engine,
@@ -433,6 +446,8 @@ def serve(
     file_timeout: float = typer.Option(60.0, help="Seconds one file may go without progress (then `timeout`); below "
                                                   "--request-timeout."),
     threshold: float = typer.Option(None, help="Override the card's P(LEAK) threshold (the rows say so)."),
+    sensitivity: str = typer.Option(None, help="Score at the card's operating point of this name (high, balanced, "
+                                               "low-false-alarm); the rows say so. Not with --threshold."),
     vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
     channel: str = typer.Option(None, help="Channel policy for multichannel files (default: the card's)."),
     batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
@@ -444,7 +459,8 @@ def serve(
     from leakhunter.inference.serve import serve as run_server
 
     settings = ServeSettings(model=model, device=device, workers=workers, file_timeout=file_timeout,
-                             threshold=threshold, vote_fraction=vote_fraction, channel=channel, batch_rows=batch_rows,
+                             threshold=threshold, sensitivity=sensitivity, vote_fraction=vote_fraction,
+                             channel=channel, batch_rows=batch_rows,
                              data_root=data_root, jobs_dir=jobs_dir, max_upload_mb=max_upload_mb, max_queue=max_queue,
                              max_jobs=max_jobs, request_timeout=request_timeout)
     run_server(settings, host=host, port=port, log_level=log_level)

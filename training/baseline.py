@@ -97,6 +97,26 @@ def fit_baseline(data, splits=("val", "test")) -> BaselineResult:
         name: file_metrics(data.splits[name].file_is_leak, probs[name], threshold) for name in splits})
 
 
+def held_out_probabilities(data, folds: list[np.ndarray]) -> list[np.ndarray]:
+    """The baseline's P(LEAK) for each fold's files (dataset file indices), fitted on the other folds' files:
+    the baseline's side of grouped cross-validation (training/cv.py). A training side without LEAK or
+    non-LEAK files gives NaN (nothing to fit)."""
+    every = data.subset(np.concatenate(folds))
+    medians = data.file_mel_medians(every)
+    position = {int(f): i for i, f in enumerate(every.file_index)}
+    is_leak = data.file_is_leak
+    probs = []
+    for fold in folds:
+        rest = np.concatenate([other for other in folds if other is not fold])
+        truth = is_leak[rest]
+        if truth.all() or not truth.any():
+            probs.append(np.full(len(fold), np.nan))
+            continue
+        model = fit_logistic(medians[[position[int(f)] for f in rest]], truth)
+        probs.append(model.leak_prob(medians[[position[int(f)] for f in fold]]))
+    return probs
+
+
 def baseline_report(data, split: str) -> dict | None:
     """`leak eval`'s baseline on one split of `data`: fitted on its training split, threshold from its validation
     split; None when the training split lacks LEAK or non-LEAK files (nothing to fit)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from leakhunter.card import MODES
+from leakhunter.card import MODES, architecture_problems
 from leakhunter.devices import parse_device
 from leakhunter.errors import DeviceError, LeakhunterError
 
@@ -57,6 +57,9 @@ class TrainConfig:
     eval_batch_size: int = 16384
     strict: bool = False
     max_memory: str = "50%"  # bytes, "8GB", "512MiB" or a share of available RAM; bigger data is read from disk
+    augment: str = ""  # comma list of gain, tilt, mix, mask (training/augment.py); "" = none
+    channels: str = "32,64,128"  # the CNN's three convolution widths
+    hidden: int = 256  # the CNN's embedding width
 
     def problems(self) -> list[str]:
         found = []
@@ -86,7 +89,24 @@ class TrainConfig:
             parse_memory(self.max_memory)
         except ConfigError as error:
             found.append(str(error))
+        from leakhunter.training.augment import parse_augment  # torch: imported only when validating
+
+        try:
+            parse_augment(self.augment)
+        except ValueError as error:
+            found.append(str(error))
+        sizes = {key: value for key, value in self.architecture_params().items() if key in ("channels", "hidden")}
+        found += [f"{key.removeprefix('architecture.params.')} {why}"
+                  for key, why in architecture_problems({"name": "leakcnn", "params": sizes})]
         return found
+
+    def architecture_params(self) -> dict[str, Any]:
+        """The card's architecture params: dropout, channels (three ints) and hidden."""
+        try:
+            channels: Any = [int(width) for width in str(self.channels).strip("[]() ").split(",")]
+        except ValueError:
+            channels = self.channels  # not integers: architecture_problems names it
+        return {"dropout": self.dropout, "channels": channels, "hidden": self.hidden}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

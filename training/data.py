@@ -55,9 +55,12 @@ class LeakData:
     """All splits of one dataset file, mapped onto a mode's class names."""
 
     def __init__(self, path: str | Path, mode: str, max_memory: str | int | None = None,
-                 log: Callable[[str], None] | None = None, streamed: bool | None = None):
+                 log: Callable[[str], None] | None = None, streamed: bool | None = None,
+                 split_files: dict[str, np.ndarray] | None = None):
         """`streamed` forces the loading path (a resumed run keeps its run's, so its shuffle order is the same);
-        None chooses by the memory budget."""
+        None chooses by the memory budget. `split_files` (split name → dataset file indices) replaces the
+        file's own split, for a cross-validation fold or a final model (training/cv.py); a file may then sit
+        in two splits (a final model's in-sample validation), and the dataset's split codes still describe it."""
         self.path = Path(path)
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: no such dataset file")
@@ -89,8 +92,15 @@ class LeakData:
         self.fingerprint = hashlib.sha256(
             files["sha256"].tobytes() + files["split"].tobytes() + json.dumps(self.frontend.__dict__).encode()
             + json.dumps(self.segmentation.__dict__).encode()).hexdigest()[:16]
-        self.splits = {name: self._split(code, name, files["split"], file_is_leak, file_targets)
-                       for code, name in enumerate(SPLITS)}
+        if split_files is None:
+            split_files = {name: np.flatnonzero(files["split"] == code) for code, name in enumerate(SPLITS)}
+        else:
+            self.split_codes = plan_codes(split_files, len(self.paths))
+            self.fingerprint = hashlib.sha256(self.fingerprint.encode() + b"".join(
+                np.asarray(split_files[name], np.int64).tobytes() + b"|" for name in SPLITS)).hexdigest()[:16]
+        # [all files], by dataset index: the dataset's class, LEAK or not, the model's target
+        self.file_labels, self.file_is_leak, self.file_targets = files["label"], file_is_leak, file_targets
+        self.splits = {name: self.subset(split_files[name], name) for name in SPLITS}
         sizes = f"dataset {_gb(self.mel_bytes)} {'>' if self.streamed else '<='} budget {_gb(self.budget)}"
         self.loading = f"{sizes}: {'reading from disk in chunks' if self.streamed else 'read into memory'}"
         if log is not None:
@@ -133,9 +143,11 @@ class LeakData:
             self._chunks.pop(next(iter(self._chunks)))
         return values
 
-    def _split(self, code, name, split, file_is_leak, file_targets) -> SplitData:
-        files = np.flatnonzero(split == code)
-        position = np.full(len(split), -1)
+    def subset(self, files, name: str = "subset") -> SplitData:
+        """The scoring inputs of any set of dataset files (a split, a fold), in ascending file order."""
+        files = np.unique(np.asarray(files, np.int64))
+        file_is_leak, file_targets = self.file_is_leak, self.file_targets
+        position = np.full(len(self.paths), -1)
         position[files] = np.arange(len(files))
         longs = np.flatnonzero(np.isin(self.long_file_index, files))
         if self.segmentation.unit == "short":
@@ -265,6 +277,16 @@ class LeakData:
                                             f"{list(self.dataset_classes)}"))
         if problems:
             raise CardError(problems, f"{source} against {self.path}")
+
+
+def plan_codes(split_files: dict[str, np.ndarray], n_files: int) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test, 3 unused) for the leakage check of a run with its own splits: a
+    file in two splits (an in-sample validation) keeps its first, so only different files sharing a group or
+    audio across splits count as leakage."""
+    codes = np.full(n_files, len(SPLITS), np.int8)
+    for code in reversed(range(len(SPLITS))):
+        codes[np.asarray(split_files[SPLITS[code]], np.int64)] = code
+    return codes
 
 
 def _gb(size: int) -> str:

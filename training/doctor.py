@@ -16,11 +16,13 @@ from leakhunter.checkpoint import card_of, load_checkpoint
 from leakhunter.models import build_model, parameter_count
 from leakhunter.training.baseline import fit_baseline
 from leakhunter.training.config import make_config
+from leakhunter.training.cv import split_check
 from leakhunter.training.data import LeakData
 from leakhunter.training.health import (
     Finding,
     HealthMonitor,
     baseline_findings,
+    cv_baseline_findings,
     end_findings,
     epoch_findings,
     setup_findings,
@@ -40,7 +42,8 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     config = make_config(yaml.safe_load(config_path.read_text(encoding="utf-8")))
     last = load_checkpoint(last_path)
     card = card_of(last, last_path)
-    data = LeakData(config.data, config.mode)
+    plan = last.get("plan")  # a cross-validation fold or final model: its own splits, nothing selected on val
+    data = LeakData(config.data, config.mode, split_files=None if plan is None else plan["split_files"])
     train = data.splits["train"]
     weights, capped, raw_ratio = class_weights(train.targets, len(card.class_names), config.class_weight_cap)
     network = build_model(card)
@@ -48,7 +51,8 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     trainable = (card.training or {}).get("trainable_parameters", parameter_count(network, trainable_only=True))
     monitor = HealthMonitor(strict=config.strict, log=log, stop=False)
     monitor.add(setup_findings(config, card, network.head.out_features, network.aux is not None, data,
-                               weights.tolist(), capped, raw_ratio, trainable, parameter_count(network)))
+                               weights.tolist(), capped, raw_ratio, trainable, parameter_count(network),
+                               val_selects=plan is None))
     shares = truth_shares(data.splits["val"], len(card.class_names))
     constant_loss = trivial_loss(data, card, config.aux_weight)
     history = last["history"]
@@ -56,10 +60,16 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
         monitor.add(epoch_findings(history[:end], card.class_names, shares, constant_loss))
     finished = (run_dir / "best.pth").is_file() and history and (
         history[-1]["epoch"] == config.epochs or history[-1]["epoch"] - last["best_epoch"] >= config.patience)
-    if finished:
-        baseline_f1 = fit_baseline(data, ("val",)).metrics["val"]["file_f1"]  # H015 judges validation only
-        monitor.add(end_findings(history, last["best_epoch"])
-                    + baseline_findings(history, last["best_epoch"], baseline_f1))
+    if plan is None:
+        baseline_f1 = fit_baseline(data, ("val",)).metrics["val"]["file_f1"]  # H015 and H016 judge validation
+        monitor.add(split_check(data, baseline_f1, config.seed))
+        if finished:
+            monitor.add(end_findings(history, last["best_epoch"])
+                        + baseline_findings(history, last["best_epoch"], baseline_f1))
+    elif (run_dir / "best.pth").is_file():
+        cv = (card_of(load_checkpoint(run_dir / "best.pth"), run_dir / "best.pth").training or {}).get("cv")
+        if cv:  # the final model of `leak train --cv`: H015 on the folds' pooled held-out F1
+            monitor.add(cv_baseline_findings(cv["pooled"]["file_f1"], cv["baseline"]["pooled"]["file_f1"]))
     live = run_dir / "health.json"
     if live.is_file():
         recorded = [Finding(f["code"], f["level"], f["when"], f["message"])

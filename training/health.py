@@ -56,11 +56,16 @@ ADVICE = {
     "H015": "A linear model on each file's median spectrum beats the network on validation: check the run "
             "(H009, H010, too few epochs), add sites and leaks, and trust neither number on a new site before "
             "grouped cross-validation; until the CNN wins, its complexity buys nothing.",
+    "H016": "The validation split's groups are easier than the average group: its numbers overstate what a new "
+            "site will see. Estimate with `leak train --cv K` (grouped cross-validation), or rebuild the split "
+            "with more validation groups.",
 }
 NAMES = {"H001": "config", "H002": "checkpoint", "H003": "labels", "H004": "leakage", "H005": "class weights",
          "H006": "trainable params", "H007": "prediction collapse", "H008": "trivial loss", "H009": "no progress",
-         "H010": "learning rate", "H011": "data cycling", "H012": "non-finite", "H015": "baseline"}
-CHECKED = "H001–H012, H015"  # H013/H014 are reserved for fusion
+         "H010": "learning rate", "H011": "data cycling", "H012": "non-finite", "H015": "baseline",
+         "H016": "optimistic split"}
+CHECKED = "H001–H012, H015, H016"  # H013/H014 are reserved for fusion
+OPTIMISM_MARGIN = 0.10  # H016: validation F1 this far above the grouped cross-validated F1 (the baseline's)
 
 
 @dataclass(frozen=True)
@@ -118,8 +123,10 @@ def config_findings(mode: str, card_mode: str, class_names, leak_idx: int, head_
     return [fail("H001", "setup", "; ".join(problems))] if problems else []
 
 
-def label_findings(class_names, counts: dict[str, dict[str, int]], train_leak_share: float) -> list[Finding]:
-    """H003: every split needs every class; validation needs LEAK and non-LEAK to select a model."""
+def label_findings(class_names, counts: dict[str, dict[str, int]], train_leak_share: float,
+                   val_selects: bool = True) -> list[Finding]:
+    """H003: every split needs every class; validation needs LEAK and non-LEAK to select a model (a
+    cross-validation fold's held-out groups select nothing, so there it is a warning)."""
     found = []
     for split, per_class in counts.items():
         missing = [name for name, n in per_class.items() if n == 0]
@@ -130,7 +137,7 @@ def label_findings(class_names, counts: dict[str, dict[str, int]], train_leak_sh
         if split == "train" and missing:
             found.append(fail("H003", "setup", f"split train has no {', '.join(missing)} files: those classes "
                                                f"cannot be learnt"))
-        elif split == "val" and ("LEAK" in missing or len(missing) == len(per_class) - 1):
+        elif split == "val" and val_selects and ("LEAK" in missing or len(missing) == len(per_class) - 1):
             found.append(fail("H003", "setup", f"split val has no {', '.join(missing)} files: file-level leak F1 "
                                                f"cannot select a model"))
         elif missing:
@@ -190,13 +197,15 @@ def epoch_order_findings(order: np.ndarray, n_inputs: int, epoch: int) -> list[F
 
 
 def setup_findings(config, card, head_outputs: int, has_aux: bool, data, weights, capped: bool,
-                   raw_ratio: float, trainable: int, total: int, world: int = 1) -> list[Finding]:
+                   raw_ratio: float, trainable: int, total: int, world: int = 1,
+                   val_selects: bool = True) -> list[Finding]:
     """Every check that can run before the first step, from the run's config, card, model and data."""
     train = data.splits["train"]
     return (
         config_findings(config.mode, card.mode, card.class_names, card.leak_idx, head_outputs, has_aux,
                         card.leak_prob, set(train.targets[train.is_leak].tolist()))
-        + label_findings(card.class_names, data.class_counts(), float(train.is_leak.mean()) if len(train) else 0.0)
+        + label_findings(card.class_names, data.class_counts(), float(train.is_leak.mean()) if len(train) else 0.0,
+                         val_selects)
         + leakage_findings(data.groups, data.shas, data.split_codes, data.paths)
         + weight_findings(list(weights), capped, config.class_weight_cap, raw_ratio)
         + trainable_findings(trainable, total)
@@ -299,6 +308,27 @@ def baseline_findings(history: list[dict], best_epoch: int, baseline_val_f1: flo
     return [warn("H015", "end", f"the CNN's validation file F1 {kept[0]['file_f1']:.3f} (epoch {best_epoch}) is below "
                                 f"the baseline's {baseline_val_f1:.3f} ({BASELINE_NAME}): the network is not "
                                 f"earning its complexity")]
+
+
+def cv_baseline_findings(cnn_f1: float, baseline_f1: float) -> list[Finding]:
+    """H015 of a cross-validated run: the pooled held-out F1s, each fold judged as the others chose."""
+    if not cnn_f1 < baseline_f1 - 1e-9:
+        return []
+    return [warn("H015", "end", f"the CNN's cross-validated held-out file F1 {cnn_f1:.3f} is below the baseline's "
+                                f"{baseline_f1:.3f} ({BASELINE_NAME}): the network is not earning its complexity")]
+
+
+def split_findings(split_f1: float | None, fold_f1: float | None, k: int) -> list[Finding]:
+    """H016: the baseline's F1 on the validation split far above its mean F1 on the held-out folds of grouped
+    cross-validation over the same training and validation files (training/cv.py split_check): the split's
+    groups are easy ones, so the run's validation numbers, the CNN's included, are optimistic. Cheap enough
+    to judge on every run."""
+    if split_f1 is None or fold_f1 is None or not split_f1 > fold_f1 + OPTIMISM_MARGIN:
+        return []
+    return [warn("H016", "setup", f"the baseline scores file F1 {split_f1:.3f} on the validation split but "
+                                  f"{fold_f1:.3f} on an average held-out fold of {k}-fold grouped cross-validation "
+                                  f"of the same files: the validation groups are easier than most, expect less "
+                                  f"on a new site")]
 
 
 # ---- the report ----------------------------------------------------------------------------------

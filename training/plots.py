@@ -52,3 +52,28 @@ def plot_confusion(matrix: np.ndarray, class_names, path: str | Path, title: str
                   color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
     figure.tight_layout()
     _save(figure, path)
+
+
+def plot_cv(summary: dict, path: str | Path) -> None:
+    """Cross-validation at a glance: the pooled held-out F1 per epoch (the chosen epoch marked) and each
+    fold's held-out F1 beside the baseline's."""
+    figure = Figure(figsize=(12, 4))
+    curve_axis, fold_axis = figure.subplots(1, 2)
+    epochs = np.arange(1, len(summary["curve"]) + 1)
+    curve_axis.plot(epochs, summary["curve"], label="pooled held-out file F1")
+    curve_axis.axvline(summary["epochs"], color="grey", linestyle=":", label=f"chosen ({summary['epochs']} epochs)")
+    curve_axis.axhline(summary["baseline"]["pooled"]["file_f1"], color="tab:orange", linestyle="--",
+                       label="baseline (pooled)")
+    curve_axis.set(title=f"{summary['k']}-fold grouped cross-validation", xlabel="epoch", ylim=(-0.05, 1.05))
+    curve_axis.legend()
+    folds = summary["folds"]
+    positions = np.arange(len(folds))
+    fold_axis.bar(positions - 0.2, [f["file_f1"] or 0 for f in folds], 0.4, label="CNN")
+    fold_axis.bar(positions + 0.2, [f["file_f1"] or 0 for f in summary["baseline"]["folds"]], 0.4, label="baseline")
+    fold_axis.set_xticks(positions, [f"fold {f['fold']}\n{f['n_leak']}/{f['n_files']} LEAK" for f in folds])
+    pooled = summary["pooled"]["file_f1"]
+    fold_axis.axhline(pooled, color="grey", linestyle=":", label=f"pooled CNN {pooled:.3f}")
+    fold_axis.set(title="held-out file F1 per fold (each judged as the other folds chose)", ylim=(0, 1.05))
+    fold_axis.legend()
+    figure.tight_layout()
+    _save(figure, path)

@@ -52,6 +52,14 @@ class Crossing:
     count: int  # files of this key outside the first file's split
 
 
+def _members(cluster: np.ndarray) -> dict[int, list[int]]:
+    """Files per cluster, in file order."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(cluster):
+        members[int(c)].append(i)
+    return members
+
+
 def crossing_keys(keys, splits, paths) -> list[Crossing]:
     """Every key found in two splits, in the order the first crossing file appears: the one split-crossing
     check behind H004, `leak data check` and the splitter's refusal of a manifest that forces one."""
@@ -96,12 +104,9 @@ def assign_splits(labels, groups, shas, forced, paths, val: float = 0.15, test: 
     cluster = _clusters(groups, shas)
     _check_forced(cluster, forced, paths, "linked files (shared group or identical audio), cluster")
 
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, c in enumerate(cluster):
-        members[c].append(i)
+    members = _members(cluster)
     fractions = np.array([1 - val - test, val, test], dtype=np.float64)
-    targets = fractions[:, None] * np.bincount(labels, minlength=n_classes)[None, :]
-    counts = np.zeros_like(targets)
+    counts = np.zeros((len(SPLITS), n_classes))
     split = np.full(len(labels), -1, dtype=np.int8)
     free = []
     for c, files in members.items():
@@ -112,6 +117,27 @@ def assign_splits(labels, groups, shas, forced, paths, val: float = 0.15, test: 
             np.add.at(counts[code], labels[files], 1)
         else:
             free.append(c)
+    return _apportion(labels, members, free, split, counts, fractions, seed)
+
+
+def assign_folds(labels, groups, shas, k: int, seed: int = 0) -> np.ndarray:
+    """Fold (0..k-1) per file for grouped, stratified k-fold cross-validation, by the same apportionment as
+    the split: linked files share a fold, and each fold gets about 1/k of every class."""
+    labels = np.asarray(labels)
+    cluster = _clusters(groups, shas)
+    members = _members(cluster)
+    if not 2 <= k <= len(members):
+        raise InputError(f"{k}-fold cross-validation needs 2 to {len(members)} folds: the files form "
+                         f"{len(members)} groups (sensor, site or linked recordings), and a group is never split")
+    counts = np.zeros((k, int(labels.max()) + 1))
+    return _apportion(labels, members, list(members), np.full(len(labels), -1, np.int8), counts,
+                      np.full(k, 1 / k), seed)
+
+
+def _apportion(labels, members, free, split, counts, fractions, seed) -> np.ndarray:
+    """Greedy apportionment of the `free` clusters to parts with the given fractions (see assign_splits)."""
+    n_classes = counts.shape[1]
+    targets = fractions[:, None] * np.bincount(labels, minlength=n_classes)[None, :]
     rng = np.random.default_rng(seed)
     best = None
     for _ in range(RESTARTS if len(free) > 1 else 1):
@@ -126,7 +152,7 @@ def assign_splits(labels, groups, shas, forced, paths, val: float = 0.15, test: 
             code = int(np.argmin(cost))
             trial_split[files] = code
             trial_counts[code] += size
-        # fewest (split, class) cells left empty where at least one file was due, then closest to target
+        # fewest (part, class) cells left empty where at least one file was due, then closest to target
         score = (int(((trial_counts == 0) & (targets >= 1)).sum()), float(((trial_counts - targets) ** 2).sum()))
         if best is None or score < best[0]:
             best = (score, trial_split)

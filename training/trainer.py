@@ -27,8 +27,11 @@ from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, sav
 from leakhunter.devices import autocast_dtype, to_device
 from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
+from leakhunter.operating import operating_points
+from leakhunter.training.augment import Augmenter
 from leakhunter.training.baseline import fit_baseline
 from leakhunter.training.config import TrainConfig, make_config, save_config
+from leakhunter.training.cv import RunPlan, split_check
 from leakhunter.training.data import LeakData
 from leakhunter.training.distributed import (
     StepLosses,
@@ -178,8 +181,10 @@ def _resume_config(payload: dict, overrides: dict, source: Path) -> TrainConfig:
 
 class Trainer:
     def __init__(self, config: TrainConfig, resume: str | Path | None = None, overrides: dict | None = None,
-                 log=print):
-        self.log = log
+                 log=print, plan: RunPlan | None = None, on_epoch=None):
+        """`on_epoch(trainer, epoch)` runs after each epoch's validation (the cross-validation driver collects
+        held-out predictions with it)."""
+        self.log, self.on_epoch = log, on_epoch
         self.launch = launch_from_env()
         self.rank, self.world = self.launch.rank, self.launch.world
         self.payload = None
@@ -190,7 +195,8 @@ class Trainer:
                 config = _resume_config(self.payload, overrides or {}, resume)
             except CardError as error:
                 raise HealthFailure(fail("H002", "setup", str(error))) from None
-        self.config = config
+            plan = RunPlan(**self.payload["plan"]) if self.payload.get("plan") else None
+        self.config, self.plan = config, plan
         self.run_dir = Path(config.out or f"runs/{config.mode}-{datetime.now():%Y%m%d-%H%M%S}")
         if resume is None and (self.run_dir / "best.pth").exists():
             raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume "
@@ -201,7 +207,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.data = LeakData(config.data, config.mode, max_memory=config.max_memory,
                              log=log if self.rank == 0 else None,
-                             streamed=None if self.payload is None else self.payload.get("streamed"))
+                             streamed=None if self.payload is None else self.payload.get("streamed"),
+                             split_files=None if plan is None else plan.split_files)
         self.card = self._card()
         if self.payload is not None:
             try:
@@ -229,6 +236,7 @@ class Trainer:
         weights, self.weights_capped, raw_ratio = class_weights(train.targets, len(self.card.class_names),
                                                                 config.class_weight_cap)
         self.criterion = LeakLoss(weights, config.loss, config.focal_gamma, config.aux_weight).to(self.device)
+        self.augmenter = Augmenter(config.augment, config.seed, stream=self.rank)  # training inputs only
         model = self.net
         if self.world > 1:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if
@@ -255,9 +263,11 @@ class Trainer:
             trainable = parameter_count(self.net, trainable_only=True)
             self._check(setup_findings(config, self.card, self.net.head.out_features, self.net.aux is not None,
                                        self.data, weights.tolist(), self.weights_capped, raw_ratio, trainable,
-                                       parameter_count(self.net), self.world))
+                                       parameter_count(self.net), self.world, val_selects=plan is None))
         # the bar the network must clear (H015); deterministic, so a resume and `leak doctor` refit the same one
         self.baseline = fit_baseline(self.data)
+        if plan is None and self.payload is None:  # H016: is the validation split's estimate optimistic?
+            self._check(split_check(self.data, self.baseline.metrics["val"]["file_f1"], config.seed))
 
     def _together(self, action):
         """Run `action`; if it fails on any rank, every rank raises that failure (training/distributed.py)."""
@@ -271,7 +281,7 @@ class Trainer:
         config, data = self.config, self.data
         return ModelCard.for_mode(
             config.mode, data.class_names, frontend=data.frontend, segmentation=data.segmentation,
-            architecture={"name": "leakcnn", "params": {"dropout": config.dropout}},
+            architecture={"name": "leakcnn", "params": config.architecture_params()},
             name=self.run_dir.name, created=datetime.now(UTC).isoformat(timespec="seconds"),
             leakhunter_version=leakhunter.__version__, git_commit=_git_commit(),
             channel_policy=data.channel_policy,
@@ -303,10 +313,11 @@ class Trainer:
         for step, start in enumerate(range(0, len(mine), size)):
             rows = mine[start:start + size]
             inputs = to_device(self.data.inputs(train, rows), self.device)
-            if self.channels_last:
-                inputs = inputs.to(memory_format=torch.channels_last)
             targets = to_device(torch.from_numpy(train.targets[rows]), self.device)
             is_leak = to_device(torch.from_numpy(train.is_leak[rows]), self.device)
+            inputs = self.augmenter(inputs, is_leak, epoch, step)
+            if self.channels_last:
+                inputs = inputs.to(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 logits, aux = self.model(inputs)
                 loss = self.criterion(logits, aux, targets, is_leak)
@@ -342,8 +353,14 @@ class Trainer:
         long_prob = per_long_segment(leak_prob, unit, val.long_first_input, self.data.shorts_per_long)
         threshold, _ = calibrate_threshold(long_prob, val.long_file, val.file_is_leak,
                                            self.card.voting.vote_fraction)
+        if self.plan is not None and self.plan.threshold is not None:
+            threshold = self.plan.threshold
         result = evaluate_split(val, probs, leak_prob, self.card.class_names, threshold,
                                 self.card.voting.vote_fraction, self.data.shorts_per_long, unit, self.card.mode)
+        # This epoch's named thresholds, for the card: in the history (checkpoints), never in METRIC_COLUMNS. An
+        # in-sample validation (a cross-validated final model) has none: they would flatter it; the folds' do not.
+        result.metrics["operating_points"] = None if self._in_sample() else operating_points(
+            long_prob, val.long_file, val.file_is_leak, self.card.voting.vote_fraction)
         return result.metrics, val_loss
 
     # ---- the run ---------------------------------------------------------------------------------
@@ -358,9 +375,13 @@ class Trainer:
                  f"{len(self.data.splits['train']):,} training inputs, {self.steps_per_epoch} steps/epoch")
         self.log(f"class weights {np.round(self.criterion.weights.cpu().numpy(), 3).tolist()}"
                  + (f" (capped at {config.class_weight_cap}x)" if self.weights_capped else ""))
-        self.log(f"{self.baseline.line()}: the network must beat its validation F1")
+        if self.plan is None:
+            self.log(f"{self.baseline.line()}: the network must beat its validation F1")
+        else:
+            self.log(f"{self.plan.label}: {self._plan_text()}")
         stopped_early = False
-        for epoch in range(self.start_epoch, config.epochs + 1):
+        last_epoch = config.epochs if self.plan is None or self.plan.stop_after is None else self.plan.stop_after
+        for epoch in range(self.start_epoch, last_epoch + 1):
             started = time.perf_counter()
             before = torch.cat([p.detach().flatten() for p in self.net.parameters()]).clone()
             train_loss = self._train_epoch(epoch)
@@ -374,7 +395,7 @@ class Trainer:
                    "weight_change": float((after - before).norm() / before.norm().clamp(min=1e-12))}
             self.history.append(row)
             key = (metrics["file_f1"], -val_loss)
-            improved = key > self.best_key
+            improved = key > self.best_key or self.plan is not None  # a plan keeps its last epoch
             if improved:
                 self.best_key, self.best_epoch = key, epoch
             self.log(_epoch_line(row, improved))
@@ -383,11 +404,27 @@ class Trainer:
             self._check(epoch_findings(self.history, self.card.class_names,
                                        truth_shares(self.data.splits["val"], len(self.card.class_names)),
                                        self.trivial_loss))
+            if self.on_epoch is not None:
+                self.on_epoch(self, epoch)
             if epoch - self.best_epoch >= config.patience:
                 self.log(f"early stop: no better file-level leak F1 for {config.patience} epochs")
                 stopped_early = True
                 break
         return self._finish(stopped_early)
+
+    def _in_sample(self) -> bool:
+        """Validation on the training files themselves (a cross-validated final model)."""
+        return np.array_equal(self.data.splits["val"].file_index, self.data.splits["train"].file_index)
+
+    def _plan_text(self) -> str:
+        plan, splits = self.plan, self.data.splits
+        sizes = ", ".join(f"{len(splits[name].file_index)} {name}" for name in splits)
+        epochs = f"{plan.stop_after} of {self.config.epochs}" if plan.stop_after else str(self.config.epochs)
+        validation = ("in-sample: it selects nothing" if self._in_sample()
+                      else "held-out groups: it selects nothing, the folds' pooled predictions do")
+        return (f"files {sizes}; {epochs} epochs, the last kept; validation is {validation}"
+                + (f"; threshold {plan.threshold:.2f} from out-of-fold predictions" if plan.threshold is not None
+                   else ""))
 
     def _training_card(self, row: dict) -> ModelCard:
         voting = VotingConfig(threshold=round(float(row["threshold"]), 4),
@@ -397,8 +434,10 @@ class Trainer:
                     "parameters": parameter_count(self.net),
                     "trainable_parameters": parameter_count(self.net, trainable_only=True),
                     "val_metrics": {k: row[k] for k in METRIC_COLUMNS if k in row},
-                    "baseline": finite_or_none(self.baseline.to_dict()), "config": self.config.to_dict()}
-        return replace(self.card, voting=voting, training=training)
+                    # a plan's baseline is cross-validated with it (training.cv in the final card)
+                    "baseline": None if self.plan else finite_or_none(self.baseline.to_dict()),
+                    "config": self.config.to_dict()}
+        return replace(self.card, voting=voting, training=training, operating_points=row.get("operating_points"))
 
     def _write_epoch(self, epoch: int, row: dict, improved: bool) -> None:
         write_atomic(self.run_dir / "metrics.csv", metrics_csv_text(self.history))
@@ -415,6 +454,7 @@ class Trainer:
             "best_epoch": self.best_epoch, "best_key": list(self.best_key), "history": self.history,
             "config": self.config.to_dict(), "data_fingerprint": self.data.fingerprint,
             "streamed": self.data.streamed,  # the loading path decides the shuffle order: a resume keeps it
+            "plan": None if self.plan is None else self.plan.to_dict(),
         }
         checkpoints = self.run_dir / "checkpoints"
         save_atomic(full, checkpoints / f"epoch_{epoch:03d}.pth")
@@ -442,15 +482,19 @@ class Trainer:
             plot_curves(self.history, self.run_dir / "curves.png", self.best_epoch)
             plot_confusion(np.array(test_metrics["confusion"]), card.class_names, self.run_dir / "confusion.png",
                            f"best epoch {self.best_epoch} on test ({test_metrics['n_files']} files)")
-        self._check(end_findings(self.history, self.best_epoch)
-                    + baseline_findings(self.history, self.best_epoch, self.baseline.metrics["val"]["file_f1"]))
+        # a plan selects nothing on validation: H009 and H015 are judged on the folds (training/cv.py)
+        if self.plan is None:
+            self._check(end_findings(self.history, self.best_epoch)
+                        + baseline_findings(self.history, self.best_epoch, self.baseline.metrics["val"]["file_f1"]))
         for line in self.health.summary():
             self.log(line)
-        self.log(f"best epoch {self.best_epoch}: val file F1 {self.best_key[0]:.3f}, threshold "
+        self.log(f"{'best' if self.plan is None else 'kept'} epoch {self.best_epoch}: val file F1 "
+                 f"{self.best_key[0]:.3f}, threshold "
                  f"{card.voting.threshold:.2f}; test file F1 {test_metrics['file_f1']:.3f}, precision "
                  f"{test_metrics['file_precision']:.3f}, recall {test_metrics['file_recall']:.3f}, "
                  f"AUC {test_metrics['file_auc']:.3f} on {test_metrics['n_files']} files")
-        self.log(self.baseline.line())
+        if self.plan is None:  # a plan's baseline is cross-validated with it (training/cv.py)
+            self.log(self.baseline.line())
         return TrainResult(run_dir=self.run_dir, card=card, best_epoch=self.best_epoch, history=self.history,
                            test_metrics=test_metrics, stopped_early=stopped_early, health=self.health.findings,
                            baseline=self.baseline.to_dict())

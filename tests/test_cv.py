@@ -1,0 +1,138 @@
+"""Grouped cross-validation (`leak train --cv K`): folds by group, selection that never lets a held-out file
+choose what it is judged with, the final model and its card, and H016 (an optimistic split)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from leakhunter.errors import InputError
+from leakhunter.synth import synth_corpus
+from leakhunter.training.cv import HeldOut, choose, cross_validate, honest_estimate, split_check
+from leakhunter.training.data import LeakData
+from leakhunter.training.dataset import build_dataset
+from leakhunter.training.health import split_findings
+from leakhunter.training.splits import assign_folds
+from tests.conftest import quick_config
+
+
+def test_folds_keep_groups_whole_and_share_every_class():
+    labels = np.repeat([0, 1, 2], 40)
+    groups = [f"G{i % 12}" for i in range(120)]
+    codes = assign_folds(labels, groups, [f"sha{i}" for i in range(120)], 4, seed=0)
+    for group in set(groups):
+        assert len({codes[i] for i in range(120) if groups[i] == group}) == 1
+    per_fold = np.array([np.bincount(labels[codes == fold], minlength=3) for fold in range(4)])
+    assert per_fold.sum() == 120 and per_fold.min() >= 6  # every fold holds every class
+    with pytest.raises(InputError, match="needs 2 to 12 folds"):
+        assign_folds(labels, groups, [f"sha{i}" for i in range(120)], 13)
+
+
+def held_out(truth, long_probs_per_epoch):
+    """A fold of one long segment per file: P(LEAK) per file per epoch."""
+    truth = np.asarray(truth, bool)
+    return HeldOut(files=np.arange(len(truth)), file_is_leak=truth, long_file=np.arange(len(truth)),
+                   long_prob=np.asarray(long_probs_per_epoch, float))
+
+
+def test_the_pooled_curve_chooses_the_epoch_and_each_fold_is_judged_as_the_others_chose():
+    truth = [True, True, False, False]
+    folds = [held_out(truth, [[0.6, 0.6, 0.6, 0.6], [0.9, 0.8, 0.2, 0.1]]),
+             held_out(truth, [[0.6, 0.6, 0.6, 0.6], [0.9, 0.7, 0.3, 0.2]]),
+             # the third fold's model is scaled differently: its own best threshold (0.3) is not the others'
+             held_out(truth, [[0.6, 0.6, 0.6, 0.6], [0.45, 0.4, 0.2, 0.1]])]
+    epoch, threshold, curve = choose(folds, 0.5)
+    assert epoch == 2 and curve[0] == pytest.approx(2 / 3) and curve[1] == 1.0
+    rows, pooled = honest_estimate(folds, 0.5)
+    assert [row["epoch"] for row in rows] == [2, 2, 2]
+    assert rows[0]["file_f1"] == rows[1]["file_f1"] == 1.0
+    # folds 1 and 2 choose a threshold between 0.3 and 0.7: fold 3's leaks (0.45, 0.4) fall under it
+    assert rows[2]["threshold"] > 0.45 and rows[2]["file_recall"] == 0.0
+    assert pooled["file_recall"] == pytest.approx(4 / 6) and pooled["file_precision"] == 1.0
+    assert pooled["n_files"] == 12 and pooled["false_alarms_per_100"] == 0.0
+
+
+def test_h016_fires_only_when_the_split_beats_an_average_fold_by_the_margin():
+    assert split_findings(0.95, 0.80, 5)[0].code == "H016"
+    assert split_findings(0.85, 0.80, 5) == []
+    assert split_findings(None, 0.80, 5) == []
+
+
+@pytest.fixture(scope="module")
+def sites_dataset(tmp_path_factory):
+    """Six sites, six 2 s files per class; LEAK recorded at two of them only (regrouped by a manifest), so with
+    three folds one held-out fold has no LEAK file."""
+    root = tmp_path_factory.mktemp("cv")
+    corpus = synth_corpus(root / "corpus", files_per_class=6, duration_s=2.0, scenario="sites", sites=6, seed=2)
+    with corpus.manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for i, row in enumerate(row for row in rows if row["label"] == "LEAK"):
+        row["group"] = f"LEAKSITE{i % 2}"
+    manifest = root / "regrouped.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**row, "path": str(corpus.root / row["path"])} for row in rows)
+    return build_dataset(manifest, root / "data.h5", val=0.2, test=0.2, seed=0, workers=2).output
+
+
+def test_cross_validation_trains_every_fold_then_the_final_model(sites_dataset, tmp_path):
+    out = tmp_path / "cv"
+    lines = []
+    config = quick_config(sites_dataset, out, mode="binary", epochs=3)
+    result = cross_validate(config, 3, log=lines.append)
+    cv = result.card.training["cv"]
+    data = LeakData(sites_dataset, "binary")
+    pool = set(data.splits["train"].file_index) | set(data.splits["val"].file_index)
+    held = [set(np.load(out / "folds" / f"fold_{k}" / "held_out.npz")["files"].tolist()) for k in (1, 2, 3)]
+    assert set.union(*held) == pool and sum(map(len, held)) == len(pool)  # each file held out exactly once
+    fold_groups = [set(fold["groups"]) for fold in cv["folds"]]
+    assert all(not a & b for i, a in enumerate(fold_groups) for b in fold_groups[i + 1:])
+    no_leak = [fold for fold in cv["folds"] if fold["n_leak"] == 0]
+    assert len(no_leak) == 1 and no_leak[0]["false_alarms_per_100"] is not None  # handled, not a crash
+    assert cv["k"] == 3 and 1 <= cv["epochs"] <= 3 and len(cv["curve"]) == 3
+    assert result.card.voting.threshold == pytest.approx(cv["threshold"], abs=1e-4)
+    # the operating points come from the pooled held-out predictions, not from the in-sample validation
+    assert result.card.operating_points["balanced"]["threshold"] == pytest.approx(cv["threshold"], abs=1e-4)
+    assert result.card.operating_points["balanced"]["n_files"] == cv["pooled"]["n_files"]
+    assert result.card.training["baseline"] is None and cv["baseline"]["pooled"]["n_files"] == cv["pooled"]["n_files"]
+    assert result.history[-1]["epoch"] == cv["epochs"]  # the final model ran the chosen epochs
+    assert len(result.history) == cv["epochs"]
+    assert json.loads((out / "cv.json").read_text())["pooled"] == cv["pooled"]
+    assert (out / "cv.png").stat().st_size > 10_000
+    assert any(line.startswith("cross-validation (3 folds by group): held-out file F1") for line in lines)
+    fold_health = json.loads((out / "folds" / "fold_1" / "health.json").read_text())
+    assert fold_health["status"] != "fail"
+
+    (out / "best.pth").unlink()  # a rerun reloads the finished folds instead of training them again
+    again = []
+    rerun = cross_validate(config, 3, log=again.append)
+    assert sum("done before" in line for line in again) == 3
+    assert rerun.card.training["cv"]["pooled"] == cv["pooled"]
+
+
+def test_split_check_compares_the_split_with_an_average_held_out_fold(sites_dataset, monkeypatch):
+    import leakhunter.training.cv as cv
+
+    data = LeakData(sites_dataset, "binary")
+    perfect = lambda data, folds: [data.file_is_leak[fold].astype(float) for fold in folds]  # noqa: E731
+    monkeypatch.setattr(cv, "held_out_probabilities", perfect)
+    assert split_check(data, 1.0, seed=0, k=3) == []  # every fold as good as the split
+    inverted = lambda data, folds: [1.0 - p for p in perfect(data, folds)]  # noqa: E731
+    monkeypatch.setattr(cv, "held_out_probabilities", inverted)
+    fired = split_check(data, 1.0, seed=0, k=3)
+    assert [f.code for f in fired] == ["H016"] and "3-fold grouped cross-validation" in fired[0].message
+    assert split_check(data, 0.0, seed=0, k=3) == []
+
+
+def test_the_baseline_of_each_fold_is_fitted_on_the_other_folds_alone(sites_dataset):
+    from leakhunter.training.baseline import fit_logistic, held_out_probabilities
+
+    data = LeakData(sites_dataset, "binary")
+    pool = np.concatenate([data.splits["train"].file_index, data.splits["val"].file_index])
+    folds = [np.sort(pool[1::2]), np.sort(pool[::2])]  # interleaved: the folds' files are not in file order
+    probs = held_out_probabilities(data, folds)
+    for fold, rest, prob in ((folds[0], folds[1], probs[0]), (folds[1], folds[0], probs[1])):
+        model = fit_logistic(data.file_mel_medians(data.subset(rest)), data.file_is_leak[rest])
+        np.testing.assert_allclose(prob, model.leak_prob(data.file_mel_medians(data.subset(fold))), rtol=1e-6)
