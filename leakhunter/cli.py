@@ -237,7 +237,7 @@ def train(
 
 @command(app, "doctor")
 def doctor(run_dir: Path = typer.Argument(..., help="A run directory from `leak train`.")):
-    """Re-run the health checks (H001–H012, H015) on a run; exit 1 when any check fails."""
+    """Re-run the health checks (H001–H012, H015, H016) on a run; exit 1 when any check fails."""
     from leakhunter.training.doctor import doctor as run_doctor
 
     monitor = run_doctor(run_dir)
