@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# The README's robustness-lever table (issue 14): for each corpus seed, a `sites` corpus (12 sites, 40 files per
-# class, 10 s) built with the `short` and the `long` preset, then one binary training per lever on the default
-# split (20 epochs), and a markdown row per run: the CNN's validation and test-site file F1, its test AUC, the
-# baseline's test-site F1 and the training time. Two trainings run at a time (JOBS), each on one thread.
+# The README's robustness-lever table (issue 14). For each corpus seed: a `sites` corpus (12 sites, 40 files per
+# class, 10 s) built with the `short` preset (and the `long` one when LEVERS has `long`), then one binary training
+# per lever (20 epochs), two at a time (JOBS), each on one thread under nice. A lever is `none`, `long`, `small`
+# (SMALL: --channels 8,16,32 --hidden 64), an --augment list (gain, tilt, mix, mask, `all`, or a comma list) or
+# small+LIST; any of them +relative (or `relative` alone) adds --level relative. Without CV: one markdown row
+# per run from the default split (the CNN's validation and test-site file F1, test AUC, the baseline's test-site
+# F1, seconds). With CV=K: `leak train --cv K` (grouped K-fold over the
+# train+val sites), one row per run (pooled held-out F1, per-fold spread, AUC, baseline, chosen epochs, the final
+# model's test-site F1), then one row per lever with every seed's held-out files pooled: the README's table.
+# About 2 minutes per short-preset run with the default network, 20 s with `small`; --cv is about 6 runs' worth.
 #   bash benchmarks/levers.sh 0 1 2                  # OUT=/tmp/leakhunter-levers by default
 #   LEVERS="none gain" EPOCHS=60 bash benchmarks/levers.sh 3
-#   CV=5 LEVERS="none small" bash benchmarks/levers.sh 0 1 2   # grouped 5-fold CV over train+val sites: the
-#                                                              # pooled held-out-site F1 (training/cv.py) instead
+#   CV=5 LEVERS="none all small small+all" bash benchmarks/levers.sh 0 1 2
+#   CV=5 TRAIN_SEED=1 LEVERS="small+relative" bash benchmarks/levers.sh 0 1 2   # another training seed: runs/*-ts1
+# A finished run is redone; an unfinished --cv run keeps its finished folds, so rerunning finishes it.
 set -euo pipefail
 LEAK=${LEAK:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/leak}
+PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
 OUT=${OUT:-/tmp/leakhunter-levers}
 EPOCHS=${EPOCHS:-20}
+TRAIN_SEED=${TRAIN_SEED:-}  # leak train --seed (default 0); set, the run directories end in -tsN
 JOBS=${JOBS:-2}
 CV=${CV:-}
 LEVERS=${LEVERS:-"none gain tilt mix mask all small small+all long"}
 SMALL=${SMALL:-"--channels 8,16,32 --hidden 64"}  # the smaller network
 
-lever_flags() {  # the dataset and training flags of one lever: none, long, small, an augment list, small+LIST
-  local augment=${1#small+}
+lever_flags() {  # the dataset and training flags of one lever: none, long, small, an augment list, small+LIST;
+  local lever=$1 level=""  # any of them +relative (or `relative` alone) adds --level relative
+  case "$lever" in
+    relative) lever=none level=" --level relative" ;;
+    *+relative) lever=${lever%+relative} level=" --level relative" ;;
+  esac
+  local augment=${lever#small+}
   [ "$augment" = all ] && augment=gain,tilt,mix,mask
-  case "$1" in
-    none) echo "data.h5" ;;
-    long) echo "data_long.h5" ;;
-    small) echo "data.h5 $SMALL" ;;
-    small+*) echo "data.h5 $SMALL --augment $augment" ;;
-    *) echo "data.h5 --augment $augment" ;;  # gain, tilt, mix, mask, all or a comma list of them
+  case "$lever" in
+    none) echo "data.h5$level" ;;
+    long) echo "data_long.h5$level" ;;
+    small) echo "data.h5 $SMALL$level" ;;
+    small+*) echo "data.h5 $SMALL --augment $augment$level" ;;
+    *) echo "data.h5 --augment $augment$level" ;;  # gain, tilt, mix, mask, all or a comma list of them
   esac
 }
 
@@ -34,17 +48,18 @@ train_one() {  # LEVER SEED: one training, its log, one markdown row on stdout
   data=${flags%% *}
   flags=${flags#"$data"}
   [ "${lever#small+}" = all ] && lever=${lever%all}gain+tilt+mix+mask
-  run="$OUT/seed$seed/runs/${lever//[+,]/_}${CV:+-cv$CV}"
-  rm -rf "$run"
+  run="$OUT/seed$seed/runs/${lever//[+,]/_}${TRAIN_SEED:+-ts$TRAIN_SEED}${CV:+-cv$CV}"
+  # a finished run is redone; an unfinished --cv run keeps its finished folds (training/cv.py reloads them)
+  if [ -z "$CV" ] || [ -f "$run/best.pth" ]; then rm -rf "$run"; fi
   started=$(date +%s)
   # shellcheck disable=SC2086  # flags is a word list
   OMP_NUM_THREADS=1 nice -n 10 "$LEAK" train --mode binary --data "$OUT/seed$seed/$data" --out "$run" \
-    --epochs "$EPOCHS" ${CV:+--cv $CV} $flags > "$run.log" 2>&1 || true  # H015 may warn
+    --epochs "$EPOCHS" ${CV:+--cv $CV} ${TRAIN_SEED:+--seed $TRAIN_SEED} $flags > "$run.log" 2>&1 || true  # H015 may warn
   seconds=$(( $(date +%s) - started ))
   if [ -n "$CV" ]; then  # the estimate line of training/cv.py, and the final model's test-site line
     local estimate test
     estimate=$(grep -E "^cross-validation \(" "$run.log" | tail -1)
-    test=$(grep -E "^best epoch" "$run.log" | tail -1)
+    test=$(grep -E "^(best|kept) epoch" "$run.log" | tail -1)
     echo "| $lever | $seed | $(sed -E 's/.*held-out file F1 ([0-9.]+).*/\1/' <<< "$estimate") |" \
       "$(sed -E 's/.*\(folds ([^)]*)\).*/\1/' <<< "$estimate") | $(sed -E 's/.*AUC ([0-9.na\/]+),.*/\1/' <<< "$estimate") |" \
       "$(sed -E 's/.*; baseline ([0-9.]+);.*/\1/' <<< "$estimate") | $(sed -E 's/.*chosen: ([0-9]+) epochs.*/\1/' <<< "$estimate") |" \
@@ -59,7 +74,7 @@ train_one() {  # LEVER SEED: one training, its log, one markdown row on stdout
   fi
 }
 export -f train_one lever_flags
-export LEAK OUT EPOCHS CV SMALL
+export LEAK OUT EPOCHS CV SMALL LEVERS TRAIN_SEED
 
 for seed in "${@:-0}"; do  # corpora first, built once and reused
   corpus="$OUT/seed$seed"
@@ -81,3 +96,34 @@ else
 fi
 for seed in "${@:-0}"; do for lever in $LEVERS; do echo "$lever $seed"; done; done \
   | xargs -P "$JOBS" -L 1 bash -c 'train_one "$0" "$1"'
+[ -n "$CV" ] || exit 0
+# the README's row per lever: every seed's held-out files pooled (counts from each run's cv.json)
+echo
+echo "| lever | held-out-site F1, pooled over folds and seeds | mean AUC | baseline, pooled | seeds |"
+echo "|---|---|---|---|---|"
+"$PYTHON" - "$OUT" "$CV" "${@:-0}" <<'POOL'
+import json, os, re, sys
+from pathlib import Path
+
+out, k, seeds = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+
+def counts(report):
+    tp = round(report["file_recall"] * report["n_leak"])
+    return tp, round((1 - report["file_specificity"]) * (report["n_files"] - report["n_leak"])), report["n_leak"] - tp
+
+def f1(tp, fp, fn):
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+for lever in os.environ["LEVERS"].split():
+    name = re.sub(r"(^|\+)all$", r"\1gain+tilt+mix+mask", lever)
+    suffix = f"-ts{os.environ['TRAIN_SEED']}" if os.environ.get("TRAIN_SEED") else ""
+    runs = [out / f"seed{seed}" / "runs" / f"{re.sub('[+,]', '_', name)}{suffix}-cv{k}" / "cv.json" for seed in seeds]
+    done = [json.loads(path.read_text()) for path in runs if path.is_file()]
+    if not done:
+        print(f"| {name} | no finished run | | | |")
+        continue
+    cnn = [sum(c) for c in zip(*(counts(cv["pooled"]) for cv in done))]
+    base = [sum(c) for c in zip(*(counts(cv["baseline"]["pooled"]) for cv in done))]
+    auc = sum(cv["pooled"]["file_auc"] for cv in done) / len(done)
+    print(f"| {name} | {f1(*cnn):.3f} | {auc:.3f} | {f1(*base):.3f} | {len(done)} of {len(seeds)} |")
+POOL

@@ -36,7 +36,7 @@ class FoldedLeakCNN(nn.Module):
         if not isinstance(pool, (nn.AdaptiveAvgPool2d, PoolTo16Rows)) or not isinstance(flatten, nn.Flatten):
             raise ValueError(f"LeakCNN's features should end in a (16, 1) pool and Flatten, got {pool}, {flatten}")
         width = mel_shape[-1]
-        self.normalise = model.normalise
+        self.level, self.normalise = model.level, model.normalise
         self.features = nn.Sequential(*(plain_layer(layer, width) for layer in convolutions))
         with torch.no_grad():
             channels, height, _ = self.features(torch.zeros(1, *mel_shape)).shape[1:]
@@ -51,7 +51,7 @@ class FoldedLeakCNN(nn.Module):
         self.head, self.aux = model.head, model.aux
 
     def forward(self, mel: torch.Tensor):
-        maps = self.features(self.normalise(mel))  # [B, C, h, w]
+        maps = self.features(self.normalise(self.level(mel)))  # [B, C, h, w]
         embedding = torch.relu(self.embed(maps.mean(dim=-1).flatten(1)))
         aux = self.aux(embedding).squeeze(-1) if self.aux is not None else None
         return self.head(embedding), aux

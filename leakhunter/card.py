@@ -24,7 +24,8 @@ LEAK_PROB_RULES = {"binary": "softmax", "multiclass": "mean_softmax_aux", "fusio
 # it) and an untrusted .pth cannot allocate huge layers. models.py checks its registry matches.
 # A spec is ("int", low, high), ("ints", length, low, high) or ("fraction",) for a float in [0, 1).
 ARCHITECTURE_PARAMS: dict[str, dict[str, tuple]] = {
-    "leakcnn": {"channels": ("ints", 3, 1, 1024), "hidden": ("int", 1, 4096), "dropout": ("fraction",)},
+    "leakcnn": {"channels": ("ints", 3, 1, 1024), "hidden": ("int", 1, 4096), "dropout": ("fraction",),
+                "level": ("choice", "absolute", "relative")},
 }
 ARCHITECTURES = tuple(ARCHITECTURE_PARAMS)
 
@@ -43,6 +44,8 @@ def _param_problem(value: Any, spec: tuple) -> str | None:
         if isinstance(value, (list, tuple)) and len(value) == length and all(is_int(v) and low <= v <= high for v in value):
             return None
         return f"must be {length} integers in [{low}, {high}], got {value!r:.60}"
+    if kind == "choice":
+        return None if value in spec[1:] else f"must be one of {', '.join(spec[1:])}, got {value!r:.60}"
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
     return None if ok else f"must be a number in [0, 1), got {value!r:.60}"
 

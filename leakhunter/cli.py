@@ -207,6 +207,8 @@ def train(
                                            "(default none; validation, test and predict never augment)."),
     channels: str = typer.Option(None, help="The CNN's three convolution widths (default 32,64,128)."),
     hidden: int = typer.Option(None, help="The CNN's embedding width (default 256)."),
+    level: str = typer.Option(None, help="absolute (default) or relative: each input minus its own mean "
+                                         "log-mel, so gain and logger level cannot move a verdict."),
 ):
     """Train a model; writes best.pth, model_meta.json, checkpoints/, metrics.csv, config.yaml and plots."""
     from leakhunter.training.config import TrainConfig, resolve_config
@@ -215,7 +217,7 @@ def train(
     flags = {"data": None if data is None else str(data), "out": None if out is None else str(out), "mode": mode,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "patience": patience,
              "seed": seed, "device": device, "compile": compile, "strict": strict, "max_memory": max_memory,
-             "augment": augment, "channels": channels, "hidden": hidden}
+             "augment": augment, "channels": channels, "hidden": hidden, "level": level}
     log = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
     if cv is not None and resume is not None:
         raise fail("--cv and --resume do not combine: rerun the --cv command with the same --out to finish its folds")

@@ -37,6 +37,14 @@ class MelNormaliser(nn.Module):
         return (mel - self.mean[:, None]) / self.std[:, None]
 
 
+class RelativeLevel(nn.Module):
+    """Each input's log-mel minus its own mean over mel bins and frames: the network sees spectral shape, not
+    level, so a site's sensor gain or logger setting cannot move its verdicts (`--level relative`)."""
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # [B, 1, n_mels, frames]
+        return mel - mel.mean(dim=(2, 3), keepdim=True)
+
+
 class Conv3x3(nn.Conv2d):
     """A 3×3 convolution (padding 1); on a width-1 map only the middle column ever meets data, so that
     case runs as a 1-D convolution: the same function and gradients, 3x faster to train on CPU."""
@@ -81,9 +89,10 @@ class LeakCNN(nn.Module):
     """
 
     def __init__(self, n_classes: int, aux_head: bool, n_mels: int = 32, channels=(32, 64, 128),
-                 hidden: int = 256, dropout: float = 0.25):
+                 hidden: int = 256, dropout: float = 0.25, level: str = "absolute"):
         super().__init__()
         c1, c2, c3 = channels
+        self.level = RelativeLevel() if level == "relative" else nn.Identity()
         self.normalise = MelNormaliser(n_mels)
         self.features = nn.Sequential(
             Conv3x3(1, c1), nn.ReLU(),
@@ -96,7 +105,7 @@ class LeakCNN(nn.Module):
         self.aux = nn.Linear(hidden, 1) if aux_head else None
 
     def forward(self, mel: torch.Tensor):
-        embedding = self.embed(self.features(self.normalise(mel)))
+        embedding = self.embed(self.features(self.normalise(self.level(mel))))
         aux = self.aux(embedding).squeeze(-1) if self.aux is not None else None
         return self.head(embedding), aux
 

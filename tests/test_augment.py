@@ -1,9 +1,11 @@
 """Training-time augmentation: each lever does what its name says within its bounds, is reproducible from
 (seed, epoch, step), touches only training inputs, and a run with it still resumes bit for bit; a smaller
-network's card says its sizes and exports with parity."""
+network's card says its sizes and exports with parity; a relative-level network ignores level, in training
+statistics, card and export alike."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import quick_config
@@ -11,8 +13,10 @@ from typer.testing import CliRunner
 
 from leakhunter.checkpoint import load_checkpoint, read_model
 from leakhunter.cli import app
+from leakhunter.models import LeakCNN, RelativeLevel
 from leakhunter.training.augment import Augmenter, Strengths, parse_augment
 from leakhunter.training.config import ConfigError, make_config
+from leakhunter.training.data import LeakData
 from leakhunter.training.trainer import Trainer, train
 
 QUIET = lambda text: None  # noqa: E731
@@ -172,15 +176,32 @@ def test_an_augmented_run_changes_training_only_and_resumes_bit_for_bit(training
     assert load_checkpoint(out / "checkpoints" / "last.pth")["config"]["augment"] == ALL
 
 
-def test_a_smaller_network_is_in_its_card_and_exports_with_parity(training_dataset, tmp_path):
+def test_relative_level_makes_the_network_blind_to_level_and_its_statistics_match(training_dataset):
+    relative, absolute = LeakCNN(2, False, level="relative"), LeakCNN(2, False)
+    relative.eval(), absolute.eval()
+    inputs = log_mels()
+    torch.testing.assert_close(relative(inputs + 9.5)[0], relative(inputs)[0], rtol=0, atol=1e-5)  # ≈ 3× gain
+    assert not torch.allclose(absolute(inputs + 9.5)[0], absolute(inputs)[0], atol=1e-3)
+    data = LeakData(training_dataset, "binary")
+    mean, std = data.mel_statistics(relative=True)
+    assert abs(float(mean.mean())) < 1e-4  # every input is centred on its own mean, so the bins' means are too
+    assert not np.allclose(mean, data.mel_statistics()[0])
+    with pytest.raises(ConfigError, match="level must be one of absolute, relative, got 'loud'"):
+        make_config({"data": "x", "level": "loud"})
+
+
+def test_a_smaller_relative_network_is_in_its_card_and_exports_with_parity(training_dataset, tmp_path):
     result = CliRunner().invoke(app, ["train", "--mode", "binary", "--data", str(training_dataset), "--out",
                                       str(tmp_path / "small"), "--epochs", "2", "--batch-size", "256",
-                                      "--channels", "8,16,32", "--hidden", "64", "--augment", "gain,mix"])
+                                      "--channels", "8,16,32", "--hidden", "64", "--augment", "gain,mix",
+                                      "--level", "relative"])
     assert result.exit_code == 0, result.output
     best = tmp_path / "small" / "best.pth"
     card, model = read_model(best)
-    assert card.architecture == {"name": "leakcnn", "params": {"dropout": 0.25, "channels": [8, 16, 32], "hidden": 64}}
+    assert card.architecture == {"name": "leakcnn", "params": {"dropout": 0.25, "channels": [8, 16, 32],
+                                                               "hidden": 64, "level": "relative"}}
     assert model.features[0].out_channels == 8 and model.head.in_features == 64
+    assert isinstance(model.level, RelativeLevel)
     assert card.training["config"]["augment"] == "gain,mix"
     exported = CliRunner().invoke(app, ["export", str(best)])
     assert exported.exit_code == 0, exported.output

@@ -405,3 +405,21 @@ def test_h015_a_network_that_never_trained_loses_to_the_baseline_and_doctor_says
     assert [f.line() for f in doctor(tmp_path / "run").findings] == [f.line() for f in result.health]
     (tmp_path / "run" / "health.json").unlink()  # recomputed, not read back from the live record
     assert "H015" in codes(doctor(tmp_path / "run").findings)
+
+
+def test_on_a_held_out_cv_fold_collapse_and_overfitting_warn_while_divergence_still_fails():
+    """A fold's validation is held-out sites that select nothing: collapsing or overfitting there is what the
+    fold measures (4 of 45 fold runs of the lever study stopped on it), so H007/H008 warn; H010/H012 still fail."""
+    from leakhunter.training.health import epoch_findings
+
+    collapsed = [_row(e, kappa=0.0, shares=(1.0, 0.0), loss=0.001) for e in range(1, 6)]
+    for row in collapsed:
+        row["file_f1"] = 0.0
+    single = epoch_findings(collapsed, ["NOLEAK", "LEAK"], [0.5, 0.5], trivial_loss=0.69)
+    assert sorted((f.code, f.level) for f in single) == [("H007", "fail"), ("H008", "fail")]
+    fold = epoch_findings(collapsed, ["NOLEAK", "LEAK"], [0.5, 0.5], trivial_loss=0.69, held_out_fold=True)
+    assert sorted((f.code, f.level) for f in fold) == [("H007", "warn"), ("H008", "warn")]
+    assert all("on held-out cross-validation sites" in f.message for f in fold)
+    diverging = [_row(1, loss=0.5), _row(2, loss=0.1), _row(3, loss=5.0)]
+    found = epoch_findings(diverging, ["NOLEAK", "LEAK"], [0.5, 0.5], trivial_loss=0.69, held_out_fold=True)
+    assert [(f.code, f.level) for f in found] == [("H010", "fail")]

@@ -60,6 +60,7 @@ class TrainConfig:
     augment: str = ""  # comma list of gain, tilt, mix, mask (training/augment.py); "" = none
     channels: str = "32,64,128"  # the CNN's three convolution widths
     hidden: int = 256  # the CNN's embedding width
+    level: str = "absolute"  # relative: each input minus its own mean log-mel (leakhunter/models.py RelativeLevel)
 
     def problems(self) -> list[str]:
         found = []
@@ -95,18 +96,21 @@ class TrainConfig:
             parse_augment(self.augment)
         except ValueError as error:
             found.append(str(error))
-        sizes = {key: value for key, value in self.architecture_params().items() if key in ("channels", "hidden")}
+        sizes = {key: value for key, value in self.architecture_params().items()
+                 if key in ("channels", "hidden", "level")}
         found += [f"{key.removeprefix('architecture.params.')} {why}"
                   for key, why in architecture_problems({"name": "leakcnn", "params": sizes})]
         return found
 
     def architecture_params(self) -> dict[str, Any]:
-        """The card's architecture params: dropout, channels (three ints) and hidden."""
+        """The card's architecture params: dropout, channels (three ints), hidden, and level when relative (so
+        the cards of absolute-level models stay as they were)."""
         try:
             channels: Any = [int(width) for width in str(self.channels).strip("[]() ").split(",")]
         except ValueError:
             channels = self.channels  # not integers: architecture_problems names it
-        return {"dropout": self.dropout, "channels": channels, "hidden": self.hidden}
+        params = {"dropout": self.dropout, "channels": channels, "hidden": self.hidden}
+        return params | ({} if self.level == "absolute" else {"level": self.level})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -207,8 +207,9 @@ class LeakData:
         for start in range(0, len(shorts), step):
             yield self._short_mels(shorts[start:start + step]).double()
 
-    def mel_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-mel-bin mean and std over the training split's distinct short segments.
+    def mel_statistics(self, relative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Per-mel-bin mean and std over the training split's distinct short segments (each minus its own
+        mean log-mel when `relative`, as the network's RelativeLevel sees them).
 
         Streamed over contiguous chunks (float64 count/mean/M2 merged by Chan's formula), so neither path
         makes a float64 copy of the split; the result matches a whole-array mean/std to float precision."""
@@ -217,6 +218,8 @@ class LeakData:
                   else np.flatnonzero(np.isin(self.short_file_index, train.file_index)))
         count, mean, m2 = 0, None, None
         for chunk in self._statistics_chunks(shorts):  # [n, n_mels, frames]
+            if relative:
+                chunk = chunk - chunk.mean(dim=(1, 2), keepdim=True)
             n = chunk.shape[0] * chunk.shape[2]
             chunk_mean = chunk.mean(dim=(0, 2))
             chunk_m2 = ((chunk - chunk_mean[None, :, None]) ** 2).sum(dim=(0, 2))
@@ -259,6 +262,10 @@ class LeakData:
 
     def __getstate__(self):  # an open HDF5 handle does not pickle; the copy reopens on its first read
         return {**self.__dict__, "_h5": None, "_chunks": {}}
+
+    def validation_in_sample(self) -> bool:
+        """Validation on the training files themselves (a cross-validated final model)."""
+        return np.array_equal(self.splits["val"].file_index, self.splits["train"].file_index)
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         """Files per class in each split, by the model's class names."""

@@ -222,7 +222,7 @@ class Trainer:
                 raise HealthFailure(fail("H002", "setup", str(error))) from None
         self.net = build_model(self.card).to(self.device)
         if config.normalise:
-            mean, std = self.data.mel_statistics()
+            mean, std = self.data.mel_statistics(relative=config.level == "relative")
             self.net.normalise.mean.copy_(torch.from_numpy(mean))
             self.net.normalise.std.copy_(torch.from_numpy(std))
             self.card = replace(self.card, normalisation={"per_mel_bin": True,
@@ -359,7 +359,7 @@ class Trainer:
                                 self.card.voting.vote_fraction, self.data.shorts_per_long, unit, self.card.mode)
         # This epoch's named thresholds, for the card: in the history (checkpoints), never in METRIC_COLUMNS. An
         # in-sample validation (a cross-validated final model) has none: they would flatter it; the folds' do not.
-        result.metrics["operating_points"] = None if self._in_sample() else operating_points(
+        result.metrics["operating_points"] = None if self.data.validation_in_sample() else operating_points(
             long_prob, val.long_file, val.file_is_leak, self.card.voting.vote_fraction)
         return result.metrics, val_loss
 
@@ -403,7 +403,7 @@ class Trainer:
             self._together(lambda e=epoch, r=row, i=improved: self._write_epoch(e, r, i) if self.rank == 0 else None)
             self._check(epoch_findings(self.history, self.card.class_names,
                                        truth_shares(self.data.splits["val"], len(self.card.class_names)),
-                                       self.trivial_loss))
+                                       self.trivial_loss, held_out_fold=self._held_out_fold()))
             if self.on_epoch is not None:
                 self.on_epoch(self, epoch)
             if epoch - self.best_epoch >= config.patience:
@@ -412,15 +412,15 @@ class Trainer:
                 break
         return self._finish(stopped_early)
 
-    def _in_sample(self) -> bool:
-        """Validation on the training files themselves (a cross-validated final model)."""
-        return np.array_equal(self.data.splits["val"].file_index, self.data.splits["train"].file_index)
+    def _held_out_fold(self) -> bool:
+        """A cross-validation fold: validation is held-out groups that select nothing."""
+        return self.plan is not None and not self.data.validation_in_sample()
 
     def _plan_text(self) -> str:
         plan, splits = self.plan, self.data.splits
         sizes = ", ".join(f"{len(splits[name].file_index)} {name}" for name in splits)
         epochs = f"{plan.stop_after} of {self.config.epochs}" if plan.stop_after else str(self.config.epochs)
-        validation = ("in-sample: it selects nothing" if self._in_sample()
+        validation = ("in-sample: it selects nothing" if self.data.validation_in_sample()
                       else "held-out groups: it selects nothing, the folds' pooled predictions do")
         return (f"files {sizes}; {epochs} epochs, the last kept; validation is {validation}"
                 + (f"; threshold {plan.threshold:.2f} from out-of-fold predictions" if plan.threshold is not None
