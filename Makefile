@@ -19,15 +19,17 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	rm -rf $(DEMO)
-	$(BIN)/leak data synth $(DEMO)/corpus --files-per-class 40 --duration 10 --seed 0
+	$(BIN)/leak data synth $(DEMO)/corpus --scenario sites --sites 12 --files-per-class 40 --duration 10 --seed 0
 	$(BIN)/leak data build $(DEMO)/corpus -o $(DEMO)/data.h5 --workers 2
 	$(BIN)/leak data check $(DEMO)/data.h5
-	$(BIN)/leak train --data $(DEMO)/data.h5 --out $(DEMO)/run --mode multiclass --epochs 12
+	$(BIN)/leak train --data $(DEMO)/data.h5 --out $(DEMO)/run --mode binary --cv 5 --epochs 20 \
+		--channels 8,16,32 --hidden 64
 	$(BIN)/leak eval $(DEMO)/run/best.pth --data $(DEMO)/data.h5 --split test
 	$(BIN)/leak export $(DEMO)/run/best.pth
 	$(BIN)/leak info $(DEMO)/run/best.onnx
 	$(BIN)/leak data files $(DEMO)/data.h5 --split test -o $(DEMO)/test_files.csv
-	$(BIN)/leak predict $(DEMO)/test_files.csv --model $(DEMO)/run/best.onnx --out $(DEMO)/scores.csv --timeline
+	$(BIN)/leak predict $(DEMO)/test_files.csv --model $(DEMO)/run/best.onnx --out $(DEMO)/scores.csv \
+		--sensitivity high --timeline
 
 test: setup
 	$(BIN)/python -m pytest -q

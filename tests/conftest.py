@@ -104,3 +104,29 @@ def onnx_model(trained_model):
     from leakhunter.export import export_model
 
     return export_model(trained_model).output
+
+
+class Interrupt(Exception):
+    """What `stop_after` raises: a run stopped right after an epoch's files were written, as a kill would."""
+
+
+def stop_after(epoch_to_stop: int):
+    """A Trainer._write_epoch that writes epoch `epoch_to_stop`'s row and checkpoints, then raises Interrupt
+    (patch it in with monkeypatch.setattr(Trainer, "_write_epoch", stop_after(N)))."""
+    from leakhunter.training.trainer import Trainer
+
+    original = Trainer._write_epoch
+
+    def write_then_stop(self, epoch, row, improved):
+        original(self, epoch, row, improved)
+        if epoch == epoch_to_stop:
+            raise Interrupt
+
+    return write_then_stop
+
+
+def final_weights(run_dir):
+    """The state_dict of a run's checkpoints/last.pth."""
+    from leakhunter.checkpoint import load_checkpoint
+
+    return load_checkpoint(Path(run_dir) / "checkpoints" / "last.pth")["model"]

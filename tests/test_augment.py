@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import quick_config
+from conftest import Interrupt, final_weights, quick_config, stop_after
 from typer.testing import CliRunner
 
 from leakhunter.checkpoint import load_checkpoint, read_model
@@ -132,14 +132,6 @@ def test_unknown_augmentations_and_network_sizes_are_refused_by_name():
         make_config({"data": "x", "hidden": 0})
 
 
-class Interrupt(Exception):
-    pass
-
-
-def final_weights(run_dir):
-    return load_checkpoint(run_dir / "checkpoints" / "last.pth")["model"]
-
-
 def test_an_augmented_run_changes_training_only_and_resumes_bit_for_bit(training_dataset, tmp_path, monkeypatch):
     config = dict(mode="binary", epochs=3, augment=ALL)
     calls = []
@@ -159,15 +151,8 @@ def test_an_augmented_run_changes_training_only_and_resumes_bit_for_bit(training
     assert not all(torch.equal(straight[k], w) for k, w in final_weights(plain.run_dir).items())
 
     out = tmp_path / "resumed"
-    original_write = Trainer._write_epoch
-
-    def write_then_stop(self, epoch, row, improved):
-        original_write(self, epoch, row, improved)
-        if epoch == 2:
-            raise Interrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_write_epoch", write_then_stop)
+        patch.setattr(Trainer, "_write_epoch", stop_after(2))
         with pytest.raises(Interrupt):
             train(quick_config(training_dataset, out, **config), log=QUIET)
     train(quick_config(training_dataset, out), resume=out / "checkpoints" / "last.pth", log=QUIET)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import quick_config
+from conftest import Interrupt, final_weights, quick_config, stop_after
 
 from leakhunter.card import CardError, ModelCard
 from leakhunter.checkpoint import CheckpointError, load_checkpoint, read_model, save_atomic
@@ -176,25 +176,6 @@ def test_class_weights_are_capped_and_reported():
     assert not capped and raw_ratio == 1.0 and torch.allclose(weights, torch.ones(2))
 
 
-class Interrupt(Exception):
-    pass
-
-
-def _stop_after(epoch_to_stop):
-    original = Trainer._write_epoch
-
-    def write_then_stop(self, epoch, row, improved):
-        original(self, epoch, row, improved)
-        if epoch == epoch_to_stop:
-            raise Interrupt
-
-    return write_then_stop
-
-
-def final_weights(run_dir):
-    return load_checkpoint(run_dir / "checkpoints" / "last.pth")["model"]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(training_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "straight"
@@ -208,7 +189,7 @@ def test_resume_is_exact_and_each_restored_state_matters(broken, uninterrupted, 
     """Interrupted after epoch 2 and resumed: bit-identical weights; forgetting any state breaks that."""
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_write_epoch", _stop_after(2))
+        patch.setattr(Trainer, "_write_epoch", stop_after(2))
         with pytest.raises(Interrupt):
             train(quick_config(training_dataset, out, mode="multiclass", epochs=4), log=QUIET)
     if broken is not None:
@@ -335,7 +316,7 @@ def test_a_streamed_run_resumes_on_its_own_loading_path_bit_for_bit(training_dat
     train(quick_config(training_dataset, straight, max_memory="1KB", **config), log=QUIET)
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_write_epoch", _stop_after(1))
+        patch.setattr(Trainer, "_write_epoch", stop_after(1))
         with pytest.raises(Interrupt):
             train(quick_config(training_dataset, out, max_memory="1KB", **config), log=QUIET)
     assert load_checkpoint(out / "checkpoints" / "last.pth")["streamed"] is True

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import quick_config
+from conftest import Interrupt, quick_config, stop_after
 from typer.testing import CliRunner
 
 from leakhunter.card import ModelCard
@@ -59,22 +59,11 @@ def test_nan_weights_after_epoch_2_stop_with_h012_before_any_checkpoint_and_resu
     assert metrics_epochs(out) == [1, 2, 3]
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_a_kill_between_the_metrics_row_and_last_pth_does_not_repeat_rows_on_resume(
         training_dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    original = Trainer._write_epoch
-
-    def stop_after_3(self, epoch, row, improved):
-        original(self, epoch, row, improved)
-        if epoch == 3:
-            raise Interrupt
-
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_write_epoch", stop_after_3)
+        patch.setattr(Trainer, "_write_epoch", stop_after(3))
         with pytest.raises(Interrupt):
             train(quick_config(training_dataset, out, epochs=4), log=QUIET)
     checkpoints = out / "checkpoints"
