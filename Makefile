@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/leak data build $(DEMO)/corpus -o $(DEMO)/data.h5 --workers 2
 	$(BIN)/leak data check $(DEMO)/data.h5
 	$(BIN)/leak train --data $(DEMO)/data.h5 --out $(DEMO)/run --mode binary --cv 5 --epochs 20 \
-		--channels 8,16,32 --hidden 64
+		--channels 8,16,32 --hidden 64 --level relative
 	$(BIN)/leak eval $(DEMO)/run/best.pth --data $(DEMO)/data.h5 --split test
 	$(BIN)/leak export $(DEMO)/run/best.pth
 	$(BIN)/leak info $(DEMO)/run/best.onnx

@@ -46,8 +46,9 @@ def main() -> None:
             continue
         cnn = [sum(c) for c in zip(*(counts(cv["pooled"]) for cv in done))]
         base = [sum(c) for c in zip(*(counts(cv["baseline"]["pooled"]) for cv in done))]
-        auc = sum(cv["pooled"]["file_auc"] for cv in done) / len(done)
-        print(f"| {lever} | {f1(*cnn):.3f} | {auc:.3f} | {f1(*base):.3f} | {len(done)} of {len(args.seeds)} |")
+        aucs = [cv["pooled"]["file_auc"] for cv in done if cv["pooled"]["file_auc"] is not None]  # null: one class
+        auc = f"{sum(aucs) / len(aucs):.3f}" if aucs else "n/a"
+        print(f"| {lever} | {f1(*cnn):.3f} | {auc} | {f1(*base):.3f} | {len(done)} of {len(args.seeds)} |")
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ def torch_kernels_copy(fast: nn.Module) -> nn.Module:
                 copy = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1)
                 copy.load_state_dict(conv.state_dict())
                 stock.append(copy)
-            self.normalise = fast.normalise
+            self.level, self.normalise = fast.level, fast.normalise
             self.features = nn.Sequential(stock[0], nn.ReLU(), stock[1], nn.ReLU(), nn.MaxPool2d((2, 1)),
                                           stock[2], nn.ReLU(), nn.MaxPool2d((2, 1)),
                                           nn.AdaptiveAvgPool2d((16, 1)), nn.Flatten())
             self.embed, self.head, self.aux = fast.embed, fast.head, fast.aux
 
         def forward(self, mel):
-            embedding = self.embed(self.features(self.normalise(mel)))
+            embedding = self.embed(self.features(self.normalise(self.level(mel))))
             return self.head(embedding), self.aux(embedding).squeeze(-1)
 
     return Stock()

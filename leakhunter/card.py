@@ -22,7 +22,8 @@ LEAK_PROB_RULES = {"binary": "softmax", "multiclass": "mean_softmax_aux", "fusio
 # The architectures in leakhunter.models' registry and the constructor params a card may set, with
 # bounds, kept here so that validating a card never imports torch (the ONNX scoring path runs without
 # it) and an untrusted .pth cannot allocate huge layers. models.py checks its registry matches.
-# A spec is ("int", low, high), ("ints", length, low, high) or ("fraction",) for a float in [0, 1).
+# A spec is ("int", low, high), ("ints", length, low, high), ("fraction",) for a float in [0, 1) or
+# ("choice", value, ...).
 ARCHITECTURE_PARAMS: dict[str, dict[str, tuple]] = {
     "leakcnn": {"channels": ("ints", 3, 1, 1024), "hidden": ("int", 1, 4096), "dropout": ("fraction",),
                 "level": ("choice", "absolute", "relative")},

@@ -187,6 +187,7 @@ def test_a_smaller_relative_network_is_in_its_card_and_exports_with_parity(train
                                                                "hidden": 64, "level": "relative"}}
     assert model.features[0].out_channels == 8 and model.head.in_features == 64
     assert isinstance(model.level, RelativeLevel)
+    assert abs(np.mean(card.normalisation["mean"])) < 1e-3  # the normaliser learnt centred inputs' statistics
     assert card.training["config"]["augment"] == "gain,mix"
     exported = CliRunner().invoke(app, ["export", str(best)])
     assert exported.exit_code == 0, exported.output

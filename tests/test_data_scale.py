@@ -100,3 +100,20 @@ def test_max_memory_is_parsed_and_validated():
         make_config({"data": "d.h5", "max_memory": "lots"})
     with pytest.raises(ConfigError, match=r"must be in \(0, 100\] %"):
         parse_memory("150%")
+
+
+def test_relative_statistics_are_those_of_the_inputs_the_network_centres(both_paths):
+    """--level relative: the normaliser's statistics come from each network input minus its own mean (a whole
+    long segment under the `long` preset), on both loading paths."""
+    from leakhunter.models import RelativeLevel
+
+    memory, streamed, _ = both_paths
+    mean, std = memory.mel_statistics(relative=True)
+    streamed_mean, streamed_std = streamed.mel_statistics(relative=True)
+    np.testing.assert_allclose(streamed_mean, mean, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(streamed_std, std, rtol=0, atol=1e-5)
+    train = memory.splits["train"]
+    seen = RelativeLevel()(memory.inputs(train, np.arange(len(train))).double())[:, 0]  # [n, n_mels, frames]
+    np.testing.assert_allclose(mean, seen.mean(dim=(0, 2)).float().numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(std, seen.std(dim=(0, 2)).clamp(min=1e-3).float().numpy(), rtol=0, atol=1e-5)
+    assert abs(float(mean.mean())) < 1e-4

@@ -201,25 +201,36 @@ class LeakData:
         buffers = [np.concatenate(shuffled[i:i + BUFFER_BLOCKS]) for i in range(0, len(shuffled), BUFFER_BLOCKS)]
         return np.concatenate([rng.permutation(buffer) for buffer in buffers]) if buffers else np.zeros(0, int)
 
-    def _statistics_chunks(self, shorts: np.ndarray) -> Iterator[torch.Tensor]:
-        row_values = int(np.prod(self.mel.shape[1:] if self.mel is not None else self._mel_file().shape[1:]))
-        step = max(1, STATISTICS_CHUNK_BYTES // (8 * row_values))
+    def _statistics_chunks(self, relative: bool) -> Iterator[torch.Tensor]:
+        """The training inputs in float64 chunks [n, n_mels, frames]: the split's distinct short segments, or
+        with `relative` each network input minus its own mean (a long segment's, under the `long` preset's
+        long unit), exactly what RelativeLevel hands the normaliser."""
+        train = self.splits["train"]
+        if relative:
+            n_values = self._short_values() * (self.shorts_per_long if self.segmentation.unit == "long" else 1)
+            step = max(1, STATISTICS_CHUNK_BYTES // (8 * n_values))
+            for start in range(0, len(train), step):
+                chunk = self.inputs(train, np.arange(start, min(start + step, len(train))))[:, 0].double()
+                yield chunk - chunk.mean(dim=(1, 2), keepdim=True)
+            return
+        shorts = (train.input_index if self.segmentation.unit == "short"
+                  else np.flatnonzero(np.isin(self.short_file_index, train.file_index)))
+        step = max(1, STATISTICS_CHUNK_BYTES // (8 * self._short_values()))
         for start in range(0, len(shorts), step):
             yield self._short_mels(shorts[start:start + step]).double()
 
+    def _short_values(self) -> int:
+        """Values in one short segment's mel [n_mels, frames]."""
+        return int(np.prod(self.mel.shape[1:] if self.mel is not None else self._mel_file().shape[1:]))
+
     def mel_statistics(self, relative: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Per-mel-bin mean and std over the training split's distinct short segments (each minus its own
-        mean log-mel when `relative`, as the network's RelativeLevel sees them).
+        """Per-mel-bin mean and std over the training split's distinct short segments, or with `relative` over
+        its inputs each minus its own mean log-mel, as the network's RelativeLevel sees them.
 
         Streamed over contiguous chunks (float64 count/mean/M2 merged by Chan's formula), so neither path
         makes a float64 copy of the split; the result matches a whole-array mean/std to float precision."""
-        train = self.splits["train"]
-        shorts = (train.input_index if self.segmentation.unit == "short"
-                  else np.flatnonzero(np.isin(self.short_file_index, train.file_index)))
         count, mean, m2 = 0, None, None
-        for chunk in self._statistics_chunks(shorts):  # [n, n_mels, frames]
-            if relative:
-                chunk = chunk - chunk.mean(dim=(1, 2), keepdim=True)
+        for chunk in self._statistics_chunks(relative):  # [n, n_mels, frames]
             n = chunk.shape[0] * chunk.shape[2]
             chunk_mean = chunk.mean(dim=(0, 2))
             chunk_m2 = ((chunk - chunk_mean[None, :, None]) ** 2).sum(dim=(0, 2))

@@ -130,7 +130,7 @@ def assign_folds(labels, groups, shas, k: int, seed: int = 0) -> np.ndarray:
         raise InputError(f"{k}-fold cross-validation needs 2 to {len(members)} folds: the files form "
                          f"{len(members)} groups (sensor, site or linked recordings), and a group is never split")
     counts = np.zeros((k, int(labels.max()) + 1))
-    return _apportion(labels, members, list(members), np.full(len(labels), -1, np.int8), counts,
+    return _apportion(labels, members, list(members), np.full(len(labels), -1, np.int32), counts,
                       np.full(k, 1 / k), seed)
 
 
