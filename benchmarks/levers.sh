@@ -82,7 +82,7 @@ for seed in "${@:-0}"; do  # corpora first, built once and reused
   [ -f "$corpus/corpus/manifest.csv" ] || "$LEAK" data synth "$corpus/corpus" --scenario sites --sites 12 \
     --files-per-class 40 --duration 10 --seed "$seed" > /dev/null
   [ -f "$corpus/data.h5" ] || "$LEAK" data build "$corpus/corpus" -o "$corpus/data.h5" --workers 2 > /dev/null
-  if [[ " $LEVERS " == *" long "* ]] && [ ! -f "$corpus/data_long.h5" ]; then
+  if [[ " $LEVERS " =~ " long"[+\ ] ]] && [ ! -f "$corpus/data_long.h5" ]; then
     "$LEAK" data build "$corpus/corpus" -o "$corpus/data_long.h5" --workers 2 --preset long > /dev/null
   fi
 done
@@ -97,33 +97,6 @@ fi
 for seed in "${@:-0}"; do for lever in $LEVERS; do echo "$lever $seed"; done; done \
   | xargs -P "$JOBS" -L 1 bash -c 'train_one "$0" "$1"'
 [ -n "$CV" ] || exit 0
-# the README's row per lever: every seed's held-out files pooled (counts from each run's cv.json)
+# the README's row per lever: every seed's held-out files pooled (benchmarks/pool_levers.py)
 echo
-echo "| lever | held-out-site F1, pooled over folds and seeds | mean AUC | baseline, pooled | seeds |"
-echo "|---|---|---|---|---|"
-"$PYTHON" - "$OUT" "$CV" "${@:-0}" <<'POOL'
-import json, os, re, sys
-from pathlib import Path
-
-out, k, seeds = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-
-def counts(report):
-    tp = round(report["file_recall"] * report["n_leak"])
-    return tp, round((1 - report["file_specificity"]) * (report["n_files"] - report["n_leak"])), report["n_leak"] - tp
-
-def f1(tp, fp, fn):
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-for lever in os.environ["LEVERS"].split():
-    name = re.sub(r"(^|\+)all$", r"\1gain+tilt+mix+mask", lever)
-    suffix = f"-ts{os.environ['TRAIN_SEED']}" if os.environ.get("TRAIN_SEED") else ""
-    runs = [out / f"seed{seed}" / "runs" / f"{re.sub('[+,]', '_', name)}{suffix}-cv{k}" / "cv.json" for seed in seeds]
-    done = [json.loads(path.read_text()) for path in runs if path.is_file()]
-    if not done:
-        print(f"| {name} | no finished run | | | |")
-        continue
-    cnn = [sum(c) for c in zip(*(counts(cv["pooled"]) for cv in done))]
-    base = [sum(c) for c in zip(*(counts(cv["baseline"]["pooled"]) for cv in done))]
-    auc = sum(cv["pooled"]["file_auc"] for cv in done) / len(done)
-    print(f"| {name} | {f1(*cnn):.3f} | {auc:.3f} | {f1(*base):.3f} | {len(done)} of {len(seeds)} |")
-POOL
+"$PYTHON" "$(dirname "$0")/pool_levers.py" "$OUT" "$CV" "${@:-0}" --levers "$LEVERS" ${TRAIN_SEED:+--train-seed "$TRAIN_SEED"}
