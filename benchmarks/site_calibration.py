@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import yaml
 
 
 def vote_scores(long_prob: np.ndarray, long_file: np.ndarray, n_files: int, vote_fraction: float) -> np.ndarray:
@@ -75,8 +76,8 @@ def main() -> None:
     totals = np.zeros((2, 3), int)
     for run in args.runs:
         config = json.loads((run / "cv.json").read_text())
-        data = (run / "folds" / "fold_1" / "config.yaml").read_text().split("data:")[1].split("\n")[0].strip()
-        with h5py.File(data.strip("'\""), "r") as file:
+        data = yaml.safe_load((run / "folds" / "fold_1" / "config.yaml").read_text())["data"]
+        with h5py.File(data, "r") as file:
             groups = np.asarray(file["files/group"][:]).astype(str)
         plain, relative = [], []
         for fold in sorted((run / "folds").glob("fold_*")):
