@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from leakhunter.card import BINARY_CLASSES, CardError, ModelCard, compare_configs
+from leakhunter.models import RelativeLevel
 from leakhunter.segments import long_segment_inputs
 from leakhunter.training.config import parse_memory
 from leakhunter.training.dataset import DatasetError, dataset_configs
@@ -92,6 +93,7 @@ class LeakData:
         self.fingerprint = hashlib.sha256(
             files["sha256"].tobytes() + files["split"].tobytes() + json.dumps(self.frontend.__dict__).encode()
             + json.dumps(self.segmentation.__dict__).encode()).hexdigest()[:16]
+        self.planned = split_files is not None  # a cross-validation fold or final model (training/cv.py)
         if split_files is None:
             split_files = {name: np.flatnonzero(files["split"] == code) for code, name in enumerate(SPLITS)}
         else:
@@ -210,8 +212,8 @@ class LeakData:
             n_values = self._short_values() * (self.shorts_per_long if self.segmentation.unit == "long" else 1)
             step = max(1, STATISTICS_CHUNK_BYTES // (8 * n_values))
             for start in range(0, len(train), step):
-                chunk = self.inputs(train, np.arange(start, min(start + step, len(train))))[:, 0].double()
-                yield chunk - chunk.mean(dim=(1, 2), keepdim=True)
+                rows = np.arange(start, min(start + step, len(train)))
+                yield RelativeLevel()(self.inputs(train, rows).double())[:, 0]
             return
         shorts = (train.input_index if self.segmentation.unit == "short"
                   else np.flatnonzero(np.isin(self.short_file_index, train.file_index)))
@@ -277,6 +279,10 @@ class LeakData:
     def validation_in_sample(self) -> bool:
         """Validation on the training files themselves (a cross-validated final model)."""
         return np.array_equal(self.splits["val"].file_index, self.splits["train"].file_index)
+
+    def held_out_fold(self) -> bool:
+        """A cross-validation fold: validation is held-out groups that select nothing."""
+        return self.planned and not self.validation_in_sample()
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         """Files per class in each split, by the model's class names."""

@@ -58,7 +58,7 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     history = last["history"]
     for end in range(1, len(history) + 1):
         monitor.add(epoch_findings(history[:end], card.class_names, shares, constant_loss,
-                                   held_out_fold=plan is not None and not data.validation_in_sample()))
+                                   held_out_fold=data.held_out_fold()))
     finished = (run_dir / "best.pth").is_file() and history and (
         history[-1]["epoch"] == config.epochs or history[-1]["epoch"] - last["best_epoch"] >= config.patience)
     if plan is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +257,9 @@ def epoch_findings(history: list[dict], class_names, val_truth_shares: list[floa
     found = []
     shares = np.array(row["predicted_distribution"])
     truth = np.array(val_truth_shares)
+    # on a fold the two checks that judge the validation sites themselves only warn, and say why
+    stop, fold_note = (warn, " (on held-out cross-validation sites: measured by the fold's estimate, not "
+                             "stopped)") if held_out_fold else (fail, "")
 
     def collapsed(r):
         predicted = np.array(r["predicted_distribution"])
@@ -265,9 +268,9 @@ def epoch_findings(history: list[dict], class_names, val_truth_shares: list[floa
     if collapsed(row):
         top = int(shares.argmax())
         lasting = len(history) >= 5 and all(collapsed(r) for r in history[-5:])
-        found.append((fail if lasting else warn)(
+        found.append((stop if lasting else warn)(
             "H007", when, f"{shares[top]:.0%} of validation inputs are predicted {class_names[top]} whose true "
-                          f"share is {truth[top]:.0%}" + (" for 5 epochs in a row" if lasting else "")))
+                          f"share is {truth[top]:.0%}" + (f" for 5 epochs in a row{fold_note}" if lasting else "")))
     elif abs(row["kappa"]) < KAPPA_ZERO and len(history) >= 2 and abs(history[-2]["kappa"]) < KAPPA_ZERO:
         found.append(warn("H007", when, f"Cohen's kappa {row['kappa']:.4f} ≈ 0 for two epochs: no better than "
                                         f"chance"))
@@ -278,9 +281,10 @@ def epoch_findings(history: list[dict], class_names, val_truth_shares: list[floa
                                                 f"validation inputs"))
     poor = row["file_f1"] < 0.5 or row["kappa"] < 0.2
     if row["train_loss"] < NEAR_ZERO_LOSS and poor:
-        found.append(fail("H008", when, f"training loss {row['train_loss']:.4f} is near zero (a constant "
+        found.append(stop("H008", when, f"training loss {row['train_loss']:.4f} is near zero (a constant "
                                         f"predictor of the training classes scores {trivial_loss:.4f}) while "
-                                        f"validation file F1 is {row['file_f1']:.3f} and kappa {row['kappa']:.3f}"))
+                                        f"validation file F1 is {row['file_f1']:.3f} and kappa {row['kappa']:.3f}"
+                                        f"{fold_note}"))
     change = row.get("weight_change")
     if change is not None and not math.isfinite(change):
         found.append(fail("H012", when, "the weights hold NaN or inf after this epoch"))
@@ -292,10 +296,6 @@ def epoch_findings(history: list[dict], class_names, val_truth_shares: list[floa
             and row["train_loss"] > first_loss:
         found.append(fail("H010", when, f"training loss {row['train_loss']:.4f} diverges (best "
                                         f"{min(r['train_loss'] for r in history):.4f})"))
-    if held_out_fold:
-        found = [replace(f, level="warn", message=f"{f.message} (on held-out cross-validation sites: measured "
-                                                  f"by the fold's estimate, not stopped)")
-                 if f.code in ("H007", "H008") and f.level == "fail" else f for f in found]
     return found
 
 

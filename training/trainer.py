@@ -403,7 +403,7 @@ class Trainer:
             self._together(lambda e=epoch, r=row, i=improved: self._write_epoch(e, r, i) if self.rank == 0 else None)
             self._check(epoch_findings(self.history, self.card.class_names,
                                        truth_shares(self.data.splits["val"], len(self.card.class_names)),
-                                       self.trivial_loss, held_out_fold=self._held_out_fold()))
+                                       self.trivial_loss, held_out_fold=self.data.held_out_fold()))
             if self.on_epoch is not None:
                 self.on_epoch(self, epoch)
             if epoch - self.best_epoch >= config.patience:
@@ -411,10 +411,6 @@ class Trainer:
                 stopped_early = True
                 break
         return self._finish(stopped_early)
-
-    def _held_out_fold(self) -> bool:
-        """A cross-validation fold: validation is held-out groups that select nothing."""
-        return self.plan is not None and not self.data.validation_in_sample()
 
     def _plan_text(self) -> str:
         plan, splits = self.plan, self.data.splits
