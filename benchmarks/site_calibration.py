@@ -1,69 +1,75 @@
 """How much a per-site calibration of scores would give on held-out sites, from finished `leak train --cv K`
-runs (no retraining): each held-out file's vote score (the P(LEAK) level at which the frac-vote flips it) as a
-logit, minus the median logit of its own site's held-out files, which needs no label, only other recordings of
-the same site, most of them without a leak. Judged honestly, like the CV estimate: each fold with the epoch and
-threshold chosen on the other folds. Prints the uncalibrated estimate (as `leak train --cv` computes it, from the
-same vote scores) beside the calibrated one.
+runs (no retraining). Each held-out long segment's P(LEAK), as a logit, is shifted by the median logit of its
+site's held-out long segments at that epoch: no label, only other recordings of the same site, most of them
+without a leak. Both sets of scores are judged by training/cv.py's own honest estimate (each fold with the epoch
+and threshold chosen on the other folds, the card's vote), so the first column is exactly the run's CV estimate.
+Two ceilings beside them, at the run's chosen epoch with the same vote and threshold grid: the best single
+threshold for all held-out files, and the best threshold for each fold (its one to three sites) on its own.
 
     python benchmarks/site_calibration.py RUN_DIR... [--vote-fraction 0.5]
 """
 
 import argparse
 import json
+from dataclasses import fields, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 import yaml
 
-
-def vote_scores(long_prob: np.ndarray, long_file: np.ndarray, n_files: int, vote_fraction: float) -> np.ndarray:
-    """Per file: the largest threshold at which at least vote_fraction of its long segments still reach it."""
-    out = np.zeros(n_files)
-    for f in range(n_files):
-        p = np.sort(long_prob[long_file == f])[::-1]
-        out[f] = p[max(int(np.ceil(vote_fraction * len(p))) - 1, 0)]
-    return out
+from leakhunter.training.cv import HeldOut, honest_estimate, pooled
+from leakhunter.voting import calibrate_threshold, vote_files
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+def load_folds(run: Path) -> list[HeldOut]:
+    folds = []
+    for path in sorted((run / "folds").glob("fold_*/held_out.npz")):
+        with np.load(path) as saved:
+            folds.append(HeldOut(**{field.name: saved[field.name] for field in fields(HeldOut)}))
+    return folds
 
 
-def site_relative(scores: np.ndarray, sites: np.ndarray) -> np.ndarray:
-    """Each score minus the median score of its site's files."""
-    out = scores.copy()
-    for site in np.unique(sites):
-        out[sites == site] -= np.median(scores[sites == site])
-    return out
+def site_relative(fold: HeldOut, sites: np.ndarray) -> HeldOut:
+    """The fold with each long segment's logit minus the median logit of its site's segments, per epoch."""
+    p = np.clip(fold.long_prob.astype(np.float64), 1e-6, 1 - 1e-6)
+    logits = np.log(p / (1 - p))
+    segment_site = sites[fold.files][fold.long_file]
+    for site in np.unique(segment_site):
+        at = segment_site == site
+        logits[:, at] -= np.median(logits[:, at], axis=1, keepdims=True)
+    return replace(fold, long_prob=1 / (1 + np.exp(-logits)))
 
 
-def counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    return np.array([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()])
+def verdict_counts(truth: np.ndarray, verdict: np.ndarray) -> np.ndarray:
+    return np.array([(verdict & truth).sum(), (verdict & ~truth).sum(), (~verdict & truth).sum()])
+
+
+def oracle_counts(folds: list[HeldOut], epoch: int, vote_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Counts with one threshold chosen on all held-out files, and with each fold's own best threshold."""
+    long_prob, long_file, truth = pooled(folds, epoch)
+    threshold, _ = calibrate_threshold(long_prob, long_file, truth, vote_fraction)
+    one = verdict_counts(truth.astype(bool), vote_files(long_prob, long_file, len(truth), threshold,
+                                                        vote_fraction).verdict)
+    per_fold = np.zeros(3, int)
+    for fold in folds:
+        threshold, _ = calibrate_threshold(fold.long_prob[epoch - 1], fold.long_file, fold.file_is_leak,
+                                           vote_fraction)
+        verdict = vote_files(fold.long_prob[epoch - 1], fold.long_file, len(fold.files), threshold,
+                             vote_fraction).verdict
+        per_fold += verdict_counts(fold.file_is_leak.astype(bool), verdict)
+    return one, per_fold
+
+
+def pooled_counts(report: dict) -> np.ndarray:
+    """(true positives, false positives, false negatives) of a pooled file-level report."""
+    tp = round(report["file_recall"] * report["n_leak"])
+    fp = round((1 - report["file_specificity"]) * (report["n_files"] - report["n_leak"]))
+    return np.array([tp, fp, report["n_leak"] - tp])
 
 
 def f1(tp, fp, fn) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
-def honest(folds: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """folds: (scores [epochs, files], truth). Each fold judged with the (epoch, threshold) of best pooled F1 on
-    the others; returns the pooled (true positive, false positive, false negative) counts of those verdicts."""
-    total = np.zeros(3, int)
-    for k, (scores, truth) in enumerate(folds):
-        others = [fold for j, fold in enumerate(folds) if j != k]
-        best = (-1.0, 0, 0.0)
-        for epoch in range(scores.shape[0]):
-            pooled = np.concatenate([s[epoch] for s, _ in others])
-            truths = np.concatenate([t for _, t in others])
-            for threshold in np.unique(pooled):
-                value = f1(*counts(pooled >= threshold, truths))
-                if value > best[0]:
-                    best = (value, epoch, threshold)
-        _, epoch, threshold = best
-        total += counts(scores[epoch] >= threshold, truth)
-    return total
 
 
 def main() -> None:
@@ -71,28 +77,22 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--vote-fraction", type=float, default=0.5)
     args = parser.parse_args()
-    print("| run | held-out F1, threshold from other folds | the same, site-relative scores |")
-    print("|---|---|---|")
-    totals = np.zeros((2, 3), int)
+    print("| run | held-out F1 (the CV estimate) | the same, site-relative scores | one oracle threshold | "
+          "oracle threshold per fold |")
+    print("|---|---|---|---|---|")
+    totals = np.zeros((4, 3), int)
     for run in args.runs:
-        config = json.loads((run / "cv.json").read_text())
         data = yaml.safe_load((run / "folds" / "fold_1" / "config.yaml").read_text())["data"]
         with h5py.File(data, "r") as file:
-            groups = np.asarray(file["files/group"][:]).astype(str)
-        plain, relative = [], []
-        for fold in sorted((run / "folds").glob("fold_*")):
-            held = np.load(fold / "held_out.npz")
-            sites = groups[held["files"]]
-            truth = held["file_is_leak"].astype(bool)
-            scores = np.stack([logit(vote_scores(p, held["long_file"], len(held["files"]), args.vote_fraction))
-                               for p in held["long_prob"]])
-            plain.append((scores, truth))
-            relative.append((np.stack([site_relative(s, sites) for s in scores]), truth))
-        found = np.stack([honest(plain), honest(relative)])
+            sites = np.asarray(file["files/group"][:]).astype(str)
+        folds, cv = load_folds(run), json.loads((run / "cv.json").read_text())
+        found = np.stack([pooled_counts(honest_estimate(variant, args.vote_fraction)[1])
+                          for variant in (folds, [site_relative(fold, sites) for fold in folds])]
+                         + list(oracle_counts(folds, cv["epochs"], args.vote_fraction)))
         totals += found
-        print(f"| {run} (k={config['k']}) | {f1(*found[0]):.3f} | {f1(*found[1]):.3f} |")
+        print(f"| {run} (k={cv['k']}) | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")
     if len(args.runs) > 1:
-        print(f"| pooled over the {len(args.runs)} runs | {f1(*totals[0]):.3f} | {f1(*totals[1]):.3f} |")
+        print(f"| pooled over the {len(args.runs)} runs | " + " | ".join(f"{f1(*row):.3f}" for row in totals) + " |")
 
 
 if __name__ == "__main__":
