@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import yaml
+from pool_levers import counts, f1  # the sibling script (benchmarks/ is on sys.path when this one runs)
 
 from leakhunter.training.cv import HeldOut, honest_estimate, pooled
 from leakhunter.voting import calibrate_threshold, vote_files
@@ -61,17 +62,6 @@ def oracle_counts(folds: list[HeldOut], epoch: int, vote_fraction: float) -> tup
     return one, per_fold
 
 
-def pooled_counts(report: dict) -> np.ndarray:
-    """(true positives, false positives, false negatives) of a pooled file-level report."""
-    tp = round(report["file_recall"] * report["n_leak"])
-    fp = round((1 - report["file_specificity"]) * (report["n_files"] - report["n_leak"]))
-    return np.array([tp, fp, report["n_leak"] - tp])
-
-
-def f1(tp, fp, fn) -> float:
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -86,7 +76,7 @@ def main() -> None:
         with h5py.File(data, "r") as file:
             sites = np.asarray(file["files/group"][:]).astype(str)
         folds, cv = load_folds(run), json.loads((run / "cv.json").read_text())
-        found = np.stack([pooled_counts(honest_estimate(variant, args.vote_fraction)[1])
+        found = np.stack([np.array(counts(honest_estimate(variant, args.vote_fraction)[1]))
                           for variant in (folds, [site_relative(fold, sites) for fold in folds])]
                          + list(oracle_counts(folds, cv["epochs"], args.vote_fraction)))
         totals += found
