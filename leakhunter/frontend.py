@@ -19,12 +19,17 @@ from leakhunter.segments import frame_stride, plan_segments
 AMIN = 1e-10
 DFT_PATHS = ("fft", "matmul")
 ROLLOFF = 0.85
+FLATNESS_FLOOR = 1e-10  # flatness floors each bin 100 dB under the segment's loudest
+SILENT_POWER = 1e-30  # a bin power under any real audio and over float32's smallest normal: silence
 # Engineered per-input features (fusion's `features` branch): octave band powers up to fmax, then
 # spectral shape from the same STFT, then waveform statistics of the short segment.
 N_BANDS = 7
 FEATURE_NAMES = tuple(f"band{i}_db" for i in range(N_BANDS)) + (
     "centroid_hz", "flatness", "rolloff_hz", "rms_db", "crest_db", "kurtosis", "zcr",
 )
+# 2: roll-off interpolated between bins, flatness floored relative to the loudest bin, kurtosis right
+# below -100 dBFS, zero crossings as negative products of neighbours (exact zeros end none).
+FEATURE_VERSION = 2
 
 
 def _hz_to_mel(hz):
@@ -212,24 +217,48 @@ class FrontEnd(nn.Module):
 
     def _features(self, power: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         """Per short segment: band powers, centroid, flatness, roll-off (power [B, S, bins]), then
-        RMS, crest factor, excess kurtosis and zero-crossing rate of the samples [B, S, n]."""
+        RMS, crest factor, excess kurtosis and zero-crossing rate of the samples [B, S, n].
+
+        Each is a continuous function of the input made of ops that export to ONNX (no indexing by a
+        computed bin, no sign bits), so an exported graph recomputes them within float rounding.
+        """
         total = power.sum(-1).clamp(min=AMIN)
         band_db = 10.0 * torch.log10(torch.matmul(power, self.band_masks.T).clamp(min=AMIN))
         centroid = (power * self.fft_hz).sum(-1) / total
-        flatness = torch.exp(torch.log(power.clamp(min=AMIN)).mean(-1)) / (power.mean(-1).clamp(min=AMIN))
-        below = torch.cumsum(power, -1) < ROLLOFF * total.unsqueeze(-1)
-        rolloff = self.fft_hz[below.sum(-1).clamp(max=power.shape[-1] - 1)]
+        flatness = spectral_flatness(power)
+        bin_hz = self.cfg.sample_rate / 2 / (self.cfg.n_fft // 2)  # fft_hz's step
+        rolloff = spectral_rolloff(power, total, bin_hz)
         centred = samples - samples.mean(-1, keepdim=True)
         squared = centred.square()
-        variance = squared.mean(-1)
+        variance = squared.mean(-1).clamp(min=1e-20)  # RMS floored at 1e-10 (-200 dBFS)
         rms = variance.sqrt()
-        rms_db = 20.0 * torch.log10(rms.clamp(min=1e-10))
-        crest_db = 20.0 * torch.log10(centred.abs().amax(-1).clamp(min=1e-10) / rms.clamp(min=1e-10))
-        kurtosis = squared.square().mean(-1) / variance.square().clamp(min=1e-20) - 3.0
-        signs = torch.signbit(samples)
-        zcr = (signs[..., 1:] != signs[..., :-1]).float().mean(-1)
+        rms_db = 20.0 * torch.log10(rms)
+        crest_db = 20.0 * torch.log10(centred.abs().amax(-1).clamp(min=1e-10) / rms)
+        # m4 / variance², dividing twice: a 1e-20 floor on variance² pulled segments under -100 dBFS towards -3
+        kurtosis = squared.square().mean(-1) / variance / variance - 3.0
+        # a product with an exact zero, +0.0 or -0.0, is no crossing (torch.signbit tells the zeros apart, and
+        # its export, Less(x, 0), does not); products underflow to zero only for samples under ~1e-19
+        zcr = (samples[..., 1:] * samples[..., :-1] < 0).float().mean(-1)
         scalars = torch.stack([centroid, flatness, rolloff, rms_db, crest_db, kurtosis, zcr], dim=-1)
         return torch.cat([band_db, scalars], dim=-1)
+
+
+def spectral_flatness(power: torch.Tensor) -> torch.Tensor:
+    """Geometric over arithmetic mean of power [..., bins], each bin floored FLATNESS_FLOOR under the loudest:
+    relative, so a gain or float noise in near-empty bins leaves it alone."""
+    floored = power.clamp(min=SILENT_POWER)  # exact silence: every bin 1.0 relative, flatness exactly 1
+    relative = (floored / floored.amax(-1, keepdim=True)).clamp(min=FLATNESS_FLOOR)
+    return torch.exp(torch.log(relative).mean(-1)) / relative.mean(-1)
+
+
+def spectral_rolloff(power: torch.Tensor, total: torch.Tensor, bin_hz: float) -> torch.Tensor:
+    """The frequency where the cumulative power [..., bins], linear between bin centres, reaches ROLLOFF of
+    `total`: each gap between bins adds the fraction of it lying below that level (1 below, 0 above), so
+    the result moves smoothly with the input instead of jumping a whole bin."""
+    target = ROLLOFF * total.unsqueeze(-1)
+    below = torch.cumsum(power, -1)[..., :-1]  # cumulative power up to each gap's lower bin
+    rise = power[..., 1:].clamp(min=SILENT_POWER)  # an empty bin is crossed at once
+    return ((target - below) / rise).clamp(0.0, 1.0).sum(-1) * bin_hz
 
 
 def reference_log_mel(y: np.ndarray, cfg: FrontendConfig) -> np.ndarray:

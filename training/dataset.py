@@ -25,7 +25,7 @@ from leakhunter.card import STANDARD_CLASSES, FrontendConfig, SegmentationConfig
 from leakhunter.errors import LeakhunterError
 from leakhunter.files import atomic_path
 from leakhunter.fingerprint import file_sha256
-from leakhunter.frontend import FEATURE_NAMES, FrontEnd
+from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION, FrontEnd
 from leakhunter.segments import plan_segments
 from leakhunter.sources import AUDIO_SUFFIXES, find_audio, group_from_name, read_manifest
 from leakhunter.training.splits import SPLITS, assign_splits
@@ -166,6 +166,7 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         "segmentation": json.dumps(segmentation.__dict__),
         "class_names": json.dumps(list(class_names)),
         "feature_names": json.dumps(list(FEATURE_NAMES)),
+        "feature_version": FEATURE_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "leakhunter_version": leakhunter.__version__,
     })
@@ -271,3 +272,9 @@ def dataset_configs(h5: h5py.File) -> tuple[FrontendConfig, SegmentationConfig, 
                 tuple(json.loads(h5.attrs["class_names"])))
     except KeyError as missing:
         raise DatasetError(f"{h5.filename}: not a leakhunter dataset (attribute {missing} missing)") from None
+
+
+def feature_version(h5: h5py.File) -> int:
+    """How /short/features was computed (leakhunter.frontend.FEATURE_VERSION); files written before the
+    attribute existed hold version 1."""
+    return int(h5.attrs.get("feature_version", 1))

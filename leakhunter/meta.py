@@ -1,0 +1,127 @@
+"""Per-file metadata for a fusion model's `meta` branch: which fields, how they are encoded, where they come from.
+
+A field is numeric when every training value parses as a number (standardised by the training mean and std,
+inside the model) and categorical otherwise (one-hot over the training vocabulary; an unseen value is unknown).
+A missing value is NaN in every column of its field: the model sees a mask, and meta dropout in training
+teaches it what unknown means. Fields that name the split groups or raw times are refused: a model keyed on
+them learns the sensor, not the leak.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from leakhunter.errors import InputError
+from leakhunter.sources import logger_fields
+
+REFUSED_FIELDS = {
+    "sensor_id": "it names the split group: the model would learn sensors, not leaks",
+    "recording_id": "it identifies single recordings: nothing learned from it carries to a new one",
+    "timestamp": "a raw time identifies recordings; derive a field such as hour or season instead",
+    "group": "it names the split group: the model would learn sensors, not leaks",
+    "path": "it identifies single recordings", "label": "it is the answer", "split": "it is how the files were dealt",
+}
+
+
+def file_meta(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, str]:
+    """A file's metadata: the given fields (a manifest's or a sidecar's columns) over those of its logger
+    name `sensor_id~recording_id~timestamp~gain_db` (empty values count as missing)."""
+    named = logger_fields(path) or {}
+    return {k: v for k, v in {**named, **(fields or {})}.items() if str(v).strip()}
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class MetaSpec:
+    """The meta fields a model takes and how each becomes input columns; stored in the card."""
+
+    fields: tuple[str, ...]
+    numeric: dict[str, tuple[float, float]]  # field → (training mean, std)
+    categories: dict[str, tuple[str, ...]]  # field → training vocabulary, in column order
+
+    @classmethod
+    def fit(cls, fields: tuple[str, ...], training_meta: list[dict[str, str]]) -> MetaSpec:
+        """Numeric or categorical per field, from the training files' values; refuses what cannot be learned."""
+        for field in fields:
+            if field in REFUSED_FIELDS:
+                raise InputError(f"meta field {field!r} is refused: {REFUSED_FIELDS[field]}")
+            present = [m[field] for m in training_meta if field in m]
+            if not present:
+                raise InputError(f"meta field {field!r} has no value in any training file (known fields: "
+                                 f"{', '.join(sorted({k for m in training_meta for k in m})) or 'none'})")
+        numeric, categories = {}, {}
+        for field in fields:
+            present = [m[field] for m in training_meta if field in m]
+            values = [_number(v) for v in present]
+            if all(v is not None for v in values):
+                mean = float(np.mean(values))
+                numeric[field] = (round(mean, 6), round(max(float(np.std(values)), 1e-6), 6))
+            else:
+                categories[field] = tuple(sorted(set(present)))
+        return cls(tuple(fields), numeric, categories)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Input column names: a numeric field's own name, `field=value` per category."""
+        names = []
+        for field in self.fields:
+            names += [field] if field in self.numeric else [f"{field}={v}" for v in self.categories[field]]
+        return tuple(names)
+
+    def column_fields(self) -> np.ndarray:
+        """The field number of each input column (meta dropout hides a whole field at once)."""
+        return np.array([i for i, field in enumerate(self.fields)
+                         for _ in ([0] if field in self.numeric else self.categories[field])], np.int64)
+
+    def standardisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-column mean and std the model subtracts and divides by (one-hot columns pass unchanged)."""
+        mean, std = [], []
+        for field in self.fields:
+            pair = self.numeric.get(field)
+            width = 1 if pair else len(self.categories[field])
+            mean += [pair[0] if pair else 0.0] * width
+            std += [pair[1] if pair else 1.0] * width
+        return np.array(mean, np.float32), np.array(std, np.float32)
+
+    def encode(self, meta: dict[str, str]) -> np.ndarray:
+        """One file's raw input row [n_columns] float32: numbers as they are, one-hot, NaN where unknown."""
+        row = []
+        for field in self.fields:
+            value = meta.get(field)
+            if field in self.numeric:
+                number = None if value is None else _number(value)
+                row.append(math.nan if number is None else number)
+            else:
+                vocabulary = self.categories[field]
+                row += ([math.nan] * len(vocabulary) if value not in vocabulary
+                        else [float(value == v) for v in vocabulary])
+        return np.array(row, np.float32)
+
+    def to_dict(self) -> dict:
+        return {"fields": list(self.fields), "columns": list(self.columns),
+                "numeric": {k: list(v) for k, v in self.numeric.items()},
+                "categories": {k: list(v) for k, v in self.categories.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MetaSpec:
+        return cls(tuple(data["fields"]), {k: (float(v[0]), float(v[1])) for k, v in data["numeric"].items()},
+                   {k: tuple(v) for k, v in data["categories"].items()})
+
+
+def parse_fields(text: str) -> tuple[str, ...]:
+    """`--meta gain_db,pipe` → ("gain_db", "pipe"); duplicates refused."""
+    fields = tuple(f.strip() for f in str(text).split(",") if f.strip())
+    if len(set(fields)) != len(fields):
+        raise InputError(f"--meta repeats a field: {text!r}")
+    return fields
