@@ -1,4 +1,4 @@
-"""A deterministic synthetic corpus of pipe sounds (five classes, WAV files plus a manifest).
+"""A deterministic synthetic corpus of pipe sounds (five classes, or two in gain-confound; WAV files plus a manifest).
 It lets the demo, the tests and the benchmarks run anywhere without real recordings."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ LEAK_INTERRUPTED_SHARE = 0.3
 DECOY_BURST_SHARE = 0.2
 DECOY_CLASSES = ("NORMAL", "RANDOM", "MECHANICAL")  # a QUIET file with a hiss in it is not quiet
 SENSORS_PER_BLOCK, RECORDINGS_PER_BLOCK = 4, 16  # about one sensor per four recordings
-SCENARIOS = ("classes", "sites")  # sites: leakhunter.synth_sites
+SCENARIOS = ("classes", "sites", "gain-confound")  # sites: leakhunter.synth_sites; gain-confound: synth_confound
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,9 @@ def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sampl
 
     scenario "classes" (the default) makes five easy-to-separate classes for plumbing tests; "sites"
     (leakhunter.synth_sites) records them at `sites` sites (default 12) that each colour their sound, the
-    sensor id being the site, and adds OUT/sites.csv and the manifest's snr_db column.
+    sensor id being the site, and adds OUT/sites.csv and the manifest's snr_db column; "gain-confound"
+    (leakhunter.synth_confound) writes LEAK and NORMAL only, told apart by level minus the recorder gain (the
+    manifest's gain_db column), neither by the audio alone nor by the gain alone.
     A file depends only on (seed, class, index): growing files_per_class keeps the earlier files.
     Files it writes are overwritten; anything else in OUT is left alone."""
     if int(files_per_class) != files_per_class or files_per_class < 1:
@@ -305,10 +307,7 @@ def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sampl
     if sites is not None and (int(sites) != sites or not 1 <= sites <= 999):
         raise InputError(f"sites must be an integer from 1 to 999, got {sites!r}")
     root = Path(out)
-    jobs = [(label, i) for label in STANDARD_CLASSES for i in range(int(files_per_class))]
-    for label in STANDARD_CLASSES:
-        (root / label).mkdir(parents=True, exist_ok=True)
-    header, site_table = ("path", "label", "group"), ()
+    classes, header, site_table = STANDARD_CLASSES, ("path", "label", "group"), ()
     if scenario == "sites":
         from leakhunter.synth_sites import make_sites, write_site_recording, write_site_table
 
@@ -317,10 +316,20 @@ def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sampl
 
         def write(label, index):
             return write_site_recording(root, label, index, duration_s, int(sample_rate), int(seed), site_table)
+    elif scenario == "gain-confound":
+        from leakhunter.synth_confound import CONFOUND_CLASSES, write_confound_recording
+
+        classes, header = CONFOUND_CLASSES, header + ("gain_db",)
+
+        def write(label, index):
+            return write_confound_recording(root, label, index, duration_s, int(sample_rate), int(seed))
     else:
         def write(label, index):
             path, sensor_id = write_recording(root, label, index, duration_s, int(sample_rate), int(seed))
             return path, (sensor_id,)
+    jobs = [(label, i) for label in classes for i in range(int(files_per_class))]
+    for label in classes:
+        (root / label).mkdir(parents=True, exist_ok=True)
     files, rows = [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy FFTs drop the GIL
         for (label, _), (path, fields) in zip(jobs, pool.map(lambda job: write(*job), jobs)):
@@ -334,5 +343,5 @@ def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sampl
     if site_table:
         write_site_table(site_table, root / "sites.csv")
     return SynthCorpus(root=root, manifest=manifest, files=tuple(files),
-                       counts={label: int(files_per_class) for label in STANDARD_CLASSES}, scenario=scenario,
+                       counts={label: int(files_per_class) for label in classes}, scenario=scenario,
                        sites=tuple(site.name for site in site_table))
