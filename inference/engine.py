@@ -26,7 +26,7 @@ import numpy as np
 from leakhunter.audio import AudioError
 from leakhunter.card import ModelCard
 from leakhunter.errors import InputError, LeakhunterError
-from leakhunter.inference.loader import load_runner, read_card
+from leakhunter.inference.loader import load_runner, read_card, refuse_unscorable
 from leakhunter.inference.pool import WorkerFailure, WorkerPool
 from leakhunter.inference.runner import Runner, long_segment_probs
 from leakhunter.inference.scorer import (
@@ -205,6 +205,7 @@ class ScoringEngine:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
+        refuse_unscorable(card, model)
         deployed_threshold(card, threshold, sensitivity)  # a bad --sensitivity is refused before any worker starts
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
         # What the workers decode with; inline (workers=0) this process uses the same decoder.

@@ -43,6 +43,14 @@ def load_runner(path: str | Path, device: str = "auto", threads: int | None = No
     return runner.card, runner
 
 
+def refuse_unscorable(card: ModelCard, path: str | Path) -> None:
+    """A fusion model is evaluated on dataset files only, for now: scoring recordings needs its features
+    computed in the graph and a meta input, which the scoring engine and export do not have yet."""
+    if card.mode == "fusion":
+        raise ModelLoadError(f"{path}: a fusion model cannot score recordings yet (leak predict, serve, bench, "
+                             f"export): evaluate it on a dataset file with `leak eval {path} --data data.h5`")
+
+
 def read_card(path: str | Path) -> tuple[ModelCard, str, str]:
     """(card, sha256, backend) of a model file without building a session or a network: what a parent
     process that leaves the scoring to workers needs. Validates the card as load_runner does."""

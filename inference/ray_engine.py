@@ -32,7 +32,7 @@ import leakhunter
 from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine
-from leakhunter.inference.loader import read_card
+from leakhunter.inference.loader import read_card, refuse_unscorable
 from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer
 
 FILES_PER_BATCH = 32  # per actor call (fewer where actors would idle): the engine packs pieces across them
@@ -193,6 +193,7 @@ class RayEngine:
             check_reachable(self.options.address or os.environ.get("RAY_ADDRESS"))  # Ray retries for minutes
         self.model = Path(model)
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
+        refuse_unscorable(card, self.model)
         self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline, sensitivity)
         # An actor without a GPU of its own scores on CPU, even on a node that has one (Ray did not give it one).
         self.device, self.batch_rows = device if self.options.gpus_per_actor else "cpu", batch_rows

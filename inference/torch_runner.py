@@ -19,6 +19,7 @@ from leakhunter.card import ModelCard
 from leakhunter.checkpoint import read_model
 from leakhunter.devices import autocast_dtype, pick_device
 from leakhunter.frontend import FrontEnd
+from leakhunter.inference.loader import refuse_unscorable
 from leakhunter.inference.runner import Runner, check_mel
 from leakhunter.models import Scorer
 from leakhunter.segments import long_segment_inputs, plan_segments
@@ -39,6 +40,7 @@ class TorchRunner(Runner):
         if threads:
             torch.set_num_threads(threads)
         card, model = read_model(path)
+        refuse_unscorable(card, path)
         super().__init__(card, Path(path))
         self.torch_device = pick_device(device)  # `cuda` without CUDA is a DeviceError, never a silent CPU run
         self.device = str(self.torch_device)

@@ -27,6 +27,11 @@ LEAK_PROB_RULES = {"binary": "softmax", "multiclass": "mean_softmax_aux", "fusio
 ARCHITECTURE_PARAMS: dict[str, dict[str, tuple]] = {
     "leakcnn": {"channels": ("ints", 3, 1, 1024), "hidden": ("int", 1, 4096), "dropout": ("fraction",),
                 "level": ("choice", "absolute", "relative")},
+    # leakhunter/fusion.py: the mel branch takes leakcnn's params; prior is one weight per branch
+    "fusion": {"branches": ("subset", "mel", "features", "meta"), "prior": ("weights",),
+               "channels": ("ints", 3, 1, 1024), "hidden": ("int", 1, 4096), "dropout": ("fraction",),
+               "level": ("choice", "absolute", "relative"), "branch_width": ("int", 1, 4096),
+               "n_meta": ("int", 0, 4096)},
 }
 ARCHITECTURES = tuple(ARCHITECTURE_PARAMS)
 
@@ -47,6 +52,16 @@ def _param_problem(value: Any, spec: tuple) -> str | None:
         return f"must be {length} integers in [{low}, {high}], got {value!r:.60}"
     if kind == "choice":
         return None if value in spec[1:] else f"must be one of {', '.join(spec[1:])}, got {value!r:.60}"
+    if kind == "subset":
+        if isinstance(value, (list, tuple)) and value and len(set(value)) == len(value) and set(value) <= set(spec[1:]):
+            return None
+        return f"must be a non-empty list of distinct names from {', '.join(spec[1:])}, got {value!r:.60}"
+    if kind == "weights":
+        if (isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                               and v > 0 for v in value)
+                and abs(sum(value) - 1.0) < 1e-3):
+            return None
+        return f"must be positive numbers summing to 1, got {value!r:.60}"
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
     return None if ok else f"must be a number in [0, 1), got {value!r:.60}"
 
@@ -314,6 +329,7 @@ class ModelCard:
         if self.mode in LEAK_PROB_RULES and self.leak_prob != LEAK_PROB_RULES[self.mode]:
             found.append(("leak_prob", f"a {self.mode} model forms P(LEAK) by {LEAK_PROB_RULES[self.mode]!r}, got {self.leak_prob!r}"))
         found += architecture_problems(self.architecture)
+        found += self._fusion_problems()
         frontend_problems = self.frontend.problems()
         found += frontend_problems
         if not frontend_problems:
@@ -324,6 +340,26 @@ class ModelCard:
             found.append(("channel_policy", f"must be 'mean', 'first' or a channel index such as '0', "
                                             f"got {self.channel_policy!r}"))
         found += operating_point_problems(self.operating_points)
+        return found
+
+    def _fusion_problems(self) -> list[tuple[str, str]]:
+        """A fusion card and only a fusion card has the fusion architecture and `branches`, and they agree."""
+        is_fusion, name = self.mode == "fusion", (self.architecture or {}).get("name")
+        if is_fusion != (name == "fusion") and name in ARCHITECTURE_PARAMS:
+            return [("architecture.name", f"a {self.mode} model cannot have architecture {name!r}")]
+        if not is_fusion:
+            return [] if self.branches is None else [("branches", f"only fusion models have branches, this is {self.mode}")]
+        params = self.architecture.get("params", {})
+        branches, prior = params.get("branches", []), params.get("prior")
+        found = []
+        if prior is not None and isinstance(branches, list) and len(prior) != len(branches):
+            found.append(("architecture.params.prior", f"{len(prior)} weights for {len(branches)} branches {branches}"))
+        if not isinstance(self.branches, dict) or self.branches.get("names") is None:
+            return found + [("branches", "a fusion card lists its branches and their inputs")]
+        meta = self.branches.get("meta")
+        if "meta" in branches and (not isinstance(meta, dict) or len(meta.get("columns", [])) != params.get("n_meta")):
+            found.append(("branches.meta", f"the meta branch takes {params.get('n_meta')} columns but the card "
+                                           f"lists {None if not isinstance(meta, dict) else meta.get('columns')}"))
         return found
 
     def validate(self, source: str = "model card") -> ModelCard:

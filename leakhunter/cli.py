@@ -89,17 +89,19 @@ def data_synth(
     seed: int = typer.Option(0, help="Same seed, same bytes."),
     scenario: str = typer.Option("classes", help="classes: five easy classes, for plumbing tests; sites: recorded "
                                                  "at --sites sites that each colour their sound (pipe resonances, "
-                                                 "sensor, gain, background, leak SNR down to -10 dB)."),
+                                                 "sensor, gain, background, leak SNR down to -10 dB); gain-confound: "
+                                                 "LEAK and NORMAL told apart only by level minus the recorder gain "
+                                                 "in the file name (a corpus that needs fusion)."),
     sites: int = typer.Option(None, help="Sites of the sites scenario (default 12); the sensor id is the site."),
 ):
-    """Write a synthetic labelled corpus (LEAK, NORMAL, QUIET, RANDOM, MECHANICAL) for demos and tests."""
+    """Write a synthetic labelled corpus (by scenario: five classes, or LEAK and NORMAL) for demos and tests."""
     from leakhunter.synth import synth_corpus
 
     with progress_bar("synth") as bar:
-        task = bar.add_task("synth", total=files_per_class * 5)
+        task = bar.add_task("synth", total=None)
         corpus = synth_corpus(out, files_per_class=files_per_class, duration_s=duration,
                               sample_rate=sample_rate, seed=seed, scenario=scenario, sites=sites,
-                              progress=lambda done, total: bar.update(task, completed=done))
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     counts = ", ".join(f"{n} {label}" for label, n in corpus.counts.items())
     where = f" at {len(corpus.sites)} sites (knobs in {corpus.root / 'sites.csv'})" if corpus.sites else ""
     console.print(f"wrote {len(corpus.files)} recordings ({counts}){where} and {corpus.manifest}")
@@ -186,7 +188,7 @@ def data_files(
 def train(
     data: Path = typer.Option(None, help="Dataset file from `leak data build`."),
     out: Path = typer.Option(None, help="Run directory (default runs/<mode>-<time>)."),
-    mode: str = typer.Option(None, help="binary or multiclass (also LEAK_MODE, or `mode:` in --config)."),
+    mode: str = typer.Option(None, help="binary, multiclass or fusion (also LEAK_MODE, or `mode:` in --config)."),
     config: Path = typer.Option(None, help="YAML file of training settings; flags override it."),
     resume: Path = typer.Option(None, help="Continue exactly from a run's checkpoints/last.pth."),
     cv: int = typer.Option(None, help="Grouped K-fold cross-validation over the training and validation files "
@@ -209,6 +211,12 @@ def train(
     hidden: int = typer.Option(None, help="The CNN's embedding width (default 256)."),
     level: str = typer.Option(None, help="absolute (default) or relative: each input minus its own mean "
                                          "log-mel, so gain and logger level cannot move a verdict."),
+    branches: str = typer.Option(None, help="--mode fusion: comma list of mel, features, meta (default "
+                                            "mel,features)."),
+    meta: str = typer.Option(None, help="--mode fusion: the meta branch's fields, e.g. gain_db (manifest columns, "
+                                        "else the logger file name sensor~recording~timestamp~gain_db)."),
+    fusion_prior: str = typer.Option(None, help="--mode fusion: initial fusion weights, one per branch, e.g. 0.7,0.3 "
+                                                "(default equal); they are learned."),
 ):
     """Train a model; writes best.pth, model_meta.json, checkpoints/, metrics.csv, config.yaml and plots."""
     from leakhunter.training.config import TrainConfig, resolve_config
@@ -217,20 +225,30 @@ def train(
     flags = {"data": None if data is None else str(data), "out": None if out is None else str(out), "mode": mode,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "patience": patience,
              "seed": seed, "device": device, "compile": compile, "strict": strict, "max_memory": max_memory,
-             "augment": augment, "channels": channels, "hidden": hidden, "level": level}
+             "augment": augment, "channels": channels, "hidden": hidden, "level": level, "branches": branches,
+             "meta": meta, "fusion_prior": fusion_prior}
     log = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
     if cv is not None and resume is not None:
         raise fail("--cv and --resume do not combine: rerun the --cv command with the same --out to finish its folds")
     if resume is None:
         settings = resolve_config(config, flags)
         console.print(f"config: {settings.to_dict()}", highlight=False)
-        if cv is not None:
+        if settings.mode == "fusion":
+            if cv is not None:
+                raise fail("--cv does not take --mode fusion yet: train the fusion model on the dataset's splits")
+            from leakhunter.training.fusion import train_fusion
+
+            result = train_fusion(settings, log=log)
+        elif cv is not None:
             from leakhunter.training.cv import cross_validate
 
             result = cross_validate(settings, cv, log=log)
         else:
             result = run_training(settings, log=log)
     else:
+        if mode == "fusion" or (mode is None and os.environ.get("LEAK_MODE") == "fusion"):
+            raise fail("--resume does not take a fusion run: rerun the same `leak train --mode fusion` command with "
+                       "the same --out; finished stages are skipped and an interrupted one resumes")
         if mode is None and os.environ.get("LEAK_MODE"):
             flags["mode"] = os.environ["LEAK_MODE"]
         result = run_training(TrainConfig(), resume=resume, overrides=flags, log=log)

@@ -99,8 +99,8 @@ class FusionNet(nn.Module):
 
     @property
     def normalise(self):
-        """The mel branch's per-bin normaliser (the trainer fills it from the training statistics)."""
-        return self.mel.normalise
+        """The mel branch's per-bin normaliser (the trainer fills it from the training statistics), if any."""
+        return self.mel.normalise if "mel" in self.branch_names else None
 
     def fusion_weights(self) -> torch.Tensor:
         return torch.softmax(self.fusion_logits, dim=0)

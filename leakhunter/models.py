@@ -113,6 +113,8 @@ class LeakCNN(nn.Module):
 def check_registry() -> None:
     """card.ARCHITECTURE_PARAMS (validated without torch) must list exactly the registry and only params
     each constructor takes; a mismatch is a programming error, caught before any card reaches a builder."""
+    import leakhunter.fusion  # noqa: F401  (registers "fusion"; it builds on LeakCNN, so it imports this module)
+
     if set(REGISTRY) != set(ARCHITECTURE_PARAMS):
         raise RuntimeError(f"card.ARCHITECTURE_PARAMS lists {sorted(ARCHITECTURE_PARAMS)}, the registry {sorted(REGISTRY)}")
     for name, builder in REGISTRY.items():
@@ -133,10 +135,11 @@ def build_model(card: ModelCard) -> nn.Module:
 def check_weights(card: ModelCard, state_dict: dict, source: str) -> None:
     """A card that contradicts its weights (head size vs class_names, aux head vs rule) is refused."""
     problems = []
-    head = state_dict.get("head.weight")
-    if head is not None and head.shape[0] != len(card.class_names):
-        problems.append(("class_names", f"card lists {len(card.class_names)} classes {list(card.class_names)} "
-                                        f"but the weights' head has {head.shape[0]} outputs"))
+    for name, head in state_dict.items():  # LeakCNN's `head.weight`, a fusion branch's `<branch>.head.weight`
+        if (name == "head.weight" or name.endswith(".head.weight")) and head.shape[0] != len(card.class_names):
+            problems.append(("class_names", f"card lists {len(card.class_names)} classes {list(card.class_names)} "
+                                            f"but the weights' {name.removesuffix('.weight')} has {head.shape[0]} "
+                                            f"outputs"))
     has_aux = "aux.weight" in state_dict
     if has_aux != (card.leak_prob == "mean_softmax_aux"):
         problems.append(("leak_prob", f"card says {card.leak_prob!r} but the weights "

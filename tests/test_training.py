@@ -162,8 +162,8 @@ def test_config_layers_and_refusals(tmp_path):
         resolve_config(path, {"data": "d.h5"}, environ={})
     with pytest.raises(ConfigError, match="lr must be > 0"):
         resolve_config(None, {"data": "d.h5", "lr": -1}, environ={})
-    with pytest.raises(ConfigError, match="mode 'fusion' is not built yet"):
-        resolve_config(None, {"data": "d.h5", "mode": "fusion"}, environ={})
+    with pytest.raises(ConfigError, match="mode 'fusio' is not one of binary, multiclass, fusion"):
+        resolve_config(None, {"data": "d.h5", "mode": "fusio"}, environ={})
     with pytest.raises(ConfigError, match="num_classes"):
         resolve_config(None, {"data": "d.h5", "num_classes": 5}, environ={})
 

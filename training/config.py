@@ -20,7 +20,7 @@ from leakhunter.card import MODES, architecture_problems
 from leakhunter.devices import parse_device
 from leakhunter.errors import DeviceError, LeakhunterError
 
-BUILT_MODES = ("binary", "multiclass")  # fusion is specified in DESIGN §9 and not built yet
+FUSION_BRANCHES = ("mel", "features", "meta")  # leakhunter/fusion.py
 MEMORY_SIZE = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>%|[kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 MEMORY_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
                 "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -61,13 +61,14 @@ class TrainConfig:
     channels: str = "32,64,128"  # the CNN's three convolution widths
     hidden: int = 256  # the CNN's embedding width
     level: str = "absolute"  # relative: each input minus its own mean log-mel (leakhunter/models.py RelativeLevel)
+    branches: str = "mel,features"  # fusion: comma list of mel, features, meta (training/fusion.py)
+    meta: str = ""  # fusion: the meta branch's fields, e.g. gain_db (manifest columns or the logger file name)
+    fusion_prior: str = ""  # fusion: initial fusion weights, one per branch (default equal)
 
     def problems(self) -> list[str]:
         found = []
         if self.mode not in MODES:
             found.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
-        elif self.mode not in BUILT_MODES:
-            found.append(f"mode {self.mode!r} is not built yet; use {' or '.join(BUILT_MODES)}")
         choices = {"schedule": ("cosine", "onecycle"), "loss": ("ce", "focal")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -96,10 +97,42 @@ class TrainConfig:
             parse_augment(self.augment)
         except ValueError as error:
             found.append(str(error))
+        found += self.fusion_problems()
         sizes = {key: value for key, value in self.architecture_params().items()
                  if key in ("channels", "hidden", "level")}
         found += [f"{key.removeprefix('architecture.params.')} {why}"
                   for key, why in architecture_problems({"name": "leakcnn", "params": sizes})]
+        return found
+
+    def branch_list(self) -> tuple[str, ...]:
+        return tuple(b.strip() for b in str(self.branches).split(",") if b.strip())
+
+    def prior_list(self) -> tuple[float, ...] | None:
+        """--fusion-prior as numbers (None: equal weights); problems() has checked it."""
+        return tuple(float(p) for p in str(self.fusion_prior).split(",")) if str(self.fusion_prior).strip() else None
+
+    def fusion_problems(self) -> list[str]:
+        """Branches, meta fields and prior: consistent with each other, and set only for --mode fusion."""
+        defaults = TrainConfig()
+        if self.mode != "fusion":
+            return [f"{key} applies to --mode fusion only, got {key}={getattr(self, key)!r} with mode {self.mode!r}"
+                    for key in ("branches", "meta", "fusion_prior") if getattr(self, key) != getattr(defaults, key)]
+        found, branches = [], self.branch_list()
+        unknown = [b for b in branches if b not in FUSION_BRANCHES]
+        if unknown or not branches or len(set(branches)) != len(branches):
+            found.append(f"branches {self.branches!r} must be distinct names from {', '.join(FUSION_BRANCHES)}")
+        if ("meta" in branches) != bool(str(self.meta).strip()):
+            found.append("the meta branch needs its fields (--meta gain_db,...) and --meta needs the meta branch"
+                         if "meta" in branches else f"meta {self.meta!r} is given but branches {self.branches!r} "
+                                                    f"has no meta branch")
+        if str(self.fusion_prior).strip():
+            try:
+                prior = self.prior_list()
+            except ValueError:
+                return found + [f"fusion_prior {self.fusion_prior!r} is not a comma list of numbers"]
+            if len(prior) != len(branches) or min(prior) <= 0 or abs(sum(prior) - 1) > 1e-3:
+                found.append(f"fusion_prior {self.fusion_prior!r} must be {len(branches)} positive weights summing "
+                             f"to 1, one per branch ({', '.join(branches)})")
         return found
 
     def architecture_params(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from leakhunter.card import BINARY_CLASSES, CardError, ModelCard, compare_configs
+from leakhunter.meta import file_meta
 from leakhunter.models import RelativeLevel
 from leakhunter.segments import long_segment_inputs
 from leakhunter.training.config import parse_memory
@@ -82,10 +83,11 @@ class LeakData:
             self.long_file_index = h5["long/file_index"][...]
             self.short_file_index = h5["short/file_index"][...]
             self.channel_policy = str(h5.attrs.get("channel_policy", "mean"))  # the card records it for predict
+            self.meta_json = list(h5["files/meta"].asstr()[...]) if "files/meta" in h5 else ["{}"] * len(self.paths)
         self.mode = mode
         self.shas = [sha.decode() for sha in files["sha256"]]
         self.split_codes = files["split"]
-        self.class_names = BINARY_CLASSES if mode == "binary" else self.dataset_classes
+        self.class_names = BINARY_CLASSES if mode == "binary" else self.dataset_classes  # fusion: the dataset's
         leak = self.dataset_classes.index("LEAK")
         file_is_leak = files["label"] == leak
         file_targets = file_is_leak.astype(np.int64) if mode == "binary" else files["label"].astype(np.int64)
@@ -103,6 +105,9 @@ class LeakData:
         # [all files], by dataset index: the dataset's class, LEAK or not, the model's target
         self.file_labels, self.file_is_leak, self.file_targets = files["label"], file_is_leak, file_targets
         self.splits = {name: self.subset(split_files[name], name) for name in SPLITS}
+        self.branches: tuple[str, ...] = ()  # a fusion model's branches (use_branches); () serves mel alone
+        self.features: torch.Tensor | None = None
+        self.meta_rows: torch.Tensor | None = None
         sizes = f"dataset {_gb(self.mel_bytes)} {'>' if self.streamed else '<='} budget {_gb(self.budget)}"
         self.loading = f"{sizes}: {'reading from disk in chunks' if self.streamed else 'read into memory'}"
         if log is not None:
@@ -186,6 +191,35 @@ class LeakData:
             else:
                 batch = long_segment_inputs(self.mel, starts, self.shorts_per_long)
         return batch.float().unsqueeze(1)
+
+    def file_meta(self, file: int) -> dict[str, str]:
+        """One dataset file's metadata: its manifest columns over its logger-name fields (leakhunter/meta.py)."""
+        return file_meta(self.paths[file], json.loads(self.meta_json[file]))
+
+    def use_branches(self, branches: tuple[str, ...], meta_rows: np.ndarray | None = None) -> None:
+        """Serve a fusion model's inputs from now on: `batch` gives (mel, features, meta), None where the model
+        has no such branch. `meta_rows` is every dataset file's encoded meta row [n_files, n_meta] (NaN unknown)."""
+        if self.segmentation.unit != "short":
+            raise DatasetError(f"{self.path}: fusion models take the `short` preset's inputs (the engineered "
+                               f"features are per short segment); this dataset was built with the "
+                               f"`{self.segmentation.unit}` unit")
+        self.branches = tuple(branches)
+        if "features" in branches:
+            with h5py.File(self.path, "r") as h5:
+                self.features = torch.from_numpy(h5["short/features"][...].astype(np.float32))
+        if "meta" in branches:
+            self.meta_rows = torch.from_numpy(np.asarray(meta_rows, np.float32))
+
+    def batch(self, split: SplitData, rows: np.ndarray) -> tuple:
+        """The model's positional inputs for rows of a split: (mel,) for LeakCNN, (mel, features, meta) for a
+        fusion model (leakhunter/fusion.py), None in place of a branch it does not have."""
+        if not self.branches:
+            return (self.inputs(split, rows),)
+        mel = self.inputs(split, rows) if "mel" in self.branches else None
+        features = self.features[torch.from_numpy(split.input_index[rows])] if "features" in self.branches else None
+        files = split.file_index[split.input_file[rows]]
+        meta = self.meta_rows[torch.from_numpy(files)] if "meta" in self.branches else None
+        return mel, features, meta
 
     def epoch_order(self, split: SplitData, seed: int, epoch: int) -> np.ndarray:
         """The training order of an epoch's rows, a function of (seed, epoch) and the loading path.

@@ -8,6 +8,7 @@ step, a refused resume) from health.json.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -35,6 +36,8 @@ from leakhunter.training.trainer import class_weights
 def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     """The run's findings, recomputed; raises FileNotFoundError naming what is missing."""
     run_dir = Path(run_dir)
+    if (run_dir / "stages").is_dir():
+        return doctor_fusion(run_dir, log)
     config_path, last_path = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pth"
     for needed in (config_path, last_path):
         if not needed.is_file():
@@ -52,7 +55,7 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     monitor = HealthMonitor(strict=config.strict, log=log, stop=False)
     monitor.add(setup_findings(config, card, network.head.out_features, network.aux is not None, data,
                                weights.tolist(), capped, raw_ratio, trainable, parameter_count(network),
-                               val_selects=plan is None))
+                               val_selects=plan is None, frozen_by_design=card.mode == "fusion"))
     shares = truth_shares(data.splits["val"], len(card.class_names))
     constant_loss = trivial_loss(data, card, config.aux_weight)
     history = last["history"]
@@ -79,3 +82,22 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
         monitor.add([f for f in recorded if (f.code, f.level) not in seen])
     return monitor
 
+
+
+def doctor_fusion(run_dir: Path, log) -> HealthMonitor:
+    """A fusion run (training/fusion.py): every fused stage's checks, recomputed as for any run (a branch alone in
+    stage 0 is judged by H014 instead), then H014 and H013 from the finished stages' summaries."""
+    from leakhunter.training.fusion import collapsed_findings, fused_findings, stage_summaries
+
+    summaries = stage_summaries(run_dir)
+    if not summaries:
+        raise FileNotFoundError(f"{run_dir / 'stages'}: no finished stage (stage.json); rerun the training command")
+    monitor = HealthMonitor(log=log, stop=False)
+    monitor.add(collapsed_findings(summaries))
+    for summary in summaries:
+        if len(summary["branches"]) > 1:
+            stage = doctor(run_dir / "stages" / summary["stage"])
+            monitor.add([replace(f, when=f"stage {summary['stage']}, {f.when}") for f in stage.findings])
+    if any(len(s["branches"]) > 1 for s in summaries):
+        monitor.add(fused_findings(summaries))
+    return monitor

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from leakhunter.card import ModelCard
-from leakhunter.devices import to_device
+from leakhunter.devices import batch_to_device, to_device
 from leakhunter.errors import InputError
 from leakhunter.operating import file_rates, points_on, threshold_sweep
 from leakhunter.training.baseline import baseline_report
@@ -36,9 +36,9 @@ def score_split(scorer, data: LeakData, split: SplitData, batch_size: int, devic
     scorer.eval()
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, min(len(split), start + batch_size))
-        batch = to_device(data.inputs(split, rows), device)  # pinned on CUDA, so non_blocking is real
+        batch = batch_to_device(data.batch(split, rows), device)  # pinned on CUDA, so non_blocking is real
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, aux = scorer.model(batch)
+            logits, aux = scorer.model(*batch)
             if criterion is not None:
                 targets = to_device(torch.from_numpy(split.targets[rows]), device)
                 is_leak = to_device(torch.from_numpy(split.is_leak[rows]), device)
@@ -109,6 +109,10 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     if is_dataset(data):
         leak_data = LeakData(data, card.mode)
         leak_data.check_card(card, str(model))
+        if card.mode == "fusion":
+            from leakhunter.training.fusion import use_card_inputs
+
+            use_card_inputs(leak_data, card, str(model))
         if split not in leak_data.splits:
             raise InputError(f"split {split!r} is not one of {', '.join(leak_data.splits)}")
         files = dataset_files(leak_data, split) if backend != "torch" else None

@@ -53,6 +53,11 @@ ADVICE = {
     "H011": "Use a batch size smaller than the training split; every epoch must visit each input once.",
     "H012": "Non-finite loss or weights: check the named files for NaN/inf or extreme values, lower lr; the "
             "last good checkpoint was kept.",
+    "H013": "Fusion weights must be trainable and in the optimizer (never fixed constants); a weight stuck near 0 "
+            "or 1 or never moving means one branch decides alone: check that branch's inputs, or lower "
+            "--fusion-prior's extreme, or drop the branch that adds nothing.",
+    "H014": "A branch that learned nothing alone (kappa ≈ 0 in stage 0) is not frozen into the fusion: it is "
+            "trained from scratch with the others. If it stays useless, check its inputs or drop it.",
     "H015": "A linear model on each file's median spectrum beats the network on validation: check the run "
             "(H009, H010, too few epochs), add sites and leaks, and trust neither number on a new site before "
             "grouped cross-validation; until the CNN wins, its complexity buys nothing.",
@@ -62,9 +67,10 @@ ADVICE = {
 }
 NAMES = {"H001": "config", "H002": "checkpoint", "H003": "labels", "H004": "leakage", "H005": "class weights",
          "H006": "trainable params", "H007": "prediction collapse", "H008": "trivial loss", "H009": "no progress",
-         "H010": "learning rate", "H011": "data cycling", "H012": "non-finite", "H015": "baseline",
+         "H010": "learning rate", "H011": "data cycling", "H012": "non-finite", "H013": "fusion weights",
+         "H014": "collapsed branch", "H015": "baseline",
          "H016": "optimistic split"}
-CHECKED = "H001–H012, H015, H016"  # H013/H014 are reserved for fusion
+CHECKED = "H001–H012, H015, H016"  # and on a fusion run, H013/H014 (training/fusion.py)
 OPTIMISM_MARGIN = 0.10  # H016: validation F1 this far above the grouped cross-validated F1 (the baseline's)
 
 
@@ -170,11 +176,16 @@ def weight_findings(weights: list[float], capped: bool, cap: float, raw_ratio: f
     return []
 
 
-def trainable_findings(trainable: int, total: int) -> list[Finding]:
-    """H006: a stage that trains a handful of parameters converges in an epoch to nothing useful."""
+def trainable_findings(trainable: int, total: int, frozen_by_design: bool = False) -> list[Finding]:
+    """H006: a stage that trains a handful of parameters (the rest frozen) converges in an epoch to nothing
+    useful; a small model that trains all of its parameters is not this failure. A fusion
+    stage that freezes its transferred encoders on purpose (training/fusion.py checks what it freezes) is
+    judged on having something to train, not on the share."""
     if trainable == 0:
         return [fail("H006", "setup", f"no trainable parameters (of {total:,})")]
-    if trainable < MIN_TRAINABLE or trainable < MIN_TRAINABLE_FRACTION * total:
+    if frozen_by_design:
+        return []
+    if trainable < total and (trainable < MIN_TRAINABLE or trainable < MIN_TRAINABLE_FRACTION * total):
         return [warn("H006", "setup", f"only {trainable:,} of {total:,} parameters are trainable "
                                       f"({trainable / total:.2%})")]
     return []
@@ -198,7 +209,7 @@ def epoch_order_findings(order: np.ndarray, n_inputs: int, epoch: int) -> list[F
 
 def setup_findings(config, card, head_outputs: int, has_aux: bool, data, weights, capped: bool,
                    raw_ratio: float, trainable: int, total: int, world: int = 1,
-                   val_selects: bool = True) -> list[Finding]:
+                   val_selects: bool = True, frozen_by_design: bool = False) -> list[Finding]:
     """Every check that can run before the first step, from the run's config, card, model and data."""
     train = data.splits["train"]
     return (
@@ -208,7 +219,7 @@ def setup_findings(config, card, head_outputs: int, has_aux: bool, data, weights
                          val_selects)
         + leakage_findings(data.groups, data.shas, data.split_codes, data.paths)
         + weight_findings(list(weights), capped, config.class_weight_cap, raw_ratio)
-        + trainable_findings(trainable, total)
+        + trainable_findings(trainable, total, frozen_by_design)
         + cycling_findings(config.batch_size, len(train) // world)
     )
 
@@ -246,20 +257,23 @@ def nonfinite_findings(epoch: int, train_loss: float, val_loss: float, weights_f
 
 
 def epoch_findings(history: list[dict], class_names, val_truth_shares: list[float], trivial_loss: float,
-                   held_out_fold: bool = False) -> list[Finding]:
+                   held_out_fold: bool = False, measured_by: str = "") -> list[Finding]:
     """Checks on the newest epoch of `history` (H007, H008, H010, H012).
 
     On a cross-validation fold (`held_out_fold`) validation is held-out sites that select nothing: a model that
     collapses or overfits there is what the fold exists to measure (its held-out F1 counts it), not a broken
-    run, so H007 and H008 warn instead of stopping the fold. H010 and H012 judge training itself and still fail."""
+    run, so H007 and H008 warn instead of stopping the fold. `measured_by` does the same for another run that
+    exists to measure this, saying what measures it (a fusion branch alone in stage 0: H014). H010 and H012
+    judge training itself and still fail."""
+    if held_out_fold:
+        measured_by = "on held-out cross-validation sites: measured by the fold's estimate, not stopped"
     row = history[-1]
     when = f"epoch {row['epoch']}"
     found = []
     shares = np.array(row["predicted_distribution"])
     truth = np.array(val_truth_shares)
-    # on a fold the two checks that judge the validation sites themselves only warn, and say why
-    stop, fold_note = (warn, " (on held-out cross-validation sites: measured by the fold's estimate, not "
-                             "stopped)") if held_out_fold else (fail, "")
+    # on a fold (or a stage-0 branch) the two checks that judge the validation itself only warn, and say why
+    stop, fold_note = (warn, f" ({measured_by})") if measured_by else (fail, "")
 
     def collapsed(r):
         predicted = np.array(r["predicted_distribution"])

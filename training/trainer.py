@@ -24,7 +24,7 @@ from torch.nn import functional as F
 import leakhunter
 from leakhunter.card import CardError, ModelCard, VotingConfig
 from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, save_atomic
-from leakhunter.devices import autocast_dtype, to_device
+from leakhunter.devices import autocast_dtype, batch_to_device, to_device
 from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
 from leakhunter.operating import operating_points
@@ -181,10 +181,11 @@ def _resume_config(payload: dict, overrides: dict, source: Path) -> TrainConfig:
 
 class Trainer:
     def __init__(self, config: TrainConfig, resume: str | Path | None = None, overrides: dict | None = None,
-                 log=print, plan: RunPlan | None = None, on_epoch=None):
+                 log=print, plan: RunPlan | None = None, on_epoch=None, stage=None):
         """`on_epoch(trainer, epoch)` runs after each epoch's validation (the cross-validation driver collects
-        held-out predictions with it)."""
-        self.log, self.on_epoch = log, on_epoch
+        held-out predictions with it). `stage` is one stage of a fusion run (training/fusion.py): it chooses the
+        architecture, the inputs, what is transferred and frozen, and how an epoch is selected."""
+        self.log, self.on_epoch, self.stage = log, on_epoch, stage
         self.launch = launch_from_env()
         self.rank, self.world = self.launch.rank, self.launch.world
         self.payload = None
@@ -209,6 +210,8 @@ class Trainer:
                              log=log if self.rank == 0 else None,
                              streamed=None if self.payload is None else self.payload.get("streamed"),
                              split_files=None if plan is None else plan.split_files)
+        if stage is not None:
+            stage.prepare_data(self.data)
         self.card = self._card()
         if self.payload is not None:
             try:
@@ -221,13 +224,15 @@ class Trainer:
             except CardError as error:
                 raise HealthFailure(fail("H002", "setup", str(error))) from None
         self.net = build_model(self.card).to(self.device)
-        if config.normalise:
+        if config.normalise and self.net.normalise is not None:
             mean, std = self.data.mel_statistics(relative=config.level == "relative")
             self.net.normalise.mean.copy_(torch.from_numpy(mean))
             self.net.normalise.std.copy_(torch.from_numpy(std))
             self.card = replace(self.card, normalisation={"per_mel_bin": True,
                                                           "mean": mean.astype(float).round(4).tolist(),
                                                           "std": std.astype(float).round(4).tolist()})
+        if stage is not None:  # before the optimizer: it takes the trainable parameters only
+            stage.prepare_model(self.net, self.data, log if self.rank == 0 else None)
         self.channels_last = config.channels_last and self.device.type == "cuda"
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -242,7 +247,7 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if
                                                         self.device.type == "cuda" else None)
         self.model = torch.compile(model) if config.compile else model
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.trainable(), lr=config.lr, weight_decay=config.weight_decay)
         per_rank = len(train) // self.world
         self.steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
         total = config.epochs * self.steps_per_epoch
@@ -263,11 +268,17 @@ class Trainer:
             trainable = parameter_count(self.net, trainable_only=True)
             self._check(setup_findings(config, self.card, self.net.head.out_features, self.net.aux is not None,
                                        self.data, weights.tolist(), self.weights_capped, raw_ratio, trainable,
-                                       parameter_count(self.net), self.world, val_selects=plan is None))
+                                       parameter_count(self.net), self.world, val_selects=plan is None,
+                                       frozen_by_design=stage is not None and stage.frozen)
+                        + ([] if stage is None else stage.setup_findings(self.net, self.optimizer)))
         # the bar the network must clear (H015); deterministic, so a resume and `leak doctor` refit the same one
         self.baseline = fit_baseline(self.data)
         if plan is None and self.payload is None:  # H016: is the validation split's estimate optimistic?
             self._check(split_check(self.data, self.baseline.metrics["val"]["file_f1"], config.seed))
+
+    def trainable(self) -> list[nn.Parameter]:
+        """The parameters this run trains (a fusion stage freezes some); the optimizer and H010 see these."""
+        return [p for p in self.net.parameters() if p.requires_grad]
 
     def _together(self, action):
         """Run `action`; if it fails on any rank, every rank raises that failure (training/distributed.py)."""
@@ -279,9 +290,11 @@ class Trainer:
 
     def _card(self) -> ModelCard:
         config, data = self.config, self.data
+        architecture = ({"name": "leakcnn", "params": config.architecture_params()} if self.stage is None
+                        else self.stage.architecture(config))
         return ModelCard.for_mode(
             config.mode, data.class_names, frontend=data.frontend, segmentation=data.segmentation,
-            architecture={"name": "leakcnn", "params": config.architecture_params()},
+            architecture=architecture, branches=None if self.stage is None else self.stage.card_branches(),
             name=self.run_dir.name, created=datetime.now(UTC).isoformat(timespec="seconds"),
             leakhunter_version=leakhunter.__version__, git_commit=_git_commit(),
             channel_policy=data.channel_policy,
@@ -312,14 +325,15 @@ class Trainer:
         losses = StepLosses(self.device, self.launch)  # the per-step loss read (and, under DDP, shared)
         for step, start in enumerate(range(0, len(mine), size)):
             rows = mine[start:start + size]
-            inputs = to_device(self.data.inputs(train, rows), self.device)
+            mel, *others = batch_to_device(self.data.batch(train, rows), self.device)
             targets = to_device(torch.from_numpy(train.targets[rows]), self.device)
             is_leak = to_device(torch.from_numpy(train.is_leak[rows]), self.device)
-            inputs = self.augmenter(inputs, is_leak, epoch, step)
-            if self.channels_last:
-                inputs = inputs.to(memory_format=torch.channels_last)
+            if mel is not None:
+                mel = self.augmenter(mel, is_leak, epoch, step)
+                if self.channels_last:
+                    mel = mel.to(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits, aux = self.model(inputs)
+                logits, aux = self.model(mel, *others)
                 loss = self.criterion(logits, aux, targets, is_leak)
             losses.push(step, loss, len(rows))
             self._stop_on_nonfinite(losses.settle(), epoch, order)  # CPU: this step, before its update
@@ -383,9 +397,9 @@ class Trainer:
         last_epoch = config.epochs if self.plan is None or self.plan.stop_after is None else self.plan.stop_after
         for epoch in range(self.start_epoch, last_epoch + 1):
             started = time.perf_counter()
-            before = torch.cat([p.detach().flatten() for p in self.net.parameters()]).clone()
+            before = torch.cat([p.detach().flatten() for p in self.trainable()]).clone()
             train_loss = self._train_epoch(epoch)
-            after = torch.cat([p.detach().flatten() for p in self.net.parameters()])
+            after = torch.cat([p.detach().flatten() for p in self.trainable()])
             # rank 0's numbers on every rank: the same history, findings, best epoch and early stop everywhere
             metrics, val_loss = share(self._validate(), self.launch, self.device)
             # before any checkpoint is written: non-finite weights must not overwrite the last good one
@@ -394,7 +408,7 @@ class Trainer:
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                    "weight_change": float((after - before).norm() / before.norm().clamp(min=1e-12))}
             self.history.append(row)
-            key = (metrics["file_f1"], -val_loss)
+            key = (metrics["file_f1"], -val_loss) if self.stage is None else self.stage.selection_key(metrics, val_loss)
             improved = key > self.best_key or self.plan is not None  # a plan keeps its last epoch
             if improved:
                 self.best_key, self.best_epoch = key, epoch
@@ -403,7 +417,8 @@ class Trainer:
             self._together(lambda e=epoch, r=row, i=improved: self._write_epoch(e, r, i) if self.rank == 0 else None)
             self._check(epoch_findings(self.history, self.card.class_names,
                                        truth_shares(self.data.splits["val"], len(self.card.class_names)),
-                                       self.trivial_loss, held_out_fold=self.data.held_out_fold()))
+                                       self.trivial_loss, held_out_fold=self.data.held_out_fold(),
+                                       measured_by="" if self.stage is None else self.stage.measured_by))
             if self.on_epoch is not None:
                 self.on_epoch(self, epoch)
             if epoch - self.best_epoch >= config.patience:
@@ -485,7 +500,7 @@ class Trainer:
         for line in self.health.summary():
             self.log(line)
         self.log(f"{'best' if self.plan is None else 'kept'} epoch {self.best_epoch}: val file F1 "
-                 f"{self.best_key[0]:.3f}, threshold "
+                 f"{self.history[self.best_epoch - 1]['file_f1']:.3f}, threshold "
                  f"{card.voting.threshold:.2f}; test file F1 {test_metrics['file_f1']:.3f}, precision "
                  f"{test_metrics['file_precision']:.3f}, recall {test_metrics['file_recall']:.3f}, "
                  f"AUC {test_metrics['file_auc']:.3f} on {test_metrics['n_files']} files")

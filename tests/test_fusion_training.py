@@ -1,0 +1,165 @@
+"""`leak train --mode fusion` end to end on a small gain-confound corpus: the stages, what they transfer and
+freeze, rerunning a stopped run, and the predecessor's incident (background/incident-fusion-restores-epoch-1.md)
+reproduced cause by cause, each caught by its check."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import Interrupt, quick_config
+
+from leakhunter.checkpoint import card_of, load_checkpoint
+from leakhunter.errors import InputError
+from leakhunter.training.fusion import FusionRun, Stage, train_fusion
+from leakhunter.training.health import HealthFailure
+from leakhunter.training.trainer import Trainer
+
+FUSION = {"mode": "fusion", "branches": "mel,features,meta", "meta": "gain_db", "epochs": 3,
+          "channels": "4,8,8", "hidden": 16}
+QUIET = lambda text: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def confound_dataset(tmp_path_factory):
+    from leakhunter.synth import synth_corpus
+    from leakhunter.training.dataset import build_dataset
+
+    root = tmp_path_factory.mktemp("confound")
+    corpus = synth_corpus(root / "corpus", files_per_class=16, duration_s=2.0, scenario="gain-confound", seed=3)
+    return build_dataset(corpus.manifest, root / "data.h5", val=0.25, test=0.25, seed=0).output
+
+
+@pytest.fixture(scope="module")
+def fusion_run(confound_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fusion") / "run"
+    return train_fusion(quick_config(confound_dataset, out, **FUSION), log=QUIET)
+
+
+def stage_summary(run_dir, name):
+    return json.loads((run_dir / "stages" / name / "stage.json").read_text())["summary"]
+
+
+def test_a_fusion_run_trains_every_stage_and_keeps_the_best_fused_one(fusion_run):
+    run = fusion_run.run_dir
+    names = ["0-mel", "0-features", "0-meta", "1-fusion", "2-finetune"]
+    assert sorted(p.name for p in (run / "stages").iterdir()) == sorted(names)
+    card = card_of(load_checkpoint(run / "best.pth"), "best.pth")
+    assert card.mode == "fusion" and card.architecture["name"] == "fusion"
+    assert card.branches["names"] == ["mel", "features", "meta"]
+    assert card.branches["meta"]["fields"] == ["gain_db"] and card.branches["meta"]["columns"] == ["gain_db"]
+    assert card.branches["features"]["version"] == 2 and len(card.branches["features"]["mean"]) == 14
+    assert [s["stage"] for s in card.branches["stages"]] == names
+    assert card.branches["selected_stage"] in ("1-fusion", "2-finetune")
+    weights = card.branches["weights"]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1, abs=1e-3)
+    assert weights != pytest.approx([1 / 3] * 3, abs=1e-4)  # learned, not the prior
+    assert json.loads((run / "model_meta.json").read_text())["branches"]["weights"] == weights
+    assert (run / "health.json").is_file()
+
+
+def test_stage_one_loads_the_stage_zero_encoders_without_heads_and_freezes_them(fusion_run):
+    run = fusion_run.run_dir
+    fused = stage_summary(run, "1-fusion")
+    informative = [b for b in ("mel", "features", "meta") if stage_summary(run, f"0-{b}")["kappa"] > 0.05]
+    assert informative, "no branch learned anything alone on the confound corpus"
+    stage1 = load_checkpoint(run / "stages" / "1-fusion" / "best.pth")["model"]
+    for branch in informative:
+        alone = load_checkpoint(run / "stages" / f"0-{branch}" / "best.pth")["model"]
+        encoder = [k for k in alone if k.startswith(f"{branch}.") and not k.startswith(f"{branch}.head.")]
+        assert set(encoder) <= set(fused["transferred"])
+        assert all(torch.equal(alone[k], stage1[k]) for k in encoder)  # frozen: unchanged after training
+        assert not torch.equal(alone[f"{branch}.head.weight"], stage1[f"{branch}.head.weight"])  # heads train
+    assert not any(".head." in name for name in fused["transferred"])
+    assert fused["trainable_parameters"] < fused["parameters"]
+    tuned = stage_summary(run, "2-finetune")
+    assert tuned["trainable_parameters"] == tuned["parameters"]  # stage 2: everything unfrozen
+
+
+def test_a_branch_that_learned_nothing_alone_is_trained_from_scratch_not_frozen(confound_dataset, tmp_path):
+    """RC1: a branch collapsed in pre-training (kappa 0) was transferred and frozen into the fusion. On this
+    corpus the meta branch alone (the recorder gain) carries no label, so it must be H014's case."""
+    result = train_fusion(quick_config(confound_dataset, tmp_path / "run", **(FUSION | {"branches": "features,meta"})),
+                          log=QUIET)
+    meta_alone = stage_summary(result.run_dir, "0-meta")
+    assert meta_alone["kappa"] <= 0.05
+    h014 = [f for f in result.health if f.code == "H014"]
+    assert h014 and "meta" in h014[0].message and "trained from scratch" in h014[0].message
+    fused = stage_summary(result.run_dir, "1-fusion")
+    assert not any(name.startswith("meta.") for name in fused["transferred"])
+    alone = load_checkpoint(result.run_dir / "stages" / "0-meta" / "best.pth")["model"]
+    stage1 = load_checkpoint(result.run_dir / "stages" / "1-fusion" / "best.pth")["model"]
+    assert not torch.equal(alone["meta.encoder.0.weight"], stage1["meta.encoder.0.weight"])
+
+
+def test_fusion_weights_that_cannot_learn_stop_the_run(confound_dataset, tmp_path, monkeypatch):
+    """RC5: fixed 0.7/0.3 fusion weights. Weights frozen (or left out of the optimizer) are H013's failure."""
+    original = Stage.prepare_model
+
+    def freeze_weights(self, net, data, log):
+        original(self, net, data, log)
+        net.fusion_logits.requires_grad_(False)
+
+    monkeypatch.setattr(Stage, "prepare_model", freeze_weights)
+    with pytest.raises(HealthFailure, match="H013 fusion weights .*frozen"):
+        train_fusion(quick_config(confound_dataset, tmp_path / "run", **(FUSION | {"branches": "mel,features", "meta": "",
+                                                                              "fusion_prior": "0.7,0.3"})), log=QUIET)
+
+
+def test_a_stage_whose_learning_rate_is_too_low_to_move_the_weights_warns(confound_dataset, tmp_path):
+    """RC4: stage 2 at LR 1e-6 never moved. H010 measures the trainable weights' change."""
+    result = train_fusion(quick_config(confound_dataset, tmp_path / "run", **(FUSION | {"branches": "mel,features", "meta": "",
+                                                                                   "lr": 1e-9, "epochs": 2})), log=QUIET)
+    codes = {f.code for f in result.health}
+    assert "H010" in codes
+    assert any(f.code == "H013" and "never moved" in f.message for f in result.health)
+
+
+def test_a_frozen_stage_one_is_not_flagged_for_its_few_trainable_parameters(fusion_run):
+    """RC3 was ~195 trainable parameters in a frozen stage by accident; H006 judges a stage that freezes its
+    encoders on purpose by whether anything trains at all, so a healthy stage 1 raises nothing."""
+    lines = json.loads((fusion_run.run_dir / "health.json").read_text())["findings"]
+    assert not [f for f in lines if f["code"] == "H006"]
+
+
+def test_rerunning_finishes_an_interrupted_run_exactly_as_an_uninterrupted_one(confound_dataset, fusion_run,
+                                                                              tmp_path, monkeypatch):
+    config = quick_config(confound_dataset, tmp_path / "run", **FUSION)
+    original = Trainer._write_epoch
+
+    def stop_in_stage_one(self, epoch, row, improved):  # a kill after stage 1's second epoch was written
+        original(self, epoch, row, improved)
+        if self.stage is not None and self.stage.number == 1 and epoch == 2:
+            raise Interrupt
+
+    monkeypatch.setattr(Trainer, "_write_epoch", stop_in_stage_one)
+    with pytest.raises(Interrupt):
+        train_fusion(config, log=QUIET)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "stages" / "0-meta" / "stage.json").is_file()
+    assert not (tmp_path / "run" / "stages" / "1-fusion" / "stage.json").is_file()
+    lines = []
+    result = train_fusion(config, log=lines.append)
+    assert any("stage 0-mel: done before" in line for line in lines)
+    resumed = load_checkpoint(result.run_dir / "best.pth")["model"]
+    whole = load_checkpoint(fusion_run.run_dir / "best.pth")["model"]
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_fusion_refuses_what_it_cannot_learn_from(confound_dataset, tmp_path):
+    with pytest.raises(InputError, match="'sensor_id' is refused"):
+        FusionRun(quick_config(confound_dataset, tmp_path / "run", **(FUSION | {"meta": "sensor_id"})), log=QUIET)
+    config = replace(quick_config(confound_dataset, tmp_path / "run", **FUSION), meta="pipe")
+    with pytest.raises(InputError, match="'pipe' has no value in any training file"):
+        FusionRun(config, log=QUIET)
+
+
+def test_doctor_recomputes_a_fusion_runs_findings(fusion_run):
+    from leakhunter.training.doctor import doctor
+
+    live = json.loads((fusion_run.run_dir / "health.json").read_text())["findings"]
+    again = doctor(fusion_run.run_dir)
+    assert {(f.code, f.level) for f in again.findings} == {(f["code"], f["level"]) for f in live}
+    assert any(f.code == "H014" for f in again.findings) == any(f["code"] == "H014" for f in live)
