@@ -262,8 +262,9 @@ class FusionRun:
         self.health.write()
         for line in self.health.summary():
             self.log(line)
-        self.log(f"fusion: best fused stage {winner['stage']} (file F1 {winner['file_f1']:.3f}; best single branch "
-                 f"{best_single['branches'][0]} {best_single['file_f1']:.3f}) → {self.out / 'best.pth'}")
+        self.log(f"fusion: best fused stage {winner['stage']} (val file F1 {winner['file_f1']:.3f}, test "
+                 f"{winner['test_f1']:.3f}; best single branch {best_single['branches'][0]}: val "
+                 f"{best_single['file_f1']:.3f}, test {best_single['test_f1']:.3f}) → {self.out / 'best.pth'}")
         test = card.training.get("test_metrics", {})
         return TrainResult(run_dir=self.out, card=card, best_epoch=winner["best_epoch"], history=[],
                            test_metrics=test, stopped_early=False, health=self.health.findings, baseline={})
