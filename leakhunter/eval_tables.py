@@ -36,7 +36,7 @@ def eval_tables(report: dict) -> list[Table | str]:
         confusion.add_column(name, justify="right")
     for name, row in zip(report["class_names"], report["confusion"]):
         confusion.add_row(name, *map(str, row))
-    parts += [confusion, _groups(report), *_points(report)]
+    parts += [confusion, _groups(report), *_points(report), *_branches(report)]
     if report.get("baseline"):
         base = report["baseline"]
         parts.append(f"baseline ({base['model']}, threshold {base['threshold']:.2f}): file F1 "
@@ -61,6 +61,19 @@ def _groups(report: dict) -> Table:
                       number(group["recall"]), number(group["specificity"]),
                       number(group["false_alarms_per_100"], 1))
     return table
+
+
+def _branches(report: dict) -> list[Table]:
+    """A fusion model's branches alone on the same files (threshold and vote of the card), with their weights."""
+    if not report.get("branches"):
+        return []
+    table = Table(title="each fusion branch alone on these files (the fused model is the first table)")
+    for column in ("branch", "fusion weight", "file F1", "AUC", "kappa"):
+        table.add_column(column, justify="left" if column == "branch" else "right")
+    for row in report["branches"]:
+        table.add_row(row["branch"], number(row["weight"]), number(row["file_f1"]), number(row["file_auc"]),
+                      number(row["kappa"]))
+    return [table]
 
 
 def _points(report: dict) -> list[Table | str]:

@@ -113,6 +113,21 @@ class FusionNet(nn.Module):
             outputs.append(branch(inputs[name])[0] if name == "mel" else branch(inputs[name]))
         return outputs
 
+    def alone(self, name: str) -> nn.Module:
+        """This model as if it were its branch `name` alone (same inputs; for per-branch metrics)."""
+        return BranchAlone(self, self.branch_names.index(name))
+
     def forward(self, mel=None, features=None, meta=None):
         logits = torch.stack([x.float() for x in self.branch_logits(mel, features, meta)])  # [K, B, C]
         return (self.fusion_weights()[:, None, None] * logits).sum(dim=0), None
+
+
+class BranchAlone(nn.Module):
+    """One branch of a FusionNet, answering like a model: (its logits, None)."""
+
+    def __init__(self, net: FusionNet, index: int):
+        super().__init__()
+        self.net, self.index = net, index
+
+    def forward(self, mel=None, features=None, meta=None):
+        return self.net.branch_logits(mel, features, meta)[self.index].float(), None

@@ -146,6 +146,7 @@ def test_rerunning_finishes_an_interrupted_run_exactly_as_an_uninterrupted_one(c
     resumed = load_checkpoint(result.run_dir / "best.pth")["model"]
     whole = load_checkpoint(fusion_run.run_dir / "best.pth")["model"]
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert [(f.code, f.when) for f in result.health] == [(f.code, f.when) for f in fusion_run.health]
 
 
 def test_fusion_refuses_what_it_cannot_learn_from(confound_dataset, tmp_path):
@@ -163,3 +164,35 @@ def test_doctor_recomputes_a_fusion_runs_findings(fusion_run):
     again = doctor(fusion_run.run_dir)
     assert {(f.code, f.level) for f in again.findings} == {(f["code"], f["level"]) for f in live}
     assert any(f.code == "H014" for f in again.findings) == any(f["code"] == "H014" for f in live)
+
+
+def test_leak_eval_reports_each_branch_alone_beside_the_fused_model(fusion_run, confound_dataset):
+    from leakhunter.training.evaluate import evaluate
+
+    report = evaluate(fusion_run.run_dir / "best.pth", confound_dataset, "test")
+    assert [row["branch"] for row in report["branches"]] == ["mel", "features", "meta"]
+    assert sum(row["weight"] for row in report["branches"]) == pytest.approx(1, abs=1e-3)
+    assert report["branches"][2]["file_auc"] == pytest.approx(0.5, abs=0.2)  # the gain alone says nothing
+    assert report["mode"] == "fusion" and 0 <= report["file_f1"] <= 1
+
+
+def test_a_meta_field_that_copies_the_label_warns_as_leakage(confound_dataset, tmp_path):
+    """A manifest column filled in after the fact (who found the leak) predicts the label perfectly: H004 warns."""
+    import csv
+
+    from leakhunter.training.dataset import build_dataset
+    from leakhunter.training.fusion import FusionInputs
+
+    with open(confound_dataset.parent / "corpus" / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    manifest = confound_dataset.parent / "corpus" / "manifest_crew.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "crew"])
+        writer.writeheader()
+        writer.writerows([row | {"crew": "repair" if row["label"] == "LEAK" else "survey"} for row in rows])
+    data = build_dataset(manifest, tmp_path / "crew.h5", val=0.25, test=0.25, seed=0).output
+    leaky = FusionInputs.fit(quick_config(data, tmp_path / "run", **(FUSION | {"meta": "gain_db,crew"})))
+    assert [f.code for f in leaky.leakage] == ["H004"] and "'crew'" in leaky.leakage[0].message
+    assert leaky.leakage[0].level == "warn"
+    honest = FusionInputs.fit(quick_config(data, tmp_path / "run", **FUSION))
+    assert honest.leakage == ()

@@ -153,12 +153,29 @@ def _score_dataset(model, card: ModelCard, leak_data: LeakData, split: str, devi
     probs, leak_prob = score_split(Scorer(network, card).to(torch_device), leak_data, target, 16384, torch_device)
     result = evaluate_split(target, probs, leak_prob, card.class_names, threshold, card.voting.vote_fraction,
                             leak_data.shorts_per_long, card.segmentation.unit, card.mode)
+    segment = {k: result.metrics[k] for k in ("segment_accuracy", "kappa", "predicted_distribution")}
+    if card.mode == "fusion":
+        segment["branches"] = branch_report(network, card, leak_data, target, torch_device, threshold)
     votes = FileVotes(paths=list(target.paths), groups=[leak_data.groups[i] for i in target.file_index],
                       file_is_leak=target.file_is_leak, file_targets=target.file_targets,
                       verdict=result.file_verdict, mean_leak_prob=result.file_mean_leak_prob,
                       top_class=result.file_top_class, long_leak_prob=result.long_leak_prob,
                       long_file=target.long_file)
-    return votes, {k: result.metrics[k] for k in ("segment_accuracy", "kappa", "predicted_distribution")}
+    return votes, segment
+
+
+def branch_report(network, card: ModelCard, leak_data: LeakData, target, device, threshold: float) -> list[dict]:
+    """Each branch of a fusion model alone on the same files, at the card's threshold and vote, beside its weight."""
+    from leakhunter.models import Scorer
+
+    rows = []
+    for name, weight in zip(network.branch_names, network.fusion_weights().tolist()):
+        probs, leak_prob = score_split(Scorer(network.alone(name), card).to(device), leak_data, target, 16384, device)
+        metrics = evaluate_split(target, probs, leak_prob, card.class_names, threshold, card.voting.vote_fraction,
+                                 leak_data.shorts_per_long, card.segmentation.unit, card.mode).metrics
+        rows.append({"branch": name, "weight": round(weight, 4), "file_f1": metrics["file_f1"],
+                     "file_auc": metrics["file_auc"], "kappa": metrics["kappa"]})
+    return rows
 
 
 def file_report(votes: FileVotes, card: ModelCard, threshold: float) -> dict:

@@ -30,11 +30,13 @@ from leakhunter.training.config import TrainConfig
 from leakhunter.training.data import LeakData
 from leakhunter.training.dataset import DatasetError, feature_version
 from leakhunter.training.health import KAPPA_ZERO, HealthMonitor, fail, warn
+from leakhunter.training.metrics import roc_auc
 
 STAGE2_LR_FACTOR = 0.25  # fine-tuning pre-trained encoders; never the 1e-6 that froze the predecessor's stage 2
 BRANCH_WIDTH = 64  # the features and meta MLPs' width
 SATURATED = 0.02  # H013: a fusion weight below this (or above 1 - this) leaves one branch deciding alone
 STILL = 1e-4  # H013: fusion logits that moved less than this over a whole stage never trained
+LEAKY_AUC = 0.98  # H004: a meta field that ranks the training files' labels this well is probably the label
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class FusionInputs:
     meta_rows: np.ndarray | None  # [n_files, n_meta] encoded, NaN unknown
     feature_mean: np.ndarray
     feature_std: np.ndarray
+    leakage: tuple = ()  # H004 findings on the meta fields (meta_leakage_findings)
 
     @classmethod
     def fit(cls, config: TrainConfig) -> FusionInputs:
@@ -63,16 +66,19 @@ class FusionInputs:
                                    f"with `leak data build`")
             train = data.splits["train"]
             meta = meta_rows = None
+            leakage = []
             if "meta" in branches:
                 meta = MetaSpec.fit(parse_fields(config.meta), [data.file_meta(f) for f in train.file_index])
                 meta_rows = np.stack([meta.encode(data.file_meta(f)) for f in range(len(data.paths))])
+                leakage = meta_leakage_findings(meta, meta_rows[train.file_index], train.file_is_leak)
             mean, std = np.zeros(len(FEATURE_NAMES)), np.ones(len(FEATURE_NAMES))
             if features is not None:
                 values = features[np.unique(train.input_index)].astype(np.float64)
                 mean, std = values.mean(axis=0), np.maximum(values.std(axis=0), 1e-6)
         finally:
             data.close()
-        return cls(branches, prior, meta, meta_rows, mean.astype(np.float32), std.astype(np.float32))
+        return cls(branches, prior, meta, meta_rows, mean.astype(np.float32), std.astype(np.float32),
+                   tuple(leakage))
 
     def card(self) -> dict:
         """The card's `branches`: what each branch reads and how it is normalised (predict needs the same)."""
@@ -166,6 +172,32 @@ class Stage:
         return (float(metrics["kappa"] > KAPPA_ZERO), metrics["file_f1"], -val_loss)
 
 
+def meta_leakage_findings(spec: MetaSpec, rows: np.ndarray, is_leak: np.ndarray) -> list:
+    """H004 (warn): a meta field that tells LEAK training files from the rest almost perfectly (AUC above LEAKY_AUC
+    either way; a category scored by its LEAK share) is more likely a copy of the label than a measurement."""
+    found = []
+    column_fields = spec.column_fields()
+    for index, name in enumerate(spec.fields):
+        values = rows[:, column_fields == index]
+        known = ~np.isnan(values).any(axis=1)
+        if name in spec.numeric:
+            score = values[known, 0]
+        else:
+            category = values[known].argmax(axis=1)
+            shares = np.array([is_leak[known][category == c].mean() if (category == c).any() else 0.0
+                               for c in range(values.shape[1])])
+            score = shares[category]
+        truth = is_leak[known]
+        if known.sum() < 2 or truth.all() or not truth.any():
+            continue
+        auc = roc_auc(truth, score)
+        if max(auc, 1 - auc) > LEAKY_AUC:
+            found.append(warn("H004", "setup", f"meta field {name!r} separates the training files' LEAK from the "
+                                               f"rest with AUC {max(auc, 1 - auc):.3f}: probably the label (or a "
+                                               f"proxy of it) leaking into the model, not a measurement"))
+    return found
+
+
 def weight_findings(stage: str, start: list[float], weights: list[float], branches, epoch: int | None) -> list:
     """H013 during (`epoch`) and at the end of a stage: a saturated weight, weights that never moved."""
     when = f"stage {stage}" + (f", epoch {epoch}" if epoch is not None else ", end")
@@ -183,7 +215,9 @@ class FusionRun:
         self.config, self.log = config, log
         self.out = Path(config.out or "runs/fusion")
         self.inputs = FusionInputs.fit(config)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.health = HealthMonitor(config.strict, log, self.out / "health.json", stop=False)
+        self.health.add(list(self.inputs.leakage))
         self.summaries: list[dict] = []
 
     def _key(self, stage: Stage) -> str:
@@ -199,6 +233,7 @@ class FusionRun:
         if done.is_file() and json.loads(done.read_text())["key"] == self._key(stage):
             summary = json.loads(done.read_text())["summary"]
             self.log(f"stage {stage.name}: done before ({folder}): {stage_line(summary)}")
+            self._add_stage_findings(stage, folder)
             return summary
         last = folder / "checkpoints" / "last.pth"
         resume = last if last.is_file() and (folder / "stage.key").is_file() and \
@@ -224,11 +259,18 @@ class FusionRun:
                    "start_weights": [round(w, 4) for w in stage.start_weights],
                    "transferred": stage.transferred, "test_f1": result.test_metrics["file_f1"],
                    "best": str(folder / "best.pth")}
-        if stage.number > 0:  # a branch alone may collapse or overfit: stage 0 answers with H014, in its own folder
-            self.health.add([replace(f, when=f"stage {stage.name}, {f.when}") for f in result.health])
+        self._add_stage_findings(stage, folder)
         write_atomic(done, json.dumps({"key": self._key(stage), "summary": summary}, indent=2))
         self.log(f"stage {stage.name}: {stage_line(summary)}")
         return summary
+
+    def _add_stage_findings(self, stage: Stage, folder: Path) -> None:
+        """A fused stage's findings (its own health.json) into the run's; a branch alone may collapse or memorise,
+        and stage 0 answers that with H014, its findings staying in its own folder."""
+        if stage.number > 0:
+            recorded = HealthMonitor(path=folder / "health.json", stop=False)
+            recorded.load()
+            self.health.add([replace(f, when=f"stage {stage.name}, {f.when}") for f in recorded.findings])
 
     def run(self):
         config, inputs = self.config, self.inputs
