@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from leakhunter.card import ModelCard
+from leakhunter.card import MODES, ModelCard
 from leakhunter.fingerprint import file_sha256
 from leakhunter.inference.onnx_card import ModelLoadError, read_onnx
 from leakhunter.inference.runner import Runner
@@ -46,7 +46,7 @@ def load_runner(path: str | Path, device: str = "auto", threads: int | None = No
 def refuse_unscorable(card: ModelCard, path: str | Path) -> None:
     """A fusion model is evaluated on dataset files only, for now: scoring recordings needs its features
     computed in the graph and a meta input, which the scoring engine and export do not have yet."""
-    if card.mode == "fusion":
+    if not MODES[card.mode].scores_recordings:
         raise ModelLoadError(f"{path}: a fusion model cannot score recordings yet (leak predict, serve, bench, "
                              f"export): evaluate it on a dataset file with `leak eval {path} --data data.h5`")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 import leakhunter
 from leakhunter.audio import AudioError, open_audio, parse_channel_policy
-from leakhunter.card import FrontendConfig, ModelCard, SegmentationConfig
+from leakhunter.card import MODES, FrontendConfig, ModelCard, SegmentationConfig
 from leakhunter.inference.outputs import columns_for
 from leakhunter.operating import deployed_threshold
 from leakhunter.segments import plan_segments
@@ -150,7 +150,7 @@ class RecordingScorer:
         self.sensitivity = sensitivity
         self.vote_fraction = card.voting.vote_fraction if vote_fraction is None else vote_fraction
         self.channel = channel_policy(card, channel)
-        self.multiclass = card.mode != "binary"  # p_<class> columns
+        self.multiclass = MODES[card.mode].fixed_classes is None  # p_<class> columns
         self.columns = columns_for(card.class_names, self.multiclass)
         overridden = [f"{name} {value:g} (card {card_value:g})" for name, value, card_value in
                       (("threshold", self.threshold, card.voting.threshold),

@@ -17,8 +17,45 @@ from leakhunter.errors import InputError, LeakhunterError
 SCHEMA_VERSION = 1
 STANDARD_CLASSES = ("LEAK", "NORMAL", "QUIET", "RANDOM", "MECHANICAL")
 BINARY_CLASSES = ("NOLEAK", "LEAK")
-MODES = ("binary", "multiclass", "fusion")
-LEAK_PROB_RULES = {"binary": "softmax", "multiclass": "mean_softmax_aux", "fusion": "softmax"}
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Everything that differs between modes, in one place: a new mode is one entry of MODES (and its code),
+    not a test of the mode's name across the tree. Torch-free, like the card."""
+
+    name: str
+    leak_prob: str  # the card's P(LEAK) rule: "softmax" (at LEAK) or "mean_softmax_aux" (with the aux head)
+    architecture: str  # what the trainer builds (leakhunter.models' registry)
+    fixed_classes: tuple[str, ...] | None = None  # binary: NOLEAK/LEAK whatever the data's classes
+    staged: bool = False  # trained as a list of stages (training/fusion.py), not one run
+    scores_recordings: bool = True  # the scoring engine and export take it (fusion: not yet)
+
+    def class_names(self, dataset_classes) -> tuple[str, ...]:
+        """The model's classes for a dataset's: the fixed pair, or the dataset's own."""
+        return self.fixed_classes or tuple(dataset_classes)
+
+    def class_index(self, label: str, class_names, leak_idx: int) -> int | None:
+        """A recording's label as the model's class index (None: a label the model does not know). A model with
+        fixed classes sees LEAK and everything else."""
+        if self.fixed_classes:
+            return leak_idx if label == "LEAK" else 1 - leak_idx
+        return list(class_names).index(label) if label in class_names else None
+
+    def class_problems(self, names: list[str]) -> list[str]:
+        if self.fixed_classes and tuple(names) != self.fixed_classes:
+            return [f"a {self.name} model has {list(self.fixed_classes)}, got {names} ({len(names)} classes)"]
+        if len(names) < 2:
+            return [f"a {self.name} model needs at least 2 classes, got {names}"]
+        return []
+
+
+MODES: dict[str, Mode] = {
+    "binary": Mode("binary", "softmax", "leakcnn", fixed_classes=BINARY_CLASSES),
+    "multiclass": Mode("multiclass", "mean_softmax_aux", "leakcnn"),
+    "fusion": Mode("fusion", "softmax", "fusion", staged=True, scores_recordings=False),
+}
+LEAK_PROB_RULES = {name: mode.leak_prob for name, mode in MODES.items()}
 # The architectures in leakhunter.models' registry and the constructor params a card may set, with
 # bounds, kept here so that validating a card never imports torch (the ONNX scoring path runs without
 # it) and an untrusted .pth cannot allocate huge layers. models.py checks its registry matches.
@@ -322,10 +359,8 @@ class ModelCard:
             found.append(("class_names", f"must contain 'LEAK', got {names}"))
         elif self.leak_idx != names.index("LEAK"):
             found.append(("leak_idx", f"{self.leak_idx!r} but class_names.index('LEAK') is {names.index('LEAK')} in {names}"))
-        if self.mode == "binary" and tuple(names) != BINARY_CLASSES:
-            found.append(("class_names", f"a binary model has {list(BINARY_CLASSES)}, got {names} ({len(names)} classes)"))
-        if self.mode in ("multiclass", "fusion") and len(names) < 2:
-            found.append(("class_names", f"a {self.mode} model needs at least 2 classes, got {names}"))
+        if self.mode in MODES:
+            found += [("class_names", problem) for problem in MODES[self.mode].class_problems(names)]
         if self.mode in LEAK_PROB_RULES and self.leak_prob != LEAK_PROB_RULES[self.mode]:
             found.append(("leak_prob", f"a {self.mode} model forms P(LEAK) by {LEAK_PROB_RULES[self.mode]!r}, got {self.leak_prob!r}"))
         found += architecture_problems(self.architecture)
@@ -343,10 +378,11 @@ class ModelCard:
         return found
 
     def _fusion_problems(self) -> list[tuple[str, str]]:
-        """A fusion card and only a fusion card has the fusion architecture and `branches`, and they agree."""
-        is_fusion, name = self.mode == "fusion", (self.architecture or {}).get("name")
-        if is_fusion != (name == "fusion") and name in ARCHITECTURE_PARAMS:
+        """A mode's own architecture; a fusion card and only a fusion card has `branches`, and they agree."""
+        name = (self.architecture or {}).get("name")
+        if self.mode in MODES and name in ARCHITECTURE_PARAMS and name != MODES[self.mode].architecture:
             return [("architecture.name", f"a {self.mode} model cannot have architecture {name!r}")]
+        is_fusion = name == "fusion"
         if not is_fusion:
             return [] if self.branches is None else [("branches", f"only fusion models have branches, this is {self.mode}")]
         params = self.architecture.get("params", {})

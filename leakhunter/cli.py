@@ -219,6 +219,7 @@ def train(
                                                 "(default equal); they are learned."),
 ):
     """Train a model; writes best.pth, model_meta.json, checkpoints/, metrics.csv, config.yaml and plots."""
+    from leakhunter.card import MODES
     from leakhunter.training.config import TrainConfig, resolve_config
     from leakhunter.training.trainer import train as run_training
 
@@ -233,9 +234,9 @@ def train(
     if resume is None:
         settings = resolve_config(config, flags)
         console.print(f"config: {settings.to_dict()}", highlight=False)
-        if settings.mode == "fusion":
+        if MODES[settings.mode].staged:
             if cv is not None:
-                raise fail("--cv does not take --mode fusion yet: train the fusion model on the dataset's splits")
+                raise fail(f"--cv does not take --mode {settings.mode} yet: train it on the dataset's splits")
             from leakhunter.training.fusion import train_fusion
 
             result = train_fusion(settings, log=log)
@@ -246,9 +247,10 @@ def train(
         else:
             result = run_training(settings, log=log)
     else:
-        if mode == "fusion" or (mode is None and os.environ.get("LEAK_MODE") == "fusion"):
-            raise fail("--resume does not take a fusion run: rerun the same `leak train --mode fusion` command with "
-                       "the same --out; finished stages are skipped and an interrupted one resumes")
+        asked = mode or os.environ.get("LEAK_MODE", "")
+        if asked in MODES and MODES[asked].staged:
+            raise fail(f"--resume does not take a {asked} run: rerun the same `leak train --mode {asked}` command "
+                       f"with the same --out; finished stages are skipped and an interrupted one resumes")
         if mode is None and os.environ.get("LEAK_MODE"):
             flags["mode"] = os.environ["LEAK_MODE"]
         result = run_training(TrainConfig(), resume=resume, overrides=flags, log=log)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from leakhunter.card import MODES
+
 
 def long_segment_means(short_values: np.ndarray, long_first_short: np.ndarray, shorts_per_long: int) -> np.ndarray:
     """Mean of per-short-segment values over each long segment's run of shorts: [L] (or [L, C])."""
@@ -26,11 +28,11 @@ def per_long_segment(values: np.ndarray, unit: str, long_first_short: np.ndarray
 
 
 def top_class(mode: str, mean_class_probs: np.ndarray, verdict: np.ndarray, leak_idx: int) -> np.ndarray:
-    """Each file's class index: for a binary model the verdict's class (LEAK or NOLEAK, so the class agrees
-    with the vote); for every other mode the class with the highest mean probability over the file's long
+    """Each file's class index: for a model with fixed classes (binary) the verdict's class (LEAK or NOLEAK, so
+    the class agrees with the vote); for every other mode the class with the highest mean probability over the file's long
     segments. The one rule `leak eval` (confusion matrix) and `leak predict` (top_class) use."""
     verdict = np.asarray(verdict, dtype=bool)
-    if mode == "binary":
+    if MODES[mode].fixed_classes:
         return np.where(verdict, leak_idx, 1 - leak_idx)
     return np.asarray(mean_class_probs).argmax(axis=-1)
 

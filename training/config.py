@@ -114,7 +114,9 @@ class TrainConfig:
     def fusion_problems(self) -> list[str]:
         """Branches, meta fields and prior: consistent with each other, and set only for --mode fusion."""
         defaults = TrainConfig()
-        if self.mode != "fusion":
+        if self.mode not in MODES:
+            return []  # problems() names the mode
+        if not MODES[self.mode].staged:
             return [f"{key} applies to --mode fusion only, got {key}={getattr(self, key)!r} with mode {self.mode!r}"
                     for key in ("branches", "meta", "fusion_prior") if getattr(self, key) != getattr(defaults, key)]
         found, branches = [], self.branch_list()

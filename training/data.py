@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 
-from leakhunter.card import BINARY_CLASSES, CardError, ModelCard, compare_configs
+from leakhunter.card import MODES, CardError, ModelCard, compare_configs
 from leakhunter.meta import file_meta
 from leakhunter.models import RelativeLevel
 from leakhunter.segments import long_segment_inputs
@@ -87,10 +87,11 @@ class LeakData:
         self.mode = mode
         self.shas = [sha.decode() for sha in files["sha256"]]
         self.split_codes = files["split"]
-        self.class_names = BINARY_CLASSES if mode == "binary" else self.dataset_classes  # fusion: the dataset's
-        leak = self.dataset_classes.index("LEAK")
-        file_is_leak = files["label"] == leak
-        file_targets = file_is_leak.astype(np.int64) if mode == "binary" else files["label"].astype(np.int64)
+        self.class_names = MODES[mode].class_names(self.dataset_classes)
+        leak_idx = self.class_names.index("LEAK")
+        file_is_leak = files["label"] == self.dataset_classes.index("LEAK")
+        file_targets = np.array([MODES[mode].class_index(self.dataset_classes[label], self.class_names, leak_idx)
+                                 for label in files["label"]], np.int64)
         self.shorts_per_long = self.segmentation.shorts_per_long()
         self.fingerprint = hashlib.sha256(
             files["sha256"].tobytes() + files["split"].tobytes() + json.dumps(self.frontend.__dict__).encode()
@@ -327,10 +328,7 @@ class LeakData:
         """A card whose front-end, segmentation or classes disagree with this data is refused, naming both."""
         problems = compare_configs(card.frontend, self.frontend, source, str(self.path), "frontend")
         problems += compare_configs(card.segmentation, self.segmentation, source, str(self.path), "segmentation")
-        if card.mode == "binary":
-            if "LEAK" not in self.dataset_classes:
-                problems.append(("class_names", f"{self.path} has no LEAK class for a binary model"))
-        elif tuple(card.class_names) != tuple(self.dataset_classes):
+        if tuple(card.class_names) != MODES[card.mode].class_names(self.dataset_classes):
             problems.append(("class_names", f"{source} has {list(card.class_names)}, {self.path} has "
                                             f"{list(self.dataset_classes)}"))
         if problems:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from leakhunter.card import MODES
 from leakhunter.checkpoint import card_of, load_checkpoint
 from leakhunter.models import build_model, parameter_count
 from leakhunter.training.baseline import fit_baseline
@@ -55,7 +56,7 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     monitor = HealthMonitor(strict=config.strict, log=log, stop=False)
     monitor.add(setup_findings(config, card, network.head.out_features, network.aux is not None, data,
                                weights.tolist(), capped, raw_ratio, trainable, parameter_count(network),
-                               val_selects=plan is None, frozen_by_design=card.mode == "fusion"))
+                               val_selects=plan is None, frozen_by_design=MODES[card.mode].staged))
     shares = truth_shares(data.splits["val"], len(card.class_names))
     constant_loss = trivial_loss(data, card, config.aux_weight)
     history = last["history"]

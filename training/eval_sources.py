@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leakhunter.card import ModelCard
+from leakhunter.card import MODES, ModelCard
 from leakhunter.errors import InputError
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -88,14 +88,12 @@ def dataset_files(leak_data, split: str) -> LabelledFiles:
 def class_targets(card: ModelCard, labels: list[str], source: str) -> np.ndarray:
     """Each label as a class index of the card: a binary model sees LEAK and everything else (NOLEAK); any
     other model must know every label."""
-    names = list(card.class_names)
-    if card.mode == "binary":
-        return np.array([card.leak_idx if label == "LEAK" else 1 - card.leak_idx for label in labels], np.int64)
-    unknown = sorted(set(labels) - set(names))
+    names, mode = list(card.class_names), MODES[card.mode]
+    unknown = sorted(label for label in set(labels) if mode.class_index(label, names, card.leak_idx) is None)
     if unknown:
         raise InputError(f"{source} has labels {unknown} that the {card.mode} model does not know; its classes are "
                          f"{names}")
-    return np.array([names.index(label) for label in labels], np.int64)
+    return np.array([mode.class_index(label, names, card.leak_idx) for label in labels], np.int64)
 
 
 def score_files(model: str | Path, card: ModelCard, files: LabelledFiles, device: str = "auto",

@@ -109,7 +109,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     if is_dataset(data):
         leak_data = LeakData(data, card.mode)
         leak_data.check_card(card, str(model))
-        if card.mode == "fusion":
+        if card.branches is not None:  # a fusion model: its inputs as its card describes them
             from leakhunter.training.fusion import use_card_inputs
 
             use_card_inputs(leak_data, card, str(model))
@@ -154,7 +154,7 @@ def _score_dataset(model, card: ModelCard, leak_data: LeakData, split: str, devi
     result = evaluate_split(target, probs, leak_prob, card.class_names, threshold, card.voting.vote_fraction,
                             leak_data.shorts_per_long, card.segmentation.unit, card.mode)
     segment = {k: result.metrics[k] for k in ("segment_accuracy", "kappa", "predicted_distribution")}
-    if card.mode == "fusion":
+    if card.branches is not None:
         segment["branches"] = branch_report(network, card, leak_data, target, torch_device, threshold)
     votes = FileVotes(paths=list(target.paths), groups=[leak_data.groups[i] for i in target.file_index],
                       file_is_leak=target.file_is_leak, file_targets=target.file_targets,
