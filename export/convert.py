@@ -17,7 +17,8 @@ from torch import nn
 
 import leakhunter
 from leakhunter.card import ModelCard, input_shape
-from leakhunter.export.graph import network_scope
+from leakhunter.export.graph import graph_inputs, network_scope
+from leakhunter.fusion import meta_width
 from leakhunter.inference.onnx_card import OUTPUT_NAMES, card_metadata
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -36,13 +37,19 @@ def to_onnx(module: nn.Module, card: ModelCard, input: str, opset: int) -> tuple
     else:
         example = torch.randn(2, *input_shape(card.frontend, card.segmentation))
         dynamic = ({0: batch},)
+    names = graph_inputs(card, input)
+    examples: tuple = (example,)
+    if "meta" in names:  # one row per recording, NaN unknown: the example holds both
+        meta = torch.randn(2, meta_width(card))
+        meta[1, 0] = float("nan")
+        examples, dynamic = (example, meta), (*dynamic, {0: batch})
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" and progress lines
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, input_names=[input],
+            program = torch.onnx.export(module, examples, dynamo=True, opset_version=opset, input_names=names,
                                         output_names=list(OUTPUT_NAMES), dynamic_shapes=dynamic, verbose=False)
     finally:
         exporter_log.setLevel(level)

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from leakhunter.card import ModelCard, input_shape
-from leakhunter.frontend import FrontEnd
+from leakhunter.frontend import FrontEnd, frame_signal
+from leakhunter.fusion import FusionNet, meta_width
 from leakhunter.inference.onnx_card import INPUT_KINDS
 from leakhunter.models import HalveRows, LeakCNN, PoolTo16Rows, Scorer
 from leakhunter.segments import frame_stride
@@ -107,6 +108,8 @@ def scorer_for_export(model: nn.Module, card: ModelCard, fp16: bool = False) -> 
     model = copy.deepcopy(model).eval()
     if isinstance(model, LeakCNN):
         model = FoldedLeakCNN(model, input_shape(card.frontend, card.segmentation))
+    elif isinstance(model, FusionNet) and "mel" in model.branch_names:  # its mel branch is a LeakCNN
+        model.mel = FoldedLeakCNN(model.mel, input_shape(card.frontend, card.segmentation))
     return Scorer(HalfPrecision(model) if fp16 else model, card).eval()
 
 
@@ -147,12 +150,46 @@ class WaveformScorer(nn.Module):
         return self.scorer(inputs.reshape(-1, 1, *inputs.shape[-2:]))
 
 
+class FusionWaveformScorer(WaveformScorer):
+    """A fusion model's graph: waveform [batch, samples] (+ meta [batch, n_meta], one row per recording, NaN
+    unknown) → (probs [n, C], leak_prob [n]) per short segment. The mel and the engineered features come from
+    one STFT (the features' power is the short segment's frame, their samples the segment's own), as
+    FrontEnd.short_segments computes them for the dataset; each recording's meta row goes to all its inputs."""
+
+    def forward(self, waveform: torch.Tensor, meta: torch.Tensor | None = None):
+        cfg, seg = self.card.frontend, self.card.segmentation
+        if seg.tail == "pad":
+            waveform = nn.functional.pad(waveform, (0, seg.long_hop - 1))
+        n_long = 1 + (waveform.shape[-1] - seg.long_samples) // seg.long_hop
+        n_short = (n_long - 1) * (seg.long_hop // seg.short_hop) + seg.shorts_per_long()
+        waveform = waveform[:, : (n_short - 1) * seg.short_hop + seg.short_samples]
+        stride = frame_stride(cfg, seg)
+        power = self.frontend.power_frames(waveform, stride)  # [B, bins, frames]
+        frames, step = seg.frames_per_short(cfg), seg.short_hop // stride
+        if frames != 1 or step != 1:
+            raise ValueError("a fusion graph takes the `short` preset (one STFT frame per short segment)")
+        mel = self.frontend.log_mel(power).transpose(1, 2)  # [B, S, n_mels]
+        features = self.frontend._features(power.transpose(1, 2), frame_signal(waveform, seg.short_samples,
+                                                                               seg.short_hop))  # [B, S, F]
+        inputs = (mel.reshape(-1, 1, mel.shape[-1], 1), features.reshape(-1, features.shape[-1]))
+        if meta is not None:
+            meta = meta[:, None, :].expand(-1, mel.shape[1], -1).reshape(-1, meta.shape[-1])
+        return self.scorer(*inputs, meta)
+
+
 def graph_module(model: nn.Module, card: ModelCard, input: str, fp16: bool = False) -> nn.Module:
     """The module that is exported for `input` ("waveform" or "mel"); the model itself is not changed."""
     if input not in INPUT_KINDS:
         raise ValueError(f"input must be one of {', '.join(INPUT_KINDS)}, got {input!r}")
     scorer = scorer_for_export(model, card, fp16)
+    if isinstance(model, FusionNet):
+        return FusionWaveformScorer(scorer, card).eval()
     return WaveformScorer(scorer, card).eval() if input == "waveform" else scorer
+
+
+def graph_inputs(card: ModelCard, input: str) -> list[str]:
+    """The graph's input names: the scoring input, and `meta` for a fusion model with a meta branch."""
+    return [input] + (["meta"] if meta_width(card) else [])
 
 
 def network_scope(input: str) -> str:

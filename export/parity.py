@@ -31,6 +31,7 @@ class GoldenRecording:
     name: str
     source: str  # "synthetic", "real" or "noise"
     samples: np.ndarray  # float32 at the card's sample rate
+    meta: np.ndarray | None = None  # a fusion model's encoded meta row (NaN unknown), None: no meta input
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,29 @@ def golden_recordings(card: ModelCard, real_data: Path | None = None) -> list[Go
     n = round(GOLDEN_SECONDS * rate)
     recordings += [GoldenRecording(f"noise-{level:g}", "noise", (level * rng.standard_normal(n)).astype(np.float32))
                    for level in NOISE_LEVELS]
-    return recordings
+    return with_meta(card, recordings)
+
+
+def with_meta(card: ModelCard, recordings: list[GoldenRecording]) -> list[GoldenRecording]:
+    """For a model with a meta input, each recording three times: its meta as trained (the training means, the
+    first category), missing (NaN), and shifted (numbers two standard deviations up, the last category)."""
+    spec = (card.branches or {}).get("meta")
+    if not spec:
+        return recordings
+    from leakhunter.meta import MetaSpec
+
+    spec = MetaSpec.from_dict(spec)
+    usual = {f: str(spec.numeric[f][0]) if f in spec.numeric else spec.categories[f][0] for f in spec.fields}
+    shifted = {f: str(spec.numeric[f][0] + 2 * spec.numeric[f][1]) if f in spec.numeric else spec.categories[f][-1]
+               for f in spec.fields}
+    variants = {"meta-usual": spec.encode(usual), "meta-missing": spec.encode({}), "meta-shifted": spec.encode(shifted)}
+    return [GoldenRecording(f"{r.name}/{variant}", r.source, r.samples, row)
+            for r in recordings for variant, row in variants.items()]
 
 
 def reference_scores(runner: Runner, recordings: list[GoldenRecording]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(probs, leak_prob) per recording; torch's scores are made once and compared with every variant."""
-    return [runner.score_waveform(recording.samples) for recording in recordings]
+    return [runner.score_waveform(recording.samples, recording.meta) for recording in recordings]
 
 
 def compare(reference: list[tuple[np.ndarray, np.ndarray]], exported: Runner, recordings: list[GoldenRecording],
@@ -117,7 +135,7 @@ def compare(reference: list[tuple[np.ndarray, np.ndarray]], exported: Runner, re
     """Score the golden set with the exported runner and compare inputs, long segments and verdicts."""
     files, deltas, prob_deltas = [], [], []
     for recording, (ref_probs, ref_leak) in zip(recordings, reference):
-        probs, leak = exported.score_waveform(recording.samples)
+        probs, leak = exported.score_waveform(recording.samples, recording.meta)
         if probs.shape != ref_probs.shape:
             raise ValueError(f"{recording.name}: the exported graph made {probs.shape[0]} scoring inputs, "
                              f"torch made {ref_probs.shape[0]}")

@@ -102,6 +102,10 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
     report_path = output.with_suffix(".parity.json")
     reference = TorchRunner(checkpoint, device="cpu")
     card = reference.card
+    if card.branches is not None and (input != "waveform" or precision != "fp32"):
+        raise InputError(f"{checkpoint}: a fusion model exports as an fp32 waveform graph only (its engineered "
+                         f"features overflow float16, and a mel input would leave them out); drop "
+                         f"{'--input mel' if input != 'waveform' else '--fp16/--int8'}")
     real_data = real_data_dir()
     recordings = golden_recordings(card, real_data)
     expected = reference_scores(reference, recordings)

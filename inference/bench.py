@@ -123,6 +123,7 @@ class _Recording:
 
     index: int
     path: Path
+    meta: object = None  # a fusion model's FileMeta (the engine's resolver), else None
     failure: None = None
 
 
@@ -161,7 +162,8 @@ def bench_one(model: Path, device: str, paths: list[Path], workers: int,
         audio_s = sum(info.duration_s for info in decoded.values())
         n_ok = len(decoded)
         batches = []
-        states = {index: _Recording(index, paths[index]) for index in decoded}
+        states = {index: _Recording(index, paths[index], engine.meta.resolve(paths[index]) if engine.meta else None)
+                  for index in decoded}
         for index, piece in pieces:  # packed as the engine packs them (packing itself is not a stage)
             if not batcher.add(states[index], piece):
                 batches.append(batcher.seal())
@@ -248,17 +250,23 @@ class ChildPeak:
 
 
 def _torch_split(runner, batches, audio_s: float, n_ok: int) -> dict:
-    """The torch runner's two halves on the same packed rows: front-end (float64 DFT → mel dB) and network."""
+    """The torch runner's two halves on the same packed rows: front-end (float64 DFT → mel dB, and a fusion
+    model's features) and network."""
     import torch
 
+    from leakhunter.fusion import recording_inputs
     from leakhunter.inference.torch_runner import full_float32, scoring_mels
+
+    def inputs_of(samples):
+        if runner.card.branches:
+            return recording_inputs(runner.frontend, samples, runner.n_meta)
+        return scoring_mels(runner.frontend, runner.card, samples)
 
     cuda = runner.torch_device.type == "cuda"
     rows = [row for batch in batches for row in batch.samples]
     with full_float32(), torch.inference_mode():
         started = time.perf_counter()
-        mels = [scoring_mels(runner.frontend, runner.card, torch.from_numpy(row).to(runner.torch_device))
-                for row in rows]
+        mels = [inputs_of(torch.from_numpy(row).to(runner.torch_device)) for row in rows]
         if cuda:
             torch.cuda.synchronize()
         frontend_s = time.perf_counter() - started

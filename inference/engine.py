@@ -26,7 +26,7 @@ import numpy as np
 from leakhunter.audio import AudioError
 from leakhunter.card import ModelCard
 from leakhunter.errors import InputError, LeakhunterError
-from leakhunter.inference.loader import load_runner, read_card, refuse_unscorable
+from leakhunter.inference.loader import load_runner, read_card
 from leakhunter.inference.pool import WorkerFailure, WorkerPool
 from leakhunter.inference.runner import Runner, long_segment_probs
 from leakhunter.inference.scorer import (
@@ -41,6 +41,7 @@ from leakhunter.inference.scorer import (
     decode_in_worker,
     setup_decoder,
 )
+from leakhunter.meta import META_MISSING_POLICIES, FileMeta, MetaResolver, MetaSpec
 from leakhunter.operating import deployed_threshold
 
 PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
@@ -55,6 +56,22 @@ def upload_name(name: str | None) -> str:
     if not name or Path(name).name != name or name in (".", "..") or "\x00" in name:
         raise InputError(f"an uploaded recording needs a plain file name with its suffix, got {name!r}")
     return name
+
+
+def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, model) -> MetaResolver | None:
+    """Where a fusion model's meta comes from at scoring time; None for a model without a meta input."""
+    if policy not in META_MISSING_POLICIES:
+        raise InputError(f"--meta-missing must be one of {', '.join(META_MISSING_POLICIES)}, got {policy!r}")
+    spec = (card.branches or {}).get("meta")
+    if spec is None:
+        if sidecar is not None:
+            raise InputError(f"--meta {sidecar}: {model} takes no meta input (only a fusion model with a meta "
+                             f"branch does)")
+        return None
+    if sidecar is not None and not Path(sidecar).is_file():
+        raise InputError(f"--meta {sidecar}: no such file (a CSV with a path column and the model's meta fields "
+                         f"{', '.join(spec['fields'])})")
+    return MetaResolver(MetaSpec.from_dict(spec), sidecar)
 
 
 class ScoringError(LeakhunterError, RuntimeError):
@@ -95,6 +112,9 @@ class PieceBatcher:
         self.inputs_per_long = seg.long_hop // seg.short_hop if seg.unit == "short" else 1
         self.held: list[tuple[_FileState, Piece, int, int]] = []  # (state, piece, row, slot)
         self.next_free = [0]  # per row: first free slot
+        # a meta input is one row per recording: a row then holds pieces of one recording only
+        self.n_meta = len(((card.branches or {}).get("meta") or {}).get("columns", []))
+        self.row_owner: list[_FileState | None] = [None]
 
     def __len__(self) -> int:
         return len(self.held)
@@ -105,11 +125,14 @@ class PieceBatcher:
             raise ValueError(f"{state.path}: a piece of {piece.n_long} long segments does not fit a row of "
                              f"{self.row_slots}; the decoder must cut shorter pieces")
         row = len(self.next_free) - 1
-        if self.next_free[row] + piece.n_long > self.row_slots:
+        other = self.n_meta and self.row_owner[row] not in (None, state)
+        if other or self.next_free[row] + piece.n_long > self.row_slots:
             if len(self.next_free) == self.batch_rows:
                 return False
             self.next_free.append(0)
+            self.row_owner.append(None)
             row += 1
+        self.row_owner[row] = state
         self.held.append((state, piece, row, self.next_free[row]))
         self.next_free[row] += piece.n_long + self.gap
         return True
@@ -119,7 +142,7 @@ class PieceBatcher:
         8/8 of a full row, so onnxruntime and a GPU do not re-plan per batch, and a small last batch does not
         pay for full rows); pieces of files that failed meanwhile are left out; the batcher is empty again."""
         held = [(state, piece, row, slot) for state, piece, row, slot in self.held if state.failure is None]
-        self.held, self.next_free = [], [0]
+        self.held, self.next_free, owners, self.row_owner = [], [0], self.row_owner, [None]
         if not held:
             return None
         seg = self.card.segmentation
@@ -130,14 +153,20 @@ class PieceBatcher:
         samples = np.zeros((rows, (slots - 1) * seg.long_hop + seg.long_samples), np.float32)
         for _, piece, row, slot in held:
             samples[row, slot * seg.long_hop: slot * seg.long_hop + piece.samples.size] = piece.samples
+        meta = None
+        if self.n_meta:  # each row its recording's meta; an empty row's is unknown
+            meta = np.full((rows, self.n_meta), np.nan, np.float32)
+            for row, owner in enumerate(owners[:rows]):
+                if owner is not None and owner.meta is not None:
+                    meta[row] = owner.meta.row
         return _Batch(samples, [_Slot(state, piece.index, piece.n_long, piece.samples.size, row, slot)
-                                for state, piece, row, slot in held])
+                                for state, piece, row, slot in held], meta)
 
     def score(self, batch: _Batch) -> list[tuple[_Slot, np.ndarray, np.ndarray]]:
         """Each piece's P(LEAK) [n_long] and class probabilities [n_long, C] per long segment. Thread-safe:
         it touches nothing but the batch (the engine scores in a thread while the next batch fills)."""
         seg = self.card.segmentation
-        probs, leak_prob = self.runner.score_rows(batch.samples)  # [rows, n_inputs, C], [rows, n_inputs]
+        probs, leak_prob = self.runner.score_rows(batch.samples, batch.meta)  # [rows, n_inputs, C], [rows, n_inputs]
         scored = []
         for placed in batch.slots:
             first = placed.slot * self.inputs_per_long
@@ -152,6 +181,7 @@ class PieceBatcher:
 class _Batch:
     samples: np.ndarray  # float32 [rows, samples]
     slots: list[_Slot]
+    meta: np.ndarray | None = None  # float32 [rows, n_meta] for a model with a meta input
 
 
 @dataclass
@@ -159,6 +189,7 @@ class _FileState:
     """A recording on its way: pieces scored so far, and what its decoder said at the end."""
 
     path: Path
+    meta: FileMeta | None = None  # a fusion model's meta for this recording (ScoringEngine._state)
     pieces_seen: int = 0
     long_leak: dict = field(default_factory=dict)
     long_classes: dict = field(default_factory=dict)
@@ -185,10 +216,14 @@ class _FileState:
 
     def result(self, scorer: RecordingScorer) -> FileResult:
         if self.failure is not None:
-            return scorer.failed(self.path, *self.failure)
-        order = sorted(self.long_leak)
-        return scorer.result(self.path, self.decoded, np.concatenate([self.long_leak[i] for i in order]),
-                             np.concatenate([self.long_classes[i] for i in order]))
+            result = scorer.failed(self.path, *self.failure)
+        else:
+            order = sorted(self.long_leak)
+            result = scorer.result(self.path, self.decoded, np.concatenate([self.long_leak[i] for i in order]),
+                                   np.concatenate([self.long_classes[i] for i in order]))
+        if self.meta is not None:
+            result.row.update(self.meta.columns())
+        return result
 
 
 class ScoringEngine:
@@ -200,12 +235,16 @@ class ScoringEngine:
                  threshold: float | None = None, vote_fraction: float | None = None, channel: str | int | None = None,
                  timeline: bool = False, piece_seconds: float = PIECE_SECONDS, batch_rows: int | None = None,
                  threads: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder,
-                 block_frames: int = 1 << 16, sensitivity: str | None = None):
+                 block_frames: int = 1 << 16, sensitivity: str | None = None, meta: str | Path | None = None,
+                 meta_missing: str = "score"):
+        """`meta` (a sidecar CSV) and `meta_missing` ("score": unknown fields are NaN and the row says so; "fail":
+        status meta_missing, no score) apply to a fusion model with a meta input (leakhunter/meta.py)."""
         if batch_rows is not None and batch_rows < 1:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
-        refuse_unscorable(card, model)
+        self.meta = meta_resolver(card, meta, meta_missing, model)
+        self.meta_missing = meta_missing
         deployed_threshold(card, threshold, sensitivity)  # a bad --sensitivity is refused before any worker starts
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
         # What the workers decode with; inline (workers=0) this process uses the same decoder.
@@ -326,11 +365,23 @@ class ScoringEngine:
             for placed, leak, classes in scored:
                 placed.state.scored(placed.index, leak, classes)
 
+    def _state(self, path: Path) -> _FileState:
+        """A recording about to be scored, with its meta for a model that takes some (refused when a field is
+        unknown and --meta-missing is fail)."""
+        state = _FileState(path)
+        if self.meta is not None:
+            state.meta = self.meta.resolve(path)
+            if state.meta.missing and self.meta_missing == "fail":
+                state.fail("meta_missing", f"no usable value for {', '.join(state.meta.missing)} (looked in "
+                                           f"{'the --meta sidecar, ' if self.meta.sidecar else ''}the manifest's "
+                                           f"columns and the file name)")
+        return state
+
     # ---- the two loops -----------------------------------------------------------------------------------
     def _score_inline(self, paths: list[Path], png_for: dict | None) -> Iterator[FileResult]:
         waiting: list[_FileState] = []
         for path in paths:
-            state = _FileState(path)
+            state = self._state(path)
 
             def emit(piece: Piece, state=state) -> None:
                 try:
@@ -339,7 +390,8 @@ class ScoringEngine:
                     raise _EngineFailure(error) from error
 
             try:
-                state.decoded_as(self.decoder.decode(path, emit), state.pieces_seen)
+                if state.failure is None:  # a recording refused for its meta is not decoded
+                    state.decoded_as(self.decoder.decode(path, emit), state.pieces_seen)
             except AudioError as error:
                 state.fail(error.reason, error.detail)
             except _EngineFailure as failure:
@@ -359,8 +411,9 @@ class ScoringEngine:
         in_flight = 2 * self.workers  # decode tasks queued per worker: enough to keep them busy, bounded
         while queue or by_task or waiting or plots:
             while queue and len(by_task) < in_flight:
-                state = _FileState(queue.popleft())
-                by_task[self.pool.submit(DecodeTask(state.path))] = state
+                state = self._state(queue.popleft())
+                if state.failure is None:  # a recording refused for its meta is not decoded
+                    by_task[self.pool.submit(DecodeTask(state.path))] = state
                 waiting.append(state)
             if self.pool.outstanding:
                 events = self.pool.events(timeout=0.01 if self._scoring is not None else 0.05)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from leakhunter.card import MODES, ModelCard
+from leakhunter.card import ModelCard
 from leakhunter.fingerprint import file_sha256
 from leakhunter.inference.onnx_card import ModelLoadError, read_onnx
 from leakhunter.inference.runner import Runner
@@ -41,14 +41,6 @@ def load_runner(path: str | Path, device: str = "auto", threads: int | None = No
         raise ModelLoadError(f"{path}: not a model file; expected one of "
                              f"{', '.join(ONNX_SUFFIXES + CHECKPOINT_SUFFIXES)}")
     return runner.card, runner
-
-
-def refuse_unscorable(card: ModelCard, path: str | Path) -> None:
-    """A fusion model is evaluated on dataset files only, for now: scoring recordings needs its features
-    computed in the graph and a meta input, which the scoring engine and export do not have yet."""
-    if not MODES[card.mode].scores_recordings:
-        raise ModelLoadError(f"{path}: a fusion model cannot score recordings yet (leak predict, serve, bench, "
-                             f"export): evaluate it on a dataset file with `leak eval {path} --data data.h5`")
 
 
 def read_card(path: str | Path) -> tuple[ModelCard, str, str]:

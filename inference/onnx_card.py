@@ -123,12 +123,18 @@ def _graph_problems(card: ModelCard, metadata: dict[str, str], facts: OnnxFacts)
         return [(INPUT_KEY, f"must be one of {list(INPUT_KINDS)}, got {kind!r}")]
     problems = []
     inputs = facts.inputs
-    expected_shape = ["batch", "samples"] if kind == "waveform" else ["batch", *input_shape(card.frontend, card.segmentation)]
-    if len(inputs) != 1 or inputs[0].name != kind:
-        problems.append(("graph inputs", f"expected one input named {kind!r}, found {[value.name for value in inputs]}"))
-    elif not _matches(inputs[0].shape, expected_shape) or inputs[0].elem_type != FLOAT:
-        problems.append(("graph inputs", f"{kind!r} should be float32 {expected_shape} for this card, "
-                                         f"found {inputs[0].shape}"))
+    expected = {kind: ["batch", "samples"] if kind == "waveform" else ["batch", *input_shape(card.frontend,
+                                                                                             card.segmentation)]}
+    n_meta = len(((card.branches or {}).get("meta") or {}).get("columns", []))
+    if n_meta:  # a fusion model's meta: one row per recording (leakhunter/meta.py), NaN unknown
+        expected["meta"] = ["batch", n_meta]
+    if [value.name for value in inputs] != list(expected):
+        problems.append(("graph inputs", f"expected inputs named {list(expected)}, found "
+                                         f"{[value.name for value in inputs]}"))
+    else:
+        problems += [("graph inputs", f"{value.name!r} should be float32 {expected[value.name]} for this card, found "
+                                      f"{value.shape}") for value in inputs
+                     if not _matches(value.shape, expected[value.name]) or value.elem_type != FLOAT]
     outputs = {value.name: value.shape for value in facts.outputs}
     missing = [name for name in OUTPUT_NAMES if name not in outputs]
     if missing:

@@ -52,6 +52,7 @@ class OnnxRunner(Runner):
                               f"NVIDIA GPU, and are the CUDA and cuDNN libraries onnxruntime-gpu needs "
                               f"installed?); use --device auto to fall back to CPU")
         self._frontend = None
+        self.n_meta = len(((model.card.branches or {}).get("meta") or {}).get("columns", []))
 
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.input != "mel":
@@ -63,15 +64,24 @@ class OnnxRunner(Runner):
             return np.zeros((0, len(self.card.class_names)), np.float32), np.zeros(0, np.float32)
         return np.concatenate([probs for probs, _ in outputs]), np.concatenate([leak for _, leak in outputs])
 
-    def score_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def score_rows(self, rows: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self.input != "waveform":
             return super().score_rows(rows)
-        probs, leak_prob = self.session.run(None, {"waveform": np.ascontiguousarray(rows, dtype=np.float32)})
+        probs, leak_prob = self.session.run(None, self._feed(np.ascontiguousarray(rows, dtype=np.float32), meta))
         return probs.reshape(len(rows), -1, probs.shape[-1]), leak_prob.reshape(len(rows), -1)
 
-    def _score_span(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _feed(self, rows: np.ndarray, meta: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The session's inputs: the waveform rows and, for a graph with a meta input, each row's meta (NaN:
+        unknown; no meta at all is every field unknown)."""
+        if not self.n_meta:
+            return {"waveform": rows}
+        if meta is None:
+            meta = np.full((len(rows), self.n_meta), np.nan, np.float32)
+        return {"waveform": rows, "meta": np.ascontiguousarray(np.reshape(meta, (len(rows), self.n_meta)), np.float32)}
+
+    def _score_span(self, samples: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self.input == "waveform":
-            probs, leak_prob = self.session.run(None, {"waveform": samples[None]})
+            probs, leak_prob = self.session.run(None, self._feed(samples[None], meta))
             return probs, leak_prob
         return self.score_mel(self._mels(samples))
 

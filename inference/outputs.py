@@ -25,7 +25,7 @@ TAIL_COLUMNS = ("threshold", "vote_fraction", "sensitivity", "model_sha256", "le
                 "mtime", "message")
 # Free-text columns: the only ones a formula could hide in (numbers such as -0.5 must stay numbers).
 TEXT_COLUMNS = frozenset({"file", "status", "verdict", "top_class", "sensitivity", "model_sha256",
-                          "leakhunter_version", "message"})
+                          "leakhunter_version", "message", "meta_source", "meta_missing"})
 # A leading quote is escaped too, so that reading back can always drop exactly one.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 # Statuses that say something about the run, not the file: --resume scores these files again.
@@ -36,10 +36,14 @@ class OutputError(LeakhunterError, ValueError):
     """An output file that --resume cannot continue (another format or other columns)."""
 
 
-def columns_for(class_names, multiclass: bool) -> tuple[str, ...]:
-    """The row's columns; a multiclass model adds its class probabilities p_<class>."""
+META_COLUMNS = ("meta_source", "meta_missing")
+
+
+def columns_for(class_names, multiclass: bool, meta: bool = False) -> tuple[str, ...]:
+    """The row's columns; a multiclass model adds its class probabilities p_<class>, a model with a meta input
+    where its meta came from and which fields it lacked."""
     probabilities = tuple(f"p_{name}" for name in class_names) if multiclass else ()
-    return BASE_COLUMNS + probabilities + TAIL_COLUMNS
+    return BASE_COLUMNS + probabilities + (META_COLUMNS if meta else ()) + TAIL_COLUMNS
 
 
 def resume_key(row: dict) -> tuple[str, ...]:

@@ -36,6 +36,15 @@ class PredictError(LeakhunterError, ValueError):
     """Nothing to score (no inputs, an unreadable manifest): the message says what was looked at."""
 
 
+def manifest_fields(inputs: list[str | Path]) -> dict[Path, dict[str, str]]:
+    """The columns of every manifest among the inputs, by recording: a fusion model's meta may be there."""
+    fields: dict[Path, dict[str, str]] = {}
+    for item in inputs:
+        if Path(item).suffix.lower() == ".csv" and Path(item).is_file():
+            fields.update({row.path: row.fields for row in read_manifest(item)})
+    return fields
+
+
 def find_inputs(inputs: list[str | Path]) -> list[Path]:
     """Files, folders (searched recursively for audio), glob patterns and manifest CSVs (a `path` column,
     relative to the manifest) → audio paths in a stable order, each once."""
@@ -83,7 +92,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
             channel: str | int | None = None, on_row: Callable[[dict, int, int], None] | None = None,
             retry_failed: bool = True, batch_rows: int | None = None,
             decoder_class: type[RecordingDecoder] = RecordingDecoder, engine: str = "local",
-            ray_options: RayOptions | None = None, sensitivity: str | None = None) -> PredictSummary:
+            ray_options: RayOptions | None = None, sensitivity: str | None = None, meta: str | Path | None = None,
+            meta_missing: str = "score") -> PredictSummary:
     """Score every input file; rows go to `out` (.csv or .jsonl) as they are produced and are returned.
 
     resume: keep the rows already in `out` and score the rest; rows of files that timed out, crashed
@@ -93,6 +103,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     per actor, default from its CPUs): the same rows either way.
     sensitivity: score at the card's operating point of that name (`high`, `balanced`, `low-false-alarm`) instead
     of its calibrated threshold; every row says which (`sensitivity` column). Not with `threshold`.
+    meta, meta_missing: a fusion model's meta input: a sidecar CSV (path + fields), then the columns of the manifests
+    among `inputs` (local engine), then the file names; "fail" refuses a recording with an unknown field.
     """
     if timeline and out is None:
         raise PredictError("--timeline needs --out: the timeline is written beside the table, as "
@@ -107,13 +119,16 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     paths = find_inputs(inputs)
     started = time.perf_counter()
     settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
-                    timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class, sensitivity=sensitivity)
+                    timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class, sensitivity=sensitivity,
+                    meta=meta, meta_missing=meta_missing)
     if engine == "ray":
         from leakhunter.inference.ray_engine import RayEngine
 
         scoring = RayEngine(model, device, ray_options, workers=workers, **settings)
     else:
         scoring = ScoringEngine(model, device, workers=2 if workers is None else workers, **settings)
+        if scoring.meta is not None:
+            scoring.meta.add_manifest_fields(manifest_fields(inputs))
     with scoring:
         params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
                   "inputs": [str(i) for i in inputs]}

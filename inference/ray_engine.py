@@ -32,7 +32,7 @@ import leakhunter
 from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine
-from leakhunter.inference.loader import read_card, refuse_unscorable
+from leakhunter.inference.loader import read_card
 from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer
 
 FILES_PER_BATCH = 32  # per actor call (fewer where actors would idle): the engine packs pieces across them
@@ -176,7 +176,7 @@ class RayEngine:
                  workers: int | None = None, file_timeout: float | None = 600.0, threshold: float | None = None,
                  vote_fraction: float | None = None, channel: str | int | None = None, timeline: bool = False,
                  batch_rows: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder,
-                 sensitivity: str | None = None):
+                 sensitivity: str | None = None, meta: str | Path | None = None, meta_missing: str = "score"):
         self.options = options or RayOptions()
         if workers is not None and workers < 1:
             raise InputError("--engine ray needs at least one decoding worker per actor (--workers 1 or more): "
@@ -193,7 +193,6 @@ class RayEngine:
             check_reachable(self.options.address or os.environ.get("RAY_ADDRESS"))  # Ray retries for minutes
         self.model = Path(model)
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
-        refuse_unscorable(card, self.model)
         self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline, sensitivity)
         # An actor without a GPU of its own scores on CPU, even on a node that has one (Ray did not give it one).
         self.device, self.batch_rows = device if self.options.gpus_per_actor else "cpu", batch_rows
@@ -201,6 +200,7 @@ class RayEngine:
         self.engine_options = {"device": self.device, "workers": self.workers, "file_timeout": file_timeout,
                                "threshold": threshold, "vote_fraction": vote_fraction, "channel": channel,
                                "timeline": timeline, "batch_rows": batch_rows, "sensitivity": sensitivity,
+                               "meta": None if meta is None else Path(meta).resolve(), "meta_missing": meta_missing,
                                "threads": self.options.model_threads, "decoder_class": decoder_class}
         self._started_ray = False
         self._model_ref = None

@@ -39,8 +39,9 @@ class Runner(ABC):
         self.path = path
         self.sha256 = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
 
-    def score_waveform(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per scoring input of one mono recording at the card's sample rate (float32 [T])."""
+    def score_waveform(self, samples: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per scoring input of one mono recording at the card's sample rate (float32 [T]); `meta` is the
+        recording's encoded meta row for a fusion model with a meta branch (None: unknown)."""
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected one mono recording [samples], got shape {samples.shape}")
@@ -62,18 +63,19 @@ class Runner(ABC):
             n_long = min(longs_per_chunk, plan.n_long - first)
             start = first * seg.long_hop
             chunk_probs, chunk_leak = self._score_span(np.ascontiguousarray(
-                span[start: start + (n_long - 1) * seg.long_hop + seg.long_samples]))
+                span[start: start + (n_long - 1) * seg.long_hop + seg.long_samples]), meta)
             if seg.unit == "short" and first + n_long < plan.n_long:
                 chunk_probs, chunk_leak = chunk_probs[: n_long * shorts_per_hop], chunk_leak[: n_long * shorts_per_hop]
             probs.append(chunk_probs)
             leak_prob.append(chunk_leak)
         return np.concatenate(probs), np.concatenate(leak_prob)
 
-    def score_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def score_rows(self, rows: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows of equal length [b, T], each exactly whole long segments (no tail) → per scoring input of each
         row: (probs [b, n, C], leak_prob [b, n]). The batched engine's one call per batch; backends that take
-        a batch at once override it."""
-        scored = [self._score_span(np.ascontiguousarray(row, dtype=np.float32)) for row in rows]
+        a batch at once override it. `meta` [b, n_meta]: each row's meta (a row holds one recording then)."""
+        scored = [self._score_span(np.ascontiguousarray(row, dtype=np.float32), None if meta is None else meta[i])
+                  for i, row in enumerate(rows)]
         return np.stack([probs for probs, _ in scored]), np.stack([leak for _, leak in scored])
 
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +83,8 @@ class Runner(ABC):
                          f"export it with `leak export --input mel` to score mels")
 
     @abstractmethod
-    def _score_span(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of the samples of exactly n whole long segments (no tail)."""
+    def _score_span(self, samples: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the samples of exactly n whole long segments (no tail), with the recording's meta row."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, device={self.device!r})"

@@ -151,7 +151,8 @@ class RecordingScorer:
         self.vote_fraction = card.voting.vote_fraction if vote_fraction is None else vote_fraction
         self.channel = channel_policy(card, channel)
         self.multiclass = MODES[card.mode].fixed_classes is None  # p_<class> columns
-        self.columns = columns_for(card.class_names, self.multiclass)
+        self.meta = (card.branches or {}).get("meta") is not None  # meta_source, meta_missing columns
+        self.columns = columns_for(card.class_names, self.multiclass, self.meta)
         overridden = [f"{name} {value:g} (card {card_value:g})" for name, value, card_value in
                       (("threshold", self.threshold, card.voting.threshold),
                        ("vote_fraction", self.vote_fraction, card.voting.vote_fraction)) if value != card_value]

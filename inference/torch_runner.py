@@ -19,7 +19,7 @@ from leakhunter.card import ModelCard
 from leakhunter.checkpoint import read_model
 from leakhunter.devices import autocast_dtype, pick_device
 from leakhunter.frontend import FrontEnd
-from leakhunter.inference.loader import refuse_unscorable
+from leakhunter.fusion import meta_width, recording_inputs
 from leakhunter.inference.runner import Runner, check_mel
 from leakhunter.models import Scorer
 from leakhunter.segments import long_segment_inputs, plan_segments
@@ -40,30 +40,35 @@ class TorchRunner(Runner):
         if threads:
             torch.set_num_threads(threads)
         card, model = read_model(path)
-        refuse_unscorable(card, path)
         super().__init__(card, Path(path))
         self.torch_device = pick_device(device)  # `cuda` without CUDA is a DeviceError, never a silent CPU run
         self.device = str(self.torch_device)
         self.scorer = Scorer(model, card).to(self.torch_device).eval()
         self.amp = autocast_dtype(self.torch_device) if amp == AMP_AUTO else amp
         self.frontend = FrontEnd(card.frontend, card.segmentation).to(self.torch_device)  # float64 DFT
+        self.n_meta = meta_width(card)
 
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with full_float32():
             return self._score(torch.from_numpy(check_mel(mel, self.card)).to(self.torch_device))
 
-    def _score_span(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _score_span(self, samples: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         with full_float32():
             with torch.inference_mode():  # the front-end runs outside autocast: AMP never touches the DFT or dB
-                mel = scoring_mels(self.frontend, self.card, torch.from_numpy(samples).to(self.torch_device))
-            return self._score(mel)
+                samples = torch.from_numpy(samples).to(self.torch_device)
+                inputs = (recording_inputs(self.frontend, samples, self.n_meta, meta) if self.card.branches
+                          else scoring_mels(self.frontend, self.card, samples))
+            return self._score(inputs)
 
-    def _score(self, mel: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _score(self, inputs: torch.Tensor | tuple) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the model's inputs: a mel tensor, or a fusion model's (mel, features, meta)."""
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
         probs, leak_prob = [], []
         with torch.inference_mode():
-            for first in range(0, mel.shape[0], MEL_BATCH):
+            for first in range(0, inputs[0].shape[0], MEL_BATCH):
+                batch = [None if x is None else x[first: first + MEL_BATCH] for x in inputs]
                 with torch.autocast(self.torch_device.type, dtype=self.amp, enabled=self.amp is not None):
-                    batch_probs, batch_leak = self.scorer(mel[first: first + MEL_BATCH])
+                    batch_probs, batch_leak = self.scorer(*batch)
                 probs.append(batch_probs.float().cpu().numpy())
                 leak_prob.append(batch_leak.float().cpu().numpy())
         if not probs:

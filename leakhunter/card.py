@@ -29,7 +29,6 @@ class Mode:
     architecture: str  # what the trainer builds (leakhunter.models' registry)
     fixed_classes: tuple[str, ...] | None = None  # binary: NOLEAK/LEAK whatever the data's classes
     staged: bool = False  # trained as a list of stages (training/fusion.py), not one run
-    scores_recordings: bool = True  # the scoring engine and export take it (fusion: not yet)
 
     def class_names(self, dataset_classes) -> tuple[str, ...]:
         """The model's classes for a dataset's: the fixed pair, or the dataset's own."""
@@ -53,7 +52,7 @@ class Mode:
 MODES: dict[str, Mode] = {
     "binary": Mode("binary", "softmax", "leakcnn", fixed_classes=BINARY_CLASSES),
     "multiclass": Mode("multiclass", "mean_softmax_aux", "leakcnn"),
-    "fusion": Mode("fusion", "softmax", "fusion", staged=True, scores_recordings=False),
+    "fusion": Mode("fusion", "softmax", "fusion", staged=True),
 }
 LEAK_PROB_RULES = {name: mode.leak_prob for name, mode in MODES.items()}
 # The architectures in leakhunter.models' registry and the constructor params a card may set, with

@@ -316,6 +316,11 @@ def predict(
                                                ">= 0.95 on validation), balanced (best F1) or low-false-alarm "
                                                "(specificity >= 0.98); each row says which. Not with --threshold."),
     vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
+    meta: Path = typer.Option(None, help="A fusion model's meta fields per recording: a CSV with a path column "
+                                         "(relative to it) and the fields; before manifest columns and file names."),
+    meta_missing: str = typer.Option("score", help="A fusion model's meta field unknown for a recording: score "
+                                                   "(NaN, the row's meta_missing says so) or fail (status "
+                                                   "meta_missing, exit 3)."),
     workers: int = typer.Option(None, help="Decoding worker processes (default 2; 0: decode in this process, no crash "
                                            "isolation). With --engine ray: per actor, default one per 3 of its CPUs."),
     batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
@@ -375,7 +380,7 @@ def predict(
                               vote_fraction=vote_fraction, workers=workers, file_timeout=file_timeout,
                               resume=resume, timeline=timeline, channel=channel, on_row=advance,
                               retry_failed=retry_failed, batch_rows=batch_rows, engine=engine,
-                              ray_options=ray_options)
+                              ray_options=ray_options, meta=meta, meta_missing=meta_missing)
     if out is None:
         table = Table(title=f"{len(summary.rows)} file(s) scored with {model}")
         for column in ("file", "status", "verdict", "leak_score", "mean_leak_prob", "top_class"):

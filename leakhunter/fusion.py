@@ -64,7 +64,8 @@ class MetaBranch(nn.Module):
             n_fields = int(self.column_field.max()) + 1 if len(self.column_field) else 0
             hidden = torch.rand(meta.shape[0], n_fields, device=meta.device) < self.meta_dropout
             unknown = unknown | hidden[:, self.column_field]
-        values = torch.where(unknown, torch.zeros_like(meta), self.normalise(torch.nan_to_num(meta)))
+        known = torch.where(unknown, torch.zeros_like(meta), meta)  # NaN never reaches arithmetic (nor its gradient)
+        values = torch.where(unknown, torch.zeros_like(meta), self.normalise(known))
         return self.head(self.encoder(torch.cat([values, unknown.to(values.dtype)], dim=-1)))
 
 
@@ -131,3 +132,20 @@ class BranchAlone(nn.Module):
 
     def forward(self, mel=None, features=None, meta=None):
         return self.net.branch_logits(mel, features, meta)[self.index].float(), None
+
+
+def meta_width(card) -> int:
+    """Columns of a fusion card's meta input (0: no meta branch)."""
+    meta = (card.branches or {}).get("meta")
+    return len(meta["columns"]) if meta else 0
+
+
+def recording_inputs(frontend, samples: torch.Tensor, n_meta: int, meta=None) -> tuple:
+    """A fusion model's inputs for one recording's samples [T] (whole long segments): mel [S, 1, n_mels, f],
+    features [S, 14] and, with a meta branch, its encoded meta row [n_meta] (None or NaN: unknown) repeated
+    per input. The front-end computes both from the same STFT, as the dataset build did."""
+    mel, features = frontend.short_segments(samples[None], with_features=True)
+    if not n_meta:
+        return mel[0][:, None], features[0], None
+    row = torch.full((n_meta,), float("nan")) if meta is None else torch.as_tensor(meta, dtype=torch.float32)
+    return mel[0][:, None], features[0], row.to(mel.device).expand(mel.shape[1], n_meta)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -125,3 +126,52 @@ def parse_fields(text: str) -> tuple[str, ...]:
     if len(set(fields)) != len(fields):
         raise InputError(f"--meta repeats a field: {text!r}")
     return fields
+
+
+META_MISSING_POLICIES = ("score", "fail")
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """One recording's meta at scoring time: the encoded row, where its values came from, what was missing."""
+
+    row: np.ndarray  # [n_columns] float32, NaN unknown
+    source: str  # "sidecar", "manifest", "name", joined by "+" where fields came from several; "none"
+    missing: tuple[str, ...]  # the model's fields it sees as unknown: nobody gave them, or an unusable value
+
+    def columns(self) -> dict[str, str]:
+        return {"meta_source": self.source, "meta_missing": ",".join(self.missing)}
+
+
+class MetaResolver:
+    """Each recording's values for a fusion model's meta fields: `--meta` sidecar CSV (a `path` column, paths
+    relative to it) first, then the columns of the manifest that listed the recording, then its logger name."""
+
+    def __init__(self, spec: MetaSpec, sidecar: str | os.PathLike | None = None):
+        from leakhunter.sources import read_manifest
+
+        self.spec = spec
+        self.sidecar = {} if sidecar is None else {_key(row.path): row.fields
+                                                   for row in read_manifest(sidecar, required=("path",))}
+        self.manifest: dict[str, dict[str, str]] = {}
+
+    def add_manifest_fields(self, fields_by_path: dict) -> None:
+        self.manifest.update({_key(path): fields for path, fields in fields_by_path.items()})
+
+    def resolve(self, path: str | os.PathLike) -> FileMeta:
+        key, values, sources = _key(path), {}, []
+        named = logger_fields(path) or {}
+        for source, fields in (("sidecar", self.sidecar.get(key, {})), ("manifest", self.manifest.get(key, {})),
+                               ("name", named)):
+            given = {f: str(fields[f]).strip() for f in self.spec.fields
+                     if f not in values and str(fields.get(f, "")).strip()}
+            if given:
+                values.update(given)
+                sources.append(source)
+        row, fields_of = self.spec.encode(values), self.spec.column_fields()
+        missing = tuple(f for i, f in enumerate(self.spec.fields) if np.isnan(row[fields_of == i]).all())
+        return FileMeta(row, "+".join(sources) or "none", missing)
+
+
+def _key(path) -> str:
+    return str(Path(path).resolve())

@@ -156,7 +156,8 @@ def load_model(card: ModelCard, state_dict: dict, source: str = "checkpoint") ->
 
 
 class Scorer(nn.Module):
-    """Model + the card's P(LEAK) rule: mel [B, 1, n_mels, frames] → (probs [B, C], leak_prob [B])."""
+    """Model + the card's P(LEAK) rule: the model's inputs (mel [B, 1, n_mels, frames]; a fusion model's
+    mel, features, meta) → (probs [B, C], leak_prob [B])."""
 
     def __init__(self, model: nn.Module, card: ModelCard):
         super().__init__()
@@ -165,8 +166,9 @@ class Scorer(nn.Module):
         self.rule = card.leak_prob
         self.input_shape = input_shape(card.frontend, card.segmentation)
 
-    def forward(self, mel: torch.Tensor):
-        return self.combine(*self.model(mel))
+    def forward(self, mel: torch.Tensor, features: torch.Tensor | None = None, meta: torch.Tensor | None = None):
+        inputs = (mel,) if features is None and meta is None else (mel, features, meta)
+        return self.combine(*self.model(*inputs))
 
     def combine(self, logits: torch.Tensor, aux: torch.Tensor | None):
         """The card's rule from raw outputs (training computes its loss from the same outputs)."""

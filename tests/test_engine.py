@@ -96,7 +96,8 @@ def test_a_recording_with_no_piece_gets_a_row_not_a_hang(binary_export, tmp_path
 def test_a_failing_model_stops_the_job_and_the_engine_stays_usable(binary_export, recordings, monkeypatch):
     with ScoringEngine(binary_export[1].output, workers=0) as engine:
         original = engine.runner.score_rows
-        monkeypatch.setattr(engine.runner, "score_rows", lambda rows: (_ for _ in ()).throw(MemoryError("GPU full")))
+        monkeypatch.setattr(engine.runner, "score_rows",
+                            lambda rows, meta=None: (_ for _ in ()).throw(MemoryError("GPU full")))
         with pytest.raises(ScoringError, match="the model failed on a batch of .* MemoryError: GPU full"):
             list(engine.score(recordings))
         monkeypatch.setattr(engine.runner, "score_rows", original)

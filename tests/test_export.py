@@ -170,8 +170,8 @@ def test_a_verdict_flip_fails_parity_and_names_the_recordings(binary_export):
     recordings = golden_recordings(card)[:4]
 
     class Shifted:  # an "export" whose P(LEAK) is 0.3 higher than torch's
-        def score_waveform(self, samples):
-            probs, leak = torch_runner.score_waveform(samples)
+        def score_waveform(self, samples, meta=None):
+            probs, leak = torch_runner.score_waveform(samples, meta)
             return probs, np.clip(leak + 0.3, 0, 1)
 
     result = compare(reference_scores(torch_runner, recordings), Shifted(), recordings, card, "int8", None)

@@ -196,3 +196,73 @@ def test_a_meta_field_that_copies_the_label_warns_as_leakage(confound_dataset, t
     assert leaky.leakage[0].level == "warn"
     honest = FusionInputs.fit(quick_config(data, tmp_path / "run", **FUSION))
     assert honest.leakage == ()
+
+
+@pytest.fixture(scope="module")
+def fusion_onnx(fusion_run):
+    from leakhunter.export import export_model
+
+    return export_model(fusion_run.run_dir / "best.pth")
+
+
+def test_a_fusion_model_exports_with_its_features_in_the_graph_and_a_meta_input(fusion_onnx):
+    """Parity over meta as trained, missing and shifted: each golden recording three times."""
+    import onnx
+
+    report = fusion_onnx
+    assert report.passed and report.parity[0].max_abs_leak_prob <= 1e-4 and not report.parity[0].verdict_flips
+    names = [f.name for f in report.parity[0].files]
+    assert {name.rsplit("/", 1)[1] for name in names} == {"meta-usual", "meta-missing", "meta-shifted"}
+    graph = onnx.load(report.output).graph
+    assert [value.name for value in graph.input] == ["waveform", "meta"]
+
+
+def test_fusion_export_refuses_what_it_cannot_keep(fusion_run, tmp_path):
+    from leakhunter.export import export_model
+
+    with pytest.raises(InputError, match="fp32 waveform graph only"):
+        export_model(fusion_run.run_dir / "best.pth", tmp_path / "x.onnx", fp16=True)
+    with pytest.raises(InputError, match="--input mel"):
+        export_model(fusion_run.run_dir / "best.pth", tmp_path / "x.onnx", input="mel")
+
+
+def test_predict_scores_a_fusion_model_with_meta_from_sidecar_manifest_or_name(fusion_run, fusion_onnx,
+                                                                               confound_dataset, tmp_path):
+    import csv
+    import shutil
+
+    from leakhunter.inference.predict import predict
+
+    corpus = confound_dataset.parent / "corpus"
+    files = sorted((corpus / "LEAK").glob("*.wav"))[:3] + sorted((corpus / "NORMAL").glob("*.wav"))[:3]
+    by_onnx = predict(files, fusion_onnx.output, workers=0).rows
+    by_torch = predict(files, fusion_run.run_dir / "best.pth", workers=0).rows
+    assert [r["verdict"] for r in by_onnx] == [r["verdict"] for r in by_torch]
+    assert max(abs(a["mean_leak_prob"] - b["mean_leak_prob"]) for a, b in zip(by_onnx, by_torch)) <= 1e-4
+    assert {(r["meta_source"], r["meta_missing"]) for r in by_onnx} == {("name", "")}
+    # a sidecar wins over the name: the same audio at another recorder gain is another verdict's evidence
+    sidecar = tmp_path / "meta.csv"
+    with open(sidecar, "w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "gain_db"), *((str(f), "12") for f in files)])
+    shifted = predict(files, fusion_onnx.output, workers=0, meta=sidecar).rows
+    assert {r["meta_source"] for r in shifted} == {"sidecar"}
+    assert any(abs(a["mean_leak_prob"] - b["mean_leak_prob"]) > 1e-3 for a, b in zip(by_onnx, shifted))
+    # no meta anywhere: scored and flagged, or refused with --meta-missing fail
+    plain = tmp_path / "plain.wav"
+    shutil.copy(files[0], plain)
+    unknown = predict([plain], fusion_onnx.output, workers=0).rows[0]
+    assert unknown["status"] == "ok" and (unknown["meta_source"], unknown["meta_missing"]) == ("none", "gain_db")
+    refused = predict([plain], fusion_onnx.output, workers=0, meta_missing="fail")
+    assert refused.rows[0]["status"] == "meta_missing" and "gain_db" in refused.rows[0]["message"]
+    assert refused.exit_code == 2
+
+
+def test_a_batch_row_holds_one_recording_when_the_model_takes_meta(fusion_onnx, confound_dataset):
+    """Rows are packed across files for speed; a meta input is per row, so a fusion row holds one file, and
+    scoring many short files together gives each its own meta (the same as scoring each alone)."""
+    from leakhunter.inference.predict import predict
+
+    files = sorted((confound_dataset.parent / "corpus" / "LEAK").glob("*.wav"))[:5]
+    together = predict(files, fusion_onnx.output, workers=0, batch_rows=4).rows
+    alone = [predict([f], fusion_onnx.output, workers=0).rows[0] for f in files]
+    assert [r["mean_leak_prob"] for r in together] == pytest.approx([r["mean_leak_prob"] for r in alone], abs=1e-6)

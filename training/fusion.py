@@ -84,7 +84,8 @@ class FusionInputs:
         """The card's `branches`: what each branch reads and how it is normalised (predict needs the same)."""
         return {"names": list(self.branches), "prior": [round(p, 6) for p in self.prior],
                 "features": {"version": FEATURE_VERSION, "names": list(FEATURE_NAMES),
-                             "mean": self.feature_mean.round(5).tolist(), "std": self.feature_std.round(5).tolist()}
+                             "mean": [round(float(x), 5) for x in self.feature_mean],
+                             "std": [round(float(x), 5) for x in self.feature_std]}
                 if "features" in self.branches else None,
                 "meta": None if self.meta is None else self.meta.to_dict()}
 
