@@ -15,7 +15,7 @@ from leakhunter.card import ModelCard, input_shape
 from leakhunter.frontend import FrontEnd, frame_signal
 from leakhunter.fusion import FusionNet, meta_width
 from leakhunter.inference.onnx_card import INPUT_KINDS
-from leakhunter.models import HalveRows, LeakCNN, PoolTo16Rows, Scorer
+from leakhunter.models import HalveRows, LeakCNN, ModelInputs, PoolTo16Rows, Scorer
 from leakhunter.segments import frame_stride
 
 
@@ -171,10 +171,10 @@ class FusionWaveformScorer(WaveformScorer):
         mel = self.frontend.log_mel(power).transpose(1, 2)  # [B, S, n_mels]
         features = self.frontend._features(power.transpose(1, 2), frame_signal(waveform, seg.short_samples,
                                                                                seg.short_hop))  # [B, S, F]
-        inputs = (mel.reshape(-1, 1, mel.shape[-1], 1), features.reshape(-1, features.shape[-1]))
         if meta is not None:
             meta = meta[:, None, :].expand(-1, mel.shape[1], -1).reshape(-1, meta.shape[-1])
-        return self.scorer(*inputs, meta)
+        return self.scorer(*ModelInputs(mel.reshape(-1, 1, mel.shape[-1], 1), features.reshape(-1, features.shape[-1]),
+                                        meta))
 
 
 def graph_module(model: nn.Module, card: ModelCard, input: str, fp16: bool = False) -> nn.Module:

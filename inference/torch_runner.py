@@ -21,7 +21,7 @@ from leakhunter.devices import autocast_dtype, pick_device
 from leakhunter.frontend import FrontEnd
 from leakhunter.fusion import meta_width, recording_inputs
 from leakhunter.inference.runner import Runner, check_mel
-from leakhunter.models import Scorer
+from leakhunter.models import ModelInputs, Scorer
 from leakhunter.segments import long_segment_inputs, plan_segments
 
 # CNN inputs per forward pass: bounds memory on long recordings, large enough to keep a GPU busy.
@@ -60,12 +60,12 @@ class TorchRunner(Runner):
                           else scoring_mels(self.frontend, self.card, samples))
             return self._score(inputs)
 
-    def _score(self, inputs: torch.Tensor | tuple) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of the model's inputs: a mel tensor, or a fusion model's (mel, features, meta)."""
-        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    def _score(self, inputs: torch.Tensor | ModelInputs) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the model's inputs: a mel tensor, or a fusion model's ModelInputs."""
+        inputs = inputs if isinstance(inputs, ModelInputs) else ModelInputs(inputs)
         probs, leak_prob = [], []
         with torch.inference_mode():
-            for first in range(0, inputs[0].shape[0], MEL_BATCH):
+            for first in range(0, inputs.mel.shape[0], MEL_BATCH):
                 batch = [None if x is None else x[first: first + MEL_BATCH] for x in inputs]
                 with torch.autocast(self.torch_device.type, dtype=self.amp, enabled=self.amp is not None):
                     batch_probs, batch_leak = self.scorer(*batch)

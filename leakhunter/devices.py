@@ -93,8 +93,3 @@ def to_device(tensor, device):
     if tensor.device.type == "cpu":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
-
-
-def batch_to_device(batch: tuple, device) -> tuple:
-    """A model's positional inputs (training/data.py LeakData.batch) on `device`; None stays None."""
-    return tuple(None if tensor is None else to_device(tensor, device) for tensor in batch)

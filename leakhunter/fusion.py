@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from leakhunter.frontend import FEATURE_NAMES
-from leakhunter.models import LeakCNN, register
+from leakhunter.models import LeakCNN, ModelInputs, register
 
 BRANCHES = ("mel", "features", "meta")
 
@@ -146,6 +146,6 @@ def recording_inputs(frontend, samples: torch.Tensor, n_meta: int, meta=None) ->
     per input. The front-end computes both from the same STFT, as the dataset build did."""
     mel, features = frontend.short_segments(samples[None], with_features=True)
     if not n_meta:
-        return mel[0][:, None], features[0], None
+        return ModelInputs(mel[0][:, None], features[0])
     row = torch.full((n_meta,), float("nan")) if meta is None else torch.as_tensor(meta, dtype=torch.float32)
-    return mel[0][:, None], features[0], row.to(mel.device).expand(mel.shape[1], n_meta)
+    return ModelInputs(mel[0][:, None], features[0], row.to(mel.device).expand(mel.shape[1], n_meta))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -15,6 +16,29 @@ from torch import nn
 from leakhunter.card import ARCHITECTURE_PARAMS, CardError, ModelCard, input_shape
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+class ModelInputs(NamedTuple):
+    """A model's inputs, one typed value from the loader (training/data.py), the runners and the export graph:
+    the mel [B, 1, n_mels, frames] every model takes, and a fusion model's features [B, F] and meta [B, n_meta]
+    (None where the model has no such branch)."""
+
+    mel: torch.Tensor | None
+    features: torch.Tensor | None = None
+    meta: torch.Tensor | None = None
+
+    def args(self) -> tuple:
+        """The model's positional arguments: trailing absent inputs left out, so LeakCNN is called with mel."""
+        values = list(self)
+        while len(values) > 1 and values[-1] is None:
+            values.pop()
+        return tuple(values)
+
+    def to(self, device) -> ModelInputs:
+        """On `device` (pinned first on CUDA: leakhunter.devices.to_device)."""
+        from leakhunter.devices import to_device
+
+        return ModelInputs(*(None if x is None else to_device(x, device) for x in self))
 
 
 def register(name: str):
@@ -167,8 +191,7 @@ class Scorer(nn.Module):
         self.input_shape = input_shape(card.frontend, card.segmentation)
 
     def forward(self, mel: torch.Tensor, features: torch.Tensor | None = None, meta: torch.Tensor | None = None):
-        inputs = (mel,) if features is None and meta is None else (mel, features, meta)
-        return self.combine(*self.model(*inputs))
+        return self.combine(*self.model(*ModelInputs(mel, features, meta).args()))
 
     def combine(self, logits: torch.Tensor, aux: torch.Tensor | None):
         """The card's rule from raw outputs (training computes its loss from the same outputs)."""

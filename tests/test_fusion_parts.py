@@ -136,3 +136,21 @@ def test_a_fusion_config_resolves_with_its_prior():
                                    "meta": "gain_db", "fusion_prior": "0.5,0.3,0.2"}, environ={})
     assert config.branch_list() == ("mel", "features", "meta") and config.prior_list() == (0.5, 0.3, 0.2)
     assert np.isclose(sum(config.prior_list()), 1)
+
+
+def test_a_branch_starved_of_gradient_warns():
+    """RC5's other face: a branch whose gradient is ~0 next to the others learns nothing from the fusion."""
+    from leakhunter.training.fusion import gradient_findings
+
+    torch.manual_seed(0)
+    net = build_model(_card(branches=("mel", "features")))
+    logits, _ = net(torch.randn(4, 1, 32, 1), torch.randn(4, 14))
+    logits.sum().backward()
+    assert gradient_findings("1-fusion", net, 3) == []
+    for parameter in net.features.parameters():
+        parameter.grad.mul_(1e-6)
+    found = gradient_findings("1-fusion", net, 3)
+    assert [f.code for f in found] == ["H013"] and "features branch's gradient" in found[0].message
+    for parameter in net.features.parameters():  # a frozen branch has no gradient and is not judged
+        parameter.requires_grad_(False)
+    assert gradient_findings("1-fusion", net, 3) == []

@@ -13,7 +13,7 @@ from conftest import Interrupt, quick_config
 
 from leakhunter.checkpoint import card_of, load_checkpoint
 from leakhunter.errors import InputError
-from leakhunter.training.fusion import FusionRun, Stage, train_fusion
+from leakhunter.training.fusion import FusionInputs, FusionRun, Stage, train_fusion
 from leakhunter.training.health import HealthFailure
 from leakhunter.training.trainer import Trainer
 
@@ -266,3 +266,34 @@ def test_a_batch_row_holds_one_recording_when_the_model_takes_meta(fusion_onnx, 
     together = predict(files, fusion_onnx.output, workers=0, batch_rows=4).rows
     alone = [predict([f], fusion_onnx.output, workers=0).rows[0] for f in files]
     assert [r["mean_leak_prob"] for r in together] == pytest.approx([r["mean_leak_prob"] for r in alone], abs=1e-6)
+
+
+def test_class_weights_far_apart_are_capped_in_stage_zero(confound_dataset, tmp_path):
+    """RC2: 7x class weights drove a pre-training branch to predict one class. A stage-0 branch gets the capped
+    weights every run gets (class_weight_cap, 3x by default; 2x here, below this split's ratio), and H005 says so."""
+    import csv
+
+    from leakhunter.training.dataset import build_dataset
+
+    with open(confound_dataset.parent / "corpus" / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    leaks = [row for row in rows if row["label"] == "LEAK"]
+    kept = [row for row in rows if row["label"] != "LEAK"] + leaks[::3][:5]  # 5 LEAK files to 16 NORMAL
+    manifest = confound_dataset.parent / "corpus" / "manifest_rare.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    data = build_dataset(manifest, tmp_path / "rare.h5", val=0.3, test=0.2, seed=0).output
+    config = quick_config(data, tmp_path / "stage", **FUSION, class_weight_cap=2.0)
+    trainer = Trainer(config, log=QUIET, stage=Stage("0-features", 0, ("features",), FusionInputs.fit(config)))
+    weights = trainer.criterion.weights
+    assert float(weights.max() / weights.min()) == pytest.approx(2.0)  # the training split's LEAK share, capped
+    assert any(f.code == "H005" and "capped at 2x" in f.message for f in trainer.health.findings)
+
+
+def test_a_batch_larger_than_the_training_split_warns_in_every_stage(confound_dataset, tmp_path):
+    """RC6: a batch larger than the split (one short batch an epoch). H011 warns, in the fused stages' record."""
+    result = train_fusion(quick_config(confound_dataset, tmp_path / "run", **(FUSION | {
+        "branches": "mel,features", "meta": "", "batch_size": 1_000_000, "epochs": 1})), log=QUIET)
+    assert any(f.code == "H011" and "exceeds" in f.message and "stage 1-fusion" in f.when for f in result.health)

@@ -21,7 +21,7 @@ import torch
 
 from leakhunter.card import MODES, CardError, ModelCard, compare_configs
 from leakhunter.meta import file_meta
-from leakhunter.models import RelativeLevel
+from leakhunter.models import ModelInputs, RelativeLevel
 from leakhunter.segments import long_segment_inputs
 from leakhunter.training.config import parse_memory
 from leakhunter.training.dataset import DatasetError, dataset_configs
@@ -211,16 +211,16 @@ class LeakData:
         if "meta" in branches:
             self.meta_rows = torch.from_numpy(np.asarray(meta_rows, np.float32))
 
-    def batch(self, split: SplitData, rows: np.ndarray) -> tuple:
-        """The model's positional inputs for rows of a split: (mel,) for LeakCNN, (mel, features, meta) for a
-        fusion model (leakhunter/fusion.py), None in place of a branch it does not have."""
+    def batch(self, split: SplitData, rows: np.ndarray) -> ModelInputs:
+        """The model's inputs for rows of a split: the mel, and a fusion model's features and meta
+        (leakhunter/fusion.py), None where it has no such branch."""
         if not self.branches:
-            return (self.inputs(split, rows),)
+            return ModelInputs(self.inputs(split, rows))
         mel = self.inputs(split, rows) if "mel" in self.branches else None
         features = self.features[torch.from_numpy(split.input_index[rows])] if "features" in self.branches else None
         files = split.file_index[split.input_file[rows]]
         meta = self.meta_rows[torch.from_numpy(files)] if "meta" in self.branches else None
-        return mel, features, meta
+        return ModelInputs(mel, features, meta)
 
     def epoch_order(self, split: SplitData, seed: int, epoch: int) -> np.ndarray:
         """The training order of an epoch's rows, a function of (seed, epoch) and the loading path.

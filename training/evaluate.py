@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from leakhunter.card import ModelCard
-from leakhunter.devices import batch_to_device, to_device
+from leakhunter.devices import to_device
 from leakhunter.errors import InputError
 from leakhunter.operating import file_rates, points_on, threshold_sweep
 from leakhunter.training.baseline import baseline_report
@@ -36,9 +36,9 @@ def score_split(scorer, data: LeakData, split: SplitData, batch_size: int, devic
     scorer.eval()
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, min(len(split), start + batch_size))
-        batch = batch_to_device(data.batch(split, rows), device)  # pinned on CUDA, so non_blocking is real
+        batch = data.batch(split, rows).to(device)  # pinned on CUDA, so non_blocking is real
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, aux = scorer.model(*batch)
+            logits, aux = scorer.model(*batch.args())
             if criterion is not None:
                 targets = to_device(torch.from_numpy(split.targets[rows]), device)
                 is_leak = to_device(torch.from_numpy(split.is_leak[rows]), device)

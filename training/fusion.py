@@ -36,6 +36,7 @@ STAGE2_LR_FACTOR = 0.25  # fine-tuning pre-trained encoders; never the 1e-6 that
 BRANCH_WIDTH = 64  # the features and meta MLPs' width
 SATURATED = 0.02  # H013: a fusion weight below this (or above 1 - this) leaves one branch deciding alone
 STILL = 1e-4  # H013: fusion logits that moved less than this over a whole stage never trained
+STARVED = 1e-3  # H013: a branch gradient this far under the largest branch's
 LEAKY_AUC = 0.98  # H004: a meta field that ranks the training files' labels this well is probably the label
 
 
@@ -199,6 +200,22 @@ def meta_leakage_findings(spec: MetaSpec, rows: np.ndarray, is_leak: np.ndarray)
     return found
 
 
+def gradient_findings(stage: str, net, epoch: int) -> list:
+    """H013: a branch whose gradient (the epoch's last step, over its trainable parameters) is ~0 next to the
+    others' learns nothing from the fusion: a fixed small weight starved the predecessor's branch this way."""
+    norms = {}
+    for name in net.branch_names:
+        grads = [p.grad for p in getattr(net, name).parameters() if p.requires_grad and p.grad is not None]
+        if grads:
+            norms[name] = float(torch.sqrt(sum(g.float().square().sum() for g in grads)))
+    if len(norms) < 2 or max(norms.values()) == 0:
+        return []
+    top = max(norms.values())
+    return [warn("H013", f"stage {stage}, epoch {epoch}", f"the {name} branch's gradient is {norm / top:.1e} of the "
+                                                          f"largest branch's: it hardly learns from the fusion")
+            for name, norm in norms.items() if norm < STARVED * top]
+
+
 def weight_findings(stage: str, start: list[float], weights: list[float], branches, epoch: int | None) -> list:
     """H013 during (`epoch`) and at the end of a stage: a saturated weight, weights that never moved."""
     when = f"stage {stage}" + (f", epoch {epoch}" if epoch is not None else ", end")
@@ -246,7 +263,8 @@ class FusionRun:
         def watch(trainer, epoch):
             if len(stage.branches) > 1:
                 trainer._check(weight_findings(stage.name, stage.start_weights, trainer.net.fusion_weights().tolist(),
-                                               stage.branches, epoch))
+                                               stage.branches, epoch)
+                               + gradient_findings(stage.name, trainer.net, epoch))
 
         trainer = Trainer(replace(config, out=str(folder)), resume=resume, log=self.log, stage=stage, on_epoch=watch)
         result = trainer.fit()

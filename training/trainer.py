@@ -24,7 +24,7 @@ from torch.nn import functional as F
 import leakhunter
 from leakhunter.card import CardError, ModelCard, VotingConfig
 from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, save_atomic
-from leakhunter.devices import autocast_dtype, batch_to_device, to_device
+from leakhunter.devices import autocast_dtype, to_device
 from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
 from leakhunter.operating import operating_points
@@ -325,15 +325,14 @@ class Trainer:
         losses = StepLosses(self.device, self.launch)  # the per-step loss read (and, under DDP, shared)
         for step, start in enumerate(range(0, len(mine), size)):
             rows = mine[start:start + size]
-            mel, *others = batch_to_device(self.data.batch(train, rows), self.device)
+            inputs = self.data.batch(train, rows).to(self.device)
             targets = to_device(torch.from_numpy(train.targets[rows]), self.device)
             is_leak = to_device(torch.from_numpy(train.is_leak[rows]), self.device)
-            if mel is not None:
-                mel = self.augmenter(mel, is_leak, epoch, step)
-                if self.channels_last:
-                    mel = mel.to(memory_format=torch.channels_last)
+            if inputs.mel is not None:  # augmentation works on the mel (training inputs only)
+                mel = self.augmenter(inputs.mel, is_leak, epoch, step)
+                inputs = inputs._replace(mel=mel.to(memory_format=torch.channels_last) if self.channels_last else mel)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits, aux = self.model(mel, *others)
+                logits, aux = self.model(*inputs.args())
                 loss = self.criterion(logits, aux, targets, is_leak)
             losses.push(step, loss, len(rows))
             self._stop_on_nonfinite(losses.settle(), epoch, order)  # CPU: this step, before its update
