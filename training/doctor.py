@@ -31,7 +31,7 @@ from leakhunter.training.health import (
     trivial_loss,
     truth_shares,
 )
-from leakhunter.training.trainer import class_weights
+from leakhunter.training.objective import class_weights
 
 
 def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:

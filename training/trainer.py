@@ -1,4 +1,6 @@
-"""The one training loop: binary and multiclass as small strategies (head, loss, P(LEAK) rule).
+"""The one training loop, for every mode (the card's Mode says its classes and P(LEAK) rule; the loss and
+schedule are training/objective.py's). A fusion run is a list of these runs, each given a `stage`
+(training/fusion.py) that chooses its inputs, transfer, freezing and epoch selection.
 
 It selects the model on file-level leak F1 computed exactly as predict votes, writes a run directory
 of self-describing, atomically written checkpoints, and resumes bit-for-bit on CPU.
@@ -19,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import leakhunter
 from leakhunter.card import CardError, ModelCard, VotingConfig
@@ -57,6 +58,7 @@ from leakhunter.training.health import (
     trivial_loss,
     truth_shares,
 )
+from leakhunter.training.objective import LeakLoss, class_weights, lr_factor
 from leakhunter.training.plots import plot_confusion, plot_curves
 from leakhunter.voting import calibrate_threshold, per_long_segment
 
@@ -75,47 +77,6 @@ class TrainResult:
     stopped_early: bool
     health: list
     baseline: dict  # training/baseline.py on the same split: its metrics on val and test
-
-
-def class_weights(targets: np.ndarray, n_classes: int, cap: float) -> tuple[torch.Tensor, bool, float]:
-    """Inverse-frequency weights, the largest at most `cap` times the smallest, mean 1.
-
-    Returns (weights, capped, the uncapped max/min ratio)."""
-    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
-    present = weights[weights > 0]
-    raw_ratio = float(present.max() / present.min())
-    weights = np.where(weights > 0, np.minimum(weights, cap * present.min()), 0.0)
-    return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32), raw_ratio > cap, raw_ratio
-
-
-class LeakLoss(nn.Module):
-    """Class-weighted CE (or focal) on the head, plus aux_weight · BCE on the leak-vs-rest logit."""
-
-    def __init__(self, weights: torch.Tensor, kind: str, gamma: float, aux_weight: float):
-        super().__init__()
-        self.register_buffer("weights", weights)
-        self.kind, self.gamma, self.aux_weight = kind, gamma, aux_weight
-
-    def forward(self, logits, aux, targets, is_leak):
-        logits = logits.float()
-        if self.kind == "focal":
-            log_p = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
-            loss = -(self.weights[targets] * (1 - log_p.exp()) ** self.gamma * log_p).sum() / self.weights[targets].sum()
-        else:
-            loss = F.cross_entropy(logits, targets, weight=self.weights)
-        if aux is not None:
-            loss = loss + self.aux_weight * F.binary_cross_entropy_with_logits(aux.float(), is_leak.float())
-        return loss
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then cosine to 0 (or a one-cycle: warm-up over 30 %, then cosine)."""
-    warmup = max(1, int(0.3 * total)) if schedule == "onecycle" else warmup
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _git_commit() -> str:
