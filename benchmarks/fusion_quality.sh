@@ -27,6 +27,30 @@ for seed in "${@:-0}"; do
   echo "fusion, training seed $seed ($(( $(date +%s) - started )) s):"
   grep -E "^stage [0-9]-[a-z]+: best|^fusion:|^health:" "fusion-seed$seed.log" | sed "s/^/  /"
 done
+if [ "$SCENARIO" = gain-confound ]; then  # seed 0's model exported, on the test files: meta known, and unknown
+  "$LEAK" export runs/fusion-seed0/best.pth -o fusion-seed0.onnx | tail -1
+  "$LEAK" data files data.h5 --split test -o test.csv > /dev/null
+  "$(dirname "$LEAK")/python" - <<'PY'
+import csv
+rows = list(csv.DictReader(open("test.csv")))
+with open("unknown.csv", "w", newline="") as handle:  # a value the model cannot use is unknown (NaN)
+    csv.writer(handle).writerows([("path", "gain_db"), *((row["path"], "unknown") for row in rows)])
+PY
+  for meta in named unknown; do
+    flags=() && [ "$meta" = unknown ] && flags=(--meta unknown.csv)
+    "$LEAK" predict test.csv --model fusion-seed0.onnx --out "predict-$meta.csv" "${flags[@]}" | tail -1
+    "$(dirname "$LEAK")/python" - "$meta" <<'PY'
+import csv, sys
+truth = {row["path"]: row["label"] == "LEAK" for row in csv.DictReader(open("test.csv"))}  # absolute paths
+rows = list(csv.DictReader(open(f"predict-{sys.argv[1]}.csv")))
+said = {row["file"]: row["verdict"] == "LEAK" for row in rows}
+tp = sum(truth[f] and said[f] for f in said)
+fp, fn = sum(said.values()) - tp, sum(truth.values()) - tp
+print(f"  predict, meta {sys.argv[1]} (meta_missing on {sum(bool(r['meta_missing']) for r in rows)} of {len(rows)} "
+      f"files): test file F1 {2 * tp / (2 * tp + fp + fn):.3f}")
+PY
+  done
+fi
 for size in small default; do
   args=("${SCHEDULE[@]}") && [ "$size" = small ] && args+=("${SMALL[@]}")
   "$LEAK" train --mode binary --data data.h5 --out "runs/binary-$size" "${args[@]}" > "binary-$size.log" 2>&1 || true

@@ -297,3 +297,16 @@ def test_a_batch_larger_than_the_training_split_warns_in_every_stage(confound_da
     result = train_fusion(quick_config(confound_dataset, tmp_path / "run", **(FUSION | {
         "branches": "mel,features", "meta": "", "batch_size": 1_000_000, "epochs": 1})), log=QUIET)
     assert any(f.code == "H011" and "exceeds" in f.message and "stage 1-fusion" in f.when for f in result.health)
+
+
+def test_leak_eval_of_the_exported_model_agrees_with_the_checkpoint(fusion_run, fusion_onnx, confound_dataset):
+    """The .onnx scores the split's recordings through the engine (meta from the dataset's manifest columns, as
+    in training); the .pth scores the stored features: the same verdicts."""
+    from leakhunter.training.evaluate import evaluate
+
+    exported = evaluate(fusion_onnx.output, confound_dataset, "test", workers=0)
+    checkpoint = evaluate(fusion_run.run_dir / "best.pth", confound_dataset, "test")
+    assert [f["verdict"] for f in exported["files"]] == [f["verdict"] for f in checkpoint["files"]]
+    assert exported["file_f1"] == checkpoint["file_f1"]
+    assert max(abs(a["mean_leak_prob"] - b["mean_leak_prob"])
+               for a, b in zip(exported["files"], checkpoint["files"])) < 1e-3

@@ -7,6 +7,7 @@ Manifests and folders are read by training.dataset.find_sources, as `leak data b
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class LabelledFiles:
     groups: list[str]
     source: str  # "dataset", "manifest" or "class folders"
     group_from: str  # where the groups come from, for the report
+    meta: list[dict] | None = None  # per file, the manifest's other columns (a fusion model's meta fields)
 
 
 @dataclass
@@ -66,7 +68,8 @@ def source_files(data: str | Path) -> LabelledFiles:
                          groups=[f.group for f in files], source="manifest" if manifest else "class folders",
                          group_from=("the manifest's group column, else the logger sensor id in the file name, "
                                      "else the file" if manifest else
-                                     "the logger sensor id in the file name, else the file"))
+                                     "the logger sensor id in the file name, else the file"),
+                         meta=[f.meta for f in files])
 
 
 def dataset_files(leak_data, split: str) -> LabelledFiles:
@@ -82,7 +85,8 @@ def dataset_files(leak_data, split: str) -> LabelledFiles:
                          + "; evaluate where the dataset was built, or pass a manifest of the files' new paths")
     labels = [leak_data.dataset_classes[label] for label in leak_data.file_labels[target.file_index]]
     return LabelledFiles(paths=paths, labels=labels, groups=[leak_data.groups[i] for i in target.file_index],
-                         source="dataset", group_from="the dataset's /files/group")
+                         source="dataset", group_from="the dataset's /files/group",
+                         meta=[json.loads(leak_data.meta_json[i]) for i in target.file_index])
 
 
 def class_targets(card: ModelCard, labels: list[str], source: str) -> np.ndarray:
@@ -104,6 +108,8 @@ def score_files(model: str | Path, card: ModelCard, files: LabelledFiles, device
 
     targets = class_targets(card, files.labels, files.source)
     with ScoringEngine(model, device, workers=workers, threshold=threshold) as engine:
+        if engine.meta is not None and files.meta is not None:  # as predict: the manifest's columns, then the name
+            engine.meta.add_manifest_fields(dict(zip(files.paths, files.meta)))
         results = {result.row["file"]: result for result in engine.score(files.paths)}
     kept, failed, long_probs, long_file = [], [], [], []
     for position, path in enumerate(files.paths):
