@@ -14,7 +14,7 @@ from typing import Any
 
 from leakhunter.errors import InputError, LeakhunterError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this leakhunter reads; each mode writes its own (Mode.schema_version)
 STANDARD_CLASSES = ("LEAK", "NORMAL", "QUIET", "RANDOM", "MECHANICAL")
 BINARY_CLASSES = ("NOLEAK", "LEAK")
 
@@ -29,6 +29,7 @@ class Mode:
     architecture: str  # what the trainer builds (leakhunter.models' registry)
     fixed_classes: tuple[str, ...] | None = None  # binary: NOLEAK/LEAK whatever the data's classes
     staged: bool = False  # trained as a list of stages (training/fusion.py), not one run
+    schema_version: int = 1  # the card schema its cards are written in (fusion's `branches` came with 2)
 
     def class_names(self, dataset_classes) -> tuple[str, ...]:
         """The model's classes for a dataset's: the fixed pair, or the dataset's own."""
@@ -52,7 +53,7 @@ class Mode:
 MODES: dict[str, Mode] = {
     "binary": Mode("binary", "softmax", "leakcnn", fixed_classes=BINARY_CLASSES),
     "multiclass": Mode("multiclass", "mean_softmax_aux", "leakcnn"),
-    "fusion": Mode("fusion", "softmax", "fusion", staged=True),
+    "fusion": Mode("fusion", "softmax", "fusion", staged=True, schema_version=2),
 }
 LEAK_PROB_RULES = {name: mode.leak_prob for name, mode in MODES.items()}
 # The architectures in leakhunter.models' registry and the constructor params a card may set, with
@@ -322,7 +323,7 @@ class ModelCard:
     created: str = ""
     leakhunter_version: str = ""
     git_commit: str = ""
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1  # for_mode writes the mode's (Mode.schema_version)
     branches: dict[str, Any] | None = None
     normalisation: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
@@ -340,6 +341,8 @@ class ModelCard:
         """The card with leak_idx and leak_prob derived from the mode and classes, so they cannot disagree."""
         class_names = tuple(class_names)
         leak_idx = class_names.index("LEAK") if "LEAK" in class_names else -1
+        if mode in MODES:
+            kwargs.setdefault("schema_version", MODES[mode].schema_version)
         card = cls(mode=mode, class_names=class_names, leak_idx=leak_idx,
                    leak_prob=LEAK_PROB_RULES.get(mode, ""), **kwargs)
         card.validate()
@@ -347,8 +350,12 @@ class ModelCard:
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        if self.schema_version != SCHEMA_VERSION:
-            found.append(("schema_version", f"{self.schema_version!r} is not supported (this leakhunter reads {SCHEMA_VERSION})"))
+        if self.schema_version not in range(1, SCHEMA_VERSION + 1):
+            found.append(("schema_version", f"{self.schema_version!r} is not supported (this leakhunter reads 1 to "
+                                            f"{SCHEMA_VERSION})"))
+        elif self.mode in MODES and self.schema_version != MODES[self.mode].schema_version:
+            found.append(("schema_version", f"a {self.mode} card is schema {MODES[self.mode].schema_version}, got "
+                                            f"{self.schema_version}"))
         if self.mode not in MODES:
             found.append(("mode", f"must be one of {', '.join(MODES)}, got {self.mode!r}"))
         names = list(self.class_names)

@@ -381,26 +381,11 @@ def predict(
                               resume=resume, timeline=timeline, channel=channel, on_row=advance,
                               retry_failed=retry_failed, batch_rows=batch_rows, engine=engine,
                               ray_options=ray_options, meta=meta, meta_missing=meta_missing)
+    from leakhunter.eval_tables import predict_line, predict_table
+
     if out is None:
-        table = Table(title=f"{len(summary.rows)} file(s) scored with {model}")
-        for column in ("file", "status", "verdict", "leak_score", "mean_leak_prob", "top_class"):
-            table.add_column(column)
-        for row in summary.rows[:200]:
-            table.add_row(Path(row["file"]).name, row["status"], row.get("verdict") or "",
-                          f"{row['leak_score']:.2f}" if row.get("leak_score") is not None else "",
-                          f"{row['mean_leak_prob']:.3f}" if row.get("mean_leak_prob") is not None else "",
-                          row.get("top_class") or row.get("message", ""))
-        console.print(table)
-    hours = summary.audio_s / 3600
-    speed = summary.audio_s / max(summary.wall_s, 1e-9)
-    verdicts = ", ".join(f"{n} {v}" for v, n in sorted(summary.verdicts.items())) or "none"
-    statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
-    console.print(f"scored {hours:.2f} h of audio in {summary.wall_s:.1f} s ({speed:.0f}x real time); "
-                  f"verdicts: {verdicts}; files: {statuses}"
-                  + (f"; {summary.skipped} already in {out}" if summary.skipped else "")
-                  + (f" ({kept_failed} of them failed)" if (kept_failed := sum(
-                      n for status, n in summary.kept_statuses.items() if status != "ok")) else "")
-                  + (f"; table: {out}" if out else ""), highlight=False)
+        console.print(predict_table(summary.rows, model))
+    console.print(predict_line(summary, out), highlight=False)
     raise typer.Exit(summary.exit_code)
 
 

@@ -1,9 +1,11 @@
 """How `leak eval` prints its report (training/evaluate.py makes it): rich tables of the file metrics, the
-confusion matrix, the groups, the operating points on these files and the files that could not be scored."""
+confusion matrix, the groups, the operating points on these files and the files that could not be scored; and
+how `leak predict` prints its rows (without --out) and its summary line."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from rich.table import Table
 
@@ -93,3 +95,29 @@ def _points(report: dict) -> list[Table | str]:
                                      ("false_alarms_per_100", 1))]
         table.add_row(name, f"{point['threshold']:.2f}", point.get("target") or "", *cells)
     return [table]
+
+
+def predict_table(rows: list[dict], model) -> Table:
+    """The first 200 rows of `leak predict` without --out."""
+    table = Table(title=f"{len(rows)} file(s) scored with {model}")
+    for column in ("file", "status", "verdict", "leak_score", "mean_leak_prob", "top_class"):
+        table.add_column(column)
+    for row in rows[:200]:
+        table.add_row(Path(row["file"]).name, row["status"], row.get("verdict") or "",
+                      f"{row['leak_score']:.2f}" if row.get("leak_score") is not None else "",
+                      f"{row['mean_leak_prob']:.3f}" if row.get("mean_leak_prob") is not None else "",
+                      row.get("top_class") or row.get("message", ""))
+    return table
+
+
+def predict_line(summary, out) -> str:
+    """`leak predict`'s last line: hours, speed, verdicts, statuses, what --resume kept, where the table is."""
+    speed = summary.audio_s / max(summary.wall_s, 1e-9)
+    verdicts = ", ".join(f"{n} {v}" for v, n in sorted(summary.verdicts.items())) or "none"
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
+    kept_failed = sum(n for status, n in summary.kept_statuses.items() if status != "ok")
+    return (f"scored {summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s ({speed:.0f}x real time); "
+            f"verdicts: {verdicts}; files: {statuses}"
+            + (f"; {summary.skipped} already in {out}" if summary.skipped else "")
+            + (f" ({kept_failed} of them failed)" if kept_failed else "")
+            + (f"; table: {out}" if out else ""))

@@ -105,6 +105,12 @@ def test_weights_whose_branch_head_disagrees_with_the_classes_are_refused():
 
 
 def test_fusion_cards_must_agree_with_their_architecture():
+    assert _card().schema_version == 2  # fusion's branches came with schema 2; binary and multiclass stay 1
+    assert ModelCard.for_mode("binary", ("NOLEAK", "LEAK")).schema_version == 1
+    with pytest.raises(CardError, match="a fusion card is schema 2, got 1"):
+        card = _card()
+        ModelCard.for_mode("fusion", card.class_names, branches=card.branches, architecture=card.architecture,
+                           schema_version=1)
     with pytest.raises(CardError, match="only fusion models have branches"):
         ModelCard.for_mode("binary", ("LEAK", "NOLEAK"), branches={"names": ["mel"]})
     with pytest.raises(CardError, match="cannot have architecture 'leakcnn'"):

@@ -261,6 +261,9 @@ class FusionRun:
             folder.mkdir(parents=True)
             write_atomic(folder / "stage.key", self._key(stage))
         def watch(trainer, epoch):
+            if len(stage.branches) > 1 and trainer.rank == 0:
+                self.log(f"  fusion weights after epoch {epoch}: " + " ".join(
+                    f"{b} {w:.3f}" for b, w in zip(stage.branches, trainer.net.fusion_weights().tolist())))
             if len(stage.branches) > 1:
                 trainer._check(weight_findings(stage.name, stage.start_weights, trainer.net.fusion_weights().tolist(),
                                                stage.branches, epoch)
