@@ -130,13 +130,18 @@ class WaveformScorer(nn.Module):
         self.frontend = FrontEnd(card.frontend, card.segmentation, dft="matmul")  # float64 DFT: no .float()
         self.scorer = scorer
 
-    def forward(self, waveform: torch.Tensor):
-        cfg, seg = self.card.frontend, self.card.segmentation
+    def segments_span(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The samples the segments cover: padded by the tail rule, cut after the last short segment."""
+        seg = self.card.segmentation
         if seg.tail == "pad":
             waveform = nn.functional.pad(waveform, (0, seg.long_hop - 1))
         n_long = 1 + (waveform.shape[-1] - seg.long_samples) // seg.long_hop
         n_short = (n_long - 1) * (seg.long_hop // seg.short_hop) + seg.shorts_per_long()
-        waveform = waveform[:, : (n_short - 1) * seg.short_hop + seg.short_samples]
+        return waveform[:, : (n_short - 1) * seg.short_hop + seg.short_samples]
+
+    def forward(self, waveform: torch.Tensor):
+        cfg, seg = self.card.frontend, self.card.segmentation
+        waveform = self.segments_span(waveform)
         stride = frame_stride(cfg, seg)
         mel = self.frontend.log_mel(self.frontend.power_frames(waveform, stride))  # [B, n_mels, frames]
         frames, step = seg.frames_per_short(cfg), seg.short_hop // stride
@@ -158,11 +163,7 @@ class FusionWaveformScorer(WaveformScorer):
 
     def forward(self, waveform: torch.Tensor, meta: torch.Tensor | None = None):
         cfg, seg = self.card.frontend, self.card.segmentation
-        if seg.tail == "pad":
-            waveform = nn.functional.pad(waveform, (0, seg.long_hop - 1))
-        n_long = 1 + (waveform.shape[-1] - seg.long_samples) // seg.long_hop
-        n_short = (n_long - 1) * (seg.long_hop // seg.short_hop) + seg.shorts_per_long()
-        waveform = waveform[:, : (n_short - 1) * seg.short_hop + seg.short_samples]
+        waveform = self.segments_span(waveform)
         stride = frame_stride(cfg, seg)
         power = self.frontend.power_frames(waveform, stride)  # [B, bins, frames]
         frames, step = seg.frames_per_short(cfg), seg.short_hop // stride

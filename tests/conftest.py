@@ -130,3 +130,28 @@ def final_weights(run_dir):
     from leakhunter.checkpoint import load_checkpoint
 
     return load_checkpoint(Path(run_dir) / "checkpoints" / "last.pth")["model"]
+
+
+def waveform_session(module, segmentation, output: str):
+    """`module` (waveforms [B, T] → one output) exported as export/convert.py exports a model (dynamo, opset 18,
+    dynamic batch and samples, exporter chatter silenced) and loaded in onnxruntime on CPU."""
+    import logging
+    import warnings
+
+    import onnxruntime
+    import torch
+
+    example = torch.randn(2, segmentation.long_samples + 3 * segmentation.long_hop + 1)
+    dynamic = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=segmentation.long_samples)},)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module.eval(), (example,), dynamo=True, opset_version=18,
+                                        input_names=["waveform"], output_names=[output], dynamic_shapes=dynamic,
+                                        verbose=False)
+    finally:
+        exporter_log.setLevel(level)
+    return onnxruntime.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -181,8 +181,8 @@ if os.environ["RANK"] == "1" and fault == "finding":  # a per-epoch finding that
     findings = trainer_module.epoch_findings
     trainer_module.epoch_findings = lambda *a, **k: findings(*a, **k) + [fail("H010", "epoch 1", "rank-local divergence")]
 
-from leakhunter.cli import app
-app(["train", *sys.argv[2:]], prog_name="rank")
+from leakhunter.training.__main__ import main  # torchrun's entry point
+main(sys.argv[2:])
 """
 
 

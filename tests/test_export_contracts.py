@@ -3,14 +3,12 @@ sees what training stored (≤ 1e-3 dB), and `leak export --fp16/--int8` refuses
 that flips a verdict."""
 
 import dataclasses
-import logging
-import warnings
 
 import h5py
 import numpy as np
-import onnxruntime
 import pytest
 import torch
+from conftest import waveform_session
 from torch import nn
 from typer.testing import CliRunner
 
@@ -41,22 +39,7 @@ def graph_inputs(card: ModelCard, samples: np.ndarray) -> np.ndarray:
 def onnx_graph_inputs(card: ModelCard):
     """The same front-end and segmentation exported as export_model exports them (opset 18, dynamic axes)
     and run by onnxruntime: samples → CNN inputs [n, n_mels, frames]."""
-    seg = card.segmentation
-    example = torch.randn(2, seg.long_samples + 3 * seg.long_hop + 1)
-    dynamic = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=seg.long_samples)},)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(WaveformScorer(_Inputs(), card).eval(), (example,), dynamo=True,
-                                        opset_version=18, input_names=["waveform"], output_names=["inputs"],
-                                        dynamic_shapes=dynamic, verbose=False)
-    finally:
-        exporter_log.setLevel(level)
-    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
+    session = waveform_session(WaveformScorer(_Inputs(), card), card.segmentation, "inputs")
     return lambda samples: session.run(None, {"waveform": samples[None]})[0][:, 0].astype(np.float64)
 
 

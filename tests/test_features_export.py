@@ -1,15 +1,13 @@
 """The engineered features (fusion's `features` branch) are smooth, exportable functions of the waveform: an
 ONNX graph recomputes them within float rounding, and each measures what its name says at any level."""
 
-import logging
 import shutil
-import warnings
 
 import h5py
 import numpy as np
-import onnxruntime
 import pytest
 import torch
+from conftest import waveform_session
 from torch import nn
 
 from leakhunter.card import preset
@@ -49,21 +47,7 @@ def features(waveform: np.ndarray) -> dict[str, np.ndarray]:
 def onnx_features():
     """Features exported as export/convert.py exports a model (dynamo, opset 18, dynamic batch and samples),
     run by onnxruntime on CPU: waveforms [B, T] → features."""
-    example = torch.randn(2, SEGMENTATION.long_samples + 3 * SEGMENTATION.long_hop + 1)
-    dynamic = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=SEGMENTATION.long_samples)},)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(Features().eval(), (example,), dynamo=True, opset_version=18,
-                                        input_names=["waveform"], output_names=["features"],
-                                        dynamic_shapes=dynamic, verbose=False)
-    finally:
-        exporter_log.setLevel(level)
-    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
+    session = waveform_session(Features(), SEGMENTATION, "features")
     return lambda waveforms: session.run(None, {"waveform": waveforms})[0]
 
 
