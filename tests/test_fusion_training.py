@@ -310,3 +310,17 @@ def test_leak_eval_of_the_exported_model_agrees_with_the_checkpoint(fusion_run, 
     assert exported["file_f1"] == checkpoint["file_f1"]
     assert max(abs(a["mean_leak_prob"] - b["mean_leak_prob"])
                for a, b in zip(exported["files"], checkpoint["files"])) < 1e-3
+
+
+def test_doctor_keeps_what_only_the_live_fusion_run_saw(fusion_run, tmp_path):
+    """A meta leakage warning (H004, from the training files' meta at the start) is in the run's health.json only."""
+    import shutil
+
+    from leakhunter.training.doctor import doctor
+
+    run = tmp_path / "run"
+    shutil.copytree(fusion_run.run_dir, run)
+    health = json.loads((run / "health.json").read_text())
+    health["findings"].append({"code": "H004", "level": "warn", "when": "setup", "message": "meta field 'crew' ..."})
+    (run / "health.json").write_text(json.dumps(health))
+    assert any(f.code == "H004" and "'crew'" in f.message for f in doctor(run).findings)

@@ -75,6 +75,12 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
         cv = (card_of(load_checkpoint(run_dir / "best.pth"), run_dir / "best.pth").training or {}).get("cv")
         if cv:  # the final model of `leak train --cv`: H015 on the folds' pooled held-out F1
             monitor.add(cv_baseline_findings(cv["pooled"]["file_f1"], cv["baseline"]["pooled"]["file_f1"]))
+    return with_live_findings(monitor, run_dir)
+
+
+def with_live_findings(monitor: HealthMonitor, run_dir: Path) -> HealthMonitor:
+    """Add what only the live run could see (a non-finite step, a refused resume, a meta field that copies the
+    label, a branch starved of gradient) from its health.json, where no recomputed finding has the code."""
     live = run_dir / "health.json"
     if live.is_file():
         recorded = [Finding(f["code"], f["level"], f["when"], f["message"])
@@ -101,4 +107,4 @@ def doctor_fusion(run_dir: Path, log) -> HealthMonitor:
             monitor.add([replace(f, when=f"stage {summary['stage']}, {f.when}") for f in stage.findings])
     if any(len(s["branches"]) > 1 for s in summaries):
         monitor.add(fused_findings(summaries))
-    return monitor
+    return with_live_findings(monitor, run_dir)
