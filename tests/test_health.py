@@ -423,3 +423,13 @@ def test_on_a_held_out_cv_fold_collapse_and_overfitting_warn_while_divergence_st
     diverging = [_row(1, loss=0.5), _row(2, loss=0.1), _row(3, loss=5.0)]
     found = epoch_findings(diverging, ["NOLEAK", "LEAK"], [0.5, 0.5], trivial_loss=0.69, held_out_fold=True)
     assert [(f.code, f.level) for f in found] == [("H010", "fail")]
+
+
+def test_a_warning_is_given_once_per_phase_not_once_per_run():
+    from leakhunter.training.health import HealthMonitor, warn
+
+    monitor = HealthMonitor(log=lambda text: None)
+    monitor.add([warn("H013", "stage 1-fusion, epoch 1", "saturated"), warn("H013", "stage 1-fusion, epoch 2", "again"),
+                 warn("H013", "stage 2-finetune, epoch 1", "saturated there too"),
+                 warn("H013", "end", "fused F1 below the best branch")])
+    assert [f.when for f in monitor.findings] == ["stage 1-fusion, epoch 1", "stage 2-finetune, epoch 1", "end"]

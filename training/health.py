@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -355,6 +356,11 @@ def split_findings(split_f1: float | None, fold_f1: float | None, k: int) -> lis
 
 # ---- the report ----------------------------------------------------------------------------------
 
+def phase(when: str) -> str:
+    """`when` without its epoch number: "epoch 3" → "epoch", "stage 1-fusion, epoch 3" → "stage 1-fusion, epoch"."""
+    return re.sub(r"epoch \d+$", "epoch", when)
+
+
 class HealthMonitor:
     """Collects findings, prints each once, writes health.json, and stops the run on a failure."""
 
@@ -363,11 +369,13 @@ class HealthMonitor:
         self.findings: list[Finding] = []
 
     def add(self, findings: list[Finding]) -> None:
-        """Record findings; a warning already given under the same code is not repeated."""
+        """Record findings; a warning already given under the same code in the same phase (setup, the epochs, the
+        end; of the same fusion stage) is not repeated, so an epoch check warns once, not every epoch."""
         for finding in findings:
             if self.strict and finding.level == "warn":
                 finding = Finding(finding.code, "fail", finding.when, finding.message + " (--strict)")
-            if finding.level == "warn" and any(f.code == finding.code and f.level == "warn" for f in self.findings):
+            if finding.level == "warn" and any(f.code == finding.code and f.level == "warn"
+                                               and phase(f.when) == phase(finding.when) for f in self.findings):
                 continue
             self.findings.append(finding)
             self.log(f"health {finding.line()}")
