@@ -125,7 +125,7 @@ class PieceBatcher:
             raise ValueError(f"{state.path}: a piece of {piece.n_long} long segments does not fit a row of "
                              f"{self.row_slots}; the decoder must cut shorter pieces")
         row = len(self.next_free) - 1
-        other = self.n_meta and self.row_owner[row] not in (None, state)
+        other = self.n_meta and self.row_owner[row] is not None and self.row_owner[row] is not state
         if other or self.next_free[row] + piece.n_long > self.row_slots:
             if len(self.next_free) == self.batch_rows:
                 return False
@@ -371,7 +371,7 @@ class ScoringEngine:
         state = _FileState(path)
         if self.meta is not None:
             state.meta = self.meta.resolve(path)
-            if state.meta.missing and self.meta_missing == "fail":
+            if state.meta.missing and self.meta_missing == "fail" and path.is_file():  # else the decoder says why
                 state.fail("meta_missing", f"no usable value for {', '.join(state.meta.missing)} (looked in "
                                            f"{'the --meta sidecar, ' if self.meta.sidecar else ''}the manifest's "
                                            f"columns and the file name)")

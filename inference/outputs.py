@@ -49,11 +49,12 @@ def columns_for(class_names, multiclass: bool, meta: bool = False) -> tuple[str,
 def resume_key(row: dict) -> tuple[str, ...]:
     """A file is done when the same path, size and mtime were scored by the same model with the same threshold,
     vote fraction and sensitivity (a resume with --threshold 0.7, or --sensitivity high, does not keep rows voted
-    at 0.5, or named by another operating point even at the same threshold)."""
+    at 0.5, or named by another operating point even at the same threshold), and for a model with a meta input
+    the same meta sources and missing fields (a resume with a --meta sidecar scores again what it now fills)."""
     size = "" if row["size_bytes"] is None else str(row["size_bytes"])  # JSONL writes an unknown size as null
     return (str(row["file"]), size, _mtime_text(row["mtime"]), str(row["model_sha256"]),
             _number_text(row.get("threshold")), _number_text(row.get("vote_fraction")),
-            str(row.get("sensitivity") or ""))
+            str(row.get("sensitivity") or ""), str(row.get("meta_source") or ""), str(row.get("meta_missing") or ""))
 
 
 def _number_text(value) -> str:

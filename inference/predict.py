@@ -145,7 +145,9 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
     out = Path(out) if out is not None else None
     started = time.perf_counter() if started is None else started
     scorer = engine.scorer
-    keys = {str(path): resume_key(scorer.base_row(path)) for path in paths}
+    meta = getattr(engine, "meta", None)  # a fusion model's meta, as this run resolves it
+    keys = {str(path): resume_key(scorer.base_row(path) | (meta.resolve(path).columns() if meta else {}))
+            for path in paths}
     done_keys: set = set()
     kept_rows: list[dict] = []
     timeline_done = set()

@@ -31,7 +31,7 @@ import numpy as np
 import leakhunter
 from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
-from leakhunter.inference.engine import ScoringEngine
+from leakhunter.inference.engine import ScoringEngine, meta_resolver
 from leakhunter.inference.loader import read_card
 from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer
 
@@ -193,6 +193,7 @@ class RayEngine:
             check_reachable(self.options.address or os.environ.get("RAY_ADDRESS"))  # Ray retries for minutes
         self.model = Path(model)
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
+        meta_resolver(card, meta, meta_missing, self.model)  # a bad --meta or policy: refused here, not in an actor
         self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline, sensitivity)
         # An actor without a GPU of its own scores on CPU, even on a node that has one (Ray did not give it one).
         self.device, self.batch_rows = device if self.options.gpus_per_actor else "cpu", batch_rows

@@ -247,7 +247,7 @@ def train(
         else:
             result = run_training(settings, log=log)
     else:
-        asked = mode or os.environ.get("LEAK_MODE", "")
+        asked = mode or os.environ.get("LEAK_MODE", "") or staged_mode_of(resume)
         if asked in MODES and MODES[asked].staged:
             raise fail(f"--resume does not take a {asked} run: rerun the same `leak train --mode {asked}` command "
                        f"with the same --out; finished stages are skipped and an interrupted one resumes")
@@ -255,6 +255,19 @@ def train(
             flags["mode"] = os.environ["LEAK_MODE"]
         result = run_training(TrainConfig(), resume=resume, overrides=flags, log=log)
     console.print(f"best model: {result.run_dir / 'best.pth'} (epoch {result.best_epoch})")
+
+
+def staged_mode_of(checkpoint: Path) -> str:
+    """The mode of a fusion stage's checkpoint (its run directory says stages/), else "" (checked as a resume)."""
+    if checkpoint.parent.parent.parent.name != "stages" or not checkpoint.is_file():
+        return ""
+    from leakhunter.checkpoint import card_of, load_checkpoint
+    from leakhunter.errors import LeakhunterError
+
+    try:
+        return card_of(load_checkpoint(checkpoint), checkpoint).mode
+    except LeakhunterError:
+        return ""  # the resume itself says what is wrong with the file
 
 
 @command(app, "doctor")

@@ -1,7 +1,7 @@
 """Per-file metadata for a fusion model's `meta` branch: which fields, how they are encoded, where they come from.
 
-A field is numeric when every training value parses as a number (standardised by the training mean and std,
-inside the model) and categorical otherwise (one-hot over the training vocabulary; an unseen value is unknown).
+A field is numeric when nine in ten of its training values parse as numbers (standardised by the training mean
+and std inside the model; the others count as unknown) and categorical otherwise (one-hot over the training vocabulary; an unseen value is unknown).
 A missing value is NaN in every column of its field: the model sees a mask, and meta dropout in training
 teaches it what unknown means. Fields that name the split groups or raw times are refused: a model keyed on
 them learns the sensor, not the leak.
@@ -28,11 +28,14 @@ REFUSED_FIELDS = {
 }
 
 
+NUMERIC_SHARE = 0.9  # a field is numeric when this share of its training values are numbers (the rest: unknown)
+
+
 def file_meta(path: str | os.PathLike, fields: dict[str, str] | None = None) -> dict[str, str]:
     """A file's metadata: the given fields (a manifest's or a sidecar's columns) over those of its logger
     name `sensor_id~recording_id~timestamp~gain_db` (empty values count as missing)."""
-    named = logger_fields(path) or {}
-    return {k: v for k, v in {**named, **(fields or {})}.items() if str(v).strip()}
+    given = {k: v for k, v in (fields or {}).items() if str(v).strip()}  # an empty cell falls back to the name
+    return {k: v for k, v in (logger_fields(path) or {}).items() if str(v).strip()} | given
 
 
 def _number(text: str) -> float | None:
@@ -64,10 +67,10 @@ class MetaSpec:
         numeric, categories = {}, {}
         for field in fields:
             present = [m[field] for m in training_meta if field in m]
-            values = [_number(v) for v in present]
-            if all(v is not None for v in values):
-                mean = float(np.mean(values))
-                numeric[field] = (round(mean, 6), round(max(float(np.std(values)), 1e-6), 6))
+            values = [v for v in map(_number, present) if v is not None]
+            if len(values) >= NUMERIC_SHARE * len(present):  # a stray "n/a" is a missing number, not a category
+                std = float(np.std(values))
+                numeric[field] = (float(np.mean(values)), std if std > 1e-6 else 1.0)  # constant: no division by ~0
             else:
                 categories[field] = tuple(sorted(set(present)))
         return cls(tuple(fields), numeric, categories)

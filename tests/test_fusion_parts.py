@@ -22,6 +22,8 @@ def test_meta_fields_come_from_the_manifest_over_the_logger_name():
     assert file_meta("/x/S01~R00001~20261120T023000~12.wav", {"gain_db": "6", "pipe": ""})["gain_db"] == "6"
     assert "pipe" not in file_meta("/x/S01~R00001~20261120T023000~12.wav", {"pipe": " "})  # empty = missing
     assert file_meta("/x/plain.wav", {"pipe": "PVC"}) == {"pipe": "PVC"}
+    # an empty cell is no value: the name's stands, in training as at predict (MetaResolver)
+    assert file_meta("/x/S01~R00001~20261120T023000~12.wav", {"gain_db": ""})["gain_db"] == "12"
 
 
 def test_a_meta_spec_standardises_numbers_and_one_hots_categories():
@@ -37,6 +39,14 @@ def test_a_meta_spec_standardises_numbers_and_one_hots_categories():
     mean, std = spec.standardisation()
     assert mean.tolist() == [6.0, 0.0, 0.0] and std[1:].tolist() == [1.0, 1.0]
     assert MetaSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_a_mostly_numeric_field_stays_numeric_and_a_constant_one_divides_by_one():
+    training = [{"gain_db": str(g)} for g in range(10)] + [{"gain_db": "n/a"}]
+    spec = MetaSpec.fit(("gain_db",), training)
+    assert "gain_db" in spec.numeric and math.isnan(spec.encode({"gain_db": "n/a"})[0])
+    constant = MetaSpec.fit(("gain_db",), [{"gain_db": "12"}] * 5)
+    assert constant.numeric["gain_db"] == (12.0, 1.0)  # not 1e-6: 12.5 must not become a 500 000-sigma value
 
 
 @pytest.mark.parametrize("field", ["sensor_id", "recording_id", "timestamp", "group", "label"])

@@ -324,3 +324,48 @@ def test_doctor_keeps_what_only_the_live_fusion_run_saw(fusion_run, tmp_path):
     health["findings"].append({"code": "H004", "level": "warn", "when": "setup", "message": "meta field 'crew' ..."})
     (run / "health.json").write_text(json.dumps(health))
     assert any(f.code == "H004" and "'crew'" in f.message for f in doctor(run).findings)
+
+
+def test_a_rebuilt_dataset_or_retrained_source_stage_trains_a_stage_again(confound_dataset, tmp_path):
+    """A finished stage is skipped only when its settings, data and source checkpoints are the same."""
+    run = FusionRun(quick_config(confound_dataset, tmp_path / "run", **FUSION), log=QUIET)
+    stage = Stage("0-mel", 0, ("mel",), run.inputs)
+    key = run._key(stage)
+    run.inputs = replace(run.inputs, fingerprint="rebuilt")
+    assert run._key(stage) != key
+
+
+def test_fusion_refuses_torchrun(confound_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="start it without torchrun"):
+        FusionRun(quick_config(confound_dataset, tmp_path / "run", **FUSION), log=QUIET)
+
+
+def test_resume_scores_again_what_a_sidecar_now_fills(fusion_onnx, confound_dataset, tmp_path):
+    import csv
+    import shutil
+
+    from leakhunter.inference.predict import predict
+
+    plain = tmp_path / "plain.wav"
+    shutil.copy(sorted((confound_dataset.parent / "corpus" / "LEAK").glob("*.wav"))[0], plain)
+    out = tmp_path / "scores.csv"
+    first = predict([plain], fusion_onnx.output, out=out, workers=0, meta_missing="fail")
+    assert first.rows[0]["status"] == "meta_missing"
+    sidecar = tmp_path / "meta.csv"
+    with open(sidecar, "w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "gain_db"), (str(plain), "3")])
+    again = predict([plain], fusion_onnx.output, out=out, workers=0, meta_missing="fail", meta=sidecar, resume=True)
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert again.skipped == 0 and [(r["status"], r["meta_source"]) for r in rows] == [("ok", "sidecar")]
+
+
+def test_resume_of_a_fusion_stage_checkpoint_says_to_rerun_the_command(fusion_run):
+    from typer.testing import CliRunner
+
+    from leakhunter.cli import app
+
+    last = fusion_run.run_dir / "stages" / "1-fusion" / "checkpoints" / "last.pth"
+    result = CliRunner().invoke(app, ["train", "--resume", str(last)])
+    assert result.exit_code == 2 and "rerun the same `leak train --mode fusion` command" in " ".join(result.output.split())

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from leakhunter.checkpoint import card_of, load_checkpoint, save_atomic
+from leakhunter.errors import InputError
 from leakhunter.files import write_atomic
+from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION
 from leakhunter.meta import MetaSpec, parse_fields
 from leakhunter.models import parameter_count
@@ -51,6 +53,7 @@ class FusionInputs:
     feature_mean: np.ndarray
     feature_std: np.ndarray
     leakage: tuple = ()  # H004 findings on the meta fields (meta_leakage_findings)
+    fingerprint: str = ""  # the dataset's (LeakData.fingerprint): a rebuilt dataset retrains every stage
 
     @classmethod
     def fit(cls, config: TrainConfig) -> FusionInputs:
@@ -75,11 +78,12 @@ class FusionInputs:
             mean, std = np.zeros(len(FEATURE_NAMES)), np.ones(len(FEATURE_NAMES))
             if features is not None:
                 values = features[np.unique(train.input_index)].astype(np.float64)
-                mean, std = values.mean(axis=0), np.maximum(values.std(axis=0), 1e-6)
+                mean, std = values.mean(axis=0), values.std(axis=0)
+                std = np.where(std > 1e-6, std, 1.0)  # a feature constant in training: no division by ~0
         finally:
             data.close()
         return cls(branches, prior, meta, meta_rows, mean.astype(np.float32), std.astype(np.float32),
-                   tuple(leakage))
+                   tuple(leakage), data.fingerprint)
 
     def card(self) -> dict:
         """The card's `branches`: what each branch reads and how it is normalised (predict needs the same)."""
@@ -230,6 +234,11 @@ class FusionRun:
     """The stages of one fusion run, in order, each skipped when done before and resumed when interrupted."""
 
     def __init__(self, config: TrainConfig, log=print):
+        from leakhunter.training.distributed import launch_from_env
+
+        if launch_from_env().world > 1:
+            raise InputError("--mode fusion trains in one process: its stages are separate runs that share files; "
+                             "start it without torchrun")
         self.config, self.log = config, log
         self.out = Path(config.out or "runs/fusion")
         self.inputs = FusionInputs.fit(config)
@@ -239,9 +248,17 @@ class FusionRun:
         self.summaries: list[dict] = []
 
     def _key(self, stage: Stage) -> str:
+        """What a finished stage was made from: the settings, the data (its fingerprint and feature version) and
+        the checkpoints it started from, so a rebuilt dataset or a retrained stage 0 trains the stage again."""
         settings = {k: v for k, v in self.config.to_dict().items() if k not in ("out", "strict", "eval_batch_size")}
-        text = json.dumps([settings, stage.name, sorted(stage.transfer), str(stage.start_from)], sort_keys=True)
+        sources = {str(name): file_sha256(path) for name, path in
+                   [*sorted(stage.transfer.items()), ("start_from", stage.start_from)] if path is not None}
+        text = json.dumps([settings, stage.name, self.inputs.fingerprint, FEATURE_VERSION, sources], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _best(self, summary: dict) -> Path:
+        """A finished stage's best.pth, in this run's folder (a run moved elsewhere still finds its own)."""
+        return self.out / "stages" / summary["stage"] / "best.pth"
 
     def run_stage(self, stage: Stage, config: TrainConfig) -> dict:
         from leakhunter.training.trainer import Trainer
@@ -280,7 +297,7 @@ class FusionRun:
                    "parameters": parameter_count(trainer.net), "fusion_weights": [round(w, 4) for w in weights],
                    "start_weights": [round(w, 4) for w in stage.start_weights],
                    "transferred": stage.transferred, "test_f1": result.test_metrics["file_f1"],
-                   "best": str(folder / "best.pth")}
+                   }
         self._add_stage_findings(stage, folder)
         write_atomic(done, json.dumps({"key": self._key(stage), "summary": summary}, indent=2))
         self.log(f"stage {stage.name}: {stage_line(summary)}")
@@ -300,9 +317,10 @@ class FusionRun:
         self.summaries += list(alone.values())
         collapsed = [b for b, s in alone.items() if s["kappa"] <= KAPPA_ZERO]
         self.health.add(collapsed_findings(self.summaries))
-        transfer = {b: Path(s["best"]) for b, s in alone.items() if b not in collapsed}
+        # the audio encoders are transferred and frozen; the meta encoder (small, and only useful with the others) trains
+        transfer = {b: self._best(s) for b, s in alone.items() if b not in collapsed and b != "meta"}
         fused = self.run_stage(Stage("1-fusion", 1, inputs.branches, inputs, transfer=transfer), config)
-        tuned = self.run_stage(Stage("2-finetune", 2, inputs.branches, inputs, start_from=Path(fused["best"])),
+        tuned = self.run_stage(Stage("2-finetune", 2, inputs.branches, inputs, start_from=self._best(fused)),
                                replace(config, lr=config.lr * STAGE2_LR_FACTOR, warmup_epochs=1))
         self.summaries += [fused, tuned]
         self.health.add(fused_findings(self.summaries))
@@ -314,12 +332,11 @@ class FusionRun:
 
         winner = best_fused(self.summaries)
         best_single = max(alone.values(), key=lambda s: s["file_f1"])
-        payload = load_checkpoint(winner["best"])
-        card = card_of(payload, winner["best"])
+        payload = load_checkpoint(self._best(winner))
+        card = card_of(payload, self._best(winner))
         branches = card.branches | {"weights": winner["fusion_weights"], "collapsed_alone": collapsed,
                                     "transferred": fused["transferred"], "selected_stage": winner["stage"],
-                                    "stages": [{k: s[k] for k in s if k not in ("transferred", "best")}
-                                               for s in self.summaries]}
+                                    "stages": [{k: s[k] for k in s if k != "transferred"} for s in self.summaries]}
         card = replace(card, name=self.out.name, branches=branches)
         save_atomic({"card": card.to_json(), "model": payload["model"]}, self.out / "best.pth")
         write_atomic(self.out / "model_meta.json", card.to_json())
@@ -335,7 +352,11 @@ class FusionRun:
 
 
 def stage_summaries(run_dir: Path) -> list[dict]:
-    """The finished stages' summaries (OUT/stages/*/stage.json), stage 0 first."""
+    """The stages of the run best.pth came from (its card lists them: a rerun with other branches leaves older
+    stage folders behind), else, for a run stopped before best.pth, the finished stages' stage.json."""
+    best = Path(run_dir) / "best.pth"
+    if best.is_file():
+        return card_of(load_checkpoint(best), best).branches["stages"]
     found = sorted(Path(run_dir).glob("stages/*/stage.json"), key=lambda p: (p.parent.name[0], p.stat().st_mtime))
     return [json.loads(p.read_text(encoding="utf-8"))["summary"] for p in found]
 
