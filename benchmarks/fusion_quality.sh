@@ -36,6 +36,8 @@ rows = list(csv.DictReader(open("test.csv")))
 with open("unknown.csv", "w", newline="") as handle:  # a value the model cannot use is unknown (NaN)
     csv.writer(handle).writerows([("path", "gain_db"), *((row["path"], "unknown") for row in rows)])
 PY
+  "$LEAK" eval runs/fusion-seed0/best.pth --data data.h5 --split test | grep -A8 "each fusion branch alone"
+  "$LEAK" bench fusion-seed0.onnx corpus/LEAK | tail -12
   for meta in named unknown; do
     flags=() && [ "$meta" = unknown ] && flags=(--meta unknown.csv)
     "$LEAK" predict test.csv --model fusion-seed0.onnx --out "predict-$meta.csv" "${flags[@]}" | tail -1
@@ -50,6 +52,29 @@ print(f"  predict, meta {sys.argv[1]} (meta_missing on {sum(bool(r['meta_missing
       f"files): test file F1 {2 * tp / (2 * tp + fp + fn):.3f}")
 PY
   done
+  "$LEAK" predict test.csv --model runs/fusion-seed0/best.pth --out predict-pth.csv | tail -1
+  "$(dirname "$LEAK")/python" - <<'PY'
+import csv
+onnx = {r["file"]: r for r in csv.DictReader(open("predict-named.csv"))}
+pth = {r["file"]: r for r in csv.DictReader(open("predict-pth.csv"))}
+same = sum(onnx[f]["verdict"] == pth[f]["verdict"] for f in onnx)
+delta = max(abs(float(onnx[f]["mean_leak_prob"]) - float(pth[f]["mean_leak_prob"])) for f in onnx)
+print(f"  .onnx vs .pth: {same} of {len(onnx)} verdicts equal, max |Δ mean P(LEAK)| {delta:.1e}")
+PY
+  if [ "${RAY:-0}" = 1 ]; then  # the same table by --engine ray on a local Ray (the [ray] extra)
+    "$(dirname "$LEAK")/python" - <<'PY'
+import csv, logging, ray
+from leakhunter.inference.predict import predict
+ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False, logging_level=logging.ERROR)
+predict(["test.csv"], "fusion-seed0.onnx", out="predict-ray.csv", engine="ray", meta="unknown.csv")
+ray.shutdown()
+local = {r["file"]: r for r in csv.DictReader(open("predict-unknown.csv"))}
+rows = {r["file"]: r for r in csv.DictReader(open("predict-ray.csv"))}
+same = sum(rows[f]["verdict"] == local[f]["verdict"] and rows[f]["meta_source"] == local[f]["meta_source"] for f in local)
+delta = max(abs(float(rows[f]["mean_leak_prob"]) - float(local[f]["mean_leak_prob"])) for f in local)
+print(f"  --engine ray with --meta: {same} of {len(local)} rows as the local engine's, max |Δ mean P(LEAK)| {delta:.1e}")
+PY
+  fi
 fi
 for size in small default; do
   args=("${SCHEDULE[@]}") && [ "$size" = small ] && args+=("${SMALL[@]}")

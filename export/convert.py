@@ -18,7 +18,6 @@ from torch import nn
 import leakhunter
 from leakhunter.card import ModelCard, input_shape
 from leakhunter.export.graph import graph_inputs, network_scope
-from leakhunter.fusion import meta_width
 from leakhunter.inference.onnx_card import OUTPUT_NAMES, card_metadata
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
@@ -40,7 +39,7 @@ def to_onnx(module: nn.Module, card: ModelCard, input: str, opset: int) -> tuple
     names = graph_inputs(card, input)
     examples: tuple = (example,)
     if "meta" in names:  # one row per recording, NaN unknown: the example holds both
-        meta = torch.randn(2, meta_width(card))
+        meta = torch.randn(2, len(card.meta_columns))
         meta[1, 0] = float("nan")
         examples, dynamic = (example, meta), (*dynamic, {0: batch})
     exporter_log = logging.getLogger("torch.onnx")

@@ -13,7 +13,7 @@ from torch import nn
 
 from leakhunter.card import ModelCard, input_shape
 from leakhunter.frontend import FrontEnd, frame_signal
-from leakhunter.fusion import FusionNet, meta_width
+from leakhunter.fusion import FusionNet
 from leakhunter.inference.onnx_card import INPUT_KINDS
 from leakhunter.models import HalveRows, LeakCNN, ModelInputs, PoolTo16Rows, Scorer
 from leakhunter.segments import frame_stride
@@ -190,7 +190,7 @@ def graph_module(model: nn.Module, card: ModelCard, input: str, fp16: bool = Fal
 
 def graph_inputs(card: ModelCard, input: str) -> list[str]:
     """The graph's input names: the scoring input, and `meta` for a fusion model with a meta branch."""
-    return [input] + (["meta"] if meta_width(card) else [])
+    return [input] + (["meta"] if card.meta_columns else [])
 
 
 def network_scope(input: str) -> str:

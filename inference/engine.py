@@ -113,7 +113,7 @@ class PieceBatcher:
         self.held: list[tuple[_FileState, Piece, int, int]] = []  # (state, piece, row, slot)
         self.next_free = [0]  # per row: first free slot
         # a meta input is one row per recording: a row then holds pieces of one recording only
-        self.n_meta = len(((card.branches or {}).get("meta") or {}).get("columns", []))
+        self.n_meta = len(card.meta_columns)
         self.row_owner: list[_FileState | None] = [None]
 
     def __len__(self) -> int:

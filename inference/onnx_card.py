@@ -125,7 +125,7 @@ def _graph_problems(card: ModelCard, metadata: dict[str, str], facts: OnnxFacts)
     inputs = facts.inputs
     expected = {kind: ["batch", "samples"] if kind == "waveform" else ["batch", *input_shape(card.frontend,
                                                                                              card.segmentation)]}
-    n_meta = len(((card.branches or {}).get("meta") or {}).get("columns", []))
+    n_meta = len(card.meta_columns)
     if n_meta:  # a fusion model's meta: one row per recording (leakhunter/meta.py), NaN unknown
         expected["meta"] = ["batch", n_meta]
     if [value.name for value in inputs] != list(expected):

@@ -52,7 +52,7 @@ class OnnxRunner(Runner):
                               f"NVIDIA GPU, and are the CUDA and cuDNN libraries onnxruntime-gpu needs "
                               f"installed?); use --device auto to fall back to CPU")
         self._frontend = None
-        self.n_meta = len(((model.card.branches or {}).get("meta") or {}).get("columns", []))
+        self.n_meta = len(model.card.meta_columns)
 
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.input != "mel":

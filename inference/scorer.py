@@ -151,7 +151,7 @@ class RecordingScorer:
         self.vote_fraction = card.voting.vote_fraction if vote_fraction is None else vote_fraction
         self.channel = channel_policy(card, channel)
         self.multiclass = MODES[card.mode].fixed_classes is None  # p_<class> columns
-        self.meta = (card.branches or {}).get("meta") is not None  # meta_source, meta_missing columns
+        self.meta = bool(card.meta_columns)  # meta_source, meta_missing columns
         self.columns = columns_for(card.class_names, self.multiclass, self.meta)
         overridden = [f"{name} {value:g} (card {card_value:g})" for name, value, card_value in
                       (("threshold", self.threshold, card.voting.threshold),

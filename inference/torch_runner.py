@@ -19,7 +19,7 @@ from leakhunter.card import ModelCard
 from leakhunter.checkpoint import read_model
 from leakhunter.devices import autocast_dtype, pick_device
 from leakhunter.frontend import FrontEnd
-from leakhunter.fusion import meta_width, recording_inputs
+from leakhunter.fusion import recording_inputs
 from leakhunter.inference.runner import Runner, check_mel
 from leakhunter.models import ModelInputs, Scorer
 from leakhunter.segments import long_segment_inputs, plan_segments
@@ -46,7 +46,7 @@ class TorchRunner(Runner):
         self.scorer = Scorer(model, card).to(self.torch_device).eval()
         self.amp = autocast_dtype(self.torch_device) if amp == AMP_AUTO else amp
         self.frontend = FrontEnd(card.frontend, card.segmentation).to(self.torch_device)  # float64 DFT
-        self.n_meta = meta_width(card)
+        self.n_meta = len(card.meta_columns)
 
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with full_float32():

@@ -383,6 +383,11 @@ class ModelCard:
         found += operating_point_problems(self.operating_points)
         return found
 
+    @property
+    def meta_columns(self) -> tuple[str, ...]:
+        """The columns of a fusion model's meta input (leakhunter/meta.py), () for a model without one."""
+        return tuple(((self.branches or {}).get("meta") or {}).get("columns", ()))
+
     def _fusion_problems(self) -> list[tuple[str, str]]:
         """A mode's own architecture; a fusion card and only a fusion card has `branches`, and they agree."""
         name = (self.architecture or {}).get("name")

@@ -134,12 +134,6 @@ class BranchAlone(nn.Module):
         return self.net.branch_logits(mel, features, meta)[self.index].float(), None
 
 
-def meta_width(card) -> int:
-    """Columns of a fusion card's meta input (0: no meta branch)."""
-    meta = (card.branches or {}).get("meta")
-    return len(meta["columns"]) if meta else 0
-
-
 def recording_inputs(frontend, samples: torch.Tensor, n_meta: int, meta=None) -> tuple:
     """A fusion model's inputs for one recording's samples [T] (whole long segments): mel [S, 1, n_mels, f],
     features [S, 14] and, with a meta branch, its encoded meta row [n_meta] (None or NaN: unknown) repeated
