@@ -3,7 +3,9 @@
 # class, 10 s) built with the `short` preset (and the `long` one when LEVERS has `long`), then one binary training
 # per lever (20 epochs), two at a time (JOBS), each on one thread under nice. A lever is `none`, `long`, `small`
 # (SMALL: --channels 8,16,32 --hidden 64), an --augment list (gain, tilt, mix, mask, `all`, or a comma list) or
-# small+LIST; any of them +relative (or `relative` alone) adds --level relative. Without CV: one markdown row
+# small+LIST; any of them +relative (or `relative` alone) adds --level relative, and +site (or `site` alone;
+# before +relative when both) trains on the copy of data.h5 judged against each site's usual sound
+# (benchmarks/site_reference.py, a prototype: not a leak train setting). Without CV: one markdown row
 # per run from the default split (the CNN's validation and test-site file F1, test AUC, the baseline's test-site
 # F1, seconds). With CV=K: `leak train --cv K` (grouped K-fold over the
 # train+val sites), one row per run (pooled held-out F1, per-fold spread, AUC, baseline, chosen epochs, the final
@@ -26,19 +28,23 @@ LEVERS=${LEVERS:-"none gain tilt mix mask all small small+all long"}
 SMALL=${SMALL:-"--channels 8,16,32 --hidden 64"}  # the smaller network
 
 lever_flags() {  # the dataset and training flags of one lever: none, long, small, an augment list, small+LIST;
-  local lever=$1 level=""  # any of them +relative (or `relative` alone) adds --level relative
-  case "$lever" in
+  local lever=$1 level="" data=data.h5  # any of them +relative (or `relative` alone) adds --level relative,
+  case "$lever" in  # +site (or `site` alone) the site-referenced copy of data.h5
     relative) lever=none level=" --level relative" ;;
     *+relative) lever=${lever%+relative} level=" --level relative" ;;
+  esac
+  case "$lever" in
+    site) lever=none data=data_site.h5 ;;
+    *+site) lever=${lever%+site} data=data_site.h5 ;;
   esac
   local augment=${lever#small+}
   [ "$augment" = all ] && augment=gain,tilt,mix,mask
   case "$lever" in
-    none) echo "data.h5$level" ;;
+    none) echo "$data$level" ;;
     long) echo "data_long.h5$level" ;;
-    small) echo "data.h5 $SMALL$level" ;;
-    small+*) echo "data.h5 $SMALL --augment $augment$level" ;;
-    *) echo "data.h5 --augment $augment$level" ;;  # gain, tilt, mix, mask, all or a comma list of them
+    small) echo "$data $SMALL$level" ;;
+    small+*) echo "$data $SMALL --augment $augment$level" ;;
+    *) echo "$data --augment $augment$level" ;;  # gain, tilt, mix, mask, all or a comma list of them
   esac
 }
 
@@ -84,6 +90,9 @@ for seed in "${@:-0}"; do  # corpora first, built once and reused
   [ -f "$corpus/data.h5" ] || "$LEAK" data build "$corpus/corpus" -o "$corpus/data.h5" --workers 2 > /dev/null
   if [[ " $LEVERS " =~ " long"[+\ ] ]] && [ ! -f "$corpus/data_long.h5" ]; then
     "$LEAK" data build "$corpus/corpus" -o "$corpus/data_long.h5" --workers 2 --preset long > /dev/null
+  fi
+  if [[ " $LEVERS " =~ (" "|\+)"site"[+\ ] ]] && [ ! -f "$corpus/data_site.h5" ]; then
+    "$PYTHON" "$(dirname "$0")/site_reference.py" "$corpus/data.h5" "$corpus/data_site.h5" > /dev/null
   fi
 done
 if [ -n "$CV" ]; then

@@ -3,6 +3,8 @@ runs (no retraining). Each held-out long segment's P(LEAK), as a logit, is shift
 site's held-out long segments at that epoch: no label, only other recordings of the same site, most of them
 without a leak. Both sets of scores are judged by training/cv.py's own honest estimate (each fold with the epoch
 and threshold chosen on the other folds, the card's vote), so the first column is exactly the run's CV estimate.
+A third column changes the vote instead: each file scored by the mean logit of its long segments (every segment
+given that score, so the card's vote becomes a threshold on it), judged the same way.
 Two ceilings beside them, at the run's chosen epoch with the same vote and threshold grid: the best single
 threshold for all held-out files, and the best threshold for each fold (its one to three sites) on its own.
 
@@ -42,6 +44,15 @@ def site_relative(fold: HeldOut, sites: np.ndarray) -> HeldOut:
     return replace(fold, long_prob=1 / (1 + np.exp(-logits)))
 
 
+def mean_logit_files(fold: HeldOut) -> HeldOut:
+    """The fold with every long segment's P(LEAK) replaced by its file's mean-logit score, per epoch."""
+    p = np.clip(fold.long_prob.astype(np.float64), 1e-6, 1 - 1e-6)
+    n_long = np.bincount(fold.long_file, minlength=len(fold.files))
+    per_file = np.stack([np.bincount(fold.long_file, weights=row, minlength=len(fold.files)) / np.maximum(n_long, 1)
+                         for row in np.log(p / (1 - p))])
+    return replace(fold, long_prob=1 / (1 + np.exp(-per_file[:, fold.long_file])))
+
+
 def verdict_counts(truth: np.ndarray, verdict: np.ndarray) -> np.ndarray:
     return np.array([(verdict & truth).sum(), (verdict & ~truth).sum(), (~verdict & truth).sum()])
 
@@ -67,17 +78,18 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--vote-fraction", type=float, default=0.5)
     args = parser.parse_args()
-    print("| run | held-out F1 (the CV estimate) | the same, site-relative scores | one oracle threshold | "
-          "oracle threshold per fold |")
-    print("|---|---|---|---|---|")
-    totals = np.zeros((4, 3), int)
+    print("| run | held-out F1 (the CV estimate) | the same, site-relative scores | the same, mean-logit files | "
+          "one oracle threshold | oracle threshold per fold |")
+    print("|---|---|---|---|---|---|")
+    totals = np.zeros((5, 3), int)
     for run in args.runs:
         data = yaml.safe_load((run / "folds" / "fold_1" / "config.yaml").read_text())["data"]
         with h5py.File(data, "r") as file:
             sites = np.asarray(file["files/group"][:]).astype(str)
         folds, cv = load_folds(run), json.loads((run / "cv.json").read_text())
         found = np.stack([np.array(counts(honest_estimate(variant, args.vote_fraction)[1]))
-                          for variant in (folds, [site_relative(fold, sites) for fold in folds])]
+                          for variant in (folds, [site_relative(fold, sites) for fold in folds],
+                                          [mean_logit_files(fold) for fold in folds])]
                          + list(oracle_counts(folds, cv["epochs"], args.vote_fraction)))
         totals += found
         print(f"| {run} (k={cv['k']}) | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")
