@@ -5,7 +5,8 @@
 # (SMALL: --channels 8,16,32 --hidden 64), an --augment list (gain, tilt, mix, mask, `all`, or a comma list) or
 # small+LIST; any of them +relative (or `relative` alone) adds --level relative, and +site (or `site` alone;
 # before +relative when both) trains on the copy of data.h5 judged against each site's usual sound
-# (benchmarks/site_reference.py, a prototype: not a leak train setting). Without CV: one markdown row
+# (benchmarks/site_reference.py, a prototype: not a leak train setting); +own (or `own`) the copy in which each
+# recording is its own reference (site_reference.py --by recording). Without CV: one markdown row
 # per run from the default split (the CNN's validation and test-site file F1, test AUC, the baseline's test-site
 # F1, seconds). With CV=K: `leak train --cv K` (grouped K-fold over the
 # train+val sites), one row per run (pooled held-out F1, per-fold spread, AUC, baseline, chosen epochs, the final
@@ -36,6 +37,8 @@ lever_flags() {  # the dataset and training flags of one lever: none, long, smal
   case "$lever" in
     site) lever=none data=data_site.h5 ;;
     *+site) lever=${lever%+site} data=data_site.h5 ;;
+    own) lever=none data=data_own.h5 ;;
+    *+own) lever=${lever%+own} data=data_own.h5 ;;
   esac
   local augment=${lever#small+}
   [ "$augment" = all ] && augment=gain,tilt,mix,mask
@@ -91,9 +94,12 @@ for seed in "${@:-0}"; do  # corpora first, built once and reused
   if [[ " $LEVERS " =~ " long"[+\ ] ]] && [ ! -f "$corpus/data_long.h5" ]; then
     "$LEAK" data build "$corpus/corpus" -o "$corpus/data_long.h5" --workers 2 --preset long > /dev/null
   fi
-  if [[ " $LEVERS " =~ (" "|\+)"site"[+\ ] ]] && [ ! -f "$corpus/data_site.h5" ]; then
-    "$PYTHON" "$(dirname "$0")/site_reference.py" "$corpus/data.h5" "$corpus/data_site.h5" > /dev/null
-  fi
+  for by in site own; do  # the prototype copies (site_reference.py) the levers ask for
+    if [[ " $LEVERS " =~ (" "|\+)"$by"[+\ ] ]] && [ ! -f "$corpus/data_$by.h5" ]; then
+      "$PYTHON" "$(dirname "$0")/site_reference.py" "$corpus/data.h5" "$corpus/data_$by.h5" \
+        --by "$([ "$by" = own ] && echo recording || echo site)" > /dev/null
+    fi
+  done
 done
 if [ -n "$CV" ]; then
   echo "| lever | seed | CNN held-out-site F1 (pooled) | per fold | CNN held-out AUC | baseline held-out F1 |" \

@@ -5,6 +5,9 @@ without a leak. Both sets of scores are judged by training/cv.py's own honest es
 and threshold chosen on the other folds, the card's vote), so the first column is exactly the run's CV estimate.
 A third column changes the vote instead: each file scored by the mean logit of its long segments (every segment
 given that score, so the card's vote becomes a threshold on it), judged the same way.
+With --labelled K: a threshold per site from K labelled LEAK and K labelled other recordings of that site (drawn
+at random, 20 draws; the threshold with the best balanced accuracy on them, ties to the CV threshold), judged on
+the site's other recordings beside the CV threshold on the same recordings.
 Two ceilings beside them, at the run's chosen epoch with the same vote and threshold grid: the best single
 threshold for all held-out files, and the best threshold for each fold (its one to three sites) on its own.
 
@@ -21,8 +24,17 @@ import numpy as np
 import yaml
 from pool_levers import counts, f1  # the sibling script (benchmarks/ is on sys.path when this one runs)
 
-from leakhunter.training.cv import HeldOut, honest_estimate, pooled
-from leakhunter.voting import calibrate_threshold, vote_files
+from leakhunter.training.cv import HeldOut, choose, honest_estimate, pooled
+from leakhunter.voting import calibrate_threshold, threshold_grid, vote_files
+
+DRAWS = 20
+
+
+def run_sites(run: Path) -> np.ndarray:
+    """Each dataset file's site (group), from the dataset the run trained on."""
+    data = yaml.safe_load((run / "folds" / "fold_1" / "config.yaml").read_text())["data"]
+    with h5py.File(data, "r") as file:
+        return np.asarray(file["files/group"][:]).astype(str)
 
 
 def load_folds(run: Path) -> list[HeldOut]:
@@ -73,19 +85,49 @@ def oracle_counts(folds: list[HeldOut], epoch: int, vote_fraction: float) -> tup
     return one, per_fold
 
 
+def labelled_counts(folds: list[HeldOut], sites: np.ndarray, k: int, vote_fraction: float) -> np.ndarray:
+    """Counts (TP, FP, FN) of [the CV threshold, a threshold from K labelled recordings per class of each site]
+    on the site's unlabelled recordings, summed over the folds' sites and averaged over DRAWS draws."""
+    grid, totals, rng = threshold_grid(), np.zeros((2, 3)), np.random.default_rng(0)
+    for i, fold in enumerate(folds):
+        epoch, cv_threshold, _ = choose([f for j, f in enumerate(folds) if j != i], vote_fraction)
+        verdicts = np.stack([vote_files(fold.long_prob[epoch - 1], fold.long_file, len(fold.files), threshold,
+                                        vote_fraction).verdict for threshold in grid])  # [thresholds, files]
+        cv_verdict = vote_files(fold.long_prob[epoch - 1], fold.long_file, len(fold.files), cv_threshold,
+                                vote_fraction).verdict
+        truth, file_site = fold.file_is_leak.astype(bool), sites[fold.files]
+        for site in np.unique(file_site):
+            leaks, others = [np.flatnonzero((file_site == site) & (truth == want)) for want in (True, False)]
+            for _ in range(DRAWS):
+                labelled = np.concatenate([rng.choice(leaks, min(k, len(leaks)), replace=False),
+                                           rng.choice(others, min(k, len(others)), replace=False)])
+                rest = np.setdiff1d(np.concatenate([leaks, others]), labelled)
+                recall = [verdicts[:, labelled[truth[labelled]]].mean(axis=1) if truth[labelled].any() else None,
+                          (~verdicts[:, labelled[~truth[labelled]]]).mean(axis=1) if (~truth[labelled]).any()
+                          else None]
+                balanced = np.mean([r for r in recall if r is not None], axis=0)
+                best = np.flatnonzero(balanced == balanced.max())
+                chosen = best[np.argmin(np.abs(grid[best] - cv_threshold))]
+                for row, verdict in enumerate((cv_verdict[rest], verdicts[chosen, rest])):
+                    totals[row] += verdict_counts(truth[rest], verdict) / DRAWS
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--vote-fraction", type=float, default=0.5)
+    parser.add_argument("--labelled", type=int, default=0, help="K labelled recordings per class per site")
     args = parser.parse_args()
+    if args.labelled:
+        print_labelled(args)
+        return
     print("| run | held-out F1 (the CV estimate) | the same, site-relative scores | the same, mean-logit files | "
           "one oracle threshold | oracle threshold per fold |")
     print("|---|---|---|---|---|---|")
     totals = np.zeros((5, 3), int)
     for run in args.runs:
-        data = yaml.safe_load((run / "folds" / "fold_1" / "config.yaml").read_text())["data"]
-        with h5py.File(data, "r") as file:
-            sites = np.asarray(file["files/group"][:]).astype(str)
+        sites = run_sites(run)
         folds, cv = load_folds(run), json.loads((run / "cv.json").read_text())
         found = np.stack([np.array(counts(honest_estimate(variant, args.vote_fraction)[1]))
                           for variant in (folds, [site_relative(fold, sites) for fold in folds],
@@ -93,6 +135,19 @@ def main() -> None:
                          + list(oracle_counts(folds, cv["epochs"], args.vote_fraction)))
         totals += found
         print(f"| {run} (k={cv['k']}) | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")
+    if len(args.runs) > 1:
+        print(f"| pooled over the {len(args.runs)} runs | " + " | ".join(f"{f1(*row):.3f}" for row in totals) + " |")
+
+
+def print_labelled(args) -> None:
+    k = args.labelled
+    print(f"| run | CV threshold, on the unlabelled recordings | threshold from {k} + {k} labelled per site |")
+    print("|---|---|---|")
+    totals = np.zeros((2, 3))
+    for run in args.runs:
+        found = labelled_counts(load_folds(run), run_sites(run), k, args.vote_fraction)
+        totals += found
+        print(f"| {run} | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")
     if len(args.runs) > 1:
         print(f"| pooled over the {len(args.runs)} runs | " + " | ".join(f"{f1(*row):.3f}" for row in totals) + " |")
 

@@ -1,5 +1,5 @@
 """The one base of every error leakhunter raises on purpose, so the CLI maps all of them to a message and
-an exit status in one place (leakhunter.cli.handled) and a library user can catch them with one class."""
+an exit status in one place (leakhunter.cli_support.handled) and a library user can catch them with one class."""
 
 from __future__ import annotations
 

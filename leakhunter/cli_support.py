@@ -1,0 +1,70 @@
+"""What every `leak` command shares: the consoles, the one place errors become messages, command registration
+and the progress bar. The commands live in leakhunter/cli.py (and cli_data.py for `leak data`)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+# Logs and CI are not terminals: give tables room rather than rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+# What `pip install 'leakhunter[train]'` adds to the scoring install: training, export, .pth models, datasets.
+TRAINING_EXTRA = frozenset({"torch", "h5py", "matplotlib", "yaml", "onnx", "onnxscript"})
+# What `pip install 'leakhunter[ray]'` adds: `leak predict --engine ray` on a Ray cluster.
+RAY_EXTRA = frozenset({"ray"})
+
+
+def handled(default_code: int = 2, name: str = "this command"):
+    """The one place errors become messages: a LeakhunterError (or an OSError naming a file) prints one red line
+    and exits with the error's own status (e.g. 100 + N for a failed health check), else `default_code`
+    (2: bad input; 1 for commands whose job is to find problems). Anything else is a bug and keeps its traceback."""
+    from leakhunter.errors import LeakhunterError
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except LeakhunterError as error:
+                raise fail(str(error), error.exit_code or default_code) from None
+            except OSError as error:
+                raise fail(str(error), default_code) from None
+            except ModuleNotFoundError as error:
+                if (error.name or "").split(".")[0] in RAY_EXTRA:
+                    raise fail(f"`{name} --engine ray` needs {error.name}, which the scoring install leaves out: "
+                               f"pip install 'leakhunter[ray]'", 2) from None
+                if (error.name or "").split(".")[0] not in TRAINING_EXTRA:
+                    raise
+                raise fail(f"`{name}` needs {error.name}, which the scoring "
+                           f"install leaves out (it scores .onnx models only): pip install 'leakhunter[train]'",
+                           2) from None
+        return run
+    return decorate
+
+
+def command(group: typer.Typer, name: str, default_code: int = 2):
+    """Register a `leak` command whose errors are `handled` (one red line, the right exit status); a command
+    group's own name (typer.Typer(name=...)) is part of the command's name in messages."""
+    full_name = " ".join(filter(None, ("leak", group.info.name, name)))
+
+    def decorate(function):
+        return group.command(name)(handled(default_code, full_name)(function))
+    return decorate
+
+
+def progress_bar(description: str) -> Progress:
+    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=errors)
