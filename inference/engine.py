@@ -318,17 +318,28 @@ class ScoringEngine:
                 shutil.copyfileobj(source, handle, 1 << 20)
             return next(self.score_uploads({spooled: name}))[1]
 
-    def score_uploads(self, uploads: dict[Path, str]) -> Iterator[tuple[Path, FileResult]]:
+    def score_uploads(self, uploads: dict[Path, str], meta: dict[Path, dict[str, str]] | None = None
+                      ) -> Iterator[tuple[Path, FileResult]]:
         """(spooled path, result) for recordings already spooled to disk, scored together (a service's concurrent
         uploads share batches); each row, message and timeline names the upload, and `mtime` (the spool file's) is
-        left empty: it says nothing about the recording."""
-        for result in self.score(uploads):
-            spooled = Path(result.row["file"])
-            message = str(result.row.get("message") or "").replace(str(spooled), uploads[spooled])  # no spool paths
-            result.row.update(file=uploads[spooled], mtime="", message=message)
-            if result.timeline is not None:
-                result.timeline["file"] = uploads[spooled]
-            yield spooled, result
+        left empty: it says nothing about the recording. `meta`: an upload's own meta fields (a fusion model's),
+        before any other source, forgotten once it is scored."""
+        given = {path: fields for path, fields in (meta or {}).items() if fields}
+        if given and self.meta is None:
+            raise InputError("this model takes no meta input (only a fusion model with a meta branch does)")
+        if given:
+            self.meta.add_request_fields(given)
+        try:
+            for result in self.score(uploads):
+                spooled = Path(result.row["file"])
+                message = str(result.row.get("message") or "").replace(str(spooled), uploads[spooled])
+                result.row.update(file=uploads[spooled], mtime="", message=message)  # no spool paths
+                if result.timeline is not None:
+                    result.timeline["file"] = uploads[spooled]
+                yield spooled, result
+        finally:
+            if given:
+                self.meta.forget(given)
 
     # ---- batches: one scoring in the thread, one filling here ------------------------------------------
     def _add(self, state: _FileState, piece: Piece) -> None:

@@ -23,7 +23,7 @@ from leakhunter.errors import LeakhunterError
 from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import json_record, read_table
-from leakhunter.inference.predict import find_inputs, score_batch
+from leakhunter.inference.predict import find_inputs, manifest_fields, score_batch
 
 ACTIVE_STATES = ("queued", "running")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -249,9 +249,19 @@ class JobStore:
             if outside:
                 raise JobError(f"{outside[0]}: outside the data root (a symlink?)", 403)
             job.total = len(paths)
-            summary = score_batch(paths, _JobEngine(engine, turns), out=self.under_root(job.out), resume=True,
-                                  retry_failed=job.retry_failed, on_row=progress,
-                                  params={**params, "job": job.id, "inputs": job.inputs})
+            # a listed manifest's columns are a fusion model's meta, as in `leak predict`, for this job only
+            listed = {} if engine.meta is None else manifest_fields([self.under_root(i) for i in job.inputs])
+            if listed:
+                with turns.turn():
+                    engine.meta.add_manifest_fields(listed)
+            try:
+                summary = score_batch(paths, _JobEngine(engine, turns), out=self.under_root(job.out), resume=True,
+                                      retry_failed=job.retry_failed, on_row=progress,
+                                      params={**params, "job": job.id, "inputs": job.inputs})
+            finally:
+                if listed:
+                    with turns.turn():
+                        engine.meta.forget(listed)
             job.skipped, job.exit_code, job.state = summary.skipped, summary.exit_code, "done"
         except JobCancelled:  # asked for, or the server is stopping: then the next start resumes it
             job.state = "queued" if self._stopping else "cancelled"

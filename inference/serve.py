@@ -95,6 +95,7 @@ class _Upload:
     path: Path  # the spool file, alone in its own folder
     name: str
     future: Future
+    meta: dict[str, str]  # a fusion model's meta fields given with the upload (query parameters)
 
 
 class Service:
@@ -207,8 +208,8 @@ class Service:
         with self._changed:
             self._admitted -= 1
 
-    def submit(self, path: Path, name: str) -> Future:
-        upload = _Upload(path, name, Future())
+    def submit(self, path: Path, name: str, meta: dict[str, str] | None = None) -> Future:
+        upload = _Upload(path, name, Future(), meta or {})
         with self._changed:
             self._pending.append(upload)
             self._changed.notify_all()
@@ -229,7 +230,8 @@ class Service:
                     if not live and self.engine.pool is not None:
                         self.engine.pool.replace_dead()
                     elif live:
-                        for spooled, result in self.engine.score_uploads({p: u.name for p, u in live.items()}):
+                        for spooled, result in self.engine.score_uploads({p: u.name for p, u in live.items()},
+                                                                         {p: u.meta for p, u in live.items()}):
                             live[spooled].future.set_result(result.row)
                 except Exception as error:  # noqa: BLE001 - the model failed (or no worker starts): a 500 saying why
                     message = str(error)
@@ -270,6 +272,24 @@ def upload_suffix(content_type: str | None, name: str | None) -> str:
     if name_suffix and name_suffix != MEDIA_SUFFIXES[media]:
         raise HTTPException(415, f"Content-Type {media} does not match the name {name!r}")
     return MEDIA_SUFFIXES[media]
+
+
+def upload_meta(request: Request, engine) -> dict[str, str]:
+    """An upload's meta fields: every query parameter but `name`, each one of the model's meta fields, once."""
+    given = [(key, value) for key, value in request.query_params.multi_items() if key != "name"]
+    if not given:
+        return {}
+    fields = engine.meta.spec.fields if engine.meta is not None else ()
+    if not fields:
+        raise HTTPException(422, f"query parameters {', '.join(sorted({k for k, _ in given}))}: this model takes no "
+                                 f"meta input (only `name` is read)")
+    unknown = sorted({key for key, _ in given} - set(fields))
+    repeated = sorted({key for key, _ in given if sum(k == key for k, _ in given) > 1})
+    if unknown or repeated:
+        raise HTTPException(422, f"query parameters {', '.join(unknown or repeated)}: "
+                                 f"{'not one of' if unknown else 'given twice; give each of'} the model's meta "
+                                 f"fields ({', '.join(fields)}) and `name`")
+    return dict(given)
 
 
 def create_app(service: Service, on_fatal=None) -> FastAPI:
@@ -314,6 +334,7 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
     @app.post("/v1/score")
     async def score(request: Request, name: str | None = Query(None, description="the recording's file name")):
         require_ready()
+        meta = upload_meta(request, service.engine)
         suffix = upload_suffix(request.headers.get("content-type"), name)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -332,7 +353,7 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
                     if size > max_bytes:
                         raise HTTPException(413, f"upload is over --max-upload-mb {settings.max_upload_mb:g}")
                     handle.write(chunk)
-            future = service.submit(folder / name, name)
+            future = service.submit(folder / name, name, meta)
             try:
                 row = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout)
             except TimeoutError:

@@ -139,7 +139,7 @@ class FileMeta:
     """One recording's meta at scoring time: the encoded row, where its values came from, what was missing."""
 
     row: np.ndarray  # [n_columns] float32, NaN unknown
-    source: str  # "sidecar", "manifest", "name", joined by "+" where fields came from several; "none"
+    source: str  # "request", "sidecar", "manifest", "name", "+"-joined where fields came from several; "none"
     missing: tuple[str, ...]  # the model's fields it sees as unknown: nobody gave them, or an unusable value
 
     def columns(self) -> dict[str, str]:
@@ -147,8 +147,9 @@ class FileMeta:
 
 
 class MetaResolver:
-    """Each recording's values for a fusion model's meta fields: `--meta` sidecar CSV (a `path` column, paths
-    relative to it) first, then the columns of the manifest that listed the recording, then its logger name."""
+    """Each recording's values for a fusion model's meta fields: for a `leak serve` upload the request's own
+    fields first, then the `--meta` sidecar CSV (a `path` column, paths relative to it), then the columns of the
+    manifest that listed the recording, then its logger name."""
 
     def __init__(self, spec: MetaSpec, sidecar: str | os.PathLike | None = None):
         from leakhunter.sources import read_manifest
@@ -157,15 +158,25 @@ class MetaResolver:
         self.sidecar = {} if sidecar is None else {_key(row.path): row.fields
                                                    for row in read_manifest(sidecar, required=("path",))}
         self.manifest: dict[str, dict[str, str]] = {}
+        self.request: dict[str, dict[str, str]] = {}
 
     def add_manifest_fields(self, fields_by_path: dict) -> None:
         self.manifest.update({_key(path): fields for path, fields in fields_by_path.items()})
 
+    def add_request_fields(self, fields_by_path: dict) -> None:
+        self.request.update({_key(path): fields for path, fields in fields_by_path.items()})
+
+    def forget(self, paths) -> None:
+        """Drop the request and manifest fields given for these recordings: a server's, once they are scored."""
+        for key in map(_key, paths):
+            self.request.pop(key, None)
+            self.manifest.pop(key, None)
+
     def resolve(self, path: str | os.PathLike) -> FileMeta:
         key, values, sources = _key(path), {}, []
         named = logger_fields(path) or {}
-        for source, fields in (("sidecar", self.sidecar.get(key, {})), ("manifest", self.manifest.get(key, {})),
-                               ("name", named)):
+        for source, fields in (("request", self.request.get(key, {})), ("sidecar", self.sidecar.get(key, {})),
+                               ("manifest", self.manifest.get(key, {})), ("name", named)):
             given = {f: str(fields[f]).strip() for f in self.spec.fields
                      if f not in values and str(fields.get(f, "")).strip()}
             if given:

@@ -369,3 +369,49 @@ def test_resume_of_a_fusion_stage_checkpoint_says_to_rerun_the_command(fusion_ru
     last = fusion_run.run_dir / "stages" / "1-fusion" / "checkpoints" / "last.pth"
     result = CliRunner().invoke(app, ["train", "--resume", str(last)])
     assert result.exit_code == 2 and "rerun the same `leak train --mode fusion` command" in " ".join(result.output.split())
+
+
+def test_serve_takes_an_uploads_meta_from_its_query_and_a_jobs_from_its_manifest(fusion_onnx, confound_dataset,
+                                                                                tmp_path):
+    import csv
+    import json
+    import shutil
+
+    import httpx
+    from test_serve import running, wait_job
+
+    from leakhunter.inference.predict import predict
+
+    root = tmp_path / "data"
+    root.mkdir()
+    plain = root / "plain.wav"  # no meta in its name
+    shutil.copy(sorted((confound_dataset.parent / "corpus" / "LEAK").glob("*.wav"))[0], plain)
+    sidecar = tmp_path / "meta.csv"
+    sidecar.write_text(f"path,gain_db\n{plain},12\n")
+    expected = predict([plain], fusion_onnx.output, workers=0, meta=sidecar).rows[0]
+
+    def score(**params):
+        return httpx.post(f"{url}/v1/score", params={"name": "plain.wav", **params}, content=plain.read_bytes(),
+                          headers={"Content-Type": "audio/wav"}, timeout=60)
+
+    with running(model=fusion_onnx.output, workers=0, data_root=root) as (url, service):
+        unknown, given = score().json(), score(gain_db="12").json()
+        assert (unknown["meta_source"], unknown["meta_missing"]) == ("none", "gain_db")
+        assert given["meta_source"] == "request" and given["meta_missing"] is None  # JSON: an empty cell is null
+        assert abs(given["mean_leak_prob"] - expected["mean_leak_prob"]) <= 1e-6  # as the sidecar gives it
+        assert abs(given["mean_leak_prob"] - unknown["mean_leak_prob"]) > 1e-5  # the value is used
+        for bad, says in (({"gain": "12"}, "gain: not one of the model's meta fields (gain_db)"),):
+            refused = score(**bad)
+            assert refused.status_code == 422 and says in refused.json()["detail"]
+        twice = httpx.post(f"{url}/v1/score", params=[("name", "plain.wav"), ("gain_db", "1"), ("gain_db", "2")],
+                           content=plain.read_bytes(), headers={"Content-Type": "audio/wav"}, timeout=60)
+        assert twice.status_code == 422 and "gain_db: given twice" in twice.json()["detail"]
+        assert service.engine.meta.request == {}  # an upload's meta is forgotten once it is scored
+        with open(root / "night.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows([("path", "label", "gain_db"), ("plain.wav", "LEAK", "12")])
+        job = httpx.post(f"{url}/v1/jobs", content=json.dumps({"inputs": ["night.csv"], "out": "out.csv"}),
+                         timeout=10).json()
+        assert wait_job(url, job["id"])["state"] == "done"
+        row = httpx.get(f"{url}/v1/jobs/{job['id']}/rows").json()["rows"][0]
+        assert row["meta_source"] == "manifest" and abs(row["mean_leak_prob"] - expected["mean_leak_prob"]) <= 1e-6
+        assert service.engine.meta.manifest == {}
