@@ -140,8 +140,11 @@ def evaluate(
     from leakhunter.training.evaluate import auc_missing_reason, default_png, report_json
     from leakhunter.training.evaluate import evaluate as run_evaluation
 
-    pngs = {f"{kind}_png": given or default_png(model, data, split, kind)
-            for kind, given in (("confusion", confusion_png), ("roc", roc_png), ("pr", pr_png))}
+    given = {"confusion_png": confusion_png, "roc_png": roc_png, "pr_png": pr_png}
+    if can_draw() or any(given.values()):  # asked for without matplotlib: `handled` names the extra to install
+        pngs = {key: path or default_png(model, data, split, key.removesuffix("_png")) for key, path in given.items()}
+    else:  # the scoring install evaluates, and draws nothing unless asked
+        pngs = dict.fromkeys(given)
     report = run_evaluation(model, data, split=split, device=device, threshold=threshold, workers=workers, **pngs)
     if as_json:
         print(report_json(report))
@@ -150,7 +153,18 @@ def evaluate(
         console.print(part, highlight=False, markup=False)
     if not math.isfinite(report["file_auc"]):
         console.print(f"AUC n/a: {auc_missing_reason(report) or 'undefined on these files'}", highlight=False)
-    console.print(f"drawn: {pngs['confusion_png']}, {pngs['roc_png']}, {pngs['pr_png']}", highlight=False)
+    drawn = [report[key] for key in pngs if key in report]
+    console.print(f"drawn: {', '.join(drawn)}" if drawn else "no pictures: they need matplotlib, which the scoring "
+                  "install leaves out (pip install 'leakhunter[train]')", highlight=False, markup=False)
+
+
+def can_draw() -> bool:
+    """Whether matplotlib imports here (the training extra has it; the scoring install does not)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
 
 
 @command(app, "predict")

@@ -49,7 +49,7 @@ def handled(default_code: int = 2, name: str = "this command"):
                 if (error.name or "").split(".")[0] not in TRAINING_EXTRA:
                     raise
                 raise fail(f"`{name}` needs {error.name}, which the scoring "
-                           f"install leaves out (it scores .onnx models only): pip install 'leakhunter[train]'",
+                           f"install leaves out (it scores and evaluates .onnx models only): pip install 'leakhunter[train]'",
                            2) from None
         return run
     return decorate

@@ -24,3 +24,7 @@ class InputError(LeakhunterError, ValueError):
     input, exit status 2 from every command."""
 
     exit_code = 2
+
+
+class DatasetError(LeakhunterError, ValueError):
+    """A source or dataset that cannot be built or used; the message names the file and the reason."""

@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from leakhunter.errors import LeakhunterError
+from leakhunter.errors import DatasetError, LeakhunterError
+
+SPLITS = ("train", "val", "test")  # the split names a manifest may force (training.splits orders its codes by it)
 
 # Every suffix that leakhunter.audio knows the container of (EXPECTED_FORMATS there).
 AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
@@ -80,3 +82,45 @@ def read_manifest(manifest: str | os.PathLike, required: tuple[str, ...] = ("pat
     except csv.Error as error:
         raise ManifestError(f"{manifest}: not a readable CSV ({error})") from None
     return rows
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A labelled recording as a manifest or a class folder lists it (`leak data build`, `leak eval`)."""
+    path: Path
+    label: str
+    group: str
+    split: str | None = None  # forced by the manifest
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def find_sources(source: str | os.PathLike) -> list[SourceFile]:
+    """A manifest CSV (path,label[,group][,split], extra columns kept) or a tree SRC/<CLASS>/**/*.wav."""
+    source = Path(source)
+    if source.is_file():
+        return _read_manifest(source)
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such file or folder")
+    files = []
+    for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files += [SourceFile(path.resolve(), class_dir.name.upper(), group_from_name(path))
+                  for path in find_audio(class_dir)]
+    if not files:
+        raise DatasetError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under class folders "
+                           f"{source}/<CLASS>/")
+    return files
+
+
+def _read_manifest(manifest: Path) -> list[SourceFile]:
+    files = []
+    for row in read_manifest(manifest, required=("path", "label")):
+        split = row.fields.get("split", "").lower() or None
+        if split is not None and split not in SPLITS:
+            raise DatasetError(f"{manifest}:{row.line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        path = row.path.resolve()
+        group = row.fields.get("group") or group_from_name(path)
+        meta = {k: v for k, v in row.fields.items() if k not in ("path", "label", "group", "split")}
+        files.append(SourceFile(path, row.fields["label"].upper(), group, split, meta))
+    if not files:
+        raise DatasetError(f"{manifest}: manifest has no rows")
+    return files

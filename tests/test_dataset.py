@@ -16,9 +16,9 @@ from leakhunter.audio import load_audio
 from leakhunter.card import STANDARD_CLASSES, preset
 from leakhunter.errors import LeakhunterError
 from leakhunter.frontend import FEATURE_NAMES, FrontEnd
-from leakhunter.sources import ManifestError
+from leakhunter.sources import ManifestError, find_sources
 from leakhunter.training.check import check_dataset
-from leakhunter.training.dataset import DatasetError, build_dataset, class_order, dataset_configs, find_sources
+from leakhunter.training.dataset import DatasetError, build_dataset, class_order, dataset_configs
 from leakhunter.training.splits import SplitError
 
 

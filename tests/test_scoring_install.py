@@ -1,8 +1,10 @@
 """The scoring install (`pip install leakhunter`, no extras) scores `.onnx` models without torch, h5py,
 matplotlib, pyyaml or the onnx package; a command that needs the training extra says which extra to install."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -13,6 +15,7 @@ from leakhunter.synth import synth_recording
 BLOCKED = ("torch", "h5py", "matplotlib", "yaml", "onnx", "onnxscript", "librosa")
 RUN_WITHOUT_TRAINING_EXTRA = f"""
 import sys
+from pathlib import Path
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {BLOCKED!r}:
@@ -44,6 +47,25 @@ def test_predict_info_and_bench_on_onnx_need_no_training_extra(binary_export, tm
     assert described.returncode == 0 and "opset" in described.stdout, described.stderr
     benched = leak_without_training_extra("bench", model, folder, "--json")
     assert benched.returncode == 0, benched.stderr
+
+
+def test_eval_of_an_onnx_on_recordings_needs_no_training_extra(binary_export, tmp_path):
+    for label in ("LEAK", "NORMAL"):
+        (tmp_path / "labelled" / label).mkdir(parents=True)
+        for seed in range(2):
+            soundfile.write(tmp_path / "labelled" / label / f"{label}{seed}.wav",
+                            synth_recording(label, 4.0, 8000, np.random.default_rng(seed)), 8000)
+    model = binary_export[1].output
+    evaluated = leak_without_training_extra("eval", model, "--data", tmp_path / "labelled", "--workers", "0")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "no pictures: they need matplotlib, which the scoring install leaves out (pip install 'leakhunter[train]')" \
+        in " ".join(evaluated.stdout.split())
+    assert not list(Path(model).parent.glob("*_labelled.png"))
+    as_json = leak_without_training_extra("eval", model, "--data", tmp_path / "labelled", "--workers", "0", "--json")
+    report = json.loads(as_json.stdout)
+    assert report["n_files"] == 4 and report["n_leak"] == 2 and report["source"] == "class folders"
+    asked = leak_without_training_extra("eval", model, "--data", tmp_path / "labelled", "--roc-png", tmp_path / "r.png")
+    assert asked.returncode == 2 and "needs matplotlib" in asked.stderr and "leakhunter[train]" in asked.stderr
 
 
 def test_a_command_that_needs_the_training_extra_says_which(binary_export, tmp_path):

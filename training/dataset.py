@@ -9,9 +9,8 @@ per-file facts are kept while building, never the samples, so memory stays flat 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,30 +21,17 @@ import torch
 import leakhunter
 from leakhunter.audio import AudioError, load_audio, parse_channel_policy, read_many
 from leakhunter.card import STANDARD_CLASSES, FrontendConfig, SegmentationConfig, preset
-from leakhunter.errors import LeakhunterError
+from leakhunter.errors import DatasetError
 from leakhunter.files import atomic_path
 from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION, FrontEnd
 from leakhunter.segments import plan_segments
-from leakhunter.sources import AUDIO_SUFFIXES, find_audio, group_from_name, read_manifest
+from leakhunter.sources import SourceFile, find_sources
 from leakhunter.training.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
 MEL_CHUNK_ROWS = 65536
 MAX_SKIPPED_FRACTION = 0.05
-
-
-class DatasetError(LeakhunterError, ValueError):
-    """A source or dataset that cannot be built or used; the message names the file and the reason."""
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    path: Path
-    label: str
-    group: str
-    split: str | None = None  # forced by the manifest
-    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,38 +78,6 @@ def skipped_counts(skipped: list[AudioError]) -> dict[str, int]:
 def _skipped_summary(skipped: list[AudioError]) -> str:
     reasons = ", ".join(f"{n} {reason}" for reason, n in skipped_counts(skipped).items())
     return f"skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''}: {reasons}"
-
-
-def find_sources(source: str | os.PathLike) -> list[SourceFile]:
-    """A manifest CSV (path,label[,group][,split], extra columns kept) or a tree SRC/<CLASS>/**/*.wav."""
-    source = Path(source)
-    if source.is_file():
-        return _read_manifest(source)
-    if not source.is_dir():
-        raise DatasetError(f"{source}: no such file or folder")
-    files = []
-    for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files += [SourceFile(path.resolve(), class_dir.name.upper(), group_from_name(path))
-                  for path in find_audio(class_dir)]
-    if not files:
-        raise DatasetError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under class folders "
-                           f"{source}/<CLASS>/")
-    return files
-
-
-def _read_manifest(manifest: Path) -> list[SourceFile]:
-    files = []
-    for row in read_manifest(manifest, required=("path", "label")):
-        split = row.fields.get("split", "").lower() or None
-        if split is not None and split not in SPLITS:
-            raise DatasetError(f"{manifest}:{row.line}: split {split!r} is not one of {', '.join(SPLITS)}")
-        path = row.path.resolve()
-        group = row.fields.get("group") or group_from_name(path)
-        meta = {k: v for k, v in row.fields.items() if k not in ("path", "label", "group", "split")}
-        files.append(SourceFile(path, row.fields["label"].upper(), group, split, meta))
-    if not files:
-        raise DatasetError(f"{manifest}: manifest has no rows")
-    return files
 
 
 def class_order(labels) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 (a manifest CSV, a class-folder tree, or a dataset split's own audio files), scored by the one scoring engine
 `leak predict` uses, and gathered into the per-file votes the report is made of.
 
-Manifests and folders are read by training.dataset.find_sources, as `leak data build` reads them.
+Manifests and folders are read by leakhunter.sources.find_sources, as `leak data build` reads them.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def source_files(data: str | Path) -> LabelledFiles:
     """A manifest CSV (path, label, optional group; as `leak data build` reads it) or a class-folder tree
     SRC/<CLASS>/**/*.wav. Groups: the manifest's `group` column, else the logger sensor id of a file named
     `sensor~recording~time~gain`, else the file itself. A path listed twice is evaluated once."""
-    from leakhunter.training.dataset import find_sources
+    from leakhunter.sources import find_sources
 
     data = Path(data)
     unique = {}

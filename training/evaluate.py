@@ -12,32 +12,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from leakhunter.card import ModelCard
-from leakhunter.devices import to_device
 from leakhunter.errors import InputError
 from leakhunter.operating import file_rates, points_on, threshold_sweep
-from leakhunter.training.baseline import baseline_report
-from leakhunter.training.curves import plot_precision_recall, plot_roc
-from leakhunter.training.data import LeakData, SplitData
 from leakhunter.training.eval_sources import FileVotes, dataset_files, is_dataset, score_files, source_files
 from leakhunter.training.metrics import class_distribution, cohen_kappa, confusion_matrix, leak_metrics
-from leakhunter.training.plots import plot_confusion
 from leakhunter.voting import per_long_segment, top_class, vote_files
 
+# torch, h5py (datasets) and matplotlib (pictures) are imported where they are used: `leak eval` of an .onnx
+# on recordings runs in the scoring install, which has none of them.
 
-@torch.inference_mode()
-def score_split(scorer, data: LeakData, split: SplitData, batch_size: int, device: torch.device,
-                autocast_dtype: torch.dtype | None = None, criterion=None):
-    """Class probabilities [N, C] and P(LEAK) [N] for every scoring input of a split, and with a
-    `criterion(logits, aux, targets, is_leak)` also the split's mean loss."""
+
+def score_split(scorer, data, split, batch_size: int, device, autocast_dtype=None, criterion=None):
+    """Class probabilities [N, C] and P(LEAK) [N] for every scoring input of a split (a training.data
+    SplitData of `data`, a LeakData), and with a `criterion(logits, aux, targets, is_leak)` also the split's
+    mean loss."""
+    import torch
+
+    from leakhunter.devices import to_device
+
     probs, leak, loss_sum = [], [], 0.0
     scorer.eval()
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, min(len(split), start + batch_size))
         batch = data.batch(split, rows).to(device)  # pinned on CUDA, so non_blocking is real
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype,
+                                                    enabled=autocast_dtype is not None):
             logits, aux = scorer.model(*batch.args())
             if criterion is not None:
                 targets = to_device(torch.from_numpy(split.targets[rows]), device)
@@ -63,7 +64,7 @@ class SplitEvaluation:
     predicted: np.ndarray  # per input
 
 
-def evaluate_split(split: SplitData, probs: np.ndarray, leak_prob: np.ndarray, class_names, threshold: float,
+def evaluate_split(split, probs: np.ndarray, leak_prob: np.ndarray, class_names, threshold: float,
                    vote_fraction: float, shorts_per_long: int, unit: str, mode: str) -> SplitEvaluation:
     """Segment accuracy, kappa and predicted-class shares; file-level leak metrics and confusion."""
     n_classes = len(class_names)
@@ -107,6 +108,9 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     used = card.voting.threshold if threshold is None else threshold
     segment: dict = {"segment_accuracy": None, "kappa": None, "predicted_distribution": None}
     if is_dataset(data):
+        from leakhunter.training.baseline import baseline_report
+        from leakhunter.training.data import LeakData
+
         leak_data = LeakData(data, card.mode)
         leak_data.check_card(card, str(model))
         if card.branches is not None:  # a fusion model: its inputs as its card describes them
@@ -140,7 +144,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     return report
 
 
-def _score_dataset(model, card: ModelCard, leak_data: LeakData, split: str, device: str,
+def _score_dataset(model, card: ModelCard, leak_data, split: str, device: str,
                    threshold: float) -> tuple[FileVotes, dict]:
     """A checkpoint on a dataset split's stored features: the votes, and the segment-level metrics."""
     from leakhunter.checkpoint import read_model
@@ -164,7 +168,7 @@ def _score_dataset(model, card: ModelCard, leak_data: LeakData, split: str, devi
     return votes, segment
 
 
-def branch_report(network, card: ModelCard, leak_data: LeakData, target, device, threshold: float) -> list[dict]:
+def branch_report(network, card: ModelCard, leak_data, target, device, threshold: float) -> list[dict]:
     """Each branch of a fusion model alone on the same files, at the card's threshold and vote, beside its weight."""
     from leakhunter.models import Scorer
 
@@ -218,6 +222,11 @@ def default_png(model: str | Path, data: str | Path, split: str, kind: str) -> P
 
 
 def _draw(report: dict, votes: FileVotes, card: ModelCard, model, confusion_png, roc_png, pr_png) -> None:
+    if confusion_png is None and roc_png is None and pr_png is None:
+        return
+    from leakhunter.training.curves import plot_precision_recall, plot_roc
+    from leakhunter.training.plots import plot_confusion
+
     where = report["split"] if report["split"] is not None else Path(report["data"]).name
     title = f"{Path(model).name} on {where} ({report['n_files']} files)"
     if confusion_png is not None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from leakhunter.errors import InputError, LeakhunterError
+from leakhunter.sources import SPLITS  # the one list: a manifest's split column names them too
 
-SPLITS = ("train", "val", "test")
 RESTARTS = 32
 
 
