@@ -27,6 +27,12 @@ JOBS=${JOBS:-2}
 CV=${CV:-}
 LEVERS=${LEVERS:-"none gain tilt mix mask all small small+all long"}
 SMALL=${SMALL:-"--channels 8,16,32 --hidden 64"}  # the smaller network
+for lever in $LEVERS; do  # what lever_flags cannot build is refused before anything runs
+  case "$lever" in
+    long+site*|long+own*|*relative+*) echo "levers.sh: $lever: +site and +own take the short preset's data.h5," \
+      "and +relative comes last (e.g. small+site+relative)" >&2; exit 2 ;;
+  esac
+done
 
 lever_flags() {  # the dataset and training flags of one lever: none, long, small, an augment list, small+LIST;
   local lever=$1 level="" data=data.h5  # any of them +relative (or `relative` alone) adds --level relative,

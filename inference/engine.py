@@ -323,7 +323,7 @@ class ScoringEngine:
         """(spooled path, result) for recordings already spooled to disk, scored together (a service's concurrent
         uploads share batches); each row, message and timeline names the upload, and `mtime` (the spool file's) is
         left empty: it says nothing about the recording. `meta`: an upload's own meta fields (a fusion model's),
-        before any other source, forgotten once it is scored."""
+        before any other source, forgotten once these uploads are scored."""
         given = {path: fields for path, fields in (meta or {}).items() if fields}
         if given and self.meta is None:
             raise InputError("this model takes no meta input (only a fusion model with a meta branch does)")

@@ -275,20 +275,21 @@ def upload_suffix(content_type: str | None, name: str | None) -> str:
 
 
 def upload_meta(request: Request, engine) -> dict[str, str]:
-    """An upload's meta fields: every query parameter but `name`, each one of the model's meta fields, once."""
-    given = [(key, value) for key, value in request.query_params.multi_items() if key != "name"]
-    if not given:
+    """An upload's meta fields for a model with a meta input: every query parameter but `name`, each one of the
+    model's fields, once, not empty. A model without a meta input ignores them (as before meta existed)."""
+    if engine.meta is None:
         return {}
-    fields = engine.meta.spec.fields if engine.meta is not None else ()
-    if not fields:
-        raise HTTPException(422, f"query parameters {', '.join(sorted({k for k, _ in given}))}: this model takes no "
-                                 f"meta input (only `name` is read)")
-    unknown = sorted({key for key, _ in given} - set(fields))
-    repeated = sorted({key for key, _ in given if sum(k == key for k, _ in given) > 1})
-    if unknown or repeated:
-        raise HTTPException(422, f"query parameters {', '.join(unknown or repeated)}: "
-                                 f"{'not one of' if unknown else 'given twice; give each of'} the model's meta "
-                                 f"fields ({', '.join(fields)}) and `name`")
+    given = [(key, value) for key, value in request.query_params.multi_items() if key != "name"]
+    fields = engine.meta.spec.fields
+    keys = [key for key, _ in given]
+    problems = [f"{', '.join(names)}: {why}" for names, why in (
+        (sorted(set(keys) - set(fields)), "not one of the model's meta fields"),
+        (sorted({key for key in keys if keys.count(key) > 1}), "given more than once"),
+        (sorted({key for key, value in given if not value.strip()}), "empty (leave a field out when it is unknown)"))
+        if names]
+    if problems:
+        raise HTTPException(422, f"query parameters {'; '.join(problems)} (the model's meta fields: "
+                                 f"{', '.join(fields)}; and `name`)")
     return dict(given)
 
 

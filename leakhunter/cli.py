@@ -20,6 +20,8 @@ from leakhunter.cli_support import command, console, errors, fail
 app = typer.Typer(help="leakhunter: find water-pipe leaks in acoustic recordings.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(data_app)
+
+
 @command(app, "train")
 def train(
     data: Path = typer.Option(None, help="Dataset file from `leak data build`."),
@@ -141,9 +143,12 @@ def evaluate(
     from leakhunter.training.evaluate import evaluate as run_evaluation
 
     given = {"confusion_png": confusion_png, "roc_png": roc_png, "pr_png": pr_png}
-    if can_draw() or any(given.values()):  # asked for without matplotlib: `handled` names the extra to install
+    if can_draw():
         pngs = {key: path or default_png(model, data, split, key.removesuffix("_png")) for key, path in given.items()}
-    else:  # the scoring install evaluates, and draws nothing unless asked
+    elif any(given.values()):  # refused before any recording is scored
+        raise fail(f"--{next(k for k, v in given.items() if v).replace('_', '-')}: pictures need matplotlib, which "
+                   f"the scoring install leaves out (pip install 'leakhunter[train]')")
+    else:  # the scoring install evaluates, and draws nothing
         pngs = dict.fromkeys(given)
     report = run_evaluation(model, data, split=split, device=device, threshold=threshold, workers=workers, **pngs)
     if as_json:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,24 +160,30 @@ class MetaResolver:
                                                    for row in read_manifest(sidecar, required=("path",))}
         self.manifest: dict[str, dict[str, str]] = {}
         self.request: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()  # a server's uploads and its folder jobs add, resolve and forget at once
 
     def add_manifest_fields(self, fields_by_path: dict) -> None:
-        self.manifest.update({_key(path): fields for path, fields in fields_by_path.items()})
+        with self._lock:
+            self.manifest.update({_key(path): fields for path, fields in fields_by_path.items()})
 
     def add_request_fields(self, fields_by_path: dict) -> None:
-        self.request.update({_key(path): fields for path, fields in fields_by_path.items()})
+        with self._lock:
+            self.request.update({_key(path): fields for path, fields in fields_by_path.items()})
 
     def forget(self, paths) -> None:
         """Drop the request and manifest fields given for these recordings: a server's, once they are scored."""
-        for key in map(_key, paths):
-            self.request.pop(key, None)
-            self.manifest.pop(key, None)
+        with self._lock:
+            for key in map(_key, paths):
+                self.request.pop(key, None)
+                self.manifest.pop(key, None)
 
     def resolve(self, path: str | os.PathLike) -> FileMeta:
         key, values, sources = _key(path), {}, []
         named = logger_fields(path) or {}
-        for source, fields in (("request", self.request.get(key, {})), ("sidecar", self.sidecar.get(key, {})),
-                               ("manifest", self.manifest.get(key, {})), ("name", named)):
+        with self._lock:
+            given = (("request", self.request.get(key, {})), ("sidecar", self.sidecar.get(key, {})),
+                     ("manifest", self.manifest.get(key, {})), ("name", named))
+        for source, fields in given:
             given = {f: str(fields[f]).strip() for f in self.spec.fields
                      if f not in values and str(fields.get(f, "")).strip()}
             if given:
