@@ -11,7 +11,9 @@
 
 Settings (environment): GPU_CHECK_ALLOW_CPU=1 runs without CUDA (CUDA parts print "no CUDA: skipped"),
 GPU_CHECK_FILES (200) 10-s files for the throughput table, GPU_CHECK_WORKERS (the CLI's default) for
-`leak predict --workers`, GPU_CHECK_WORKDIR (a new temporary folder) for everything written.
+`leak predict --workers`, GPU_CHECK_WORKDIR (a new temporary folder) for everything written, GPU_CHECK_MODEL
+(a trained best.pth with its exported best.onnx beside it, and GPU_CHECK_DATA its dataset file) to check that
+model instead of building one (the tests do, to save the training).
 Exit status: 0 passed, 1 a check failed, 2 no CUDA (without GPU_CHECK_ALLOW_CPU), 3 incomplete (CUDA present
 but onnxruntime-gpu missing, so the onnxruntime CUDA rows could not run).
 """
@@ -109,7 +111,16 @@ def run_cli(args: list[str], what: str, env: dict | None = None) -> tuple[float,
 
 
 def build_model(work: Path) -> tuple[Path, Path, Path]:
-    """(data.h5, best.pth, best.onnx) trained and exported in `work`."""
+    """(data.h5, best.pth, best.onnx) trained and exported in `work`, or GPU_CHECK_MODEL's."""
+    given = os.environ.get("GPU_CHECK_MODEL")
+    if given:
+        section(f"model: GPU_CHECK_MODEL={given}")
+        checkpoint, data = Path(given), Path(os.environ.get("GPU_CHECK_DATA", ""))
+        for path, what in ((checkpoint, "GPU_CHECK_MODEL"), (checkpoint.with_suffix(".onnx"), "its .onnx (leak export)"),
+                           (data, "GPU_CHECK_DATA")):
+            if not path.is_file():
+                raise RuntimeError(f"{what}: {path} is not a file")
+        return data, checkpoint, checkpoint.with_suffix(".onnx")
     section("model: synth → data build → train (2 epochs) → export")
     corpus, data, run = work / "corpus", work / "data.h5", work / "run"
     run_cli(LEAK + ["data", "synth", str(corpus), "--files-per-class", "8", "--duration", "4", "--seed", "1"],

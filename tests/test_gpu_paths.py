@@ -228,13 +228,16 @@ def test_front_end_precision_measures_float32_against_float64():
 # --- the GPU check, run here without a GPU ---------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
+def test_gpu_check_runs_end_to_end_on_cpu(trained_model, onnx_model, training_dataset, tmp_path):
+    assert Path(onnx_model) == trained_model.with_suffix(".onnx")  # where the check looks for it
     env = os.environ | {"GPU_CHECK_ALLOW_CPU": "1", "GPU_CHECK_FILES": "6", "GPU_CHECK_WORKDIR": str(tmp_path),
-                        "PYTHON": sys.executable}
+                        "PYTHON": sys.executable, "GPU_CHECK_MODEL": str(trained_model),
+                        "GPU_CHECK_DATA": str(training_dataset)}
     result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    for expected in ("== environment", "torch.cuda.is_available(): False", "onnxruntime", "== parity",
+    for expected in ("== environment", "torch.cuda.is_available(): False", "onnxruntime",
+                     f"model: GPU_CHECK_MODEL={trained_model}", "== parity",
                      "torch AMP vs fp32, cpu", "no CUDA: skipped", "== throughput", "x real time", "GPU CHECK: PASSED"):
         assert expected in out, out
