@@ -32,6 +32,7 @@ from leakhunter.inference.engine import ScoringEngine, upload_name
 from leakhunter.inference.jobs import JobError, JobStore, Turns
 from leakhunter.inference.outputs import json_record
 from leakhunter.inference.scorer import RecordingDecoder
+from leakhunter.meta import META_MISSING_POLICIES
 from leakhunter.sources import AUDIO_SUFFIXES
 
 log = logging.getLogger("leakhunter.serve")
@@ -56,6 +57,7 @@ class ServeSettings:
     channel: str | None = None
     batch_rows: int | None = None
     sensitivity: str | None = None  # the card's operating point to score at (not with threshold)
+    meta_missing: str = "score"  # a fusion model's meta field unknown: score it as unknown, or fail the row
     data_root: Path | None = None
     jobs_dir: Path | None = None  # default: <data_root>/.leakhunter-jobs
     max_upload_mb: float = 200.0
@@ -66,6 +68,9 @@ class ServeSettings:
 
     def __post_init__(self):
         parse_device(self.device)
+        if self.meta_missing not in META_MISSING_POLICIES:
+            raise InputError(f"--meta-missing must be one of {', '.join(META_MISSING_POLICIES)}, got "
+                             f"{self.meta_missing!r}")
         if self.sensitivity is not None and self.threshold is not None:
             raise InputError(f"--sensitivity {self.sensitivity} and --threshold {self.threshold:g} both choose the "
                              f"threshold: give one of them")
@@ -135,7 +140,7 @@ class Service:
                                     file_timeout=settings.file_timeout, threshold=settings.threshold,
                                     vote_fraction=settings.vote_fraction, channel=settings.channel,
                                     batch_rows=settings.batch_rows, decoder_class=settings.decoder_class,
-                                    sensitivity=settings.sensitivity)
+                                    sensitivity=settings.sensitivity, meta_missing=settings.meta_missing)
         self.not_ready = "warming up"
         warm = self._warm_up()
         if warm["status"] != "ok":
@@ -156,9 +161,14 @@ class Service:
         noise = 0.01 * np.random.default_rng(0).standard_normal(int(seconds * rate)).astype(np.float32)
         path = self.spool / "warm-up.wav"
         soundfile.write(path, noise, rate)
+        meta = None  # a meta model's fields at their training means and first categories (--meta-missing fail)
+        if self.engine.meta is not None:
+            spec = self.engine.meta.spec
+            meta = {path: {field: f"{spec.numeric[field][0]:g}" if field in spec.numeric else spec.categories[field][0]
+                           for field in spec.fields}}
         try:
             with self.turns.turn():
-                return next(self.engine.score_uploads({path: path.name}))[1].row
+                return next(self.engine.score_uploads({path: path.name}, meta))[1].row
         finally:
             path.unlink(missing_ok=True)
 

@@ -331,6 +331,9 @@ def serve(
     vote_fraction: float = typer.Option(None, help="Override the share of long segments that makes a LEAK."),
     channel: str = typer.Option(None, help="Channel policy for multichannel files (default: the card's)."),
     batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
+    meta_missing: str = typer.Option("score", help="A fusion model's meta field unknown for a recording: score "
+                                                   "(NaN, the row's meta_missing says so) or fail (status "
+                                                   "meta_missing, no score)."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
 ):
     """Serve batch scoring over HTTP: POST audio to /v1/score for its row, POST /v1/jobs for folders under
@@ -340,7 +343,7 @@ def serve(
 
     settings = ServeSettings(model=model, device=device, workers=workers, file_timeout=file_timeout,
                              threshold=threshold, sensitivity=sensitivity, vote_fraction=vote_fraction,
-                             channel=channel, batch_rows=batch_rows,
+                             channel=channel, batch_rows=batch_rows, meta_missing=meta_missing,
                              data_root=data_root, jobs_dir=jobs_dir, max_upload_mb=max_upload_mb, max_queue=max_queue,
                              max_jobs=max_jobs, request_timeout=request_timeout)
     run_server(settings, host=host, port=port, log_level=log_level)

@@ -382,6 +382,7 @@ def test_serve_takes_an_uploads_meta_from_its_query_and_a_jobs_from_its_manifest
     from test_serve import running, wait_job
 
     from leakhunter.inference.predict import predict
+    from leakhunter.inference.serve import ServeSettings
 
     root = tmp_path / "data"
     root.mkdir()
@@ -420,3 +421,9 @@ def test_serve_takes_an_uploads_meta_from_its_query_and_a_jobs_from_its_manifest
         row = httpx.get(f"{url}/v1/jobs/{job['id']}/rows").json()["rows"][0]
         assert row["meta_source"] == "manifest" and abs(row["mean_leak_prob"] - expected["mean_leak_prob"]) <= 1e-6
         assert service.engine.meta.manifest == {}
+    with running(model=fusion_onnx.output, workers=0, meta_missing="fail") as (url, service):
+        refused, given = score().json(), score(gain_db="12").json()
+        assert refused["status"] == "meta_missing" and refused["verdict"] is None and "gain_db" in refused["message"]
+        assert given["status"] == "ok" and given["meta_source"] == "request"
+    with pytest.raises(InputError, match="--meta-missing must be one of score, fail"):
+        ServeSettings(model=fusion_onnx.output, meta_missing="skip")
