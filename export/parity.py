@@ -117,7 +117,7 @@ def with_meta(card: ModelCard, recordings: list[GoldenRecording]) -> list[Golden
     from leakhunter.meta import MetaSpec
 
     spec = MetaSpec.from_dict(spec)
-    usual = {f: str(spec.numeric[f][0]) if f in spec.numeric else spec.categories[f][0] for f in spec.fields}
+    usual = spec.usual()
     shifted = {f: str(spec.numeric[f][0] + 2 * spec.numeric[f][1]) if f in spec.numeric else spec.categories[f][-1]
                for f in spec.fields}
     variants = {"meta-usual": spec.encode(usual), "meta-missing": spec.encode({}), "meta-shifted": spec.encode(shifted)}

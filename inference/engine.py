@@ -41,7 +41,7 @@ from leakhunter.inference.scorer import (
     decode_in_worker,
     setup_decoder,
 )
-from leakhunter.meta import META_MISSING_POLICIES, FileMeta, MetaResolver, MetaSpec
+from leakhunter.meta import FileMeta, MetaResolver, MetaSpec, check_meta_missing
 from leakhunter.operating import deployed_threshold
 
 PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
@@ -60,8 +60,7 @@ def upload_name(name: str | None) -> str:
 
 def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, model) -> MetaResolver | None:
     """Where a fusion model's meta comes from at scoring time; None for a model without a meta input."""
-    if policy not in META_MISSING_POLICIES:
-        raise InputError(f"--meta-missing must be one of {', '.join(META_MISSING_POLICIES)}, got {policy!r}")
+    check_meta_missing(policy)
     spec = (card.branches or {}).get("meta")
     if spec is None:
         if sidecar is not None:

@@ -32,7 +32,7 @@ from leakhunter.inference.engine import ScoringEngine, upload_name
 from leakhunter.inference.jobs import JobError, JobStore, Turns
 from leakhunter.inference.outputs import json_record
 from leakhunter.inference.scorer import RecordingDecoder
-from leakhunter.meta import META_MISSING_POLICIES
+from leakhunter.meta import check_meta_missing
 from leakhunter.sources import AUDIO_SUFFIXES
 
 log = logging.getLogger("leakhunter.serve")
@@ -68,9 +68,7 @@ class ServeSettings:
 
     def __post_init__(self):
         parse_device(self.device)
-        if self.meta_missing not in META_MISSING_POLICIES:
-            raise InputError(f"--meta-missing must be one of {', '.join(META_MISSING_POLICIES)}, got "
-                             f"{self.meta_missing!r}")
+        check_meta_missing(self.meta_missing)
         if self.sensitivity is not None and self.threshold is not None:
             raise InputError(f"--sensitivity {self.sensitivity} and --threshold {self.threshold:g} both choose the "
                              f"threshold: give one of them")
@@ -161,11 +159,8 @@ class Service:
         noise = 0.01 * np.random.default_rng(0).standard_normal(int(seconds * rate)).astype(np.float32)
         path = self.spool / "warm-up.wav"
         soundfile.write(path, noise, rate)
-        meta = None  # a meta model's fields at their training means and first categories (--meta-missing fail)
-        if self.engine.meta is not None:
-            spec = self.engine.meta.spec
-            meta = {path: {field: f"{spec.numeric[field][0]:g}" if field in spec.numeric else spec.categories[field][0]
-                           for field in spec.fields}}
+        # a meta model's warm-up has the usual meta, so a --meta-missing fail server starts
+        meta = None if self.engine.meta is None else {path: self.engine.meta.spec.usual()}
         try:
             with self.turns.turn():
                 return next(self.engine.score_uploads({path: path.name}, meta))[1].row

@@ -113,6 +113,10 @@ class MetaSpec:
                         else [float(value == v) for v in vocabulary])
         return np.array(row, np.float32)
 
+    def usual(self) -> dict[str, str]:
+        """A typical recording's values: each number at its training mean, each category its first value."""
+        return {f: str(self.numeric[f][0]) if f in self.numeric else self.categories[f][0] for f in self.fields}
+
     def to_dict(self) -> dict:
         return {"fields": list(self.fields), "columns": list(self.columns),
                 "numeric": {k: list(v) for k, v in self.numeric.items()},
@@ -133,6 +137,13 @@ def parse_fields(text: str) -> tuple[str, ...]:
 
 
 META_MISSING_POLICIES = ("score", "fail")
+
+
+def check_meta_missing(policy: str) -> str:
+    """`--meta-missing` as given, refused unless it is one of META_MISSING_POLICIES."""
+    if policy not in META_MISSING_POLICIES:
+        raise InputError(f"--meta-missing must be one of {', '.join(META_MISSING_POLICIES)}, got {policy!r}")
+    return policy
 
 
 @dataclass(frozen=True)
