@@ -113,6 +113,29 @@ def labelled_counts(folds: list[HeldOut], sites: np.ndarray, k: int, vote_fracti
     return totals
 
 
+def estimate_counts(run: Path, vote_fraction: float) -> np.ndarray:
+    """The default table's counts for one run: the CV estimate, its two rescorings, the two oracles."""
+    folds, cv = load_folds(run), json.loads((run / "cv.json").read_text())
+    sites = run_sites(run)
+    return np.stack([np.array(counts(honest_estimate(variant, vote_fraction)[1]))
+                     for variant in (folds, [site_relative(fold, sites) for fold in folds],
+                                     [mean_logit_files(fold) for fold in folds])]
+                    + list(oracle_counts(folds, cv["epochs"], vote_fraction)))
+
+
+def print_table(columns: list[str], runs: list[Path], counts_of) -> None:
+    """One markdown row of F1s per run (counts_of(run): [columns, (TP, FP, FN)]), and the runs pooled."""
+    print("| run | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    totals = 0
+    for run in runs:
+        found = counts_of(run)
+        totals = totals + found
+        print(f"| {run} | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")
+    if len(runs) > 1:
+        print(f"| pooled over the {len(runs)} runs | " + " | ".join(f"{f1(*row):.3f}" for row in totals) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -120,36 +143,13 @@ def main() -> None:
     parser.add_argument("--labelled", type=int, default=0, help="K labelled recordings per class per site")
     args = parser.parse_args()
     if args.labelled:
-        print_labelled(args)
-        return
-    print("| run | held-out F1 (the CV estimate) | the same, site-relative scores | the same, mean-logit files | "
-          "one oracle threshold | oracle threshold per fold |")
-    print("|---|---|---|---|---|---|")
-    totals = np.zeros((5, 3), int)
-    for run in args.runs:
-        sites = run_sites(run)
-        folds, cv = load_folds(run), json.loads((run / "cv.json").read_text())
-        found = np.stack([np.array(counts(honest_estimate(variant, args.vote_fraction)[1]))
-                          for variant in (folds, [site_relative(fold, sites) for fold in folds],
-                                          [mean_logit_files(fold) for fold in folds])]
-                         + list(oracle_counts(folds, cv["epochs"], args.vote_fraction)))
-        totals += found
-        print(f"| {run} (k={cv['k']}) | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")
-    if len(args.runs) > 1:
-        print(f"| pooled over the {len(args.runs)} runs | " + " | ".join(f"{f1(*row):.3f}" for row in totals) + " |")
-
-
-def print_labelled(args) -> None:
-    k = args.labelled
-    print(f"| run | CV threshold, on the unlabelled recordings | threshold from {k} + {k} labelled per site |")
-    print("|---|---|---|")
-    totals = np.zeros((2, 3))
-    for run in args.runs:
-        found = labelled_counts(load_folds(run), run_sites(run), k, args.vote_fraction)
-        totals += found
-        print(f"| {run} | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")
-    if len(args.runs) > 1:
-        print(f"| pooled over the {len(args.runs)} runs | " + " | ".join(f"{f1(*row):.3f}" for row in totals) + " |")
+        k = args.labelled
+        print_table(["CV threshold, on the unlabelled recordings", f"threshold from {k} + {k} labelled per site"],
+                    args.runs, lambda run: labelled_counts(load_folds(run), run_sites(run), k, args.vote_fraction))
+    else:
+        print_table(["held-out F1 (the CV estimate)", "the same, site-relative scores", "the same, mean-logit files",
+                     "one oracle threshold", "oracle threshold per fold"],
+                    args.runs, lambda run: estimate_counts(run, args.vote_fraction))
 
 
 if __name__ == "__main__":
