@@ -4,9 +4,9 @@
 # per lever (20 epochs), two at a time (JOBS), each on one thread under nice. A lever is `none`, `long`, `small`
 # (SMALL: --channels 8,16,32 --hidden 64), an --augment list (gain, tilt, mix, mask, `all`, or a comma list) or
 # small+LIST; any of them +relative (or `relative` alone) adds --level relative, and +site (or `site` alone;
-# before +relative when both) trains on the copy of data.h5 judged against each site's usual sound
-# (benchmarks/site_reference.py, a prototype: not a leak train setting); +own (or `own`) the copy in which each
-# recording is its own reference (site_reference.py --by recording). Without CV: one markdown row
+# before +relative when both) adds --reference sensor (each log-mel judged against its site's usual one);
+# +own (or `own`) trains on the copy of data.h5 in which each recording is its own reference
+# (benchmarks/site_reference.py --by recording, a prototype: not a leak train setting). Without CV: one markdown row
 # per run from the default split (the CNN's validation and test-site file F1, test AUC, the baseline's test-site
 # F1, seconds). With CV=K: `leak train --cv K` (grouped K-fold over the
 # train+val sites), one row per run (pooled held-out F1, per-fold spread, AUC, baseline, chosen epochs, the final
@@ -29,25 +29,26 @@ LEVERS=${LEVERS:-"none gain tilt mix mask all small small+all long"}
 SMALL=${SMALL:-"--channels 8,16,32 --hidden 64"}  # the smaller network
 for lever in $LEVERS; do  # what lever_flags cannot build is refused before anything runs
   case "$lever" in
-    long+site*|long+own*|*relative+*) echo "levers.sh: $lever: +site and +own take the short preset's data.h5," \
+    long+own*|*relative+*) echo "levers.sh: $lever: +own takes the short preset's data.h5," \
       "and +relative comes last (e.g. small+site+relative)" >&2; exit 2 ;;
   esac
 done
 
 lever_flags() {  # the dataset and training flags of one lever: none, long, small, an augment list, small+LIST;
-  local lever=$1 level="" data=data.h5  # any of them +relative (or `relative` alone) adds --level relative,
-  case "$lever" in  # +site (or `site` alone) the site-referenced copy of data.h5
+  local lever=$1 level="" data=data.h5 reference=""  # any of them +relative (or `relative` alone) adds --level
+  case "$lever" in  # relative, +site (or `site` alone) --reference sensor
     relative) lever=none level=" --level relative" ;;
     *+relative) lever=${lever%+relative} level=" --level relative" ;;
   esac
   case "$lever" in
-    site) lever=none data=data_site.h5 ;;
-    *+site) lever=${lever%+site} data=data_site.h5 ;;
+    site) lever=none reference=" --reference sensor" ;;
+    *+site) lever=${lever%+site} reference=" --reference sensor" ;;
     own) lever=none data=data_own.h5 ;;
     *+own) lever=${lever%+own} data=data_own.h5 ;;
   esac
   local augment=${lever#small+}
   [ "$augment" = all ] && augment=gain,tilt,mix,mask
+  level=$reference$level
   case "$lever" in
     none) echo "$data$level" ;;
     long) echo "data_long.h5$level" ;;
@@ -100,12 +101,9 @@ for seed in "${@:-0}"; do  # corpora first, built once and reused
   if [[ " $LEVERS " =~ " long"[+\ ] ]] && [ ! -f "$corpus/data_long.h5" ]; then
     "$LEAK" data build "$corpus/corpus" -o "$corpus/data_long.h5" --workers 2 --preset long > /dev/null
   fi
-  for by in site own; do  # the prototype copies (site_reference.py) the levers ask for
-    if [[ " $LEVERS " =~ (" "|\+)"$by"[+\ ] ]] && [ ! -f "$corpus/data_$by.h5" ]; then
-      "$PYTHON" "$(dirname "$0")/site_reference.py" "$corpus/data.h5" "$corpus/data_$by.h5" \
-        --by "$([ "$by" = own ] && echo recording || echo site)" > /dev/null
-    fi
-  done
+  if [[ " $LEVERS " =~ (" "|\+)own[+\ ] ]] && [ ! -f "$corpus/data_own.h5" ]; then  # the prototype copy
+    "$PYTHON" "$(dirname "$0")/site_reference.py" "$corpus/data.h5" "$corpus/data_own.h5" --by recording > /dev/null
+  fi
 done
 if [ -n "$CV" ]; then
   echo "| lever | seed | CNN held-out-site F1 (pooled) | per fold | CNN held-out AUC | baseline held-out F1 |" \

@@ -38,10 +38,11 @@ def to_onnx(module: nn.Module, card: ModelCard, input: str, opset: int) -> tuple
         dynamic = ({0: batch},)
     names = graph_inputs(card, input)
     examples: tuple = (example,)
-    if "meta" in names:  # one row per recording, NaN unknown: the example holds both
-        meta = torch.randn(2, len(card.meta_columns))
-        meta[1, 0] = float("nan")
-        examples, dynamic = (example, meta), (*dynamic, {0: batch})
+    if card.recording_input:  # one row per recording; a meta row may hold NaN (unknown): the example has both
+        context = torch.randn(2, card.recording_input[1])
+        if "meta" in names:
+            context[1, 0] = float("nan")
+        examples, dynamic = (example, context), (*dynamic, {0: batch})
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" and progress lines

@@ -139,11 +139,15 @@ class WaveformScorer(nn.Module):
         n_short = (n_long - 1) * (seg.long_hop // seg.short_hop) + seg.shorts_per_long()
         return waveform[:, : (n_short - 1) * seg.short_hop + seg.short_samples]
 
-    def forward(self, waveform: torch.Tensor):
+    def forward(self, waveform: torch.Tensor, reference: torch.Tensor | None = None):
+        """`reference` [B, n_mels]: a reference model's sensor reference per recording, subtracted from every
+        log-mel of the recording (leakhunter/reference.py)."""
         cfg, seg = self.card.frontend, self.card.segmentation
         waveform = self.segments_span(waveform)
         stride = frame_stride(cfg, seg)
         mel = self.frontend.log_mel(self.frontend.power_frames(waveform, stride))  # [B, n_mels, frames]
+        if reference is not None:
+            mel = mel - reference[:, :, None]
         frames, step = seg.frames_per_short(cfg), seg.short_hop // stride
         # one frame per short segment (both presets): a reshape, where unfold would export as a gather
         shorts = mel.unsqueeze(-1) if frames == step == 1 else mel.unfold(-1, frames, step)  # [B, n_mels, S, f]
@@ -189,8 +193,9 @@ def graph_module(model: nn.Module, card: ModelCard, input: str, fp16: bool = Fal
 
 
 def graph_inputs(card: ModelCard, input: str) -> list[str]:
-    """The graph's input names: the scoring input, and `meta` for a fusion model with a meta branch."""
-    return [input] + (["meta"] if card.meta_columns else [])
+    """The graph's input names: the scoring input, and the per-recording input of a model that takes one
+    (`meta` for a fusion model with a meta branch, `reference` for a reference model)."""
+    return [input] + ([card.recording_input[0]] if card.recording_input else [])
 
 
 def network_scope(input: str) -> str:

@@ -31,7 +31,7 @@ class GoldenRecording:
     name: str
     source: str  # "synthetic", "real" or "noise"
     samples: np.ndarray  # float32 at the card's sample rate
-    meta: np.ndarray | None = None  # a fusion model's encoded meta row (NaN unknown), None: no meta input
+    context: np.ndarray | None = None  # the per-recording input: a fusion model's meta row, a sensor reference
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,28 @@ def golden_recordings(card: ModelCard, real_data: Path | None = None) -> list[Go
     n = round(GOLDEN_SECONDS * rate)
     recordings += [GoldenRecording(f"noise-{level:g}", "noise", (level * rng.standard_normal(n)).astype(np.float32))
                    for level in NOISE_LEVELS]
-    return with_meta(card, recordings)
+    return with_reference(card, with_meta(card, recordings))
+
+
+def with_reference(card: ModelCard, recordings: list[GoldenRecording]) -> list[GoldenRecording]:
+    """For a reference model, each recording twice: judged against its own median log-mel (a realistic
+    reference, so inputs sit near 0 dB as in training) and against a flat -40 dB one (inputs far from it)."""
+    if card.reference is None:
+        return recordings
+    import torch
+
+    from leakhunter.frontend import FrontEnd
+    from leakhunter.reference import recording_median
+
+    frontend = FrontEnd(card.frontend, card.segmentation).eval()
+    flat = np.full(card.frontend.n_mels, -40.0, np.float32)
+    out = []
+    for r in recordings:
+        with torch.inference_mode():
+            own = recording_median(frontend.short_segments(torch.from_numpy(r.samples)[None])[0].numpy())
+        out += [GoldenRecording(f"{r.name}/reference-own", r.source, r.samples, own.astype(np.float32)),
+                GoldenRecording(f"{r.name}/reference-flat", r.source, r.samples, flat)]
+    return out
 
 
 def with_meta(card: ModelCard, recordings: list[GoldenRecording]) -> list[GoldenRecording]:
@@ -127,7 +148,7 @@ def with_meta(card: ModelCard, recordings: list[GoldenRecording]) -> list[Golden
 
 def reference_scores(runner: Runner, recordings: list[GoldenRecording]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(probs, leak_prob) per recording; torch's scores are made once and compared with every variant."""
-    return [runner.score_waveform(recording.samples, recording.meta) for recording in recordings]
+    return [runner.score_waveform(recording.samples, recording.context) for recording in recordings]
 
 
 def compare(reference: list[tuple[np.ndarray, np.ndarray]], exported: Runner, recordings: list[GoldenRecording],
@@ -135,7 +156,7 @@ def compare(reference: list[tuple[np.ndarray, np.ndarray]], exported: Runner, re
     """Score the golden set with the exported runner and compare inputs, long segments and verdicts."""
     files, deltas, prob_deltas = [], [], []
     for recording, (ref_probs, ref_leak) in zip(recordings, reference):
-        probs, leak = exported.score_waveform(recording.samples, recording.meta)
+        probs, leak = exported.score_waveform(recording.samples, recording.context)
         if probs.shape != ref_probs.shape:
             raise ValueError(f"{recording.name}: the exported graph made {probs.shape[0]} scoring inputs, "
                              f"torch made {ref_probs.shape[0]}")

@@ -106,6 +106,9 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
         raise InputError(f"{checkpoint}: a fusion model exports as an fp32 waveform graph only (its engineered "
                          f"features overflow float16, and a mel input would leave them out); drop "
                          f"{'--input mel' if input != 'waveform' else '--fp16/--int8'}")
+    if card.reference is not None and input != "waveform":
+        raise InputError(f"{checkpoint}: a reference model exports as a waveform graph only (its sensor reference "
+                         f"is subtracted after the graph's front-end); drop --input mel")
     real_data = real_data_dir()
     recordings = golden_recordings(card, real_data)
     expected = reference_scores(reference, recordings)

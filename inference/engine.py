@@ -41,8 +41,9 @@ from leakhunter.inference.scorer import (
     decode_in_worker,
     setup_decoder,
 )
-from leakhunter.meta import FileMeta, MetaResolver, MetaSpec, check_meta_missing
+from leakhunter.meta import MetaResolver, MetaSpec, check_meta_missing
 from leakhunter.operating import deployed_threshold
+from leakhunter.reference import reference_table
 
 PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
 BATCH_ROWS = 4  # rows (each one piece long) per model call on CPU: ~240 s of audio, ~3,800 short segments
@@ -111,8 +112,9 @@ class PieceBatcher:
         self.inputs_per_long = seg.long_hop // seg.short_hop if seg.unit == "short" else 1
         self.held: list[tuple[_FileState, Piece, int, int]] = []  # (state, piece, row, slot)
         self.next_free = [0]  # per row: first free slot
-        # a meta input is one row per recording: a row then holds pieces of one recording only
-        self.n_meta = len(card.meta_columns)
+        # a per-recording input (meta, a sensor reference) is one row per recording: a row then holds pieces of
+        # one recording only
+        self.context_width = card.recording_input[1] if card.recording_input else 0
         self.row_owner: list[_FileState | None] = [None]
 
     def __len__(self) -> int:
@@ -124,7 +126,7 @@ class PieceBatcher:
             raise ValueError(f"{state.path}: a piece of {piece.n_long} long segments does not fit a row of "
                              f"{self.row_slots}; the decoder must cut shorter pieces")
         row = len(self.next_free) - 1
-        other = self.n_meta and self.row_owner[row] is not None and self.row_owner[row] is not state
+        other = self.context_width and self.row_owner[row] is not None and self.row_owner[row] is not state
         if other or self.next_free[row] + piece.n_long > self.row_slots:
             if len(self.next_free) == self.batch_rows:
                 return False
@@ -152,20 +154,20 @@ class PieceBatcher:
         samples = np.zeros((rows, (slots - 1) * seg.long_hop + seg.long_samples), np.float32)
         for _, piece, row, slot in held:
             samples[row, slot * seg.long_hop: slot * seg.long_hop + piece.samples.size] = piece.samples
-        meta = None
-        if self.n_meta:  # each row its recording's meta; an empty row's is unknown
-            meta = np.full((rows, self.n_meta), np.nan, np.float32)
+        context = None
+        if self.context_width:  # each row its recording's; an empty row's is NaN (a meta row's unknown)
+            context = np.full((rows, self.context_width), np.nan, np.float32)
             for row, owner in enumerate(owners[:rows]):
-                if owner is not None and owner.meta is not None:
-                    meta[row] = owner.meta.row
+                if owner is not None and owner.context is not None:
+                    context[row] = owner.context
         return _Batch(samples, [_Slot(state, piece.index, piece.n_long, piece.samples.size, row, slot)
-                                for state, piece, row, slot in held], meta)
+                                for state, piece, row, slot in held], context)
 
     def score(self, batch: _Batch) -> list[tuple[_Slot, np.ndarray, np.ndarray]]:
         """Each piece's P(LEAK) [n_long] and class probabilities [n_long, C] per long segment. Thread-safe:
         it touches nothing but the batch (the engine scores in a thread while the next batch fills)."""
         seg = self.card.segmentation
-        probs, leak_prob = self.runner.score_rows(batch.samples, batch.meta)  # [rows, n_inputs, C], [rows, n_inputs]
+        probs, leak_prob = self.runner.score_rows(batch.samples, batch.context)  # [rows, n_inputs, C], [rows, n_inputs]
         scored = []
         for placed in batch.slots:
             first = placed.slot * self.inputs_per_long
@@ -180,7 +182,7 @@ class PieceBatcher:
 class _Batch:
     samples: np.ndarray  # float32 [rows, samples]
     slots: list[_Slot]
-    meta: np.ndarray | None = None  # float32 [rows, n_meta] for a model with a meta input
+    context: np.ndarray | None = None  # float32 [rows, width] for a model with a per-recording input
 
 
 @dataclass
@@ -188,7 +190,8 @@ class _FileState:
     """A recording on its way: pieces scored so far, and what its decoder said at the end."""
 
     path: Path
-    meta: FileMeta | None = None  # a fusion model's meta for this recording (ScoringEngine._state)
+    context: np.ndarray | None = None  # its per-recording input: a fusion model's meta, a sensor reference
+    columns: dict = field(default_factory=dict)  # what the row says about it (meta_source, reference_sensor ...)
     pieces_seen: int = 0
     long_leak: dict = field(default_factory=dict)
     long_classes: dict = field(default_factory=dict)
@@ -220,8 +223,7 @@ class _FileState:
             order = sorted(self.long_leak)
             result = scorer.result(self.path, self.decoded, np.concatenate([self.long_leak[i] for i in order]),
                                    np.concatenate([self.long_classes[i] for i in order]))
-        if self.meta is not None:
-            result.row.update(self.meta.columns())
+        result.row.update(self.columns)
         return result
 
 
@@ -235,15 +237,18 @@ class ScoringEngine:
                  timeline: bool = False, piece_seconds: float = PIECE_SECONDS, batch_rows: int | None = None,
                  threads: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder,
                  block_frames: int = 1 << 16, sensitivity: str | None = None, meta: str | Path | None = None,
-                 meta_missing: str = "score"):
+                 meta_missing: str = "score", reference: str | Path | None = None):
         """`meta` (a sidecar CSV) and `meta_missing` ("score": unknown fields are NaN and the row says so; "fail":
-        status meta_missing, no score) apply to a fusion model with a meta input (leakhunter/meta.py)."""
+        status meta_missing, no score) apply to a fusion model with a meta input (leakhunter/meta.py);
+        `reference` (a table from `leak reference build`) to a reference model (leakhunter/reference.py), whose
+        recordings of sensors the table does not know get status no_reference."""
         if batch_rows is not None and batch_rows < 1:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
         self.meta = meta_resolver(card, meta, meta_missing, model)
         self.meta_missing = meta_missing
+        self.reference = reference_table(card, reference, model)
         deployed_threshold(card, threshold, sensitivity)  # a bad --sensitivity is refused before any worker starts
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
         # What the workers decode with; inline (workers=0) this process uses the same decoder.
@@ -375,16 +380,38 @@ class ScoringEngine:
             for placed, leak, classes in scored:
                 placed.state.scored(placed.index, leak, classes)
 
-    def _state(self, path: Path) -> _FileState:
-        """A recording about to be scored, with its meta for a model that takes some (refused when a field is
-        unknown and --meta-missing is fail)."""
-        state = _FileState(path)
+    def recording_input(self, path: Path) -> tuple[np.ndarray | None, dict[str, str], tuple[str, str] | None]:
+        """A recording's per-recording input row (a fusion model's meta, a reference model's sensor reference;
+        None for other models), the row's columns about it, and why it is not scored (None: it is): a field
+        unknown under --meta-missing fail, or a sensor the reference table does not know."""
+        context, columns, refused = None, {}, None
         if self.meta is not None:
-            state.meta = self.meta.resolve(path)
-            if state.meta.missing and self.meta_missing == "fail" and path.is_file():  # else the decoder says why
-                state.fail("meta_missing", f"no usable value for {', '.join(state.meta.missing)} (looked in "
+            meta = self.meta.resolve(path)
+            context, columns = meta.row, meta.columns()
+            if meta.missing and self.meta_missing == "fail":
+                refused = ("meta_missing", f"no usable value for {', '.join(meta.missing)} (looked in "
                                            f"{'the --meta sidecar, ' if self.meta.sidecar else ''}the manifest's "
                                            f"columns and the file name)")
+        if self.reference is not None:
+            sensor, context = self.reference.lookup(path)
+            columns = self.reference.columns(path)
+            if context is None:
+                refused = ("no_reference", f"sensor {sensor} has no reference in {self.reference.source}; add its "
+                                           f"earlier recordings with leak reference build" if sensor else
+                           "no sensor id in the file name (sensor_id~recording_id~timestamp~gain_db), so no "
+                           "reference to judge it against")
+        return context, columns, refused
+
+    def recording_columns(self, path: Path) -> dict[str, str]:
+        """What a row says about its recording's per-recording input (score_batch's resume keys use it)."""
+        return self.recording_input(path)[1]
+
+    def _state(self, path: Path) -> _FileState:
+        """A recording about to be scored, with its per-recording input for a model that takes one."""
+        context, columns, refused = self.recording_input(path)
+        state = _FileState(path, context, columns)
+        if refused is not None and path.is_file():  # else the decoder says why
+            state.fail(*refused)
         return state
 
     # ---- the two loops -----------------------------------------------------------------------------------

@@ -125,9 +125,9 @@ def _graph_problems(card: ModelCard, metadata: dict[str, str], facts: OnnxFacts)
     inputs = facts.inputs
     expected = {kind: ["batch", "samples"] if kind == "waveform" else ["batch", *input_shape(card.frontend,
                                                                                              card.segmentation)]}
-    n_meta = len(card.meta_columns)
-    if n_meta:  # a fusion model's meta: one row per recording (leakhunter/meta.py), NaN unknown
-        expected["meta"] = ["batch", n_meta]
+    if card.recording_input:  # one row per recording: a fusion model's meta (NaN unknown), a sensor reference
+        name, width = card.recording_input
+        expected[name] = ["batch", width]
     if [value.name for value in inputs] != list(expected):
         problems.append(("graph inputs", f"expected inputs named {list(expected)}, found "
                                          f"{[value.name for value in inputs]}"))

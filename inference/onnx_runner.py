@@ -15,7 +15,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, Inva
 from leakhunter.devices import DeviceRequest, parse_device
 from leakhunter.errors import DeviceError
 from leakhunter.inference.onnx_card import ModelLoadError, OnnxModel
-from leakhunter.inference.runner import Runner, check_mel
+from leakhunter.inference.runner import Runner, check_context, check_mel
 
 MEL_BATCH = 4096
 CUDA = "CUDAExecutionProvider"
@@ -52,7 +52,7 @@ class OnnxRunner(Runner):
                               f"NVIDIA GPU, and are the CUDA and cuDNN libraries onnxruntime-gpu needs "
                               f"installed?); use --device auto to fall back to CPU")
         self._frontend = None
-        self.n_meta = len(model.card.meta_columns)
+        self.context = model.card.recording_input  # (name, width) of the per-recording input, or None
 
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.input != "mel":
@@ -64,24 +64,22 @@ class OnnxRunner(Runner):
             return np.zeros((0, len(self.card.class_names)), np.float32), np.zeros(0, np.float32)
         return np.concatenate([probs for probs, _ in outputs]), np.concatenate([leak for _, leak in outputs])
 
-    def score_rows(self, rows: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_rows(self, rows: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self.input != "waveform":
             return super().score_rows(rows)
-        probs, leak_prob = self.session.run(None, self._feed(np.ascontiguousarray(rows, dtype=np.float32), meta))
+        probs, leak_prob = self.session.run(None, self._feed(np.ascontiguousarray(rows, dtype=np.float32), context))
         return probs.reshape(len(rows), -1, probs.shape[-1]), leak_prob.reshape(len(rows), -1)
 
-    def _feed(self, rows: np.ndarray, meta: np.ndarray | None) -> dict[str, np.ndarray]:
-        """The session's inputs: the waveform rows and, for a graph with a meta input, each row's meta (NaN:
-        unknown; no meta at all is every field unknown)."""
-        if not self.n_meta:
+    def _feed(self, rows: np.ndarray, context: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The session's inputs: the waveform rows and, for a graph with a per-recording input, each row's
+        (a fusion model's meta: NaN unknown, none at all every field unknown; a sensor reference: required)."""
+        if self.context is None:
             return {"waveform": rows}
-        if meta is None:
-            meta = np.full((len(rows), self.n_meta), np.nan, np.float32)
-        return {"waveform": rows, "meta": np.ascontiguousarray(np.reshape(meta, (len(rows), self.n_meta)), np.float32)}
+        return {"waveform": rows, self.context[0]: np.ascontiguousarray(check_context(self.card, context, len(rows)))}
 
-    def _score_span(self, samples: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _score_span(self, samples: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self.input == "waveform":
-            probs, leak_prob = self.session.run(None, self._feed(samples[None], meta))
+            probs, leak_prob = self.session.run(None, self._feed(samples[None], context))
             return probs, leak_prob
         return self.score_mel(self._mels(samples))
 

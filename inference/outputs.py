@@ -25,7 +25,8 @@ TAIL_COLUMNS = ("threshold", "vote_fraction", "sensitivity", "model_sha256", "le
                 "mtime", "message")
 # Free-text columns: the only ones a formula could hide in (numbers such as -0.5 must stay numbers).
 TEXT_COLUMNS = frozenset({"file", "status", "verdict", "top_class", "sensitivity", "model_sha256",
-                          "leakhunter_version", "message", "meta_source", "meta_missing"})
+                          "leakhunter_version", "message", "meta_source", "meta_missing", "reference_sensor",
+                          "reference_table"})
 # A leading quote is escaped too, so that reading back can always drop exactly one.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 # Statuses that say something about the run, not the file: --resume scores these files again.
@@ -37,24 +38,29 @@ class OutputError(LeakhunterError, ValueError):
 
 
 META_COLUMNS = ("meta_source", "meta_missing")
+REFERENCE_COLUMNS = ("reference_sensor", "reference_table")
 
 
-def columns_for(class_names, multiclass: bool, meta: bool = False) -> tuple[str, ...]:
+def columns_for(class_names, multiclass: bool, meta: bool = False, reference: bool = False) -> tuple[str, ...]:
     """The row's columns; a multiclass model adds its class probabilities p_<class>, a model with a meta input
-    where its meta came from and which fields it lacked."""
+    where its meta came from and which fields it lacked, a reference model whose sensor reference judged the
+    recording and the table's digest."""
     probabilities = tuple(f"p_{name}" for name in class_names) if multiclass else ()
-    return BASE_COLUMNS + probabilities + (META_COLUMNS if meta else ()) + TAIL_COLUMNS
+    return (BASE_COLUMNS + probabilities + (META_COLUMNS if meta else ()) + (REFERENCE_COLUMNS if reference else ())
+            + TAIL_COLUMNS)
 
 
 def resume_key(row: dict) -> tuple[str, ...]:
     """A file is done when the same path, size and mtime were scored by the same model with the same threshold,
     vote fraction and sensitivity (a resume with --threshold 0.7, or --sensitivity high, does not keep rows voted
     at 0.5, or named by another operating point even at the same threshold), and for a model with a meta input
-    the same meta sources and missing fields (a resume with a --meta sidecar scores again what it now fills)."""
+    the same meta sources and missing fields (a resume with a --meta sidecar scores again what it now fills), and
+    for a reference model the same sensor and table (a rebuilt table scores everything again)."""
     size = "" if row["size_bytes"] is None else str(row["size_bytes"])  # JSONL writes an unknown size as null
     return (str(row["file"]), size, _mtime_text(row["mtime"]), str(row["model_sha256"]),
             _number_text(row.get("threshold")), _number_text(row.get("vote_fraction")),
-            str(row.get("sensitivity") or ""), str(row.get("meta_source") or ""), str(row.get("meta_missing") or ""))
+            str(row.get("sensitivity") or ""), str(row.get("meta_source") or ""), str(row.get("meta_missing") or ""),
+            str(row.get("reference_sensor") or ""), str(row.get("reference_table") or ""))
 
 
 def _number_text(value) -> str:

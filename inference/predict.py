@@ -93,7 +93,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
             retry_failed: bool = True, batch_rows: int | None = None,
             decoder_class: type[RecordingDecoder] = RecordingDecoder, engine: str = "local",
             ray_options: RayOptions | None = None, sensitivity: str | None = None, meta: str | Path | None = None,
-            meta_missing: str = "score") -> PredictSummary:
+            meta_missing: str = "score", reference: str | Path | None = None) -> PredictSummary:
     """Score every input file; rows go to `out` (.csv or .jsonl) as they are produced and are returned.
 
     resume: keep the rows already in `out` and score the rest; rows of files that timed out, crashed
@@ -105,6 +105,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     of its calibrated threshold; every row says which (`sensitivity` column). Not with `threshold`.
     meta, meta_missing: a fusion model's meta input: a sidecar CSV (path + fields), then the columns of the manifests
     among `inputs` (local engine), then the file names; "fail" refuses a recording with an unknown field.
+    reference: a reference model's table of sensor references (`leak reference build`); a recording is judged
+    against the reference of the sensor its logger name names (status no_reference when the table lacks it).
     """
     if timeline and out is None:
         raise PredictError("--timeline needs --out: the timeline is written beside the table, as "
@@ -120,7 +122,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     started = time.perf_counter()
     settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
                     timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class, sensitivity=sensitivity,
-                    meta=meta, meta_missing=meta_missing)
+                    meta=meta, meta_missing=meta_missing, reference=reference)
     if engine == "ray":
         from leakhunter.inference.ray_engine import RayEngine
 
@@ -145,9 +147,7 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
     out = Path(out) if out is not None else None
     started = time.perf_counter() if started is None else started
     scorer = engine.scorer
-    meta = getattr(engine, "meta", None)  # a fusion model's meta, as this run resolves it
-    keys = {str(path): resume_key(scorer.base_row(path) | (meta.resolve(path).columns() if meta else {}))
-            for path in paths}
+    keys = {str(path): resume_key(scorer.base_row(path) | engine.recording_columns(path)) for path in paths}
     done_keys: set = set()
     kept_rows: list[dict] = []
     timeline_done = set()

@@ -34,6 +34,7 @@ from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine, meta_resolver
 from leakhunter.inference.loader import read_card
 from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer
+from leakhunter.reference import reference_table
 
 FILES_PER_BATCH = 32  # per actor call (fewer where actors would idle): the engine packs pieces across them
 SEND_SECONDS = 0.5  # an actor sends the rows it has at least this often, so the table grows while a batch runs
@@ -176,7 +177,8 @@ class RayEngine:
                  workers: int | None = None, file_timeout: float | None = 600.0, threshold: float | None = None,
                  vote_fraction: float | None = None, channel: str | int | None = None, timeline: bool = False,
                  batch_rows: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder,
-                 sensitivity: str | None = None, meta: str | Path | None = None, meta_missing: str = "score"):
+                 sensitivity: str | None = None, meta: str | Path | None = None, meta_missing: str = "score",
+                 reference: str | Path | None = None):
         self.options = options or RayOptions()
         if workers is not None and workers < 1:
             raise InputError("--engine ray needs at least one decoding worker per actor (--workers 1 or more): "
@@ -193,7 +195,9 @@ class RayEngine:
             check_reachable(self.options.address or os.environ.get("RAY_ADDRESS"))  # Ray retries for minutes
         self.model = Path(model)
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
-        meta_resolver(card, meta, meta_missing, self.model)  # a bad --meta or policy: refused here, not in an actor
+        # a bad --meta, policy or reference table: refused here, not in an actor
+        self.meta = meta_resolver(card, meta, meta_missing, self.model)
+        self.reference = reference_table(card, reference, self.model)
         self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline, sensitivity)
         # An actor without a GPU of its own scores on CPU, even on a node that has one (Ray did not give it one).
         self.device, self.batch_rows = device if self.options.gpus_per_actor else "cpu", batch_rows
@@ -202,6 +206,7 @@ class RayEngine:
                                "threshold": threshold, "vote_fraction": vote_fraction, "channel": channel,
                                "timeline": timeline, "batch_rows": batch_rows, "sensitivity": sensitivity,
                                "meta": None if meta is None else Path(meta).resolve(), "meta_missing": meta_missing,
+                               "reference": None if reference is None else Path(reference).resolve(),
                                "threads": self.options.model_threads, "decoder_class": decoder_class}
         self._started_ray = False
         self._model_ref = None
@@ -218,6 +223,11 @@ class RayEngine:
         if self._started_ray:
             self.ray.shutdown()  # a local Ray started here stops; a cluster is only left
             self._started_ray = False
+
+    def recording_columns(self, path: str | Path) -> dict[str, str]:
+        """What an actor's row will say about the recording's meta and sensor reference (for resume keys)."""
+        return ((self.meta.resolve(path).columns() if self.meta is not None else {})
+                | (self.reference.columns(path) if self.reference is not None else {}))
 
     def run_params(self) -> dict:
         """What params.json records about this engine (the actors resolve `auto` and batch_rows themselves)."""

@@ -39,9 +39,10 @@ class Runner(ABC):
         self.path = path
         self.sha256 = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
 
-    def score_waveform(self, samples: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per scoring input of one mono recording at the card's sample rate (float32 [T]); `meta` is the
-        recording's encoded meta row for a fusion model with a meta branch (None: unknown)."""
+    def score_waveform(self, samples: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per scoring input of one mono recording at the card's sample rate (float32 [T]); `context` is the
+        recording's row for the graph's per-recording input (card.recording_input): a fusion model's encoded
+        meta (None: unknown) or a reference model's sensor reference (required)."""
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected one mono recording [samples], got shape {samples.shape}")
@@ -63,18 +64,19 @@ class Runner(ABC):
             n_long = min(longs_per_chunk, plan.n_long - first)
             start = first * seg.long_hop
             chunk_probs, chunk_leak = self._score_span(np.ascontiguousarray(
-                span[start: start + (n_long - 1) * seg.long_hop + seg.long_samples]), meta)
+                span[start: start + (n_long - 1) * seg.long_hop + seg.long_samples]), context)
             if seg.unit == "short" and first + n_long < plan.n_long:
                 chunk_probs, chunk_leak = chunk_probs[: n_long * shorts_per_hop], chunk_leak[: n_long * shorts_per_hop]
             probs.append(chunk_probs)
             leak_prob.append(chunk_leak)
         return np.concatenate(probs), np.concatenate(leak_prob)
 
-    def score_rows(self, rows: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_rows(self, rows: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows of equal length [b, T], each exactly whole long segments (no tail) → per scoring input of each
         row: (probs [b, n, C], leak_prob [b, n]). The batched engine's one call per batch; backends that take
-        a batch at once override it. `meta` [b, n_meta]: each row's meta (a row holds one recording then)."""
-        scored = [self._score_span(np.ascontiguousarray(row, dtype=np.float32), None if meta is None else meta[i])
+        a batch at once override it. `context` [b, width]: each row's per-recording input (a row holds one
+        recording then)."""
+        scored = [self._score_span(np.ascontiguousarray(row, dtype=np.float32), None if context is None else context[i])
                   for i, row in enumerate(rows)]
         return np.stack([probs for probs, _ in scored]), np.stack([leak for _, leak in scored])
 
@@ -83,8 +85,8 @@ class Runner(ABC):
                          f"export it with `leak export --input mel` to score mels")
 
     @abstractmethod
-    def _score_span(self, samples: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of the samples of exactly n whole long segments (no tail), with the recording's meta row."""
+    def _score_span(self, samples: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the samples of exactly n whole long segments (no tail), with the recording's context row."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, device={self.device!r})"
@@ -95,6 +97,17 @@ def long_segment_probs(card: ModelCard, n_samples: int, values: np.ndarray) -> n
     class probabilities [N, C]): leakhunter.voting.per_long_segment with this recording's segment plan."""
     plan = plan_segments(n_samples, card.segmentation)
     return per_long_segment(values, card.segmentation.unit, plan.long_first_short, plan.shorts_per_long)
+
+
+def check_context(card: ModelCard, context: np.ndarray | None, rows: int) -> np.ndarray:
+    """The per-recording input [rows, width] of a model that takes one: a fusion model's meta may be missing
+    (every field unknown), a reference model's sensor reference may not (its inputs would mean nothing)."""
+    name, width = card.recording_input
+    if context is None:
+        if name == "reference":
+            raise ValueError("a reference model judges a recording against its sensor's reference; none was given")
+        return np.full((rows, width), np.nan, np.float32)
+    return np.asarray(context, np.float32).reshape(rows, width)
 
 
 def check_mel(mel: np.ndarray, card: ModelCard) -> np.ndarray:

@@ -152,7 +152,7 @@ class RecordingScorer:
         self.channel = channel_policy(card, channel)
         self.multiclass = MODES[card.mode].fixed_classes is None  # p_<class> columns
         self.meta = bool(card.meta_columns)  # meta_source, meta_missing columns
-        self.columns = columns_for(card.class_names, self.multiclass, self.meta)
+        self.columns = columns_for(card.class_names, self.multiclass, self.meta, card.reference is not None)
         overridden = [f"{name} {value:g} (card {card_value:g})" for name, value, card_value in
                       (("threshold", self.threshold, card.voting.threshold),
                        ("vote_fraction", self.vote_fraction, card.voting.vote_fraction)) if value != card_value]

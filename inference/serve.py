@@ -33,7 +33,7 @@ from leakhunter.inference.jobs import JobError, JobStore, Turns
 from leakhunter.inference.outputs import json_record
 from leakhunter.inference.scorer import RecordingDecoder
 from leakhunter.meta import check_meta_missing
-from leakhunter.sources import AUDIO_SUFFIXES
+from leakhunter.sources import AUDIO_SUFFIXES, logger_name
 
 log = logging.getLogger("leakhunter.serve")
 
@@ -58,6 +58,7 @@ class ServeSettings:
     batch_rows: int | None = None
     sensitivity: str | None = None  # the card's operating point to score at (not with threshold)
     meta_missing: str = "score"  # a fusion model's meta field unknown: score it as unknown, or fail the row
+    reference: Path | None = None  # a reference model's table of sensor references (leak reference build)
     data_root: Path | None = None
     jobs_dir: Path | None = None  # default: <data_root>/.leakhunter-jobs
     max_upload_mb: float = 200.0
@@ -138,7 +139,8 @@ class Service:
                                     file_timeout=settings.file_timeout, threshold=settings.threshold,
                                     vote_fraction=settings.vote_fraction, channel=settings.channel,
                                     batch_rows=settings.batch_rows, decoder_class=settings.decoder_class,
-                                    sensitivity=settings.sensitivity, meta_missing=settings.meta_missing)
+                                    sensitivity=settings.sensitivity, meta_missing=settings.meta_missing,
+                                    reference=settings.reference)
         self.not_ready = "warming up"
         warm = self._warm_up()
         if warm["status"] != "ok":
@@ -157,7 +159,10 @@ class Service:
         rate = card.frontend.sample_rate
         seconds = 2 * card.segmentation.long_samples / rate
         noise = 0.01 * np.random.default_rng(0).standard_normal(int(seconds * rate)).astype(np.float32)
-        path = self.spool / "warm-up.wav"
+        # a reference model's warm-up is named as a recording of the table's first sensor, so it has a reference
+        reference = self.engine.reference
+        path = self.spool / ("warm-up.wav" if reference is None else
+                             logger_name(min(reference.references), 0, "warm-up", 0))
         soundfile.write(path, noise, rate)
         # a meta model's warm-up has the usual meta, so a --meta-missing fail server starts
         meta = None if self.engine.meta is None else {path: self.engine.meta.spec.usual()}

@@ -20,7 +20,7 @@ from leakhunter.checkpoint import read_model
 from leakhunter.devices import autocast_dtype, pick_device
 from leakhunter.frontend import FrontEnd
 from leakhunter.fusion import recording_inputs
-from leakhunter.inference.runner import Runner, check_mel
+from leakhunter.inference.runner import Runner, check_context, check_mel
 from leakhunter.models import ModelInputs, Scorer
 from leakhunter.segments import long_segment_inputs, plan_segments
 
@@ -52,12 +52,16 @@ class TorchRunner(Runner):
         with full_float32():
             return self._score(torch.from_numpy(check_mel(mel, self.card)).to(self.torch_device))
 
-    def _score_span(self, samples: np.ndarray, meta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _score_span(self, samples: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         with full_float32():
             with torch.inference_mode():  # the front-end runs outside autocast: AMP never touches the DFT or dB
                 samples = torch.from_numpy(samples).to(self.torch_device)
-                inputs = (recording_inputs(self.frontend, samples, self.n_meta, meta) if self.card.branches
-                          else scoring_mels(self.frontend, self.card, samples))
+                if self.card.branches:
+                    inputs = recording_inputs(self.frontend, samples, self.n_meta, context)
+                else:
+                    reference = (None if self.card.reference is None else
+                                 torch.from_numpy(check_context(self.card, context, 1)[0]).to(self.torch_device))
+                    inputs = scoring_mels(self.frontend, self.card, samples, reference)
             return self._score(inputs)
 
     def _score(self, inputs: torch.Tensor | ModelInputs) -> tuple[np.ndarray, np.ndarray]:
@@ -107,9 +111,13 @@ def full_float32():
             matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def scoring_mels(frontend: FrontEnd, card: ModelCard, samples: torch.Tensor) -> torch.Tensor:
-    """The CNN inputs [n, 1, n_mels, frames] of one recording's samples [T], as the card's unit says."""
+def scoring_mels(frontend: FrontEnd, card: ModelCard, samples: torch.Tensor,
+                 reference: torch.Tensor | None = None) -> torch.Tensor:
+    """The CNN inputs [n, 1, n_mels, frames] of one recording's samples [T], as the card's unit says; a
+    reference model's minus its sensor's reference [n_mels] (leakhunter/reference.py)."""
     shorts = frontend.short_segments(samples[None])[0]  # [n_short, n_mels, frames]
+    if reference is not None:
+        shorts = shorts - reference.to(shorts.dtype)[None, :, None]
     if card.segmentation.unit == "short":
         return shorts[:, None]
     plan = plan_segments(samples.shape[-1], card.segmentation)

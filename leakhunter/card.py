@@ -121,6 +121,10 @@ def architecture_problems(architecture: Any) -> list[tuple[str, str]]:
         elif (problem := _param_problem(value, allowed[key])) is not None:
             found.append((f"architecture.params.{key}", problem))
     return found
+# How a model judges a recording against its sensor's usual sound (leakhunter/reference.py): "sensor" subtracts the
+# sensor's reference log-mel (the median over its recordings of each recording's median log-mel) from every
+# log-mel after the front-end, in training and at scoring time. Cards from before this field read as None.
+REFERENCES = ("sensor",)
 CHANNEL_POLICIES = ("mean", "first")  # or a channel index as text: leakhunter.audio.parse_channel_policy's values
 # The named thresholds a card may carry (leakhunter.operating chooses them; `leak predict --sensitivity NAME`).
 OPERATING_POINTS = ("high", "balanced", "low-false-alarm")
@@ -335,6 +339,7 @@ class ModelCard:
     # recall, specificity, precision, f1, false_alarms_per_100, n_files, n_leak}}, or {name: {threshold: null,
     # reason}} where unreachable. Cards from before this field have none (None), so schema_version 1 still holds.
     operating_points: dict[str, dict[str, Any]] | None = None
+    reference: str | None = None  # None, or one of REFERENCES: the graph then takes a per-recording `reference`
 
     @classmethod
     def for_mode(cls, mode: str, class_names, **kwargs) -> ModelCard:
@@ -381,12 +386,26 @@ class ModelCard:
             found.append(("channel_policy", f"must be 'mean', 'first' or a channel index such as '0', "
                                             f"got {self.channel_policy!r}"))
         found += operating_point_problems(self.operating_points)
+        if self.reference is not None and self.reference not in REFERENCES:
+            found.append(("reference", f"must be null or one of {', '.join(REFERENCES)}, got {self.reference!r}"))
+        elif self.reference is not None and self.branches is not None:
+            found.append(("reference", "a fusion model takes no sensor reference (its meta branch knows the sensor)"))
         return found
 
     @property
     def meta_columns(self) -> tuple[str, ...]:
         """The columns of a fusion model's meta input (leakhunter/meta.py), () for a model without one."""
         return tuple(((self.branches or {}).get("meta") or {}).get("columns", ()))
+
+    @property
+    def recording_input(self) -> tuple[str, int] | None:
+        """The graph's per-recording input beside the waveform, (name, width): a fusion model's `meta` or a
+        reference model's `reference` (its sensor's log-mel, n_mels wide); None for a model with neither."""
+        if self.meta_columns:
+            return "meta", len(self.meta_columns)
+        if self.reference is not None:
+            return "reference", self.frontend.n_mels
+        return None
 
     def _fusion_problems(self) -> list[tuple[str, str]]:
         """A mode's own architecture; a fusion card and only a fusion card has `branches`, and they agree."""

@@ -15,11 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from leakhunter.cli_data import data_app
+from leakhunter.cli_reference import reference_app
 from leakhunter.cli_support import command, console, errors, fail
 
 app = typer.Typer(help="leakhunter: find water-pipe leaks in acoustic recordings.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(data_app)
+app.add_typer(reference_app)
 
 
 @command(app, "train")
@@ -49,6 +51,9 @@ def train(
     hidden: int = typer.Option(None, help="The CNN's embedding width (default 256)."),
     level: str = typer.Option(None, help="absolute (default) or relative: each input minus its own mean "
                                          "log-mel, so gain and logger level cannot move a verdict."),
+    reference: str = typer.Option(None, help="none (default) or sensor: each log-mel minus its sensor's usual one "
+                                             "(its group's median recording), so a new site is judged against "
+                                             "itself; scoring then needs a table from leak reference build."),
     branches: str = typer.Option(None, help="--mode fusion: comma list of mel, features, meta (default "
                                             "mel,features)."),
     meta: str = typer.Option(None, help="--mode fusion: the meta branch's fields, e.g. gain_db (manifest columns, "
@@ -65,7 +70,7 @@ def train(
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "patience": patience,
              "seed": seed, "device": device, "compile": compile, "strict": strict, "max_memory": max_memory,
              "augment": augment, "channels": channels, "hidden": hidden, "level": level, "branches": branches,
-             "meta": meta, "fusion_prior": fusion_prior}
+             "meta": meta, "fusion_prior": fusion_prior, "reference": reference}
     log = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
     if cv is not None and resume is not None:
         raise fail("--cv and --resume do not combine: rerun the --cv command with the same --out to finish its folds")
@@ -129,6 +134,8 @@ def evaluate(
     threshold: float = typer.Option(None, help="Override the card's calibrated threshold."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: int = typer.Option(2, help="Decoding worker processes where recordings are scored (0: in this process)."),
+    reference: Path = typer.Option(None, help="A reference model scored on recordings (an .onnx, or a manifest or "
+                                              "folders): its table of sensor references (leak reference build)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     confusion_png: Path = typer.Option(None, help="Where to draw the confusion matrix (default beside the model)."),
     roc_png: Path = typer.Option(None, help="Where to draw the ROC curve (default beside the model)."),
@@ -150,7 +157,8 @@ def evaluate(
                    f"the scoring install leaves out (pip install 'leakhunter[train]')")
     else:  # the scoring install evaluates, and draws nothing
         pngs = dict.fromkeys(given)
-    report = run_evaluation(model, data, split=split, device=device, threshold=threshold, workers=workers, **pngs)
+    report = run_evaluation(model, data, split=split, device=device, threshold=threshold, workers=workers,
+                            reference=reference, **pngs)
     if as_json:
         print(report_json(report))
         return
@@ -189,6 +197,9 @@ def predict(
     meta_missing: str = typer.Option("score", help="A fusion model's meta field unknown for a recording: score "
                                                    "(NaN, the row's meta_missing says so) or fail (status "
                                                    "meta_missing, exit 3)."),
+    reference: Path = typer.Option(None, help="A reference model's table of sensor references (leak reference "
+                                              "build); each recording is judged against its logger name's sensor "
+                                              "(status no_reference when the table lacks it)."),
     workers: int = typer.Option(None, help="Decoding worker processes (default 2; 0: decode in this process, no crash "
                                            "isolation). With --engine ray: per actor, default one per 3 of its CPUs."),
     batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
@@ -248,7 +259,7 @@ def predict(
                               vote_fraction=vote_fraction, workers=workers, file_timeout=file_timeout,
                               resume=resume, timeline=timeline, channel=channel, on_row=advance,
                               retry_failed=retry_failed, batch_rows=batch_rows, engine=engine,
-                              ray_options=ray_options, meta=meta, meta_missing=meta_missing)
+                              ray_options=ray_options, meta=meta, meta_missing=meta_missing, reference=reference)
     from leakhunter.eval_tables import predict_line, predict_table
 
     if out is None:
@@ -334,6 +345,8 @@ def serve(
     meta_missing: str = typer.Option("score", help="A fusion model's meta field unknown for a recording: score "
                                                    "(NaN, the row's meta_missing says so) or fail (status "
                                                    "meta_missing, no score)."),
+    reference: Path = typer.Option(None, help="A reference model's table of sensor references (leak reference "
+                                              "build); an upload is judged against its logger name's sensor."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
 ):
     """Serve batch scoring over HTTP: POST audio to /v1/score for its row, POST /v1/jobs for folders under
@@ -343,7 +356,7 @@ def serve(
 
     settings = ServeSettings(model=model, device=device, workers=workers, file_timeout=file_timeout,
                              threshold=threshold, sensitivity=sensitivity, vote_fraction=vote_fraction,
-                             channel=channel, batch_rows=batch_rows, meta_missing=meta_missing,
+                             channel=channel, batch_rows=batch_rows, meta_missing=meta_missing, reference=reference,
                              data_root=data_root, jobs_dir=jobs_dir, max_upload_mb=max_upload_mb, max_queue=max_queue,
                              max_jobs=max_jobs, request_timeout=request_timeout)
     run_server(settings, host=host, port=port, log_level=log_level)

@@ -64,12 +64,13 @@ class TrainConfig:
     branches: str = "mel,features"  # fusion: comma list of mel, features, meta (training/fusion.py)
     meta: str = ""  # fusion: the meta branch's fields, e.g. gain_db (manifest columns or the logger file name)
     fusion_prior: str = ""  # fusion: initial fusion weights, one per branch (default equal)
+    reference: str = "none"  # sensor: each log-mel minus its sensor's (group's) reference (leakhunter/reference.py)
 
     def problems(self) -> list[str]:
         found = []
         if self.mode not in MODES:
             found.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
-        choices = {"schedule": ("cosine", "onecycle"), "loss": ("ce", "focal")}
+        choices = {"schedule": ("cosine", "onecycle"), "loss": ("ce", "focal"), "reference": ("none", "sensor")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 found.append(f"{key} {getattr(self, key)!r} is not one of {', '.join(allowed)}")
@@ -98,6 +99,9 @@ class TrainConfig:
         except ValueError as error:
             found.append(str(error))
         found += self.fusion_problems()
+        if self.reference != "none" and self.mode in MODES and MODES[self.mode].staged:
+            found.append(f"reference {self.reference!r} applies to binary and multiclass models; a fusion model's "
+                         f"meta branch is how it knows its sensor")
         sizes = {key: value for key, value in self.architecture_params().items()
                  if key in ("channels", "hidden", "level")}
         found += [f"{key.removeprefix('architecture.params.')} {why}"
@@ -136,6 +140,10 @@ class TrainConfig:
                 found.append(f"fusion_prior {self.fusion_prior!r} must be {len(branches)} positive weights summing "
                              f"to 1, one per branch ({', '.join(branches)})")
         return found
+
+    def card_reference(self) -> str | None:
+        """The card's `reference`: None for "none"."""
+        return None if self.reference == "none" else self.reference
 
     def architecture_params(self) -> dict[str, Any]:
         """The card's architecture params: dropout, channels (three ints), hidden, and level when relative (so

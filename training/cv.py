@@ -187,7 +187,7 @@ class CrossValidation:
         self.config, self.k, self.log = replace(config, out=str(self.out)), k, log
         if (self.out / "best.pth").exists():
             raise FileExistsError(f"{self.out} already holds a run; choose another --out")
-        data = LeakData(config.data, config.mode, max_memory=config.max_memory)
+        data = LeakData(config.data, config.mode, max_memory=config.max_memory, reference=config.card_reference())
         self.folds = deal_folds(data, k, config.seed)
         self.pool, self.test = np.sort(np.concatenate(self.folds)), data.splits["test"].file_index
         self.groups = [sorted({data.groups[i] for i in fold}) for fold in self.folds]

@@ -22,6 +22,7 @@ import torch
 from leakhunter.card import MODES, CardError, ModelCard, compare_configs
 from leakhunter.meta import file_meta
 from leakhunter.models import ModelInputs, RelativeLevel
+from leakhunter.reference import group_references, recording_median
 from leakhunter.segments import long_segment_inputs
 from leakhunter.training.config import parse_memory
 from leakhunter.training.dataset import DatasetError, dataset_configs
@@ -58,11 +59,13 @@ class LeakData:
 
     def __init__(self, path: str | Path, mode: str, max_memory: str | int | None = None,
                  log: Callable[[str], None] | None = None, streamed: bool | None = None,
-                 split_files: dict[str, np.ndarray] | None = None):
+                 split_files: dict[str, np.ndarray] | None = None, reference: str | None = None):
         """`streamed` forces the loading path (a resumed run keeps its run's, so its shuffle order is the same);
         None chooses by the memory budget. `split_files` (split name → dataset file indices) replaces the
         file's own split, for a cross-validation fold or a final model (training/cv.py); a file may then sit
-        in two splits (a final model's in-sample validation), and the dataset's split codes still describe it."""
+        in two splits (a final model's in-sample validation), and the dataset's split codes still describe it.
+        `reference` "sensor" serves every log-mel minus its group's reference (leakhunter/reference.py), from
+        the first read on: statistics, the baseline and batches all see what a reference model sees."""
         self.path = Path(path)
         if not self.path.is_file():
             raise DatasetError(f"{self.path}: no such dataset file")
@@ -109,10 +112,33 @@ class LeakData:
         self.branches: tuple[str, ...] = ()  # a fusion model's branches (use_branches); () serves mel alone
         self.features: torch.Tensor | None = None
         self.meta_rows: torch.Tensor | None = None
+        self.reference = reference
+        self.file_references: np.ndarray | None = None  # [n_files, n_mels] each file's group reference
+        if reference is not None:
+            self._use_references()
         sizes = f"dataset {_gb(self.mel_bytes)} {'>' if self.streamed else '<='} budget {_gb(self.budget)}"
         self.loading = f"{sizes}: {'reading from disk in chunks' if self.streamed else 'read into memory'}"
         if log is not None:
             log(self.loading)
+
+    def _use_references(self) -> None:
+        """Each group's reference from its own files' median log-mels (no label used), subtracted from every
+        short segment: once in memory, or per chunk as the streamed path reads it."""
+        if self.reference != "sensor":
+            raise DatasetError(f"{self.path}: unknown reference {self.reference!r} (known: sensor)")
+        medians = self.file_mel_medians(self.subset(np.arange(len(self.paths))))
+        by_group = group_references(medians, self.groups)
+        self.file_references = np.stack([by_group[group] for group in self.groups])
+        self._chunks.clear()  # read before the references existed
+        if self.mel is not None:
+            for start in range(0, len(self.mel), 65_536):  # in place, in blocks: no float32 copy of the whole set
+                rows = slice(start, start + 65_536)
+                self.mel[rows] = self._referenced(self.mel[rows], self.short_file_index[rows])
+
+    def _referenced(self, mels: torch.Tensor, owners: np.ndarray) -> torch.Tensor:
+        """Short-segment mels [n, n_mels, frames] (float16) minus their files' references, back in float16."""
+        references = torch.from_numpy(self.file_references[owners])[:, :, None]
+        return (mels.float() - references).to(mels.dtype)
 
     def close(self) -> None:
         """Close the file the streamed path keeps open (a no-op in memory)."""
@@ -146,6 +172,9 @@ class LeakData:
             self._chunks[chunk] = self._chunks.pop(chunk)
             return self._chunks[chunk]
         values = dataset[chunk * self.chunk_rows:(chunk + 1) * self.chunk_rows]
+        if self.file_references is not None:
+            owners = self.short_file_index[chunk * self.chunk_rows:chunk * self.chunk_rows + len(values)]
+            values = self._referenced(torch.from_numpy(values), owners).numpy()
         self._chunks[chunk] = values
         while len(self._chunks) > 1 and sum(v.nbytes for v in self._chunks.values()) > CHUNK_CACHE_BYTES:
             self._chunks.pop(next(iter(self._chunks)))
@@ -304,7 +333,7 @@ class LeakData:
             mels = self._short_mels(needed)[torch.from_numpy(where.reshape(-1))].float().numpy()
             for f in range(first, last):
                 block = mels[starts[f] - starts[first]:stops[f] - starts[first]]  # [k, n_mels, frames]
-                medians[f] = np.median(block.transpose(0, 2, 1).reshape(-1, block.shape[1]), axis=0)
+                medians[f] = recording_median(block)
             first = last
         return medians
 

@@ -47,7 +47,8 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     last = load_checkpoint(last_path)
     card = card_of(last, last_path)
     plan = last.get("plan")  # a cross-validation fold or final model: its own splits, nothing selected on val
-    data = LeakData(config.data, config.mode, split_files=None if plan is None else plan["split_files"])
+    data = LeakData(config.data, config.mode, split_files=None if plan is None else plan["split_files"],
+                    reference=config.card_reference())
     train = data.splits["train"]
     weights, capped, raw_ratio = class_weights(train.targets, len(card.class_names), config.class_weight_cap)
     network = build_model(card)

@@ -101,13 +101,14 @@ def class_targets(card: ModelCard, labels: list[str], source: str) -> np.ndarray
 
 
 def score_files(model: str | Path, card: ModelCard, files: LabelledFiles, device: str = "auto",
-                threshold: float | None = None, workers: int = 2) -> tuple[FileVotes, list[dict]]:
+                threshold: float | None = None, workers: int = 2,
+                reference: str | Path | None = None) -> tuple[FileVotes, list[dict]]:
     """Score the files with leakhunter.inference's ScoringEngine (as `leak predict` does) and gather the rows of
     those scored `ok` into FileVotes; the rest come back as [{file, status, message}], left out of the votes."""
     from leakhunter.inference.engine import ScoringEngine
 
     targets = class_targets(card, files.labels, files.source)
-    with ScoringEngine(model, device, workers=workers, threshold=threshold) as engine:
+    with ScoringEngine(model, device, workers=workers, threshold=threshold, reference=reference) as engine:
         if engine.meta is not None and files.meta is not None:  # as predict: the manifest's columns, then the name
             engine.meta.add_manifest_fields(dict(zip(files.paths, files.meta)))
         results = {result.row["file"]: result for result in engine.score(files.paths)}

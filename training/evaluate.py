@@ -93,7 +93,8 @@ def evaluate_split(split, probs: np.ndarray, leak_prob: np.ndarray, class_names,
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", device: str = "auto",
              threshold: float | None = None, confusion_png: str | Path | None = None,
-             roc_png: str | Path | None = None, pr_png: str | Path | None = None, workers: int = 2) -> dict:
+             roc_png: str | Path | None = None, pr_png: str | Path | None = None, workers: int = 2,
+             reference: str | Path | None = None) -> dict:
     """`leak eval`: the file-level report of a model (.pth or .onnx) on labelled recordings: one split of a
     dataset file, a manifest CSV (path, label, optional group) or a class-folder tree SRC/<CLASS>/**/*.wav.
 
@@ -101,6 +102,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     predict` uses, on the recordings themselves (`workers` decoding processes), and files it cannot score are
     listed under `failed_files` and left out of every metric. Beside the file metrics: per group, false alarms
     per 100 non-LEAK recordings, the card's operating points applied to these files, and the pictures asked for.
+    A reference model scored from a dataset's features uses each group's reference from its own files; scored on
+    recordings it needs `reference`, a table from `leak reference build` (as `leak predict` does).
     """
     from leakhunter.inference.loader import read_card
 
@@ -111,7 +114,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
         from leakhunter.training.baseline import baseline_report
         from leakhunter.training.data import LeakData
 
-        leak_data = LeakData(data, card.mode)
+        leak_data = LeakData(data, card.mode, reference=card.reference)
         leak_data.check_card(card, str(model))
         if card.branches is not None:  # a fusion model: its inputs as its card describes them
             from leakhunter.training.fusion import use_card_inputs
@@ -124,14 +127,14 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
             votes, segment = _score_dataset(model, card, leak_data, split, device, used)
             failed = []
         else:
-            votes, failed = score_files(model, card, files, device, threshold, workers)
+            votes, failed = score_files(model, card, files, device, threshold, workers, reference)
         about = {"split": split, "source": "dataset", "baseline": baseline_report(leak_data, split),
                  "group_from": "the dataset's /files/group",
                  "scored_by": "the dataset's features (torch)" if files is None else
                               f"the recordings, by the scoring engine ({backend})"}
     else:
         files = source_files(data)
-        votes, failed = score_files(model, card, files, device, threshold, workers)
+        votes, failed = score_files(model, card, files, device, threshold, workers, reference)
         about = {"split": None, "source": files.source, "baseline": None, "group_from": files.group_from,
                  "scored_by": f"the recordings, by the scoring engine ({backend})"}
     if failed and not len(votes.paths):

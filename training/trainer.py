@@ -170,7 +170,8 @@ class Trainer:
         self.data = LeakData(config.data, config.mode, max_memory=config.max_memory,
                              log=log if self.rank == 0 else None,
                              streamed=None if self.payload is None else self.payload.get("streamed"),
-                             split_files=None if plan is None else plan.split_files)
+                             split_files=None if plan is None else plan.split_files,
+                             reference=config.card_reference())
         if stage is not None:
             stage.prepare_data(self.data)
         self.card = self._card()
@@ -258,7 +259,7 @@ class Trainer:
             architecture=architecture, branches=None if self.stage is None else self.stage.card_branches(),
             name=self.run_dir.name, created=datetime.now(UTC).isoformat(timespec="seconds"),
             leakhunter_version=leakhunter.__version__, git_commit=_git_commit(),
-            channel_policy=data.channel_policy,
+            channel_policy=data.channel_policy, reference=config.card_reference(),
         )
 
     def _restore(self, payload: dict) -> None:

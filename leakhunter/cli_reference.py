@@ -1,0 +1,53 @@
+"""`leak reference`: the sensor reference tables a reference model scores with (leakhunter/reference.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from leakhunter.cli_support import command, console, errors, progress_bar
+
+reference_app = typer.Typer(name="reference", help="Sensor reference tables for models trained with "
+                                                   "--reference sensor.", no_args_is_help=True)
+
+
+@command(reference_app, "build")
+def reference_build(
+    inputs: list[str] = typer.Argument(..., help="Each sensor's earlier, mostly leak-free recordings: files, folders, "
+                                                 "glob patterns or manifest CSVs, named sensor~recording~time~gain."),
+    model: Path = typer.Option(..., help="The reference model the table is for (.pth or .onnx): its front-end, "
+                                         "segmentation and channel policy."),
+    out: Path = typer.Option(..., "--out", "-o", help="The table to write (JSON)."),
+    workers: int = typer.Option(2, help="Decoding threads."),
+):
+    """Each sensor's reference log-mel: the median over its recordings of each recording's median log-mel,
+    through the model's own front-end. Recordings that cannot be decoded are listed and left out."""
+    from leakhunter.inference.loader import read_card
+    from leakhunter.inference.predict import find_inputs
+    from leakhunter.reference import FEW_RECORDINGS, ReferenceError, build_reference_table
+
+    card, _, _ = read_card(model)
+    if card.reference is None:
+        raise ReferenceError(f"{model} takes no sensor reference (train one with --reference sensor)")
+    paths = find_inputs(inputs)
+    with progress_bar("reference") as bar:
+        task = bar.add_task("reference", total=len(paths))
+        table, skipped = build_reference_table(paths, card, workers,
+                                               lambda done, total: bar.update(task, completed=done, total=total))
+    table.save(out)
+    shown = Table("sensor", "recordings", "reference (dB, lowest..highest bin)")
+    for sensor in sorted(table.references):
+        values = table.references[sensor]
+        shown.add_row(sensor, str(table.recordings[sensor]), f"{values.min():.1f}..{values.max():.1f}")
+    console.print(shown)
+    for error in skipped:
+        errors.print(f"skipped {error.path}: {error.reason} ({error.detail})", highlight=False, markup=False)
+    few = sorted(sensor for sensor, n in table.recordings.items() if n < FEW_RECORDINGS)
+    if few:
+        errors.print(f"warning: {len(few)} sensor(s) have fewer than {FEW_RECORDINGS} recordings behind their "
+                     f"reference ({', '.join(few[:5])}{' ...' if len(few) > 5 else ''}): one night's sound, not "
+                     f"the sensor's usual one", highlight=False, markup=False)
+    console.print(f"wrote {out}: {len(table.references)} sensor(s) from {sum(table.recordings.values())} "
+                  f"recording(s)", highlight=False)

@@ -1,0 +1,197 @@
+"""Judging a recording against its sensor's usual sound (a card's `reference: "sensor"`).
+
+Every sensor colours what it hears (pipe resonances, mounting, gain, its street's background), so a model that
+reads absolute spectra learns the training sensors and fails on a new one (README, "How good is it on a new
+site?"). A reference model instead sees each log-mel minus its sensor's **reference**: the median, over the
+sensor's recordings, of each recording's median log-mel, bin by bin. No label goes into it. In training each
+group's reference comes from the group's own recordings (training/data.py); in deployment from a sensor's
+earlier, mostly leak-free nights, kept in a reference table that `leak reference build` writes and
+`leak predict --reference` reads. A recording's sensor is the `sensor_id` of its logger name
+`sensor_id~recording_id~timestamp~gain_db`.
+
+This module is torch-free but for `build_reference_table`, which runs the model's own front-end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from leakhunter.card import FrontendConfig, ModelCard, SegmentationConfig, compare_configs
+from leakhunter.errors import InputError
+from leakhunter.files import write_atomic
+from leakhunter.sources import logger_fields
+
+TABLE_FORMAT = "leakhunter-reference-table"
+TABLE_VERSION = 1
+FEW_RECORDINGS = 5  # a reference from fewer recordings is one night's mood, not the sensor's usual sound
+
+
+class ReferenceError(InputError):
+    """A reference table that cannot be used with this model; the message names the file and the reason."""
+
+
+def recording_median(log_mel: np.ndarray) -> np.ndarray:
+    """A recording's median log-mel [n_mels] over all frames of its short segments [n_short, n_mels, frames]."""
+    log_mel = np.asarray(log_mel)
+    return np.median(log_mel.transpose(0, 2, 1).reshape(-1, log_mel.shape[1]), axis=0)
+
+
+def group_references(medians: np.ndarray, groups) -> dict[str, np.ndarray]:
+    """Each group's reference [n_mels]: the median of its recordings' median log-mels [files, n_mels]."""
+    groups = np.asarray(groups).astype(str)
+    medians = np.asarray(medians, np.float64)
+    return {str(group): np.median(medians[groups == group], axis=0).astype(np.float32) for group in np.unique(groups)}
+
+
+def sensor_of(path: str | os.PathLike) -> str | None:
+    """The sensor id of a logger-named recording, None for any other name."""
+    fields = logger_fields(path)
+    return fields["sensor_id"] if fields else None
+
+
+@dataclass(frozen=True)
+class ReferenceTable:
+    """Per sensor, its reference log-mel and how many recordings it came from, for one front-end."""
+
+    frontend: FrontendConfig
+    segmentation: SegmentationConfig
+    channel_policy: str
+    references: dict[str, np.ndarray]  # sensor id → float32 [n_mels]
+    recordings: dict[str, int]  # sensor id → recordings behind its reference
+    created: str = ""
+    source: str = "reference table"
+    digest: str = ""  # sha256 of the table file (first 16 hex digits): rows say which table judged them
+
+    def check_model(self, card: ModelCard, model: str | os.PathLike) -> None:
+        """A table made with another front-end or segmentation would shift every input: refused, naming both."""
+        problems = compare_configs(card.frontend, self.frontend, str(model), self.source, "frontend")
+        problems += compare_configs(card.segmentation, self.segmentation, str(model), self.source, "segmentation")
+        if problems:
+            raise ReferenceError(f"{self.source} was built for another front-end than {model}'s: "
+                                 + "; ".join(f"{name}: {why}" for name, why in problems) + " (rebuild it with leak reference build "
+                                 f"--model {model})")
+
+    def lookup(self, path: str | os.PathLike) -> tuple[str | None, np.ndarray | None]:
+        """(sensor id or None, its reference or None) for a recording."""
+        sensor = sensor_of(path)
+        return sensor, None if sensor is None else self.references.get(sensor)
+
+    def columns(self, path: str | os.PathLike) -> dict[str, str]:
+        """A row's reference columns: the sensor whose reference judged it, and which table that came from."""
+        return {"reference_sensor": sensor_of(path) or "", "reference_table": self.digest}
+
+    def to_dict(self) -> dict:
+        return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "created": self.created,
+                "frontend": self.frontend.__dict__, "segmentation": self.segmentation.__dict__,
+                "channel_policy": self.channel_policy,
+                "sensors": {sensor: {"recordings": self.recordings[sensor],
+                                     "log_mel": [round(float(v), 4) for v in self.references[sensor]]}
+                            for sensor in sorted(self.references)}}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_atomic(path, json.dumps(self.to_dict(), indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ReferenceTable:
+        path = Path(path)
+        if not path.is_file():
+            raise ReferenceError(f"--reference {path}: no such file (write one with leak reference build)")
+        try:
+            content = path.read_bytes()
+            data = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ReferenceError(f"{path}: not a reference table (not JSON: {error})") from None
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+            raise ReferenceError(f"{path}: not a reference table (no \"format\": \"{TABLE_FORMAT}\")")
+        if data.get("version") != TABLE_VERSION:
+            raise ReferenceError(f"{path}: reference table version {data.get('version')!r}, this leakhunter reads "
+                                 f"{TABLE_VERSION}")
+        try:
+            frontend = FrontendConfig(**data["frontend"])
+            segmentation = SegmentationConfig(**data["segmentation"])
+            problems = frontend.problems() or segmentation.problems(frontend)
+            if problems:
+                raise ValueError("; ".join(f"{name}: {why}" for name, why in problems))
+            references, recordings = {}, {}
+            for sensor, entry in data["sensors"].items():
+                values = np.asarray(entry["log_mel"], np.float32)
+                if values.shape != (frontend.n_mels,) or not np.isfinite(values).all():
+                    raise ValueError(f"sensor {sensor!r}: log_mel must be {frontend.n_mels} finite numbers")
+                if not isinstance(entry["recordings"], int) or entry["recordings"] < 1:
+                    raise ValueError(f"sensor {sensor!r}: recordings must be a positive integer")
+                references[str(sensor)], recordings[str(sensor)] = values, entry["recordings"]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ReferenceError(f"{path}: not a usable reference table ({type(error).__name__}: {error})") from None
+        if not references:
+            raise ReferenceError(f"{path}: the reference table has no sensors")
+        return cls(frontend, segmentation, str(data.get("channel_policy", "mean")), references, recordings,
+                   str(data.get("created", "")), str(path), hashlib.sha256(content).hexdigest()[:16])
+
+
+def reference_table(card: ModelCard, table: str | os.PathLike | None, model) -> ReferenceTable | None:
+    """The table a reference model scores with: required for one, refused for any other model."""
+    if card.reference is None:
+        if table is not None:
+            raise ReferenceError(f"--reference {table}: {model} takes no sensor reference (only a model trained "
+                                 f"with --reference sensor does)")
+        return None
+    if table is None:
+        raise ReferenceError(f"{model} judges each recording against its sensor's usual sound: give --reference "
+                             f"TABLE (write one with `leak reference build RECORDINGS --model {model}` over each "
+                             f"sensor's earlier, mostly leak-free recordings)")
+    loaded = ReferenceTable.load(table)
+    loaded.check_model(card, model)
+    return loaded
+
+
+def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCard, workers: int = 2,
+                          progress: Callable[[int, int], None] | None = None):
+    """Each sensor's reference from its recordings, through the model's own front-end (float32, as scoring
+    computes it). Returns (table, skipped AudioErrors). Recordings without a sensor id in their name are refused
+    before anything is decoded: a table keyed by nothing is useless."""
+    import torch
+
+    from leakhunter.audio import AudioError, load_audio, read_many
+    from leakhunter.frontend import FrontEnd
+
+    paths = [Path(p) for p in recordings]
+    if not paths:
+        raise ReferenceError("no recordings to build a reference table from")
+    unnamed = [str(p) for p in paths if sensor_of(p) is None]
+    if unnamed:
+        raise ReferenceError(f"{len(unnamed)} recording(s) carry no sensor id in their name, e.g. {unnamed[0]} "
+                             f"(name them sensor_id~recording_id~timestamp~gain_db.wav)")
+    frontend = FrontEnd(card.frontend, card.segmentation).eval()
+
+    def median_of(path: Path) -> np.ndarray:
+        audio = load_audio(path, card.frontend.sample_rate, card.channel_policy,
+                           min_samples=card.segmentation.long_samples)
+        with torch.inference_mode():
+            shorts = frontend.short_segments(torch.from_numpy(audio.samples)[None])[0]
+        return recording_median(shorts.numpy())
+
+    medians, sensors, skipped = [], [], []
+    for done, (path, result) in enumerate(read_many(paths, median_of, workers=workers), start=1):
+        if isinstance(result, AudioError):
+            skipped.append(result.with_traceback(None))
+        else:
+            medians.append(result)
+            sensors.append(sensor_of(path))
+        if progress:
+            progress(done, len(paths))
+    if not medians:
+        raise ReferenceError(f"none of the {len(paths)} recordings could be read "
+                             f"({', '.join(sorted({e.reason for e in skipped}))})")
+    references = group_references(np.stack(medians), sensors)
+    counts = {sensor: sensors.count(sensor) for sensor in references}
+    table = ReferenceTable(card.frontend, card.segmentation, card.channel_policy, references, counts,
+                           datetime.now(UTC).isoformat(timespec="seconds"))
+    return table, skipped

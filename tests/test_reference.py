@@ -1,0 +1,194 @@
+"""A reference model (`leak train --reference sensor`): each log-mel judged against its sensor's usual one, the
+same in training (per group, from the dataset), in the exported graph and in every scoring front (a table from
+`leak reference build`, looked up by the logger name's sensor id)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import quick_config
+from typer.testing import CliRunner
+
+from leakhunter.card import ModelCard
+from leakhunter.cli import app
+from leakhunter.reference import ReferenceError, ReferenceTable, group_references, recording_median, sensor_of
+from leakhunter.training.config import ConfigError
+
+QUIET = lambda text: None  # noqa: E731
+TINY = {"mode": "binary", "reference": "sensor", "epochs": 2, "channels": "4,8,8", "hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_dataset, tmp_path_factory):
+    """A tiny binary reference model on the small dataset, its export and a table built from the corpus."""
+    from leakhunter.export import export_model
+    from leakhunter.training.trainer import train
+
+    root = tmp_path_factory.mktemp("reference")
+    checkpoint = train(quick_config(small_dataset.output, root / "run", **TINY), log=QUIET).run_dir / "best.pth"
+    exported = export_model(checkpoint)
+    return checkpoint, exported
+
+
+@pytest.fixture(scope="module")
+def table(reference_run, small_corpus, tmp_path_factory):
+    path = tmp_path_factory.mktemp("table") / "refs.json"
+    result = CliRunner().invoke(app, ["reference", "build", str(small_corpus.root), "--model",
+                                      str(Path(reference_run[1].output)), "-o", str(path), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_a_reference_is_the_median_of_each_recordings_median_log_mel():
+    # two recordings of 3 frames; the reference is per bin the median over recordings of their own medians
+    one = np.array([[[1.0, 2.0, 9.0]], [[0.0, 0.0, 0.0]]]).transpose(1, 0, 2)  # [shorts=1, n_mels=2, frames=3]
+    assert recording_median(one).tolist() == [2.0, 0.0]
+    refs = group_references(np.array([[1.0, 5.0], [3.0, 7.0], [10.0, 10.0], [4.0, 0.0]]), ["a", "a", "a", "b"])
+    assert refs["a"].tolist() == [3.0, 7.0] and refs["b"].tolist() == [4.0, 0.0]
+    assert sensor_of("x/S07~R00001~20261120T023000~12.wav") == "S07" and sensor_of("x/take1.wav") is None
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_training_data_is_served_minus_each_files_group_reference(small_dataset, streamed):
+    from leakhunter.training.data import LeakData
+
+    plain = LeakData(small_dataset.output, "binary", streamed=streamed)
+    referenced = LeakData(small_dataset.output, "binary", streamed=streamed, reference="sensor")
+    medians = plain.file_mel_medians(plain.subset(np.arange(len(plain.paths))))
+    expected = group_references(medians, plain.groups)
+    assert all(np.allclose(referenced.file_references[i], expected[g]) for i, g in enumerate(plain.groups))
+    train = plain.splits["train"]
+    rows = np.arange(len(train))
+    owners = train.file_index[train.input_file[rows]]
+    shift = plain.inputs(train, rows)[:, 0] - referenced.inputs(referenced.splits["train"], rows)[:, 0]
+    assert np.abs(shift.numpy() - referenced.file_references[owners][:, :, None]).max() < 0.05  # float16 storage
+    # the baseline's feature moves with it: a group's files are now centred on zero
+    moved = referenced.file_mel_medians(referenced.splits["train"])
+    assert np.abs(moved - (medians[train.file_index] - referenced.file_references[train.file_index])).max() < 0.05
+    plain.close(), referenced.close()
+
+
+def test_the_card_and_the_config_refuse_what_a_reference_cannot_do(small_dataset):
+    card = ModelCard.for_mode("binary", ("NOLEAK", "LEAK"), reference="sensor")
+    assert card.recording_input == ("reference", card.frontend.n_mels)
+    with pytest.raises(ValueError, match="reference"):
+        ModelCard.for_mode("binary", ("NOLEAK", "LEAK"), reference="site")
+    with pytest.raises(ConfigError, match="reference 'site' is not one of none, sensor"):
+        quick_config(small_dataset.output, "x", reference="site")
+    with pytest.raises(ConfigError, match="fusion model's meta branch"):
+        quick_config(small_dataset.output, "x", mode="fusion", reference="sensor")
+
+
+def test_the_model_exports_with_a_reference_input_and_passes_parity(reference_run):
+    from leakhunter.inference.onnx_card import read_onnx
+
+    checkpoint, exported = reference_run
+    card = json.loads((checkpoint.parent / "model_meta.json").read_text())
+    assert card["reference"] == "sensor"
+    model = read_onnx(Path(exported.output))
+    assert [value.name for value in model.facts.inputs] == ["waveform", "reference"]
+    assert model.card.reference == "sensor"
+    parity = json.loads(Path(Path(exported.output)).with_suffix(".parity.json").read_text())
+    names = [f["name"] for f in parity["parity"][0]["files"]]
+    assert any(n.endswith("/reference-own") for n in names) and any(n.endswith("/reference-flat") for n in names)
+    assert exported.passed
+
+
+def test_the_table_matches_the_references_training_used(reference_run, table, small_dataset):
+    from leakhunter.training.data import LeakData
+
+    loaded = ReferenceTable.load(table)
+    data = LeakData(small_dataset.output, "binary", reference="sensor")
+    sensors = {sensor_of(path): i for i, path in enumerate(data.paths)}
+    assert set(loaded.references) == set(sensors)
+    gaps = [np.abs(loaded.references[s] - data.file_references[i]).max() for s, i in sensors.items()]
+    assert max(gaps) < 0.05  # float32 front-end vs the dataset's float16 mels
+    assert loaded.recordings == {s: sum(1 for p in data.paths if sensor_of(p) == s) for s in sensors}
+
+
+def test_a_louder_sensor_with_a_louder_reference_scores_the_same(reference_run, small_corpus):
+    """What the reference is for: a sensor that hears everything 6 dB louder is judged the same."""
+    from leakhunter.audio import load_audio
+    from leakhunter.inference.loader import load_runner
+
+    _, runner = load_runner(Path(reference_run[1].output), "cpu")
+    path = next(p for p in small_corpus.files if "LEAK" in str(p))
+    samples = load_audio(path, runner.card.frontend.sample_rate).samples
+    reference = np.linspace(-60.0, -20.0, runner.card.frontend.n_mels).astype(np.float32)
+    _, quiet = runner.score_waveform(samples, reference)
+    _, loud = runner.score_waveform(2 * samples, reference + np.float32(20 * np.log10(2)))
+    _, wrong = runner.score_waveform(2 * samples, reference)
+    same, moved = np.abs(quiet - loud).max(), np.abs(quiet - wrong).max()
+    assert same < 1e-5 and moved > 30 * same, (same, moved)  # (this tiny model barely separates: 2 epochs)
+    with pytest.raises(ValueError, match="none was given"):
+        runner.score_waveform(samples)
+
+
+def test_predict_judges_each_recording_by_its_sensor_and_says_which(reference_run, table, small_corpus, tmp_path):
+    checkpoint, exported = reference_run
+    folder = tmp_path / "night"
+    shutil.copytree(small_corpus.root / "LEAK", folder)
+    stranger = folder / "S999~R00001~20261120T023000~12.wav"
+    shutil.copy(next(folder.glob("*.wav")), stranger)
+    unnamed = folder / "take1.wav"
+    shutil.copy(next(folder.glob("S0*.wav")), unnamed)
+    rows = {}
+    for model in (Path(exported.output), checkpoint):
+        out = tmp_path / f"{model.suffix[1:]}.csv"
+        result = CliRunner().invoke(app, ["predict", str(folder), "--model", str(model), "--reference", str(table),
+                                          "--out", str(out), "--workers", "0"])
+        assert result.exit_code == 3, result.output  # two files could not be judged
+        rows[model.suffix] = {Path(r["file"]).name: r for r in csv.DictReader(open(out))}
+    onnx, torch_rows = rows[".onnx"], rows[".pth"]
+    assert onnx[stranger.name]["status"] == "no_reference" and "sensor S999 has no reference" in onnx[stranger.name]["message"]
+    assert onnx[unnamed.name]["status"] == "no_reference" and "no sensor id" in onnx[unnamed.name]["message"]
+    scored = [name for name, row in onnx.items() if row["status"] == "ok"]
+    assert len(scored) == len(onnx) - 2
+    digest = ReferenceTable.load(table).digest
+    for name in scored:
+        assert onnx[name]["reference_sensor"] == sensor_of(name) and onnx[name]["reference_table"] == digest
+        assert abs(float(onnx[name]["mean_leak_prob"]) - float(torch_rows[name]["mean_leak_prob"])) < 1e-5
+        assert onnx[name]["verdict"] == torch_rows[name]["verdict"]
+
+
+def test_a_reference_model_without_its_table_and_a_table_for_another_model_are_refused(
+        reference_run, table, binary_export, small_corpus, tmp_path):
+    shutil.copy(small_corpus.files[0], tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(Path(reference_run[1].output))])
+    assert result.exit_code == 2 and "give --reference TABLE" in result.output
+    result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(Path(binary_export[1].output)),
+                                 "--reference", str(table)])
+    assert result.exit_code == 2 and "takes no sensor reference" in result.output
+    other = json.loads(table.read_text())
+    other["frontend"]["n_mels"] = 64
+    for sensor in other["sensors"].values():
+        sensor["log_mel"] = sensor["log_mel"] * 2
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(Path(reference_run[1].output)),
+                                 "--reference", str(tmp_path / "other.json")])
+    assert result.exit_code == 2 and "built for another front-end" in result.output and "n_mels" in result.output
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "leakhunter-reference-table", "version": 1,
+                                                   "frontend": json.loads(table.read_text())["frontend"],
+                                                   "segmentation": json.loads(table.read_text())["segmentation"],
+                                                   "sensors": {"S1": {"recordings": 3, "log_mel": [1.0, 2.0]}}}))
+    with pytest.raises(ReferenceError, match=r"bad.json: not a usable reference table .*'S1': log_mel must be 32"):
+        ReferenceTable.load(tmp_path / "bad.json")
+
+
+def test_building_a_table_refuses_unnamed_recordings_and_non_reference_models(reference_run, binary_export, tmp_path):
+    soundfile.write(tmp_path / "take1.wav", np.zeros(8000, np.float32), 8000)
+    runner = CliRunner()
+    result = runner.invoke(app, ["reference", "build", str(tmp_path), "--model", str(Path(reference_run[1].output)),
+                                 "-o", str(tmp_path / "t.json")])
+    assert result.exit_code == 2 and "take1.wav" in result.output and "no sensor id" in result.output
+    result = runner.invoke(app, ["reference", "build", str(tmp_path), "--model", str(Path(binary_export[1].output)),
+                                 "-o", str(tmp_path / "t.json")])
+    assert result.exit_code == 2 and "takes no sensor reference" in result.output
+    assert not (tmp_path / "t.json").exists()
