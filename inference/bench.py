@@ -29,7 +29,7 @@ from leakhunter.card import STANDARD_CLASSES
 from leakhunter.devices import parse_device
 from leakhunter.errors import InputError
 from leakhunter.inference.engine import ScoringEngine
-from leakhunter.inference.loader import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES
+from leakhunter.inference.loader import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES, read_card
 from leakhunter.inference.onnx_card import ModelLoadError
 from leakhunter.inference.predict import find_inputs, predict
 
@@ -56,6 +56,10 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
     if workers < 0:
         raise InputError(f"workers must be >= 0, got {workers}")
     request = parse_device(device)  # a bad name fails before anything is generated
+    if read_card(model)[0].reference is not None:
+        raise InputError(f"{model} judges recordings against their sensors' references, which leak bench does not "
+                         f"take; time it with leak predict --reference TABLE on a night of your recordings (the "
+                         f"summary says x real time) or bench a model trained without --reference")
     models = [model]
     if model.suffix.lower() in ONNX_SUFFIXES and (sibling := model.with_suffix(".pth")).is_file() and _has_torch():
         models.append(sibling)  # the scoring install has no torch: then the .onnx is benched alone

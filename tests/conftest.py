@@ -155,3 +155,30 @@ def waveform_session(module, segmentation, output: str):
     finally:
         exporter_log.setLevel(level)
     return onnxruntime.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def reference_run(small_dataset, tmp_path_factory):
+    """A tiny binary reference model (`--reference sensor`, 2 epochs) on the small dataset: (best.pth, its export)."""
+    from leakhunter.export import export_model
+    from leakhunter.training.trainer import train
+
+    root = tmp_path_factory.mktemp("reference")
+    config = quick_config(small_dataset.output, root / "run", mode="binary", reference="sensor", epochs=2,
+                          channels="4,8,8", hidden=16)
+    checkpoint = train(config, log=lambda text: None).run_dir / "best.pth"
+    return checkpoint, export_model(checkpoint)
+
+
+@pytest.fixture(scope="session")
+def reference_table(reference_run, small_corpus, tmp_path_factory):
+    """`leak reference build` over the small corpus for the reference model: the table's path."""
+    from typer.testing import CliRunner
+
+    from leakhunter.cli import app
+
+    path = tmp_path_factory.mktemp("table") / "refs.json"
+    result = CliRunner().invoke(app, ["reference", "build", str(small_corpus.root), "--model",
+                                      str(reference_run[1].output), "-o", str(path), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    return path

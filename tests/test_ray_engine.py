@@ -5,6 +5,7 @@ resumed to the uninterrupted table, and the errors an operator meets (no ray ins
 import csv
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,6 +179,20 @@ def test_bad_option_combinations_are_one_clear_error(arguments, message, model, 
     result = CliRunner().invoke(app, ["predict", str(recording), "--model", str(model), *arguments])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+
+
+def test_a_reference_model_on_ray_judges_each_file_by_the_same_sensor(ray_cluster, reference_run, reference_table,
+                                                                      small_corpus, tmp_path):
+    model = Path(reference_run[1].output)
+    folder = tmp_path / "night"
+    folder.mkdir()
+    for path in small_corpus.files[:6]:
+        shutil.copy(path, folder)
+    shutil.copy(small_corpus.files[0], folder / "take1.wav")  # no sensor id: no reference
+    predict([folder], model, out=tmp_path / "local.csv", workers=0, reference=reference_table)
+    summary = predict([folder], model, out=tmp_path / "ray.csv", engine="ray", reference=reference_table)
+    assert rows_of(tmp_path / "ray.csv") == rows_of(tmp_path / "local.csv")
+    assert summary.statuses == {"ok": 6, "no_reference": 1}
 
 
 def test_a_crashing_a_hanging_and_an_actor_killing_file_each_cost_one_row(ray_cluster, model, tmp_path, monkeypatch):

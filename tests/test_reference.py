@@ -13,36 +13,14 @@ import numpy as np
 import pytest
 import soundfile
 from conftest import quick_config
+from test_serve import running, upload
 from typer.testing import CliRunner
 
 from leakhunter.card import ModelCard
 from leakhunter.cli import app
+from leakhunter.errors import InputError
 from leakhunter.reference import ReferenceError, ReferenceTable, group_references, recording_median, sensor_of
 from leakhunter.training.config import ConfigError
-
-QUIET = lambda text: None  # noqa: E731
-TINY = {"mode": "binary", "reference": "sensor", "epochs": 2, "channels": "4,8,8", "hidden": 16}
-
-
-@pytest.fixture(scope="module")
-def reference_run(small_dataset, tmp_path_factory):
-    """A tiny binary reference model on the small dataset, its export and a table built from the corpus."""
-    from leakhunter.export import export_model
-    from leakhunter.training.trainer import train
-
-    root = tmp_path_factory.mktemp("reference")
-    checkpoint = train(quick_config(small_dataset.output, root / "run", **TINY), log=QUIET).run_dir / "best.pth"
-    exported = export_model(checkpoint)
-    return checkpoint, exported
-
-
-@pytest.fixture(scope="module")
-def table(reference_run, small_corpus, tmp_path_factory):
-    path = tmp_path_factory.mktemp("table") / "refs.json"
-    result = CliRunner().invoke(app, ["reference", "build", str(small_corpus.root), "--model",
-                                      str(Path(reference_run[1].output)), "-o", str(path), "--workers", "1"])
-    assert result.exit_code == 0, result.output
-    return path
 
 
 def test_a_reference_is_the_median_of_each_recordings_median_log_mel():
@@ -100,10 +78,10 @@ def test_the_model_exports_with_a_reference_input_and_passes_parity(reference_ru
     assert exported.passed
 
 
-def test_the_table_matches_the_references_training_used(reference_run, table, small_dataset):
+def test_the_table_matches_the_references_training_used(reference_run, reference_table, small_dataset):
     from leakhunter.training.data import LeakData
 
-    loaded = ReferenceTable.load(table)
+    loaded = ReferenceTable.load(reference_table)
     data = LeakData(small_dataset.output, "binary", reference="sensor")
     sensors = {sensor_of(path): i for i, path in enumerate(data.paths)}
     assert set(loaded.references) == set(sensors)
@@ -130,7 +108,8 @@ def test_a_louder_sensor_with_a_louder_reference_scores_the_same(reference_run, 
         runner.score_waveform(samples)
 
 
-def test_predict_judges_each_recording_by_its_sensor_and_says_which(reference_run, table, small_corpus, tmp_path):
+def test_predict_judges_each_recording_by_its_sensor_and_says_which(reference_run, reference_table, small_corpus,
+                                                                    tmp_path):
     checkpoint, exported = reference_run
     folder = tmp_path / "night"
     shutil.copytree(small_corpus.root / "LEAK", folder)
@@ -141,8 +120,8 @@ def test_predict_judges_each_recording_by_its_sensor_and_says_which(reference_ru
     rows = {}
     for model in (Path(exported.output), checkpoint):
         out = tmp_path / f"{model.suffix[1:]}.csv"
-        result = CliRunner().invoke(app, ["predict", str(folder), "--model", str(model), "--reference", str(table),
-                                          "--out", str(out), "--workers", "0"])
+        result = CliRunner().invoke(app, ["predict", str(folder), "--model", str(model), "--reference",
+                                          str(reference_table), "--out", str(out), "--workers", "0"])
         assert result.exit_code == 3, result.output  # two files could not be judged
         rows[model.suffix] = {Path(r["file"]).name: r for r in csv.DictReader(open(out))}
     onnx, torch_rows = rows[".onnx"], rows[".pth"]
@@ -150,7 +129,7 @@ def test_predict_judges_each_recording_by_its_sensor_and_says_which(reference_ru
     assert onnx[unnamed.name]["status"] == "no_reference" and "no sensor id" in onnx[unnamed.name]["message"]
     scored = [name for name, row in onnx.items() if row["status"] == "ok"]
     assert len(scored) == len(onnx) - 2
-    digest = ReferenceTable.load(table).digest
+    digest = ReferenceTable.load(reference_table).digest
     for name in scored:
         assert onnx[name]["reference_sensor"] == sensor_of(name) and onnx[name]["reference_table"] == digest
         assert abs(float(onnx[name]["mean_leak_prob"]) - float(torch_rows[name]["mean_leak_prob"])) < 1e-5
@@ -158,15 +137,17 @@ def test_predict_judges_each_recording_by_its_sensor_and_says_which(reference_ru
 
 
 def test_a_reference_model_without_its_table_and_a_table_for_another_model_are_refused(
-        reference_run, table, binary_export, small_corpus, tmp_path):
+        reference_run, reference_table, binary_export, small_corpus, tmp_path):
     shutil.copy(small_corpus.files[0], tmp_path)
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(Path(reference_run[1].output))])
     assert result.exit_code == 2 and "give --reference TABLE" in result.output
     result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(Path(binary_export[1].output)),
-                                 "--reference", str(table)])
+                                 "--reference", str(reference_table)])
     assert result.exit_code == 2 and "takes no sensor reference" in result.output
-    other = json.loads(table.read_text())
+    result = runner.invoke(app, ["bench", str(Path(reference_run[1].output))])
+    assert result.exit_code == 2 and "which leak bench does not take" in result.output
+    other = json.loads(reference_table.read_text())
     other["frontend"]["n_mels"] = 64
     for sensor in other["sensors"].values():
         sensor["log_mel"] = sensor["log_mel"] * 2
@@ -174,10 +155,8 @@ def test_a_reference_model_without_its_table_and_a_table_for_another_model_are_r
     result = runner.invoke(app, ["predict", str(tmp_path), "--model", str(Path(reference_run[1].output)),
                                  "--reference", str(tmp_path / "other.json")])
     assert result.exit_code == 2 and "built for another front-end" in result.output and "n_mels" in result.output
-    (tmp_path / "bad.json").write_text(json.dumps({"format": "leakhunter-reference-table", "version": 1,
-                                                   "frontend": json.loads(table.read_text())["frontend"],
-                                                   "segmentation": json.loads(table.read_text())["segmentation"],
-                                                   "sensors": {"S1": {"recordings": 3, "log_mel": [1.0, 2.0]}}}))
+    good = json.loads(reference_table.read_text())
+    (tmp_path / "bad.json").write_text(json.dumps(good | {"sensors": {"S1": {"recordings": 3, "log_mel": [1.0]}}}))
     with pytest.raises(ReferenceError, match=r"bad.json: not a usable reference table .*'S1': log_mel must be 32"):
         ReferenceTable.load(tmp_path / "bad.json")
 
@@ -192,3 +171,38 @@ def test_building_a_table_refuses_unnamed_recordings_and_non_reference_models(re
                                  "-o", str(tmp_path / "t.json")])
     assert result.exit_code == 2 and "takes no sensor reference" in result.output
     assert not (tmp_path / "t.json").exists()
+
+
+def test_serve_judges_an_upload_by_the_sensor_its_name_gives(reference_run, reference_table, small_corpus, tmp_path):
+    model = Path(reference_run[1].output)
+    recording = small_corpus.files[0]
+    result = CliRunner().invoke(app, ["predict", str(recording), "--model", str(model), "--reference",
+                                      str(reference_table), "--workers", "0", "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    expected = {Path(r["file"]).name: r for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    with running(model=model, workers=0, reference=reference_table) as (url, _):
+        served = upload(url, recording).json()
+        unnamed = upload(url, recording, name="take1.wav").json()
+    row = expected[recording.name]
+    assert served["status"] == "ok" and served["reference_sensor"] == row["reference_sensor"] == sensor_of(recording)
+    assert served["mean_leak_prob"] == pytest.approx(float(row["mean_leak_prob"]), abs=1e-6)
+    assert unnamed["status"] == "no_reference" and "no sensor id" in unnamed["message"]
+
+
+def test_eval_from_the_datasets_references_agrees_with_eval_through_the_table(reference_run, reference_table,
+                                                                              small_dataset):
+    """The two ends of a reference model meet: the dataset's per-group references (training, `.pth` eval) and the
+    table `leak reference build` made (every scoring front) judge the same recordings alike."""
+    from leakhunter.training.evaluate import evaluate
+
+    checkpoint, exported = reference_run
+    from_features = evaluate(checkpoint, small_dataset.output, split="test", workers=0)
+    from_recordings = evaluate(Path(exported.output), small_dataset.output, split="test", workers=0,
+                               reference=reference_table)
+    assert "features" in from_features["scored_by"] and "recordings" in from_recordings["scored_by"]
+    pairs = list(zip(from_features["files"], from_recordings["files"]))
+    assert len(pairs) == from_features["n_files"] > 0 and all(a["file"] == b["file"] for a, b in pairs)
+    assert max(abs(a["mean_leak_prob"] - b["mean_leak_prob"]) for a, b in pairs) < 1e-3
+    assert [a["verdict"] for a, _ in pairs] == [b["verdict"] for _, b in pairs]
+    with pytest.raises(InputError, match="scored from the dataset's features"):
+        evaluate(checkpoint, small_dataset.output, split="test", reference=reference_table)

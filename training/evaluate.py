@@ -123,6 +123,10 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
         if split not in leak_data.splits:
             raise InputError(f"split {split!r} is not one of {', '.join(leak_data.splits)}")
         files = dataset_files(leak_data, split) if backend != "torch" else None
+        if files is None and reference is not None:
+            raise InputError(f"--reference {reference}: a .pth on a dataset is scored from the dataset's features, "
+                             f"each group against its own reference; the table applies where recordings are scored "
+                             f"(an .onnx, a manifest or class folders)")
         if files is None:
             votes, segment = _score_dataset(model, card, leak_data, split, device, used)
             failed = []
