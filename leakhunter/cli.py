@@ -115,7 +115,7 @@ def staged_mode_of(checkpoint: Path) -> str:
 
 @command(app, "doctor")
 def doctor(run_dir: Path = typer.Argument(..., help="A run directory from `leak train`.")):
-    """Re-run the health checks (H001–H016, a fusion run stage by stage) on a run; exit 1 when any check fails."""
+    """Re-run the health checks (H001–H017, a fusion run stage by stage) on a run; exit 1 when any check fails."""
     from leakhunter.training.doctor import doctor as run_doctor
 
     monitor = run_doctor(run_dir)

@@ -206,3 +206,25 @@ def test_eval_from_the_datasets_references_agrees_with_eval_through_the_table(re
     assert [a["verdict"] for a, _ in pairs] == [b["verdict"] for _, b in pairs]
     with pytest.raises(InputError, match="scored from the dataset's features"):
         evaluate(checkpoint, small_dataset.output, split="test", reference=reference_table)
+
+
+def test_h017_fails_a_reference_run_whose_files_are_each_their_own_group_and_warns_on_thin_ones(
+        reference_run, small_corpus, tmp_path):
+    from leakhunter.training.dataset import build_dataset
+    from leakhunter.training.health import HealthFailure, reference_findings
+    from leakhunter.training.trainer import train
+
+    assert reference_findings("sensor", ["a"] * 5 + ["b"] * 7) == [] == reference_findings(None, ["a", "b"])
+    # the small corpus has sensors with 1-3 recordings: the run said so, naming them
+    health = json.loads((reference_run[0].parent / "health.json").read_text())
+    thin = [f for f in health["findings"] if f["code"] == "H017"]
+    assert len(thin) == 1 and thin[0]["level"] == "warn" and "S000" in thin[0]["message"]
+    manifest = tmp_path / "alone.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "group"])
+        writer.writerows([path, path.parent.name, f"g{i}"] for i, path in enumerate(small_corpus.files))
+    data = build_dataset(manifest, tmp_path / "alone.h5", workers=1).output
+    with pytest.raises(HealthFailure, match="H017 thin reference .* each of the 40 files is a group of its own") as caught:
+        train(quick_config(data, tmp_path / "run", mode="binary", reference="sensor", epochs=1), log=lambda t: None)
+    assert caught.value.exit_code == 117
