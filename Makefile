@@ -23,13 +23,14 @@ demo: setup
 	$(BIN)/leak data build $(DEMO)/corpus -o $(DEMO)/data.h5 --workers 2
 	$(BIN)/leak data check $(DEMO)/data.h5
 	$(BIN)/leak train --data $(DEMO)/data.h5 --out $(DEMO)/run --mode binary --cv 5 --epochs 20 \
-		--channels 8,16,32 --hidden 64 --level relative
+		--channels 8,16,32 --hidden 64 --augment gain,tilt,mix,mask --reference sensor
 	$(BIN)/leak eval $(DEMO)/run/best.pth --data $(DEMO)/data.h5 --split test
 	$(BIN)/leak export $(DEMO)/run/best.pth
 	$(BIN)/leak info $(DEMO)/run/best.onnx
 	$(BIN)/leak data files $(DEMO)/data.h5 --split test -o $(DEMO)/test_files.csv
-	$(BIN)/leak predict $(DEMO)/test_files.csv --model $(DEMO)/run/best.onnx --out $(DEMO)/scores.csv \
-		--sensitivity high --timeline
+	$(BIN)/leak reference build $(DEMO)/test_files.csv --model $(DEMO)/run/best.onnx -o $(DEMO)/references.json
+	$(BIN)/leak predict $(DEMO)/test_files.csv --model $(DEMO)/run/best.onnx --reference $(DEMO)/references.json \
+		--out $(DEMO)/scores.csv --sensitivity high --timeline
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -113,20 +113,13 @@ def with_reference(card: ModelCard, recordings: list[GoldenRecording]) -> list[G
     reference, so inputs sit near 0 dB as in training) and against a flat -40 dB one (inputs far from it)."""
     if card.reference is None:
         return recordings
-    import torch
-
     from leakhunter.frontend import FrontEnd
-    from leakhunter.reference import recording_median
+    from leakhunter.reference import samples_median
 
     frontend = FrontEnd(card.frontend, card.segmentation).eval()
     flat = np.full(card.frontend.n_mels, -40.0, np.float32)
-    out = []
-    for r in recordings:
-        with torch.inference_mode():
-            own = recording_median(frontend.short_segments(torch.from_numpy(r.samples)[None])[0].numpy())
-        out += [GoldenRecording(f"{r.name}/reference-own", r.source, r.samples, own.astype(np.float32)),
-                GoldenRecording(f"{r.name}/reference-flat", r.source, r.samples, flat)]
-    return out
+    return [GoldenRecording(f"{r.name}/{name}", r.source, r.samples, reference) for r in recordings
+            for name, reference in (("reference-own", samples_median(frontend, r.samples)), ("reference-flat", flat))]
 
 
 def with_meta(card: ModelCard, recordings: list[GoldenRecording]) -> list[GoldenRecording]:

@@ -248,7 +248,7 @@ class ScoringEngine:
         card, _, _ = read_card(model)
         self.meta = meta_resolver(card, meta, meta_missing, model)
         self.meta_missing = meta_missing
-        self.reference = reference_table(card, reference, model)
+        self.reference = reference_table(card, reference, model, channel_policy(card, channel))
         deployed_threshold(card, threshold, sensitivity)  # a bad --sensitivity is refused before any worker starts
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
         # What the workers decode with; inline (workers=0) this process uses the same decoder.

@@ -33,7 +33,7 @@ from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine, meta_resolver
 from leakhunter.inference.loader import read_card
-from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer
+from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer, channel_policy
 from leakhunter.reference import reference_table
 
 FILES_PER_BATCH = 32  # per actor call (fewer where actors would idle): the engine packs pieces across them
@@ -123,7 +123,8 @@ def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
 class ScoringActor:
     """One Ray actor: a ScoringEngine made once from the shipped model; each call scores a batch of paths."""
 
-    def __init__(self, model: list, suffix: str, sha256: str, version: str, engine_options: dict):
+    def __init__(self, model: list, suffix: str, sha256: str, version: str, engine_options: dict,
+                 reference_digest: str | None = None):
         import ray
 
         if leakhunter.__version__ != version:
@@ -134,6 +135,11 @@ class ScoringActor:
         if self.engine.scorer.model_sha256 != sha256:
             raise RayEngineError(f"the model loaded on {socket.gethostname()} has sha256 "
                                  f"{self.engine.scorer.model_sha256[:12]}..., the driver's {sha256[:12]}...")
+        table = self.engine.reference  # read from this node's mount: it must be the driver's table
+        if (table.digest if table is not None else None) != reference_digest:
+            raise RayEngineError(f"the reference table {engine_options.get('reference')} on "
+                                 f"{socket.gethostname()} is not the driver's (sha256 {table.digest if table else None}"
+                                 f" against {reference_digest}): every node must see the same file")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """The batch's results, sent back at least every SEND_SECONDS rather than at its end: each send is one JSON
@@ -197,7 +203,7 @@ class RayEngine:
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
         # a bad --meta, policy or reference table: refused here, not in an actor
         self.meta = meta_resolver(card, meta, meta_missing, self.model)
-        self.reference = reference_table(card, reference, self.model)
+        self.reference = reference_table(card, reference, self.model, channel_policy(card, channel))
         self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline, sensitivity)
         # An actor without a GPU of its own scores on CPU, even on a node that has one (Ray did not give it one).
         self.device, self.batch_rows = device if self.options.gpus_per_actor else "cpu", batch_rows
@@ -267,10 +273,15 @@ class RayEngine:
             yield from self.score(list(pending.values()), png_for, files_per_batch=1)
             return
         for path in pending.values():  # their batch killed its actor every time it was tried
-            yield self.scorer.failed(path, "worker_crash", f"the Ray actor scoring this file's batch died each of "
-                                                           f"the {BATCH_RETRIES + 1} time(s) it was tried (out of "
-                                                           f"memory, a node lost, a crash in the actor); --resume "
-                                                           f"scores it again")
+            yield self._failed(path, "worker_crash", f"the Ray actor scoring this file's batch died each of the "
+                                                     f"{BATCH_RETRIES + 1} time(s) it was tried (out of memory, a "
+                                                     f"node lost, a crash in the actor); --resume scores it again")
+
+    def _failed(self, path: str | Path, reason: str, detail: str) -> FileResult:
+        """A row the driver writes itself, with the columns an actor's row would have (the resume keys use them)."""
+        result = self.scorer.failed(path, reason, detail)
+        result.row.update(self.recording_columns(path))
+        return result
 
     def _checked(self, result: dict, host: str) -> FileResult:
         """A file the driver sees but the actor's node does not is a mount problem, not a missing file: `error`
@@ -280,8 +291,8 @@ class RayEngine:
         if here["size_bytes"] != "":
             row.update(size_bytes=here["size_bytes"], mtime=here["mtime"])
         if row["status"] == "missing" and Path(row["file"]).exists():
-            return self.scorer.failed(row["file"], "error", f"not found on the Ray node {host}, though the driver "
-                                                            f"sees it: mount the inputs at the same path on every node")
+            return self._failed(row["file"], "error", f"not found on the Ray node {host}, though the driver sees "
+                                                      f"it: mount the inputs at the same path on every node")
         return FileResult(row, result["timeline"])
 
     def _connect(self) -> None:
@@ -322,7 +333,8 @@ class RayEngine:
                 num_cpus=self.options.cpus_per_actor, num_gpus=self.options.gpus_per_actor or None,
                 fn_constructor_kwargs={"model": [self._model_ref], "suffix": self.model.suffix.lower(),
                                        "sha256": self.scorer.model_sha256, "version": leakhunter.__version__,
-                                       "engine_options": self.engine_options},
+                                       "engine_options": self.engine_options,
+                                       "reference_digest": self.reference.digest if self.reference else None},
                 max_task_retries=BATCH_RETRIES)  # Ray Data's default is for ever: a poisoned batch would never end
         dataset.context.max_errored_blocks = -1  # a batch that kills its actor every time: worker_crash rows
         dataset.context.target_max_block_size = 1  # each send of an actor is a block, read while its batch runs

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from leakhunter.card import ModelCard, input_shape
+from leakhunter.errors import InputError
 from leakhunter.fingerprint import file_sha256
 from leakhunter.segments import frame_stride, plan_segments
 from leakhunter.voting import per_long_segment
@@ -105,7 +106,8 @@ def check_context(card: ModelCard, context: np.ndarray | None, rows: int) -> np.
     name, width = card.recording_input
     if context is None:
         if name == "reference":
-            raise ValueError("a reference model judges a recording against its sensor's reference; none was given")
+            raise InputError("a reference model judges a recording against its sensor's reference; none was given "
+                             "(score it with --reference TABLE)")
         return np.full((rows, width), np.nan, np.float32)
     return np.asarray(context, np.float32).reshape(rows, width)
 

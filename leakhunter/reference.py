@@ -44,6 +44,15 @@ def recording_median(log_mel: np.ndarray) -> np.ndarray:
     return np.median(log_mel.transpose(0, 2, 1).reshape(-1, log_mel.shape[1]), axis=0)
 
 
+def samples_median(frontend, samples: np.ndarray) -> np.ndarray:
+    """The median log-mel [n_mels] of a recording's samples at the card's rate, through a FrontEnd (torch)."""
+    import torch
+
+    with torch.inference_mode():
+        shorts = frontend.short_segments(torch.from_numpy(np.ascontiguousarray(samples, np.float32))[None])[0]
+    return recording_median(shorts.numpy()).astype(np.float32)
+
+
 def group_references(medians: np.ndarray, groups) -> dict[str, np.ndarray]:
     """Each group's reference [n_mels]: the median of its recordings' median log-mels [files, n_mels]."""
     groups = np.asarray(groups).astype(str)
@@ -136,8 +145,10 @@ class ReferenceTable:
                    str(data.get("created", "")), str(path), hashlib.sha256(content).hexdigest()[:16])
 
 
-def reference_table(card: ModelCard, table: str | os.PathLike | None, model) -> ReferenceTable | None:
-    """The table a reference model scores with: required for one, refused for any other model."""
+def reference_table(card: ModelCard, table: str | os.PathLike | None, model,
+                    channel_policy: str | None = None) -> ReferenceTable | None:
+    """The table a reference model scores with: required for one, refused for any other model, and for one made
+    with another front-end or channel policy (`channel_policy`: the one scoring decodes with, default the card's)."""
     if card.reference is None:
         if table is not None:
             raise ReferenceError(f"--reference {table}: {model} takes no sensor reference (only a model trained "
@@ -149,6 +160,11 @@ def reference_table(card: ModelCard, table: str | os.PathLike | None, model) -> 
                              f"sensor's earlier, mostly leak-free recordings)")
     loaded = ReferenceTable.load(table)
     loaded.check_model(card, model)
+    policy = card.channel_policy if channel_policy is None else channel_policy
+    if loaded.channel_policy != policy:
+        raise ReferenceError(f"{loaded.source} was built from channel {loaded.channel_policy!r} of multichannel "
+                             f"recordings, this run decodes channel {policy!r}: a reference of another channel "
+                             f"would shift every input (score with the card's channel, or rebuild the table)")
     return loaded
 
 
@@ -157,8 +173,6 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
     """Each sensor's reference from its recordings, through the model's own front-end (float32, as scoring
     computes it). Returns (table, skipped AudioErrors). Recordings without a sensor id in their name are refused
     before anything is decoded: a table keyed by nothing is useless."""
-    import torch
-
     from leakhunter.audio import AudioError, load_audio, read_many
     from leakhunter.frontend import FrontEnd
 
@@ -174,9 +188,7 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
     def median_of(path: Path) -> np.ndarray:
         audio = load_audio(path, card.frontend.sample_rate, card.channel_policy,
                            min_samples=card.segmentation.long_samples)
-        with torch.inference_mode():
-            shorts = frontend.short_segments(torch.from_numpy(audio.samples)[None])[0]
-        return recording_median(shorts.numpy())
+        return samples_median(frontend, audio.samples)
 
     medians, sensors, skipped = [], [], []
     for done, (path, result) in enumerate(read_many(paths, median_of, workers=workers), start=1):

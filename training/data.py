@@ -22,7 +22,7 @@ import torch
 from leakhunter.card import MODES, CardError, ModelCard, compare_configs
 from leakhunter.meta import file_meta
 from leakhunter.models import ModelInputs, RelativeLevel
-from leakhunter.reference import group_references, recording_median
+from leakhunter.reference import group_references, recording_median, sensor_of
 from leakhunter.segments import long_segment_inputs
 from leakhunter.training.config import parse_memory
 from leakhunter.training.dataset import DatasetError, dataset_configs
@@ -64,7 +64,7 @@ class LeakData:
         None chooses by the memory budget. `split_files` (split name → dataset file indices) replaces the
         file's own split, for a cross-validation fold or a final model (training/cv.py); a file may then sit
         in two splits (a final model's in-sample validation), and the dataset's split codes still describe it.
-        `reference` "sensor" serves every log-mel minus its group's reference (leakhunter/reference.py), from
+        `reference` "sensor" serves every log-mel minus its sensor's reference (leakhunter/reference.py), from
         the first read on: statistics, the baseline and batches all see what a reference model sees."""
         self.path = Path(path)
         if not self.path.is_file():
@@ -122,14 +122,16 @@ class LeakData:
             log(self.loading)
 
     def _use_references(self) -> None:
-        """Each group's reference from its own files' median log-mels (no label used), subtracted from every
-        short segment: once in memory, or per chunk as the streamed path reads it."""
+        """Each sensor's reference from its own files' median log-mels (no label used), subtracted from every
+        short segment: once in memory, or per chunk as the streamed path reads it. A sensor is the logger name's
+        sensor id, as scoring looks it up in a table (a file without one is its own; H017 fails such a run)."""
         if self.reference != "sensor":
             raise DatasetError(f"{self.path}: unknown reference {self.reference!r} (known: sensor)")
         medians = self.file_mel_medians(self.subset(np.arange(len(self.paths))))
-        by_group = group_references(medians, self.groups)
-        self.file_references = np.stack([by_group[group] for group in self.groups])
-        self._chunks.clear()  # read before the references existed
+        sensors = [sensor_of(path) or path for path in self.paths]
+        by_sensor = group_references(medians, sensors)
+        self.file_references = np.stack([by_sensor[sensor] for sensor in sensors])
+        self.close()  # read before the references existed; a streamed LeakData stays unopened until its next read
         if self.mel is not None:
             for start in range(0, len(self.mel), 65_536):  # in place, in blocks: no float32 copy of the whole set
                 rows = slice(start, start + 65_536)

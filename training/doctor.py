@@ -48,7 +48,7 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     card = card_of(last, last_path)
     plan = last.get("plan")  # a cross-validation fold or final model: its own splits, nothing selected on val
     data = LeakData(config.data, config.mode, split_files=None if plan is None else plan["split_files"],
-                    reference=config.card_reference())
+                    reference=card.reference)
     train = data.splits["train"]
     weights, capped, raw_ratio = class_weights(train.targets, len(card.class_names), config.class_weight_cap)
     network = build_model(card)

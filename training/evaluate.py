@@ -108,6 +108,10 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     from leakhunter.inference.loader import read_card
 
     card, _, backend = read_card(model)
+    if reference is not None:  # a table this model cannot use is refused before anything is scored
+        from leakhunter.reference import reference_table
+
+        reference_table(card, reference, model)
     used = card.voting.threshold if threshold is None else threshold
     segment: dict = {"segment_accuracy": None, "kappa": None, "predicted_distribution": None}
     if is_dataset(data):
@@ -125,8 +129,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
         files = dataset_files(leak_data, split) if backend != "torch" else None
         if files is None and reference is not None:
             raise InputError(f"--reference {reference}: a .pth on a dataset is scored from the dataset's features, "
-                             f"each group against its own reference; the table applies where recordings are scored "
-                             f"(an .onnx, a manifest or class folders)")
+                             f"each sensor against the reference its own files give; the table applies where "
+                             f"recordings are scored (an .onnx, a manifest or class folders)")
         if files is None:
             votes, segment = _score_dataset(model, card, leak_data, split, device, used)
             failed = []

@@ -18,7 +18,7 @@ import numpy as np
 
 from leakhunter.errors import LeakhunterError
 from leakhunter.files import write_atomic
-from leakhunter.reference import FEW_RECORDINGS
+from leakhunter.reference import FEW_RECORDINGS, sensor_of
 from leakhunter.training.baseline import BASELINE_NAME
 from leakhunter.training.splits import crossing_keys
 
@@ -67,9 +67,9 @@ ADVICE = {
     "H016": "The validation split's groups are easier than the average group: its numbers overstate what a new "
             "site will see. Estimate with `leak train --cv K` (grouped cross-validation), or rebuild the split "
             "with more validation groups.",
-    "H017": "A reference model needs each file's sensor as its group (the logger name's sensor_id, or the "
-            "manifest's group column) and several recordings per sensor; give the files their sensors, add "
-            "recordings, or train without --reference sensor.",
+    "H017": "A reference model judges each file against its sensor, named by the file's logger name "
+            "(sensor_id~recording_id~timestamp~gain_db), and needs several recordings per sensor: name the files "
+            "by their sensors, add recordings, or train without --reference sensor.",
 }
 NAMES = {"H001": "config", "H002": "checkpoint", "H003": "labels", "H004": "leakage", "H005": "class weights",
          "H006": "trainable params", "H007": "prediction collapse", "H008": "trivial loss", "H009": "no progress",
@@ -77,6 +77,7 @@ NAMES = {"H001": "config", "H002": "checkpoint", "H003": "labels", "H004": "leak
          "H014": "collapsed branch", "H015": "baseline",
          "H016": "optimistic split", "H017": "thin reference"}
 CHECKED = "H001–H012, H015–H017"  # and on a fusion run, H013/H014 (training/fusion.py)
+ALONE_SHARE = 0.10  # H017 fails when more files than this are their sensor's only recording
 OPTIMISM_MARGIN = 0.10  # H016: validation F1 this far above the grouped cross-validated F1 (the baseline's)
 
 
@@ -227,23 +228,31 @@ def setup_findings(config, card, head_outputs: int, has_aux: bool, data, weights
         + weight_findings(list(weights), capped, config.class_weight_cap, raw_ratio)
         + trainable_findings(trainable, total, frozen_by_design)
         + cycling_findings(config.batch_size, len(train) // world)
-        + reference_findings(card.reference, data.groups)
+        + reference_findings(card.reference, data.paths)
     )
 
 
-def reference_findings(reference: str | None, groups: list[str]) -> list[Finding]:
-    """H017: a reference model whose groups are too thin to have a usual sound. A group of one file is its own
-    reference, which normalises a steady leak away with the background (README: about chance)."""
-    if reference is None or not groups:
+def reference_findings(reference: str | None, paths: list[str]) -> list[Finding]:
+    """H017: a reference model whose sensors are too thin to have a usual sound. A file without a sensor id could
+    never be looked up in a table, and a sensor's only recording is its own reference, which normalises a steady
+    leak away with the background (README: about chance)."""
+    if reference is None or not paths:
         return []
-    counts = Counter(groups)
-    if max(counts.values()) == 1:
-        return [fail("H017", "setup", f"each of the {len(groups)} files is a group of its own, so each would be "
-                                      f"judged against itself and a steady leak would vanish with its background")]
-    thin = sorted(group for group, n in counts.items() if n < FEW_RECORDINGS)
+    sensors = [sensor_of(path) for path in paths]
+    unnamed = [path for path, sensor in zip(paths, sensors) if sensor is None]
+    if unnamed:
+        return [fail("H017", "setup", f"{len(unnamed)} of the {len(paths)} files carry no sensor id in their name "
+                                      f"(e.g. {Path(unnamed[0]).name}; sensor_id~recording_id~timestamp~gain_db): "
+                                      f"each would be its own reference, and no table could hold it for scoring")]
+    counts = Counter(sensors)
+    alone = sum(1 for sensor in sensors if counts[sensor] == 1)
+    if alone > ALONE_SHARE * len(paths):
+        return [fail("H017", "setup", f"{alone} of the {len(paths)} files are their sensor's only recording, so "
+                                      f"each is judged against itself and a steady leak vanishes with its background")]
+    thin = sorted(sensor for sensor, n in counts.items() if n < FEW_RECORDINGS)
     if thin:
-        files = sum(counts[group] for group in thin)
-        return [warn("H017", "setup", f"{len(thin)} of {len(counts)} groups ({files} files) have fewer than "
+        files = sum(counts[sensor] for sensor in thin)
+        return [warn("H017", "setup", f"{len(thin)} of {len(counts)} sensors ({files} files) have fewer than "
                                       f"{FEW_RECORDINGS} recordings behind their reference ({', '.join(thin[:5])}"
                                       f"{' ...' if len(thin) > 5 else ''}): their reference is mostly the "
                                       f"recordings themselves")]
