@@ -6,7 +6,7 @@
 # small+LIST; any of them +relative (or `relative` alone) adds --level relative, and +site (or `site` alone;
 # before +relative when both) adds --reference sensor (each log-mel judged against its site's usual one);
 # +own (or `own`) trains on the copy of data.h5 in which each recording is its own reference
-# (benchmarks/site_reference.py --by recording, a prototype: not a leak train setting). Without CV: one markdown row
+# (benchmarks/own_reference.py, a prototype: not a leak train setting). Without CV: one markdown row
 # per run from the default split (the CNN's validation and test-site file F1, test AUC, the baseline's test-site
 # F1, seconds). With CV=K: `leak train --cv K` (grouped K-fold over the
 # train+val sites), one row per run (pooled held-out F1, per-fold spread, AUC, baseline, chosen epochs, the final
@@ -102,7 +102,7 @@ for seed in "${@:-0}"; do  # corpora first, built once and reused
     "$LEAK" data build "$corpus/corpus" -o "$corpus/data_long.h5" --workers 2 --preset long > /dev/null
   fi
   if [[ " $LEVERS " =~ (" "|\+)own[+\ ] ]] && [ ! -f "$corpus/data_own.h5" ]; then  # the prototype copy
-    "$PYTHON" "$(dirname "$0")/site_reference.py" "$corpus/data.h5" "$corpus/data_own.h5" --by recording > /dev/null
+    "$PYTHON" "$(dirname "$0")/own_reference.py" "$corpus/data.h5" "$corpus/data_own.h5" > /dev/null
   fi
 done
 if [ -n "$CV" ]; then
