@@ -173,30 +173,33 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table(night, onnx_model, tm
 
 
 def test_a_thirty_minute_file_streams_in_bounded_memory_and_equals_the_in_memory_result(trained_model, tmp_path):
-    path = tmp_path / "long.wav"
     rng = np.random.default_rng(0)
-    with soundfile.SoundFile(path, "w", 16000, 1, subtype="PCM_16") as handle:
-        for minute in range(30):
-            label = "LEAK" if minute % 3 else "NORMAL"
-            handle.write(synth_recording(label, 60.0, 16000, rng))
+    for name, minutes in (("long.wav", 30), ("mid.wav", 3)):
+        with soundfile.SoundFile(tmp_path / name, "w", 16000, 1, subtype="PCM_16") as handle:
+            for minute in range(minutes):
+                handle.write(synth_recording("LEAK" if minute % 3 else "NORMAL", 60.0, 16000, rng))
+    # streamed in 4000-frame blocks (720 of them in 3 minutes) equals the whole recording scored at once
     streamed = ScoringEngine(trained_model, workers=0, block_frames=4000)
-    result = streamed.score_file(path)
-    audio = load_audio(path, 4096, "mean", 1024)
+    result = streamed.score_file(tmp_path / "mid.wav")
+    audio = load_audio(tmp_path / "mid.wav", 4096, "mean", 1024)
     probs, leak = streamed.runner.score_waveform(audio.samples)
     from leakhunter.inference.runner import long_segment_probs
 
     in_memory = long_segment_probs(streamed.card, audio.samples.size, leak)
-    assert result.row["n_long"] == len(in_memory) == 1 + (30 * 60 * 4096 - 1024) // 512
+    assert result.row["n_long"] == len(in_memory) == 1 + (3 * 60 * 4096 - 1024) // 512
     assert abs(result.row["mean_leak_prob"] - in_memory.mean()) < 1e-5
     assert abs(result.row["max_long_prob"] - in_memory.max()) < 1e-5
-    # peak memory of a fresh process scoring it, against one scoring a 10-second file
+    # peak memory of a fresh process scoring the 30 minutes, against one scoring a 10-second file
     probe = ("import resource, sys; from leakhunter.inference.engine import ScoringEngine; "
-             "ScoringEngine(sys.argv[1], workers=0).score_file(sys.argv[2]); "
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+             "row = ScoringEngine(sys.argv[1], workers=0).score_file(sys.argv[2]).row; "
+             "print(row['n_long'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     short = write_recording(tmp_path / "short.wav", "LEAK", seconds=10.0, rate=16000)
-    peak = {name: int(subprocess.run([sys.executable, "-c", probe, str(trained_model), str(file)],
-                                     capture_output=True, text=True, check=True).stdout) // 1024
-            for name, file in (("short", short), ("long", path))}
+    peak, n_long = {}, {}
+    for name, file in (("short", short), ("long", tmp_path / "long.wav")):
+        printed = subprocess.run([sys.executable, "-c", probe, str(trained_model), str(file)],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        n_long[name], peak[name] = int(printed[0]), int(printed[1]) // 1024
+    assert n_long["long"] == 1 + (30 * 60 * 4096 - 1024) // 512  # all of it was scored
     decoded_mb = 30 * 60 * 16000 * 4 / 2**20  # the file as float32 at its own rate: 110 MB
     assert peak["long"] - peak["short"] < 40, peak  # MB: streamed, never the whole file
     assert decoded_mb > 100
