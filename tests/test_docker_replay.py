@@ -45,15 +45,17 @@ def replay_copy(sources: list[str], destination: str, image_root: Path) -> None:
 
 
 def replay_pip(command: list[str], venv: Path, image_root: Path) -> None:
-    """`pip install ...` with the venv's pip, image paths mapped into image_root, and pip's cache allowed."""
+    """`pip install ...` with the venv's pip, image paths mapped into image_root, pip's cache allowed and no
+    bytecode compiled at install."""
     arguments = []
     for word in command[1:]:
         if word == "--no-cache-dir":
             continue
         mapped = image_root / word.lstrip("/")
         arguments.append(str(mapped) if word.startswith("/") and mapped.exists() else word)
-    installed = subprocess.run([venv / "bin" / "pip", *arguments, "--disable-pip-version-check", "--quiet"],
-                               capture_output=True, text=True, timeout=600)
+    # --no-compile: no .pyc written at install (a cache; Python compiles what it imports): 10 s less per run
+    installed = subprocess.run([venv / "bin" / "pip", *arguments, "--disable-pip-version-check", "--quiet",
+                                "--no-compile"], capture_output=True, text=True, timeout=600)
     assert installed.returncode == 0, f"{shlex.join(command)} failed:\n{installed.stdout}\n{installed.stderr}"
 
 

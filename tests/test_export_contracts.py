@@ -3,6 +3,8 @@ sees what training stored (≤ 1e-3 dB), and `leak export --fp16/--int8` refuses
 that flips a verdict."""
 
 import dataclasses
+import hashlib
+import json
 
 import h5py
 import numpy as np
@@ -15,7 +17,6 @@ from typer.testing import CliRunner
 from leakhunter.audio import load_audio
 from leakhunter.card import ModelCard, VotingConfig
 from leakhunter.cli import app
-from leakhunter.export import export_model
 from leakhunter.export.graph import WaveformScorer
 from leakhunter.export.parity import golden_recordings
 from leakhunter.export.parity import real_data_dir as golden_real_data
@@ -125,20 +126,22 @@ def test_leak_export_refuses_a_variant_that_flips_a_verdict_and_keeps_the_target
     from leakhunter.checkpoint import load_checkpoint, save_atomic
 
     checkpoint = make_checkpoint("binary", "short", tmp_path / "best.pth")
-    probe = export_model(checkpoint, tmp_path / "probe.onnx", fp16=precision == "fp16", int8=precision == "int8")
-    threshold = _card_threshold_between_torch_and(probe.output, checkpoint)
+    target = tmp_path / "leak.onnx"
+    first = CliRunner().invoke(app, ["export", str(checkpoint), "-o", str(target), f"--{precision}"])
+    assert first.exit_code == 0, first.output  # the card's own threshold: no verdict flips
+    previous = target.read_bytes()
+    threshold = _card_threshold_between_torch_and(target, checkpoint)
     payload = load_checkpoint(checkpoint)
     card = ModelCard.from_json(payload["card"])
     card = dataclasses.replace(card, voting=VotingConfig(threshold=threshold, vote_fraction=1e-6))
     save_atomic({"card": card.to_json(), "model": payload["model"]}, checkpoint)
 
-    target = tmp_path / "leak.onnx"
-    target.write_bytes(b"the previous export")
     result = CliRunner().invoke(app, ["export", str(checkpoint), "-o", str(target), f"--{precision}"])
     output = " ".join(result.output.split())
     assert result.exit_code == 1, result.output
     assert "export refused, nothing written to" in output and "the file verdict flips on" in output
     assert f"{precision}: " in output and "FAIL" in output
-    assert target.read_bytes() == b"the previous export"
-    assert not (tmp_path / "leak.parity.json").exists()
+    assert target.read_bytes() == previous  # the earlier export stays, whole
+    report = json.loads((tmp_path / "leak.parity.json").read_text())  # and so does its report
+    assert report["passed"] and report["sha256"] == hashlib.sha256(previous).hexdigest()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".leak.onnx")]  # no temporaries left

@@ -32,19 +32,26 @@ def test_a_reference_is_the_median_of_each_recordings_median_log_mel():
     assert sensor_of("x/S07~R00001~20261120T023000~12.wav") == "S07" and sensor_of("x/take1.wav") is None
 
 
+def edited_copy(source, out: Path, rows: int | None = None, paths: dict[int, str] | None = None) -> Path:
+    """A copy of a dataset file with /short/mel stored in `rows`-row HDF5 chunks, and/or some files' stored paths
+    replaced ({file index: path}): what a rebuild would give, without decoding anything again."""
+    import h5py
+
+    shutil.copyfile(source, out)
+    with h5py.File(out, "r+") as h5:
+        if rows is not None:
+            mel = h5["short/mel"][...]
+            del h5["short/mel"]
+            h5.create_dataset("short/mel", data=mel, chunks=(rows, *mel.shape[1:]))
+        for index, path in (paths or {}).items():
+            h5["files/path"][index] = path
+    return out
+
+
 @pytest.fixture(scope="module")
-def chunked_dataset(small_corpus, tmp_path_factory, monkeypatch_module):
-    """The small corpus built with 256-row HDF5 chunks, so the streamed path reads about ten chunks."""
-    from leakhunter.training import dataset
-
-    monkeypatch_module.setattr(dataset, "MEL_CHUNK_ROWS", 256)
-    return dataset.build_dataset(small_corpus.root, tmp_path_factory.mktemp("chunked") / "data.h5", workers=1).output
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
+def chunked_dataset(small_dataset, tmp_path_factory):
+    """The small dataset with 256-row HDF5 chunks, so the streamed path reads about ten chunks."""
+    return edited_copy(small_dataset.output, tmp_path_factory.mktemp("chunked") / "data.h5", rows=256)
 
 
 @pytest.mark.parametrize("streamed", [False, True])
@@ -226,9 +233,8 @@ def test_eval_from_the_datasets_references_agrees_with_eval_through_the_table(re
 
 
 def test_h017_fails_a_reference_run_on_files_without_a_sensor_id_and_warns_on_thin_sensors(
-        reference_run, small_corpus, tmp_path):
+        reference_run, small_dataset, tmp_path):
     from leakhunter.training.data import LeakData
-    from leakhunter.training.dataset import build_dataset
     from leakhunter.training.health import HealthFailure, reference_findings
     from leakhunter.training.trainer import train
 
@@ -240,24 +246,19 @@ def test_h017_fails_a_reference_run_on_files_without_a_sensor_id_and_warns_on_th
     health = json.loads((reference_run[0].parent / "health.json").read_text())
     thin = [f for f in health["findings"] if f["code"] == "H017"]
     assert len(thin) == 1 and thin[0]["level"] == "warn" and "S000" in thin[0]["message"]
-    # a manifest whose group is not the sensor: references still follow the sensor (what scoring looks up),
-    # and files whose names carry no sensor id stop the run
-    manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "group"])
-        for i, path in enumerate(small_corpus.files):
-            if i % 4 == 0:
-                path = Path(shutil.copy(path, tmp_path / f"take{i}.wav"))
-            writer.writerow([path, path.parent.name if i % 4 else Path(small_corpus.files[i]).parent.name,
-                             f"g{i % 6}"])
-    data = build_dataset(manifest, tmp_path / "mixed.h5", workers=1).output
+    # one sensor over two groups: its reference follows the sensor (what scoring looks up), not the groups; and
+    # files whose names carry no sensor id stop the run
+    plain = LeakData(small_dataset.output, "binary")
+    groups = sorted(set(plain.groups))[:2]
+    moved = [i for i, group in enumerate(plain.groups) if group in groups]
+    renamed = {i: str(Path(plain.paths[i]).parent / f"S999~R{i:05d}~20261120T023000~0.wav") for i in moved}
+    unnamed = {i: str(Path(plain.paths[i]).parent / f"take{i}.wav") for i in range(0, 40, 4) if i not in renamed}
+    data = edited_copy(small_dataset.output, tmp_path / "edited.h5", paths=renamed | unnamed)
     loaded = LeakData(data, "binary", reference="sensor")
-    medians = LeakData(data, "binary").file_mel_medians(loaded.subset(np.arange(len(loaded.paths))))
-    s003 = [i for i, path in enumerate(loaded.paths) if sensor_of(path) == "S003"]
-    assert len({loaded.groups[i] for i in s003}) > 1  # one sensor over several manifest groups
-    assert np.allclose(loaded.file_references[s003[0]], np.median(medians[s003], axis=0), atol=1e-5)
-    with pytest.raises(HealthFailure, match=r"H017 thin reference .* 10 of the 40 files carry no sensor id") as caught:
+    medians = plain.file_mel_medians(plain.subset(np.arange(len(plain.paths))))
+    assert np.allclose(loaded.file_references[moved[0]], np.median(medians[moved], axis=0), atol=1e-5)
+    with pytest.raises(HealthFailure, match=rf"H017 thin reference .* {len(unnamed)} of the 40 files carry no sensor "
+                                            rf"id in their name \(e.g. take") as caught:
         train(quick_config(data, tmp_path / "run", mode="binary", reference="sensor", epochs=1), log=lambda t: None)
     assert caught.value.exit_code == 117
 
