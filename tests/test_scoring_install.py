@@ -98,3 +98,16 @@ def test_serve_on_onnx_needs_no_training_extra(binary_export, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_reference_model_scores_with_its_table_and_only_building_one_needs_the_training_extra(
+        reference_run, reference_table, small_corpus, tmp_path):
+    model = reference_run[1].output
+    recording = small_corpus.files[0]
+    scored = leak_without_training_extra("predict", recording, "--model", model, "--reference", reference_table,
+                                         "--out", tmp_path / "s.csv", "--workers", "0")
+    assert scored.returncode == 0, scored.stderr
+    assert "reference_sensor" in (tmp_path / "s.csv").read_text().splitlines()[0]
+    built = leak_without_training_extra("reference", "build", recording, "--model", model, "-o", tmp_path / "t.json")
+    assert built.returncode == 2 and "pip install 'leakhunter[train]'" in built.stderr, built.stderr
+    assert "Traceback" not in built.stderr and not (tmp_path / "t.json").exists()
