@@ -127,7 +127,7 @@ class _Recording:
 
     index: int
     path: Path
-    context: object = None  # its per-recording input (ScoringEngine.recording_input), else None
+    context: object = None  # its per-recording input (ScoringEngine.recording_context), else None
     failure: None = None
 
 
@@ -166,7 +166,7 @@ def bench_one(model: Path, device: str, paths: list[Path], workers: int,
         audio_s = sum(info.duration_s for info in decoded.values())
         n_ok = len(decoded)
         batches = []
-        states = {index: _Recording(index, paths[index], engine.recording_input(paths[index])[0])
+        states = {index: _Recording(index, paths[index], engine.recording_context(paths[index])[0])
                   for index in decoded}
         for index, piece in pieces:  # packed as the engine packs them (packing itself is not a stage)
             if not batcher.add(states[index], piece):

@@ -43,7 +43,8 @@ from leakhunter.inference.scorer import (
 )
 from leakhunter.meta import MetaResolver, MetaSpec, check_meta_missing
 from leakhunter.operating import deployed_threshold
-from leakhunter.reference import reference_table
+from leakhunter.reference import ReferenceTable, reference_table
+from leakhunter.sources import LOGGER_GRAMMAR
 
 PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
 BATCH_ROWS = 4  # rows (each one piece long) per model call on CPU: ~240 s of audio, ~3,800 short segments
@@ -72,6 +73,30 @@ def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, mode
         raise InputError(f"--meta {sidecar}: no such file (a CSV with a path column and the model's meta fields "
                          f"{', '.join(spec['fields'])})")
     return MetaResolver(MetaSpec.from_dict(spec), sidecar)
+
+
+def recording_context(meta: MetaResolver | None, meta_missing: str, reference: ReferenceTable | None,
+                      path: str | Path) -> tuple[np.ndarray | None, dict[str, str], tuple[str, str] | None]:
+    """A recording's row for the model's per-recording input (a fusion model's meta, a reference model's sensor
+    reference; None for other models), the row's columns about it, and why it is not scored (None: it is): a
+    meta field unknown under --meta-missing fail, or a sensor the reference table does not know. The one place
+    both engines (this one and Ray's) take them from, so rows and resume keys agree."""
+    context, columns, refused = None, {}, None
+    if meta is not None:
+        resolved = meta.resolve(path)
+        context, columns = resolved.row, resolved.columns()
+        if resolved.missing and meta_missing == "fail":
+            refused = ("meta_missing", f"no usable value for {', '.join(resolved.missing)} (looked in "
+                                       f"{'the --meta sidecar, ' if meta.sidecar else ''}the manifest's "
+                                       f"columns and the file name)")
+    if reference is not None:
+        sensor, context = reference.lookup(path)
+        columns = columns | reference.columns(path)
+        if context is None:
+            refused = ("no_reference", f"sensor {sensor} has no reference in {reference.source}; add its earlier "
+                                       f"recordings with leak reference build" if sensor else
+                       f"no sensor id in the file name ({LOGGER_GRAMMAR}), so no reference to judge it against")
+    return context, columns, refused
 
 
 class ScoringError(LeakhunterError, RuntimeError):
@@ -380,35 +405,17 @@ class ScoringEngine:
             for placed, leak, classes in scored:
                 placed.state.scored(placed.index, leak, classes)
 
-    def recording_input(self, path: Path) -> tuple[np.ndarray | None, dict[str, str], tuple[str, str] | None]:
-        """A recording's per-recording input row (a fusion model's meta, a reference model's sensor reference;
-        None for other models), the row's columns about it, and why it is not scored (None: it is): a field
-        unknown under --meta-missing fail, or a sensor the reference table does not know."""
-        context, columns, refused = None, {}, None
-        if self.meta is not None:
-            meta = self.meta.resolve(path)
-            context, columns = meta.row, meta.columns()
-            if meta.missing and self.meta_missing == "fail":
-                refused = ("meta_missing", f"no usable value for {', '.join(meta.missing)} (looked in "
-                                           f"{'the --meta sidecar, ' if self.meta.sidecar else ''}the manifest's "
-                                           f"columns and the file name)")
-        if self.reference is not None:
-            sensor, context = self.reference.lookup(path)
-            columns = self.reference.columns(path)
-            if context is None:
-                refused = ("no_reference", f"sensor {sensor} has no reference in {self.reference.source}; add its "
-                                           f"earlier recordings with leak reference build" if sensor else
-                           "no sensor id in the file name (sensor_id~recording_id~timestamp~gain_db), so no "
-                           "reference to judge it against")
-        return context, columns, refused
+    def recording_context(self, path: Path) -> tuple[np.ndarray | None, dict[str, str], tuple[str, str] | None]:
+        """This engine's `recording_context` of a recording (the function below)."""
+        return recording_context(self.meta, self.meta_missing, self.reference, path)
 
     def recording_columns(self, path: Path) -> dict[str, str]:
         """What a row says about its recording's per-recording input (score_batch's resume keys use it)."""
-        return self.recording_input(path)[1]
+        return self.recording_context(path)[1]
 
     def _state(self, path: Path) -> _FileState:
         """A recording about to be scored, with its per-recording input for a model that takes one."""
-        context, columns, refused = self.recording_input(path)
+        context, columns, refused = self.recording_context(path)
         state = _FileState(path, context, columns)
         if refused is not None and path.is_file():  # else the decoder says why
             state.fail(*refused)
@@ -427,7 +434,7 @@ class ScoringEngine:
                     raise _EngineFailure(error) from error
 
             try:
-                if state.failure is None:  # a recording refused for its meta is not decoded
+                if state.failure is None:  # a recording refused for its meta or reference is not decoded
                     state.decoded_as(self.decoder.decode(path, emit), state.pieces_seen)
             except AudioError as error:
                 state.fail(error.reason, error.detail)
@@ -449,7 +456,7 @@ class ScoringEngine:
         while queue or by_task or waiting or plots:
             while queue and len(by_task) < in_flight:
                 state = self._state(queue.popleft())
-                if state.failure is None:  # a recording refused for its meta is not decoded
+                if state.failure is None:  # a recording refused for its meta or reference is not decoded
                     by_task[self.pool.submit(DecodeTask(state.path))] = state
                 waiting.append(state)
             if self.pool.outstanding:

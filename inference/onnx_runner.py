@@ -52,7 +52,7 @@ class OnnxRunner(Runner):
                               f"NVIDIA GPU, and are the CUDA and cuDNN libraries onnxruntime-gpu needs "
                               f"installed?); use --device auto to fall back to CPU")
         self._frontend = None
-        self.context = model.card.recording_input  # (name, width) of the per-recording input, or None
+        self.context_input = model.card.recording_input  # (name, width) of the per-recording input, or None
 
     def score_mel(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.input != "mel":
@@ -73,9 +73,9 @@ class OnnxRunner(Runner):
     def _feed(self, rows: np.ndarray, context: np.ndarray | None) -> dict[str, np.ndarray]:
         """The session's inputs: the waveform rows and, for a graph with a per-recording input, each row's
         (a fusion model's meta: NaN unknown, none at all every field unknown; a sensor reference: required)."""
-        if self.context is None:
+        if self.context_input is None:
             return {"waveform": rows}
-        return {"waveform": rows, self.context[0]: np.ascontiguousarray(check_context(self.card, context, len(rows)))}
+        return {"waveform": rows, self.context_input[0]: np.ascontiguousarray(check_context(self.card, context, len(rows)))}
 
     def _score_span(self, samples: np.ndarray, context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self.input == "waveform":

@@ -31,7 +31,7 @@ import numpy as np
 import leakhunter
 from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
-from leakhunter.inference.engine import ScoringEngine, meta_resolver
+from leakhunter.inference.engine import ScoringEngine, meta_resolver, recording_context
 from leakhunter.inference.loader import read_card
 from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer, channel_policy
 from leakhunter.reference import reference_table
@@ -232,8 +232,7 @@ class RayEngine:
 
     def recording_columns(self, path: str | Path) -> dict[str, str]:
         """What an actor's row will say about the recording's meta and sensor reference (for resume keys)."""
-        return ((self.meta.resolve(path).columns() if self.meta is not None else {})
-                | (self.reference.columns(path) if self.reference is not None else {}))
+        return recording_context(self.meta, "score", self.reference, path)[1]
 
     def run_params(self) -> dict:
         """What params.json records about this engine (the actors resolve `auto` and batch_rows themselves)."""

@@ -52,8 +52,9 @@ def train(
     level: str = typer.Option(None, help="absolute (default) or relative: each input minus its own mean "
                                          "log-mel, so gain and logger level cannot move a verdict."),
     reference: str = typer.Option(None, help="none (default) or sensor: each log-mel minus its sensor's usual one "
-                                             "(its group's median recording), so a new site is judged against "
-                                             "itself; scoring then needs a table from leak reference build."),
+                                             "(the median of its recordings' median log-mels; the sensor from the "
+                                             "logger file name), so a new site is judged against itself; scoring "
+                                             "then needs a table from leak reference build."),
     branches: str = typer.Option(None, help="--mode fusion: comma list of mel, features, meta (default "
                                             "mel,features)."),
     meta: str = typer.Option(None, help="--mode fusion: the meta branch's fields, e.g. gain_db (manifest columns, "

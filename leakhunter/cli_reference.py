@@ -26,11 +26,10 @@ def reference_build(
     through the model's own front-end. Recordings that cannot be decoded are listed and left out."""
     from leakhunter.inference.loader import read_card
     from leakhunter.inference.predict import find_inputs
-    from leakhunter.reference import FEW_RECORDINGS, ReferenceError, build_reference_table
+    from leakhunter.reference import build_reference_table, require_reference_model, thin_sensors
 
     card, _, _ = read_card(model)
-    if card.reference is None:
-        raise ReferenceError(f"{model} takes no sensor reference (train one with --reference sensor)")
+    require_reference_model(card, model)
     paths = find_inputs(inputs)
     with progress_bar("reference") as bar:
         task = bar.add_task("reference", total=len(paths))
@@ -44,10 +43,8 @@ def reference_build(
     console.print(shown)
     for error in skipped:
         errors.print(f"skipped {error.path}: {error.reason} ({error.detail})", highlight=False, markup=False)
-    few = sorted(sensor for sensor, n in table.recordings.items() if n < FEW_RECORDINGS)
-    if few:
-        errors.print(f"warning: {len(few)} sensor(s) have fewer than {FEW_RECORDINGS} recordings behind their "
-                     f"reference ({', '.join(few[:5])}{' ...' if len(few) > 5 else ''}): one night's sound, not "
-                     f"the sensor's usual one", highlight=False, markup=False)
+    thin = thin_sensors(table.recordings)
+    if thin:
+        errors.print(f"warning: {thin}", highlight=False, markup=False)
     console.print(f"wrote {out}: {len(table.references)} sensor(s) from {sum(table.recordings.values())} "
                   f"recording(s)", highlight=False)

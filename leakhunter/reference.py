@@ -4,7 +4,7 @@ Every sensor colours what it hears (pipe resonances, mounting, gain, its street'
 reads absolute spectra learns the training sensors and fails on a new one (README, "How good is it on a new
 site?"). A reference model instead sees each log-mel minus its sensor's **reference**: the median, over the
 sensor's recordings, of each recording's median log-mel, bin by bin. No label goes into it. In training each
-group's reference comes from the group's own recordings (training/data.py); in deployment from a sensor's
+sensor's reference comes from its recordings in the dataset (training/data.py); in deployment from a sensor's
 earlier, mostly leak-free nights, kept in a reference table that `leak reference build` writes and
 `leak predict --reference` reads. A recording's sensor is the `sensor_id` of its logger name
 `sensor_id~recording_id~timestamp~gain_db`.
@@ -27,11 +27,28 @@ import numpy as np
 from leakhunter.card import FrontendConfig, ModelCard, SegmentationConfig, compare_configs
 from leakhunter.errors import InputError
 from leakhunter.files import write_atomic
-from leakhunter.sources import logger_fields
+from leakhunter.sources import LOGGER_GRAMMAR, logger_fields
 
 TABLE_FORMAT = "leakhunter-reference-table"
 TABLE_VERSION = 1
 FEW_RECORDINGS = 5  # a reference from fewer recordings is one night's mood, not the sensor's usual sound
+
+
+def thin_sensors(recordings: dict[str, int]) -> str | None:
+    """A warning naming the sensors with fewer than FEW_RECORDINGS recordings behind their reference, or None."""
+    thin = sorted(sensor for sensor, n in recordings.items() if n < FEW_RECORDINGS)
+    if not thin:
+        return None
+    return (f"{len(thin)} of {len(recordings)} sensors ({sum(recordings[s] for s in thin)} files) have fewer than "
+            f"{FEW_RECORDINGS} recordings behind their reference ({', '.join(thin[:5])}{' ...' if len(thin) > 5 else ''})"
+            f": their reference is mostly the recordings themselves")
+
+
+def require_reference_model(card: ModelCard, model, table=None) -> None:
+    """A reference table belongs to a model trained with --reference sensor only."""
+    if card.reference is None:
+        raise ReferenceError(f"{'--reference ' + str(table) + ': ' if table is not None else ''}{model} takes no "
+                             f"sensor reference (only a model trained with --reference sensor does)")
 
 
 class ReferenceError(InputError):
@@ -53,11 +70,12 @@ def samples_median(frontend, samples: np.ndarray) -> np.ndarray:
     return recording_median(shorts.numpy()).astype(np.float32)
 
 
-def group_references(medians: np.ndarray, groups) -> dict[str, np.ndarray]:
-    """Each group's reference [n_mels]: the median of its recordings' median log-mels [files, n_mels]."""
-    groups = np.asarray(groups).astype(str)
+def sensor_references(medians: np.ndarray, sensors) -> dict[str, np.ndarray]:
+    """Each sensor's reference [n_mels]: the median of its recordings' median log-mels [files, n_mels]."""
+    sensors = np.asarray(sensors).astype(str)
     medians = np.asarray(medians, np.float64)
-    return {str(group): np.median(medians[groups == group], axis=0).astype(np.float32) for group in np.unique(groups)}
+    return {str(sensor): np.median(medians[sensors == sensor], axis=0).astype(np.float32)
+            for sensor in np.unique(sensors)}
 
 
 def sensor_of(path: str | os.PathLike) -> str | None:
@@ -94,7 +112,8 @@ class ReferenceTable:
         return sensor, None if sensor is None else self.references.get(sensor)
 
     def columns(self, path: str | os.PathLike) -> dict[str, str]:
-        """A row's reference columns: the sensor whose reference judged it, and which table that came from."""
+        """A row's reference columns: the sensor its name gives (empty without one; a sensor the table lacks is
+        named on its no_reference row), and which table judged it."""
         return {"reference_sensor": sensor_of(path) or "", "reference_table": self.digest}
 
     def to_dict(self) -> dict:
@@ -151,8 +170,7 @@ def reference_table(card: ModelCard, table: str | os.PathLike | None, model,
     with another front-end or channel policy (`channel_policy`: the one scoring decodes with, default the card's)."""
     if card.reference is None:
         if table is not None:
-            raise ReferenceError(f"--reference {table}: {model} takes no sensor reference (only a model trained "
-                                 f"with --reference sensor does)")
+            require_reference_model(card, model, table)
         return None
     if table is None:
         raise ReferenceError(f"{model} judges each recording against its sensor's usual sound: give --reference "
@@ -182,7 +200,7 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
     unnamed = [str(p) for p in paths if sensor_of(p) is None]
     if unnamed:
         raise ReferenceError(f"{len(unnamed)} recording(s) carry no sensor id in their name, e.g. {unnamed[0]} "
-                             f"(name them sensor_id~recording_id~timestamp~gain_db.wav)")
+                             f"(name them {LOGGER_GRAMMAR}.wav)")
     frontend = FrontEnd(card.frontend, card.segmentation).eval()
 
     def median_of(path: Path) -> np.ndarray:
@@ -202,7 +220,7 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
     if not medians:
         raise ReferenceError(f"none of the {len(paths)} recordings could be read "
                              f"({', '.join(sorted({e.reason for e in skipped}))})")
-    references = group_references(np.stack(medians), sensors)
+    references = sensor_references(np.stack(medians), sensors)
     counts = {sensor: sensors.count(sensor) for sensor in references}
     table = ReferenceTable(card.frontend, card.segmentation, card.channel_policy, references, counts,
                            datetime.now(UTC).isoformat(timespec="seconds"))

@@ -21,6 +21,7 @@ def logger_name(sensor_id: str, recording_no: int, timestamp: str, gain_db: int 
     return f"{sensor_id}~R{recording_no:05d}~{timestamp}~{gain_db}.wav"
 
 
+LOGGER_GRAMMAR = "sensor_id~recording_id~timestamp~gain_db"  # what LOGGER_NAME reads, as messages say it
 LOGGER_NAME = re.compile(r"^(?P<sensor_id>[^~]+)~(?P<recording_id>[^~]+)~(?P<timestamp>[^~]+)~(?P<gain_db>[^~]+)$")
 
 

@@ -174,10 +174,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table(night, onnx_model, tm
 
 def test_a_thirty_minute_file_streams_in_bounded_memory_and_equals_the_in_memory_result(trained_model, tmp_path):
     rng = np.random.default_rng(0)
-    for name, minutes in (("long.wav", 30), ("mid.wav", 3)):
-        with soundfile.SoundFile(tmp_path / name, "w", 16000, 1, subtype="PCM_16") as handle:
-            for minute in range(minutes):
-                handle.write(synth_recording("LEAK" if minute % 3 else "NORMAL", 60.0, 16000, rng))
+    mid = np.concatenate([synth_recording("LEAK" if minute % 3 else "NORMAL", 60.0, 16000, rng) for minute in range(3)])
+    soundfile.write(tmp_path / "mid.wav", mid, 16000, subtype="PCM_16")
+    with soundfile.SoundFile(tmp_path / "long.wav", "w", 16000, 1, subtype="PCM_16") as handle:
+        for _ in range(10):  # the same 3 minutes ten times: its late pieces must score as the first ones
+            handle.write(mid)
     # streamed in 4000-frame blocks (720 of them in 3 minutes) equals the whole recording scored at once
     streamed = ScoringEngine(trained_model, workers=0, block_frames=4000)
     result = streamed.score_file(tmp_path / "mid.wav")
@@ -192,14 +193,18 @@ def test_a_thirty_minute_file_streams_in_bounded_memory_and_equals_the_in_memory
     # peak memory of a fresh process scoring the 30 minutes, against one scoring a 10-second file
     probe = ("import resource, sys; from leakhunter.inference.engine import ScoringEngine; "
              "row = ScoringEngine(sys.argv[1], workers=0).score_file(sys.argv[2]).row; "
-             "print(row['n_long'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+             "print(row['n_long'], row['max_long_prob'], row['mean_leak_prob'], "
+             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     short = write_recording(tmp_path / "short.wav", "LEAK", seconds=10.0, rate=16000)
-    peak, n_long = {}, {}
+    peak, long_row = {}, {}
     for name, file in (("short", short), ("long", tmp_path / "long.wav")):
         printed = subprocess.run([sys.executable, "-c", probe, str(trained_model), str(file)],
                                  capture_output=True, text=True, check=True).stdout.split()
-        n_long[name], peak[name] = int(printed[0]), int(printed[1]) // 1024
-    assert n_long["long"] == 1 + (30 * 60 * 4096 - 1024) // 512  # all of it was scored
+        long_row[name], peak[name] = [float(value) for value in printed[:3]], int(printed[3]) // 1024
+    n_long, max_long, mean_leak = long_row["long"]
+    assert n_long == 1 + (30 * 60 * 4096 - 1024) // 512  # all of it was scored
+    # ten repeats of the 3 minutes score as they do (9 of 14,399 long segments straddle a repeat's start)
+    assert abs(max_long - result.row["max_long_prob"]) < 1e-5 and abs(mean_leak - result.row["mean_leak_prob"]) < 1e-3
     decoded_mb = 30 * 60 * 16000 * 4 / 2**20  # the file as float32 at its own rate: 110 MB
     assert peak["long"] - peak["short"] < 40, peak  # MB: streamed, never the whole file
     assert decoded_mb > 100

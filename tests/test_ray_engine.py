@@ -126,7 +126,7 @@ def test_a_sigkilled_driver_resumed_ends_with_the_uninterrupted_table(ray_cluste
     folder, _, reference = night
     out = tmp_path / "scores.csv"
     command = [sys.executable, "-m", "leakhunter.cli", "predict", str(folder), "--model", str(model), "--out",
-               str(out), "--engine", "ray", "--address", ray_cluster, "--files-per-batch", "8"]
+               str(out), "--engine", "ray", "--address", ray_cluster, "--files-per-batch", "4"]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while (not out.exists() or len(out.read_bytes().splitlines()) < 2) and time.time() < deadline:

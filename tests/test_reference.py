@@ -1,5 +1,5 @@
 """A reference model (`leak train --reference sensor`): each log-mel judged against its sensor's usual one, the
-same in training (per group, from the dataset), in the exported graph and in every scoring front (a table from
+same in training (per sensor, from the dataset), in the exported graph and in every scoring front (a table from
 `leak reference build`, looked up by the logger name's sensor id)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from leakhunter.card import ModelCard
 from leakhunter.cli import app
 from leakhunter.errors import InputError
-from leakhunter.reference import ReferenceError, ReferenceTable, group_references, recording_median, sensor_of
+from leakhunter.reference import ReferenceError, ReferenceTable, recording_median, sensor_of, sensor_references
 from leakhunter.training.config import ConfigError
 
 
@@ -27,7 +27,7 @@ def test_a_reference_is_the_median_of_each_recordings_median_log_mel():
     # two recordings of 3 frames; the reference is per bin the median over recordings of their own medians
     one = np.array([[[1.0, 2.0, 9.0]], [[0.0, 0.0, 0.0]]]).transpose(1, 0, 2)  # [shorts=1, n_mels=2, frames=3]
     assert recording_median(one).tolist() == [2.0, 0.0]
-    refs = group_references(np.array([[1.0, 5.0], [3.0, 7.0], [10.0, 10.0], [4.0, 0.0]]), ["a", "a", "a", "b"])
+    refs = sensor_references(np.array([[1.0, 5.0], [3.0, 7.0], [10.0, 10.0], [4.0, 0.0]]), ["a", "a", "a", "b"])
     assert refs["a"].tolist() == [3.0, 7.0] and refs["b"].tolist() == [4.0, 0.0]
     assert sensor_of("x/S07~R00001~20261120T023000~12.wav") == "S07" and sensor_of("x/take1.wav") is None
 
@@ -158,6 +158,20 @@ def test_predict_judges_each_recording_by_its_sensor_and_says_which(reference_ru
         assert onnx[name]["reference_sensor"] == sensor_of(name) and onnx[name]["reference_table"] == digest
         assert abs(float(onnx[name]["mean_leak_prob"]) - float(torch_rows[name]["mean_leak_prob"])) < 1e-5
         assert onnx[name]["verdict"] == torch_rows[name]["verdict"]
+    # --resume keeps rows judged by the same table, and judges again with a rebuilt one
+    resumed = CliRunner().invoke(app, ["predict", str(folder), "--model", str(Path(exported.output)), "--reference",
+                                       str(reference_table), "--out", str(tmp_path / "onnx.csv"), "--workers", "0",
+                                       "--resume"])
+    assert f"{len(onnx)} already in" in " ".join(resumed.output.split()), resumed.output  # no_reference: kept too
+    rebuilt = json.loads(reference_table.read_text()) | {"created": "later"}
+    (tmp_path / "rebuilt.json").write_text(json.dumps(rebuilt))
+    again = CliRunner().invoke(app, ["predict", str(folder), "--model", str(Path(exported.output)), "--reference",
+                                     str(tmp_path / "rebuilt.json"), "--out", str(tmp_path / "onnx.csv"),
+                                     "--workers", "0", "--resume"])
+    assert "already in" not in again.output, again.output
+    rows_now = list(csv.DictReader(open(tmp_path / "onnx.csv")))
+    assert len(rows_now) == len(onnx) and {r["reference_table"] for r in rows_now if r["status"] == "ok"} == {
+        ReferenceTable.load(tmp_path / "rebuilt.json").digest}
 
 
 def test_a_reference_model_without_its_table_and_a_table_for_another_model_are_refused(
@@ -215,7 +229,7 @@ def test_serve_judges_an_upload_by_the_sensor_its_name_gives(reference_run, refe
 
 def test_eval_from_the_datasets_references_agrees_with_eval_through_the_table(reference_run, reference_table,
                                                                               small_dataset):
-    """The two ends of a reference model meet: the dataset's per-group references (training, `.pth` eval) and the
+    """The two ends of a reference model meet: the dataset's per-sensor references (training, `.pth` eval) and the
     table `leak reference build` made (every scoring front) judge the same recordings alike."""
     from leakhunter.training.evaluate import evaluate
 

@@ -64,7 +64,7 @@ class TrainConfig:
     branches: str = "mel,features"  # fusion: comma list of mel, features, meta (training/fusion.py)
     meta: str = ""  # fusion: the meta branch's fields, e.g. gain_db (manifest columns or the logger file name)
     fusion_prior: str = ""  # fusion: initial fusion weights, one per branch (default equal)
-    reference: str = "none"  # sensor: each log-mel minus its sensor's (group's) reference (leakhunter/reference.py)
+    reference: str = "none"  # sensor: each log-mel minus its sensor's reference (leakhunter/reference.py)
 
     def problems(self) -> list[str]:
         found = []

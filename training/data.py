@@ -22,7 +22,7 @@ import torch
 from leakhunter.card import MODES, CardError, ModelCard, compare_configs
 from leakhunter.meta import file_meta
 from leakhunter.models import ModelInputs, RelativeLevel
-from leakhunter.reference import group_references, recording_median, sensor_of
+from leakhunter.reference import recording_median, sensor_of, sensor_references
 from leakhunter.segments import long_segment_inputs
 from leakhunter.training.config import parse_memory
 from leakhunter.training.dataset import DatasetError, dataset_configs
@@ -113,7 +113,7 @@ class LeakData:
         self.features: torch.Tensor | None = None
         self.meta_rows: torch.Tensor | None = None
         self.reference = reference
-        self.file_references: np.ndarray | None = None  # [n_files, n_mels] each file's group reference
+        self.file_references: np.ndarray | None = None  # [n_files, n_mels] each file's sensor reference
         if reference is not None:
             self._use_references()
         sizes = f"dataset {_gb(self.mel_bytes)} {'>' if self.streamed else '<='} budget {_gb(self.budget)}"
@@ -129,7 +129,7 @@ class LeakData:
             raise DatasetError(f"{self.path}: unknown reference {self.reference!r} (known: sensor)")
         medians = self.file_mel_medians(self.subset(np.arange(len(self.paths))))
         sensors = [sensor_of(path) or path for path in self.paths]
-        by_sensor = group_references(medians, sensors)
+        by_sensor = sensor_references(medians, sensors)
         self.file_references = np.stack([by_sensor[sensor] for sensor in sensors])
         self.close()  # read before the references existed; a streamed LeakData stays unopened until its next read
         if self.mel is not None:

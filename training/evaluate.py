@@ -102,7 +102,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     predict` uses, on the recordings themselves (`workers` decoding processes), and files it cannot score are
     listed under `failed_files` and left out of every metric. Beside the file metrics: per group, false alarms
     per 100 non-LEAK recordings, the card's operating points applied to these files, and the pictures asked for.
-    A reference model scored from a dataset's features uses each group's reference from its own files; scored on
+    A reference model scored from a dataset's features uses each sensor's reference from its own files; scored on
     recordings it needs `reference`, a table from `leak reference build` (as `leak predict` does).
     """
     from leakhunter.inference.loader import read_card

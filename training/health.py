@@ -18,7 +18,8 @@ import numpy as np
 
 from leakhunter.errors import LeakhunterError
 from leakhunter.files import write_atomic
-from leakhunter.reference import FEW_RECORDINGS, sensor_of
+from leakhunter.reference import sensor_of, thin_sensors
+from leakhunter.sources import LOGGER_GRAMMAR
 from leakhunter.training.baseline import BASELINE_NAME
 from leakhunter.training.splits import crossing_keys
 
@@ -68,7 +69,7 @@ ADVICE = {
             "site will see. Estimate with `leak train --cv K` (grouped cross-validation), or rebuild the split "
             "with more validation groups.",
     "H017": "A reference model judges each file against its sensor, named by the file's logger name "
-            "(sensor_id~recording_id~timestamp~gain_db), and needs several recordings per sensor: name the files "
+            f"({LOGGER_GRAMMAR}), and needs several recordings per sensor: name the files "
             "by their sensors, add recordings, or train without --reference sensor.",
 }
 NAMES = {"H001": "config", "H002": "checkpoint", "H003": "labels", "H004": "leakage", "H005": "class weights",
@@ -242,21 +243,15 @@ def reference_findings(reference: str | None, paths: list[str]) -> list[Finding]
     unnamed = [path for path, sensor in zip(paths, sensors) if sensor is None]
     if unnamed:
         return [fail("H017", "setup", f"{len(unnamed)} of the {len(paths)} files carry no sensor id in their name "
-                                      f"(e.g. {Path(unnamed[0]).name}; sensor_id~recording_id~timestamp~gain_db): "
+                                      f"(e.g. {Path(unnamed[0]).name}; {LOGGER_GRAMMAR}): "
                                       f"each would be its own reference, and no table could hold it for scoring")]
     counts = Counter(sensors)
     alone = sum(1 for sensor in sensors if counts[sensor] == 1)
     if alone > ALONE_SHARE * len(paths):
         return [fail("H017", "setup", f"{alone} of the {len(paths)} files are their sensor's only recording, so "
                                       f"each is judged against itself and a steady leak vanishes with its background")]
-    thin = sorted(sensor for sensor, n in counts.items() if n < FEW_RECORDINGS)
-    if thin:
-        files = sum(counts[sensor] for sensor in thin)
-        return [warn("H017", "setup", f"{len(thin)} of {len(counts)} sensors ({files} files) have fewer than "
-                                      f"{FEW_RECORDINGS} recordings behind their reference ({', '.join(thin[:5])}"
-                                      f"{' ...' if len(thin) > 5 else ''}): their reference is mostly the "
-                                      f"recordings themselves")]
-    return []
+    thin = thin_sensors(dict(counts))
+    return [warn("H017", "setup", thin)] if thin else []
 
 
 def trivial_loss(data, card, aux_weight: float) -> float:
