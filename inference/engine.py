@@ -91,7 +91,7 @@ def recording_context(meta: MetaResolver | None, meta_missing: str, reference: R
                                        f"columns and the file name)")
     if reference is not None:
         sensor, context = reference.lookup(path)
-        columns = columns | reference.columns(path)
+        columns = columns | reference.columns(sensor)
         if context is None:
             refused = ("no_reference", f"sensor {sensor} has no reference in {reference.source}; add its earlier "
                                        f"recordings with leak reference build" if sensor else
@@ -262,7 +262,7 @@ class ScoringEngine:
                  timeline: bool = False, piece_seconds: float = PIECE_SECONDS, batch_rows: int | None = None,
                  threads: int | None = None, decoder_class: type[RecordingDecoder] = RecordingDecoder,
                  block_frames: int = 1 << 16, sensitivity: str | None = None, meta: str | Path | None = None,
-                 meta_missing: str = "score", reference: str | Path | None = None):
+                 meta_missing: str = "score", reference: str | Path | ReferenceTable | None = None):
         """`meta` (a sidecar CSV) and `meta_missing` ("score": unknown fields are NaN and the row says so; "fail":
         status meta_missing, no score) apply to a fusion model with a meta input (leakhunter/meta.py);
         `reference` (a table from `leak reference build`) to a reference model (leakhunter/reference.py), whose

@@ -97,24 +97,30 @@ class ReferenceTable:
     source: str = "reference table"
     digest: str = ""  # sha256 of the table file (first 16 hex digits): rows say which table judged them
 
-    def check_model(self, card: ModelCard, model: str | os.PathLike) -> None:
-        """A table made with another front-end or segmentation would shift every input: refused, naming both."""
+    def check_model(self, card: ModelCard, model: str | os.PathLike, channel_policy: str) -> None:
+        """A table made with another front-end, segmentation or channel (`channel_policy`: the one scoring
+        decodes with) would shift every input: refused, naming both."""
         problems = compare_configs(card.frontend, self.frontend, str(model), self.source, "frontend")
         problems += compare_configs(card.segmentation, self.segmentation, str(model), self.source, "segmentation")
         if problems:
             raise ReferenceError(f"{self.source} was built for another front-end than {model}'s: "
-                                 + "; ".join(f"{name}: {why}" for name, why in problems) + " (rebuild it with leak reference build "
-                                 f"--model {model})")
+                                 + "; ".join(f"{name}: {why}" for name, why in problems)
+                                 + f" (rebuild it with leak reference build --model {model})")
+        if self.channel_policy != channel_policy:
+            raise ReferenceError(f"{self.source} was built from channel {self.channel_policy!r} of multichannel "
+                                 f"recordings, this run decodes channel {channel_policy!r}: a reference of another "
+                                 f"channel would shift every input (score with the card's channel, or rebuild the "
+                                 f"table)")
 
     def lookup(self, path: str | os.PathLike) -> tuple[str | None, np.ndarray | None]:
         """(sensor id or None, its reference or None) for a recording."""
         sensor = sensor_of(path)
         return sensor, None if sensor is None else self.references.get(sensor)
 
-    def columns(self, path: str | os.PathLike) -> dict[str, str]:
-        """A row's reference columns: the sensor its name gives (empty without one; a sensor the table lacks is
-        named on its no_reference row), and which table judged it."""
-        return {"reference_sensor": sensor_of(path) or "", "reference_table": self.digest}
+    def columns(self, sensor: str | None) -> dict[str, str]:
+        """A row's reference columns: the sensor its name gives (lookup's; empty without one, and a sensor the
+        table lacks is named on its no_reference row), and which table judged it."""
+        return {"reference_sensor": sensor or "", "reference_table": self.digest}
 
     def to_dict(self) -> dict:
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "created": self.created,
@@ -164,10 +170,11 @@ class ReferenceTable:
                    str(data.get("created", "")), str(path), hashlib.sha256(content).hexdigest()[:16])
 
 
-def reference_table(card: ModelCard, table: str | os.PathLike | None, model,
+def reference_table(card: ModelCard, table: str | os.PathLike | ReferenceTable | None, model,
                     channel_policy: str | None = None) -> ReferenceTable | None:
-    """The table a reference model scores with: required for one, refused for any other model, and for one made
-    with another front-end or channel policy (`channel_policy`: the one scoring decodes with, default the card's)."""
+    """The table a reference model scores with (a path, or one loaded already): required for one, refused for any
+    other model, and for one made with another front-end or channel policy (`channel_policy`: the one scoring
+    decodes with, default the card's)."""
     if card.reference is None:
         if table is not None:
             require_reference_model(card, model, table)
@@ -176,13 +183,8 @@ def reference_table(card: ModelCard, table: str | os.PathLike | None, model,
         raise ReferenceError(f"{model} judges each recording against its sensor's usual sound: give --reference "
                              f"TABLE (write one with `leak reference build RECORDINGS --model {model}` over each "
                              f"sensor's earlier, mostly leak-free recordings)")
-    loaded = ReferenceTable.load(table)
-    loaded.check_model(card, model)
-    policy = card.channel_policy if channel_policy is None else channel_policy
-    if loaded.channel_policy != policy:
-        raise ReferenceError(f"{loaded.source} was built from channel {loaded.channel_policy!r} of multichannel "
-                             f"recordings, this run decodes channel {policy!r}: a reference of another channel "
-                             f"would shift every input (score with the card's channel, or rebuild the table)")
+    loaded = table if isinstance(table, ReferenceTable) else ReferenceTable.load(table)
+    loaded.check_model(card, model, card.channel_policy if channel_policy is None else channel_policy)
     return loaded
 
 

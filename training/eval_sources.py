@@ -15,6 +15,7 @@ import numpy as np
 
 from leakhunter.card import MODES, ModelCard
 from leakhunter.errors import InputError
+from leakhunter.reference import ReferenceTable
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 MISSING_LISTED = 10  # missing files named in the error, the rest counted
@@ -102,7 +103,7 @@ def class_targets(card: ModelCard, labels: list[str], source: str) -> np.ndarray
 
 def score_files(model: str | Path, card: ModelCard, files: LabelledFiles, device: str = "auto",
                 threshold: float | None = None, workers: int = 2,
-                reference: str | Path | None = None) -> tuple[FileVotes, list[dict]]:
+                reference: str | Path | ReferenceTable | None = None) -> tuple[FileVotes, list[dict]]:
     """Score the files with leakhunter.inference's ScoringEngine (as `leak predict` does) and gather the rows of
     those scored `ok` into FileVotes; the rest come back as [{file, status, message}], left out of the votes."""
     from leakhunter.inference.engine import ScoringEngine

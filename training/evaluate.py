@@ -16,6 +16,7 @@ import numpy as np
 from leakhunter.card import ModelCard
 from leakhunter.errors import InputError
 from leakhunter.operating import file_rates, points_on, threshold_sweep
+from leakhunter.reference import ReferenceTable
 from leakhunter.training.eval_sources import FileVotes, dataset_files, is_dataset, score_files, source_files
 from leakhunter.training.metrics import class_distribution, cohen_kappa, confusion_matrix, leak_metrics
 from leakhunter.voting import per_long_segment, top_class, vote_files
@@ -94,7 +95,7 @@ def evaluate_split(split, probs: np.ndarray, leak_prob: np.ndarray, class_names,
 def evaluate(model: str | Path, data: str | Path, split: str = "test", device: str = "auto",
              threshold: float | None = None, confusion_png: str | Path | None = None,
              roc_png: str | Path | None = None, pr_png: str | Path | None = None, workers: int = 2,
-             reference: str | Path | None = None) -> dict:
+             reference: str | Path | ReferenceTable | None = None) -> dict:
     """`leak eval`: the file-level report of a model (.pth or .onnx) on labelled recordings: one split of a
     dataset file, a manifest CSV (path, label, optional group) or a class-folder tree SRC/<CLASS>/**/*.wav.
 
@@ -108,10 +109,10 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     from leakhunter.inference.loader import read_card
 
     card, _, backend = read_card(model)
-    if reference is not None:  # a table this model cannot use is refused before anything is scored
+    if reference is not None:  # a table this model cannot use is refused before anything is scored (loaded once)
         from leakhunter.reference import reference_table
 
-        reference_table(card, reference, model)
+        reference = reference_table(card, reference, model)
     used = card.voting.threshold if threshold is None else threshold
     segment: dict = {"segment_accuracy": None, "kappa": None, "predicted_distribution": None}
     if is_dataset(data):
@@ -128,7 +129,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
             raise InputError(f"split {split!r} is not one of {', '.join(leak_data.splits)}")
         files = dataset_files(leak_data, split) if backend != "torch" else None
         if files is None and reference is not None:
-            raise InputError(f"--reference {reference}: a .pth on a dataset is scored from the dataset's features, "
+            raise InputError(f"--reference {reference.source}: a .pth on a dataset is scored from the dataset's features, "
                              f"each sensor against the reference its own files give; the table applies where "
                              f"recordings are scored (an .onnx, a manifest or class folders)")
         if files is None:
