@@ -5,6 +5,7 @@
 # (SMALL: --channels 8,16,32 --hidden 64), an --augment list (gain, tilt, mix, mask, `all`, or a comma list) or
 # small+LIST; any of them +relative (or `relative` alone) adds --level relative, and +site (or `site` alone;
 # before +relative when both) adds --reference sensor (each log-mel judged against its site's usual one);
+# long+ before any other lever trains it on the `long` preset's data_long.h5 (e.g. long+small+all+site);
 # +own (or `own`) trains on the copy of data.h5 in which each recording is its own reference
 # (benchmarks/own_reference.py, a prototype: not a leak train setting). Without CV: one markdown row
 # per run from the default split (the CNN's validation and test-site file F1, test AUC, the baseline's test-site
@@ -29,7 +30,7 @@ LEVERS=${LEVERS:-"none gain tilt mix mask all small small+all long"}
 SMALL=${SMALL:-"--channels 8,16,32 --hidden 64"}  # the smaller network
 for lever in $LEVERS; do  # what lever_flags cannot build is refused before anything runs
   case "$lever" in
-    long+own*|*relative+*) echo "levers.sh: $lever: +own takes the short preset's data.h5," \
+    long+*own*|*relative+*) echo "levers.sh: $lever: +own takes the short preset's data.h5," \
       "and +relative comes last (e.g. small+site+relative)" >&2; exit 2 ;;
   esac
 done
@@ -46,12 +47,15 @@ lever_flags() {  # the dataset and training flags of one lever: none, long, smal
     own) lever=none data=data_own.h5 ;;
     *+own) lever=${lever%+own} data=data_own.h5 ;;
   esac
+  case "$lever" in  # long, or long+ before any other lever: the long preset's data_long.h5
+    long) lever=none data=data_long.h5 ;;
+    long+*) lever=${lever#long+} data=data_long.h5 ;;
+  esac
   local augment=${lever#small+}
   [ "$augment" = all ] && augment=gain,tilt,mix,mask
   level=$reference$level
   case "$lever" in
     none) echo "$data$level" ;;
-    long) echo "data_long.h5$level" ;;
     small) echo "$data $SMALL$level" ;;
     small+*) echo "$data $SMALL --augment $augment$level" ;;
     *) echo "$data --augment $augment$level" ;;  # gain, tilt, mix, mask, all or a comma list of them

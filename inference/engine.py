@@ -41,10 +41,9 @@ from leakhunter.inference.scorer import (
     decode_in_worker,
     setup_decoder,
 )
-from leakhunter.meta import MetaResolver, MetaSpec, check_meta_missing
+from leakhunter.meta import MetaResolver, MetaSpec, RecordingFields, check_meta_missing
 from leakhunter.operating import deployed_threshold
-from leakhunter.reference import ReferenceTable, reference_table
-from leakhunter.sources import LOGGER_GRAMMAR
+from leakhunter.reference import NO_SENSOR, SENSOR_FIELD, ReferenceTable, reference_table
 
 PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
 BATCH_ROWS = 4  # rows (each one piece long) per model call on CPU: ~240 s of audio, ~3,800 short segments
@@ -60,8 +59,10 @@ def upload_name(name: str | None) -> str:
     return name
 
 
-def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, model) -> MetaResolver | None:
-    """Where a fusion model's meta comes from at scoring time; None for a model without a meta input."""
+def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, model,
+                  fields: RecordingFields | None = None) -> MetaResolver | None:
+    """Where a fusion model's meta comes from at scoring time (`fields`: the engine's given fields); None for a
+    model without a meta input."""
     check_meta_missing(policy)
     spec = (card.branches or {}).get("meta")
     if spec is None:
@@ -72,15 +73,23 @@ def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, mode
     if sidecar is not None and not Path(sidecar).is_file():
         raise InputError(f"--meta {sidecar}: no such file (a CSV with a path column and the model's meta fields "
                          f"{', '.join(spec['fields'])})")
-    return MetaResolver(MetaSpec.from_dict(spec), sidecar)
+    return MetaResolver(MetaSpec.from_dict(spec), sidecar, fields)
 
 
-def recording_context(meta: MetaResolver | None, meta_missing: str, reference: ReferenceTable | None,
-                      path: str | Path) -> tuple[np.ndarray | None, dict[str, str], tuple[str, str] | None]:
+def request_fields(meta: MetaResolver | None, reference: ReferenceTable | None) -> tuple[str, ...]:
+    """The fields a recording may be given besides its name (an upload's query parameters, a manifest's
+    columns that count): a fusion model's meta fields, a reference model's sensor_id; () for other models."""
+    return meta.spec.fields if meta is not None else (SENSOR_FIELD,) if reference is not None else ()
+
+
+def recording_context(fields: RecordingFields, meta: MetaResolver | None, meta_missing: str,
+                      reference: ReferenceTable | None, path: str | Path
+                      ) -> tuple[np.ndarray | None, dict[str, str], tuple[str, str] | None]:
     """A recording's row for the model's per-recording input (a fusion model's meta, a reference model's sensor
     reference; None for other models), the row's columns about it, and why it is not scored (None: it is): a
     meta field unknown under --meta-missing fail, or a sensor the reference table does not know. The one place
-    both engines (this one and Ray's) take them from, so rows and resume keys agree."""
+    both engines (this one and Ray's) take them from, so rows and resume keys agree. `fields`: what was given
+    for the recording besides its name (a manifest's columns, an upload's query parameters)."""
     context, columns, refused = None, {}, None
     if meta is not None:
         resolved = meta.resolve(path)
@@ -90,12 +99,12 @@ def recording_context(meta: MetaResolver | None, meta_missing: str, reference: R
                                        f"{'the --meta sidecar, ' if meta.sidecar else ''}the manifest's "
                                        f"columns and the file name)")
     if reference is not None:
-        sensor, context = reference.lookup(path)
+        sensor, context = reference.lookup(path, fields.merged(path))
         columns = columns | reference.columns(sensor)
         if context is None:
             refused = ("no_reference", f"sensor {sensor} has no reference in {reference.source}; add its earlier "
                                        f"recordings with leak reference build" if sensor else
-                       f"no sensor id in the file name ({LOGGER_GRAMMAR}), so no reference to judge it against")
+                       f"no sensor id ({NO_SENSOR}), so no reference to judge it against")
     return context, columns, refused
 
 
@@ -271,9 +280,11 @@ class ScoringEngine:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
-        self.meta = meta_resolver(card, meta, meta_missing, model)
+        self.fields = RecordingFields()  # manifests' columns and uploads' query parameters, by recording
+        self.meta = meta_resolver(card, meta, meta_missing, model, self.fields)
         self.meta_missing = meta_missing
         self.reference = reference_table(card, reference, model, channel_policy(card, channel))
+        self.request_fields = request_fields(self.meta, self.reference)
         deployed_threshold(card, threshold, sensitivity)  # a bad --sensitivity is refused before any worker starts
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
         # What the workers decode with; inline (workers=0) this process uses the same decoder.
@@ -347,17 +358,18 @@ class ScoringEngine:
                 shutil.copyfileobj(source, handle, 1 << 20)
             return next(self.score_uploads({spooled: name}))[1]
 
-    def score_uploads(self, uploads: dict[Path, str], meta: dict[Path, dict[str, str]] | None = None
+    def score_uploads(self, uploads: dict[Path, str], fields: dict[Path, dict[str, str]] | None = None
                       ) -> Iterator[tuple[Path, FileResult]]:
         """(spooled path, result) for recordings already spooled to disk, scored together (a service's concurrent
         uploads share batches); each row, message and timeline names the upload, and `mtime` (the spool file's) is
-        left empty: it says nothing about the recording. `meta`: an upload's own meta fields (a fusion model's),
-        before any other source, forgotten once these uploads are scored."""
-        given = {path: fields for path, fields in (meta or {}).items() if fields}
-        if given and self.meta is None:
-            raise InputError("this model takes no meta input (only a fusion model with a meta branch does)")
+        left empty: it says nothing about the recording. `fields`: an upload's own fields (a fusion model's meta,
+        a reference model's sensor_id), before any other source, forgotten once these uploads are scored."""
+        given = {path: values for path, values in (fields or {}).items() if values}
+        if given and not self.request_fields:
+            raise InputError("this model takes no fields besides the recording (only a fusion model's meta "
+                             "fields, or a reference model's sensor_id)")
         if given:
-            self.meta.add_request_fields(given)
+            self.fields.add_request(given)
         try:
             for result in self.score(uploads):
                 spooled = Path(result.row["file"])
@@ -368,7 +380,7 @@ class ScoringEngine:
                 yield spooled, result
         finally:
             if given:
-                self.meta.forget(given)
+                self.fields.forget(given)
 
     # ---- batches: one scoring in the thread, one filling here ------------------------------------------
     def _add(self, state: _FileState, piece: Piece) -> None:
@@ -407,7 +419,7 @@ class ScoringEngine:
 
     def recording_context(self, path: Path) -> tuple[np.ndarray | None, dict[str, str], tuple[str, str] | None]:
         """This engine's `recording_context` of a recording (the function below)."""
-        return recording_context(self.meta, self.meta_missing, self.reference, path)
+        return recording_context(self.fields, self.meta, self.meta_missing, self.reference, path)
 
     def recording_columns(self, path: Path) -> dict[str, str]:
         """What a row says about its recording's per-recording input (score_batch's resume keys use it)."""

@@ -249,17 +249,17 @@ class JobStore:
             if outside:
                 raise JobError(f"{outside[0]}: outside the data root (a symlink?)", 403)
             job.total = len(paths)
-            # a listed manifest's columns are a fusion model's meta, as in `leak predict`, for this job only
-            listed = {} if engine.meta is None else manifest_fields([self.under_root(i) for i in job.inputs])
+            # a listed manifest's columns (a fusion model's meta, a sensor_id), as in `leak predict`, for this job
+            listed = manifest_fields([self.under_root(i) for i in job.inputs]) if engine.request_fields else {}
             if listed:
-                engine.meta.add_manifest_fields(listed)
+                engine.fields.add_manifest(listed)
             try:
                 summary = score_batch(paths, _JobEngine(engine, turns), out=self.under_root(job.out), resume=True,
                                       retry_failed=job.retry_failed, on_row=progress,
                                       params={**params, "job": job.id, "inputs": job.inputs})
             finally:
                 if listed:
-                    engine.meta.forget(listed)
+                    engine.fields.forget(listed)
             job.skipped, job.exit_code, job.state = summary.skipped, summary.exit_code, "done"
         except JobCancelled:  # asked for, or the server is stopping: then the next start resumes it
             job.state = "queued" if self._stopping else "cancelled"

@@ -37,7 +37,8 @@ class PredictError(LeakhunterError, ValueError):
 
 
 def manifest_fields(inputs: list[str | Path]) -> dict[Path, dict[str, str]]:
-    """The columns of every manifest among the inputs, by recording: a fusion model's meta may be there."""
+    """The columns of every manifest among the inputs, by recording: a fusion model's meta or a reference
+    model's sensor_id may be there."""
     fields: dict[Path, dict[str, str]] = {}
     for item in inputs:
         if Path(item).suffix.lower() == ".csv" and Path(item).is_file():
@@ -129,8 +130,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
         scoring = RayEngine(model, device, ray_options, workers=workers, **settings)
     else:
         scoring = ScoringEngine(model, device, workers=2 if workers is None else workers, **settings)
-        if scoring.meta is not None:
-            scoring.meta.add_manifest_fields(manifest_fields(inputs))
+    if scoring.request_fields:  # a manifest's columns: a fusion model's meta, a reference model's sensor_id
+        scoring.fields.add_manifest(manifest_fields(inputs))
     with scoring:
         params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
                   "inputs": [str(i) for i in inputs]}

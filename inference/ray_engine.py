@@ -31,9 +31,10 @@ import numpy as np
 import leakhunter
 from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
-from leakhunter.inference.engine import ScoringEngine, meta_resolver, recording_context
+from leakhunter.inference.engine import ScoringEngine, meta_resolver, recording_context, request_fields
 from leakhunter.inference.loader import read_card
 from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer, channel_policy
+from leakhunter.meta import RecordingFields
 from leakhunter.reference import reference_table
 
 FILES_PER_BATCH = 32  # per actor call (fewer where actors would idle): the engine packs pieces across them
@@ -146,6 +147,8 @@ class ScoringActor:
         object in one row of one block (JSON keeps the rows' None, float and text exact)."""
         paths = [str(path) for path in batch["path"]]
         png_for = {path: str(png) for path, png in zip(paths, batch["png"]) if png}
+        given = {path: json.loads(fields) for path, fields in zip(paths, batch["fields"]) if fields != "{}"}
+        self.engine.fields.add_manifest(given)  # the driver's manifest columns: meta, sensor_id
         host, held, sent = socket.gethostname(), [], time.monotonic()
         try:
             folders = {str(Path(png).parent) for png in png_for.values()}
@@ -161,6 +164,8 @@ class ScoringActor:
         except Exception as error:  # noqa: BLE001 - not a file's fault (the model failed): the driver stops the job
             yield self._send(host, held, failure=f"{type(error).__name__}: {error}")
             return
+        finally:
+            self.engine.fields.forget(given)
         if held:
             yield self._send(host, held)
 
@@ -202,8 +207,10 @@ class RayEngine:
         self.model = Path(model)
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
         # a bad --meta, policy or reference table: refused here, not in an actor
-        self.meta = meta_resolver(card, meta, meta_missing, self.model)
+        self.fields = RecordingFields()  # manifests' columns, by recording: shipped with each batch to the actors
+        self.meta = meta_resolver(card, meta, meta_missing, self.model, self.fields)
         self.reference = reference_table(card, reference, self.model, channel_policy(card, channel))
+        self.request_fields = request_fields(self.meta, self.reference)
         self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline, sensitivity)
         # An actor without a GPU of its own scores on CPU, even on a node that has one (Ray did not give it one).
         self.device, self.batch_rows = device if self.options.gpus_per_actor else "cpu", batch_rows
@@ -232,7 +239,7 @@ class RayEngine:
 
     def recording_columns(self, path: str | Path) -> dict[str, str]:
         """What an actor's row will say about the recording's meta and sensor reference (for resume keys)."""
-        return recording_context(self.meta, "score", self.reference, path)[1]
+        return recording_context(self.fields, self.meta, "score", self.reference, path)[1]
 
     def run_params(self) -> dict:
         """What params.json records about this engine (the actors resolve `auto` and batch_rows themselves)."""
@@ -251,7 +258,8 @@ class RayEngine:
             return
         # Absolute: an actor's working folder is where `ray start` ran, not the driver's.
         png_for = {Path(path): str(Path(png).resolve()) for path, png in (png_for or {}).items()}
-        dataset = self._dataset([{"path": str(p), "png": png_for.get(p, "")} for p in paths], files_per_batch)
+        dataset = self._dataset([{"path": str(p), "png": png_for.get(p, ""),
+                                  "fields": json.dumps(self.fields.merged(p))} for p in paths], files_per_batch)
         pending = {str(path): path for path in paths}
         try:
             for record in dataset.iter_rows():

@@ -33,7 +33,8 @@ from leakhunter.inference.jobs import JobError, JobStore, Turns
 from leakhunter.inference.outputs import json_record
 from leakhunter.inference.scorer import RecordingDecoder
 from leakhunter.meta import check_meta_missing
-from leakhunter.sources import AUDIO_SUFFIXES, logger_name
+from leakhunter.reference import SENSOR_FIELD
+from leakhunter.sources import AUDIO_SUFFIXES
 
 log = logging.getLogger("leakhunter.serve")
 
@@ -99,7 +100,7 @@ class _Upload:
     path: Path  # the spool file, alone in its own folder
     name: str
     future: Future
-    meta: dict[str, str]  # a fusion model's meta fields given with the upload (query parameters)
+    fields: dict[str, str]  # given with the upload (query parameters): a fusion model's meta, a sensor_id
 
 
 class Service:
@@ -159,16 +160,16 @@ class Service:
         rate = card.frontend.sample_rate
         seconds = 2 * card.segmentation.long_samples / rate
         noise = 0.01 * np.random.default_rng(0).standard_normal(int(seconds * rate)).astype(np.float32)
-        # a reference model's warm-up is named as a recording of the table's first sensor, so it has a reference
-        reference = self.engine.reference
-        path = self.spool / ("warm-up.wav" if reference is None else
-                             logger_name(min(reference.references), 0, "warm-up", 0))
+        path = self.spool / "warm-up.wav"
         soundfile.write(path, noise, rate)
-        # a meta model's warm-up has the usual meta, so a --meta-missing fail server starts
-        meta = None if self.engine.meta is None else {path: self.engine.meta.spec.usual()}
+        # a meta model's warm-up has the usual meta (so a --meta-missing fail server starts), a reference model's
+        # is a recording of the table's first sensor
+        meta, reference = self.engine.meta, self.engine.reference
+        fields = ({path: meta.spec.usual()} if meta is not None else
+                  {path: {SENSOR_FIELD: min(reference.references)}} if reference is not None else None)
         try:
             with self.turns.turn():
-                return next(self.engine.score_uploads({path: path.name}, meta))[1].row
+                return next(self.engine.score_uploads({path: path.name}, fields))[1].row
         finally:
             path.unlink(missing_ok=True)
 
@@ -218,8 +219,8 @@ class Service:
         with self._changed:
             self._admitted -= 1
 
-    def submit(self, path: Path, name: str, meta: dict[str, str] | None = None) -> Future:
-        upload = _Upload(path, name, Future(), meta or {})
+    def submit(self, path: Path, name: str, fields: dict[str, str] | None = None) -> Future:
+        upload = _Upload(path, name, Future(), fields or {})
         with self._changed:
             self._pending.append(upload)
             self._changed.notify_all()
@@ -241,7 +242,7 @@ class Service:
                         self.engine.pool.replace_dead()
                     elif live:
                         for spooled, result in self.engine.score_uploads({p: u.name for p, u in live.items()},
-                                                                         {p: u.meta for p, u in live.items()}):
+                                                                         {p: u.fields for p, u in live.items()}):
                             live[spooled].future.set_result(result.row)
                 except Exception as error:  # noqa: BLE001 - the model failed (or no worker starts): a 500 saying why
                     message = str(error)
@@ -284,21 +285,22 @@ def upload_suffix(content_type: str | None, name: str | None) -> str:
     return MEDIA_SUFFIXES[media]
 
 
-def upload_meta(request: Request, engine) -> dict[str, str]:
-    """An upload's meta fields for a model with a meta input: every query parameter but `name`, each one of the
-    model's fields, once, not empty. A model without a meta input ignores them (as before meta existed)."""
-    if engine.meta is None:
+def upload_fields(request: Request, engine) -> dict[str, str]:
+    """An upload's fields for a model that takes some (a fusion model's meta fields, a reference model's
+    sensor_id): every query parameter but `name`, each one of the model's fields, once, not empty. Other
+    models ignore query parameters (as before meta existed)."""
+    fields = engine.request_fields
+    if not fields:
         return {}
     given = [(key, value) for key, value in request.query_params.multi_items() if key != "name"]
-    fields = engine.meta.spec.fields
     keys = [key for key, _ in given]
     problems = [f"{', '.join(names)}: {why}" for names, why in (
-        (sorted(set(keys) - set(fields)), "not one of the model's meta fields"),
+        (sorted(set(keys) - set(fields)), "not one of the model's fields"),
         (sorted({key for key in keys if keys.count(key) > 1}), "given more than once"),
         (sorted({key for key, value in given if not value.strip()}), "empty (leave a field out when it is unknown)"))
         if names]
     if problems:
-        raise HTTPException(422, f"query parameters {'; '.join(problems)} (the model's meta fields: "
+        raise HTTPException(422, f"query parameters {'; '.join(problems)} (the model's fields: "
                                  f"{', '.join(fields)}; and `name`)")
     return dict(given)
 
@@ -345,7 +347,7 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
     @app.post("/v1/score")
     async def score(request: Request, name: str | None = Query(None, description="the recording's file name")):
         require_ready()
-        meta = upload_meta(request, service.engine)
+        fields = upload_fields(request, service.engine)
         suffix = upload_suffix(request.headers.get("content-type"), name)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -364,7 +366,7 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
                     if size > max_bytes:
                         raise HTTPException(413, f"upload is over --max-upload-mb {settings.max_upload_mb:g}")
                     handle.write(chunk)
-            future = service.submit(folder / name, name, meta)
+            future = service.submit(folder / name, name, fields)
             try:
                 row = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout)
             except TimeoutError:

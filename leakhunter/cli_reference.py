@@ -16,7 +16,8 @@ reference_app = typer.Typer(name="reference", help="Sensor reference tables for 
 @command(reference_app, "build")
 def reference_build(
     inputs: list[str] = typer.Argument(..., help="Each sensor's earlier, mostly leak-free recordings: files, folders, "
-                                                 "glob patterns or manifest CSVs, named sensor~recording~time~gain."),
+                                                 "glob patterns or manifest CSVs; the sensor is a manifest's "
+                                                 "sensor_id column, else the name's (sensor~recording~time~gain)."),
     model: Path = typer.Option(..., help="The reference model the table is for (.pth or .onnx): its front-end, "
                                          "segmentation and channel policy."),
     out: Path = typer.Option(..., "--out", "-o", help="The table to write (JSON)."),
@@ -25,16 +26,19 @@ def reference_build(
     """Each sensor's reference log-mel: the median over its recordings of each recording's median log-mel,
     through the model's own front-end. Recordings that cannot be decoded are listed and left out."""
     from leakhunter.inference.loader import read_card
-    from leakhunter.inference.predict import find_inputs
+    from leakhunter.inference.predict import find_inputs, manifest_fields
+    from leakhunter.meta import RecordingFields
     from leakhunter.reference import build_reference_table, require_reference_model, thin_sensors
 
     card, _, _ = read_card(model)
     require_reference_model(card, model)
     paths = find_inputs(inputs)
+    fields = RecordingFields()
+    fields.add_manifest(manifest_fields(inputs))
     with progress_bar("reference") as bar:
         task = bar.add_task("reference", total=len(paths))
         table, skipped = build_reference_table(paths, card, workers,
-                                               lambda done, total: bar.update(task, completed=done, total=total))
+                                               lambda done, total: bar.update(task, completed=done, total=total), fields)
     table.save(out)
     shown = Table("sensor", "recordings", "reference (dB, lowest..highest bin)")
     for sensor in sorted(table.references):

@@ -158,26 +158,22 @@ class FileMeta:
         return {"meta_source": self.source, "meta_missing": ",".join(self.missing)}
 
 
-class MetaResolver:
-    """Each recording's values for a fusion model's meta fields: for a `leak serve` upload the request's own
-    fields first, then the `--meta` sidecar CSV (a `path` column, paths relative to it), then the columns of the
-    manifest that listed the recording, then its logger name."""
+class RecordingFields:
+    """Fields given for recordings besides their names, by resolved path: the columns of the manifest that listed
+    them and a `leak serve` upload's own (its query parameters). A fusion model's meta and a reference model's
+    `sensor_id` are read here before the logger name. One store per engine, shared by its readers; thread-safe
+    (a server's uploads and its folder jobs add, read and forget at once)."""
 
-    def __init__(self, spec: MetaSpec, sidecar: str | os.PathLike | None = None):
-        from leakhunter.sources import read_manifest
-
-        self.spec = spec
-        self.sidecar = {} if sidecar is None else {_key(row.path): row.fields
-                                                   for row in read_manifest(sidecar, required=("path",))}
+    def __init__(self):
         self.manifest: dict[str, dict[str, str]] = {}
         self.request: dict[str, dict[str, str]] = {}
-        self._lock = threading.Lock()  # a server's uploads and its folder jobs add, resolve and forget at once
+        self._lock = threading.Lock()
 
-    def add_manifest_fields(self, fields_by_path: dict) -> None:
+    def add_manifest(self, fields_by_path: dict) -> None:
         with self._lock:
             self.manifest.update({_key(path): fields for path, fields in fields_by_path.items()})
 
-    def add_request_fields(self, fields_by_path: dict) -> None:
+    def add_request(self, fields_by_path: dict) -> None:
         with self._lock:
             self.request.update({_key(path): fields for path, fields in fields_by_path.items()})
 
@@ -188,17 +184,42 @@ class MetaResolver:
                 self.request.pop(key, None)
                 self.manifest.pop(key, None)
 
-    def resolve(self, path: str | os.PathLike) -> FileMeta:
-        key, values, sources = _key(path), {}, []
-        named = logger_fields(path) or {}
+    def given(self, path: str | os.PathLike) -> tuple[dict[str, str], dict[str, str]]:
+        """(the request's fields, the manifest's fields) of a recording, empty where none were given."""
+        key = _key(path)
         with self._lock:
-            given = (("request", self.request.get(key, {})), ("sidecar", self.sidecar.get(key, {})),
-                     ("manifest", self.manifest.get(key, {})), ("name", named))
-        for source, fields in given:
-            given = {f: str(fields[f]).strip() for f in self.spec.fields
+            return self.request.get(key, {}), self.manifest.get(key, {})
+
+    def merged(self, path: str | os.PathLike) -> dict[str, str]:
+        """A recording's given fields, the request's over the manifest's (empty values count as missing)."""
+        request, manifest = self.given(path)
+        return {k: v for k, v in manifest.items() if str(v).strip()} | {k: v for k, v in request.items()
+                                                                       if str(v).strip()}
+
+
+class MetaResolver:
+    """Each recording's values for a fusion model's meta fields: for a `leak serve` upload the request's own
+    fields first, then the `--meta` sidecar CSV (a `path` column, paths relative to it), then the columns of the
+    manifest that listed the recording, then its logger name."""
+
+    def __init__(self, spec: MetaSpec, sidecar: str | os.PathLike | None = None,
+                 fields: RecordingFields | None = None):
+        from leakhunter.sources import read_manifest
+
+        self.spec = spec
+        self.sidecar = {} if sidecar is None else {_key(row.path): row.fields
+                                                   for row in read_manifest(sidecar, required=("path",))}
+        self.fields = RecordingFields() if fields is None else fields
+
+    def resolve(self, path: str | os.PathLike) -> FileMeta:
+        values, sources = {}, []
+        request, manifest = self.fields.given(path)
+        for source, fields in (("request", request), ("sidecar", self.sidecar.get(_key(path), {})),
+                               ("manifest", manifest), ("name", logger_fields(path) or {})):
+            found = {f: str(fields[f]).strip() for f in self.spec.fields
                      if f not in values and str(fields.get(f, "")).strip()}
-            if given:
-                values.update(given)
+            if found:
+                values.update(found)
                 sources.append(source)
         row, fields_of = self.spec.encode(values), self.spec.column_fields()
         missing = tuple(f for i, f in enumerate(self.spec.fields) if np.isnan(row[fields_of == i]).all())

@@ -6,7 +6,8 @@ site?"). A reference model instead sees each log-mel minus its sensor's **refere
 sensor's recordings, of each recording's median log-mel, bin by bin. No label goes into it. In training each
 sensor's reference comes from its recordings in the dataset (training/data.py); in deployment from a sensor's
 earlier, mostly leak-free nights, kept in a reference table that `leak reference build` writes and
-`leak predict --reference` reads. A recording's sensor is the `sensor_id` of its logger name
+`leak predict --reference` reads. A recording's sensor is its `sensor_id` field where one is given (a manifest's
+column, a `leak serve` upload's query parameter), else the `sensor_id` of its logger name
 `sensor_id~recording_id~timestamp~gain_db`.
 
 This module is torch-free but for `build_reference_table`, which runs the model's own front-end.
@@ -27,6 +28,7 @@ import numpy as np
 from leakhunter.card import FrontendConfig, ModelCard, SegmentationConfig, compare_configs
 from leakhunter.errors import InputError
 from leakhunter.files import write_atomic
+from leakhunter.meta import RecordingFields
 from leakhunter.sources import LOGGER_GRAMMAR, logger_fields
 
 TABLE_FORMAT = "leakhunter-reference-table"
@@ -78,10 +80,19 @@ def sensor_references(medians: np.ndarray, sensors) -> dict[str, np.ndarray]:
             for sensor in np.unique(sensors)}
 
 
-def sensor_of(path: str | os.PathLike) -> str | None:
-    """The sensor id of a logger-named recording, None for any other name."""
-    fields = logger_fields(path)
-    return fields["sensor_id"] if fields else None
+SENSOR_FIELD = "sensor_id"
+NO_SENSOR = (f"neither a {SENSOR_FIELD} field (a manifest's column, an upload's query parameter) nor a name "
+             f"{LOGGER_GRAMMAR}")
+
+
+def sensor_of(path: str | os.PathLike, fields: dict[str, str] | None = None) -> str | None:
+    """A recording's sensor id: its given `sensor_id` field (a manifest's column, an upload's query parameter)
+    where not empty, else its logger name's; None without either."""
+    given = str((fields or {}).get(SENSOR_FIELD) or "").strip()
+    if given:
+        return given
+    named = logger_fields(path)
+    return named[SENSOR_FIELD] if named else None
 
 
 @dataclass(frozen=True)
@@ -112,13 +123,14 @@ class ReferenceTable:
                                  f"channel would shift every input (score with the card's channel, or rebuild the "
                                  f"table)")
 
-    def lookup(self, path: str | os.PathLike) -> tuple[str | None, np.ndarray | None]:
-        """(sensor id or None, its reference or None) for a recording."""
-        sensor = sensor_of(path)
+    def lookup(self, path: str | os.PathLike, fields: dict[str, str] | None = None
+               ) -> tuple[str | None, np.ndarray | None]:
+        """(sensor id or None, its reference or None) for a recording and its given fields (sensor_of's)."""
+        sensor = sensor_of(path, fields)
         return sensor, None if sensor is None else self.references.get(sensor)
 
     def columns(self, sensor: str | None) -> dict[str, str]:
-        """A row's reference columns: the sensor its name gives (lookup's; empty without one, and a sensor the
+        """A row's reference columns: the recording's sensor (lookup's; empty without one, and a sensor the
         table lacks is named on its no_reference row), and which table judged it."""
         return {"reference_sensor": sensor or "", "reference_table": self.digest}
 
@@ -189,20 +201,24 @@ def reference_table(card: ModelCard, table: str | os.PathLike | ReferenceTable |
 
 
 def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCard, workers: int = 2,
-                          progress: Callable[[int, int], None] | None = None):
+                          progress: Callable[[int, int], None] | None = None,
+                          fields: RecordingFields | None = None):
     """Each sensor's reference from its recordings, through the model's own front-end (float32, as scoring
-    computes it). Returns (table, skipped AudioErrors). Recordings without a sensor id in their name are refused
-    before anything is decoded: a table keyed by nothing is useless."""
+    computes it). Returns (table, skipped AudioErrors). `fields`: each recording's manifest columns, where a
+    `sensor_id` column comes before the name. Recordings without a sensor id are refused before anything is
+    decoded: a table keyed by nothing is useless."""
     from leakhunter.audio import AudioError, load_audio, read_many
     from leakhunter.frontend import FrontEnd
 
     paths = [Path(p) for p in recordings]
     if not paths:
         raise ReferenceError("no recordings to build a reference table from")
-    unnamed = [str(p) for p in paths if sensor_of(p) is None]
+    fields = RecordingFields() if fields is None else fields
+    sensor_by_path = {path: sensor_of(path, fields.merged(path)) for path in paths}
+    unnamed = [str(p) for p, sensor in sensor_by_path.items() if sensor is None]
     if unnamed:
-        raise ReferenceError(f"{len(unnamed)} recording(s) carry no sensor id in their name, e.g. {unnamed[0]} "
-                             f"(name them {LOGGER_GRAMMAR}.wav)")
+        raise ReferenceError(f"{len(unnamed)} recording(s) carry no sensor id, e.g. {unnamed[0]} ({NO_SENSOR}"
+                             f".wav)")
     frontend = FrontEnd(card.frontend, card.segmentation).eval()
 
     def median_of(path: Path) -> np.ndarray:
@@ -216,7 +232,7 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
             skipped.append(result.with_traceback(None))
         else:
             medians.append(result)
-            sensors.append(sensor_of(path))
+            sensors.append(sensor_by_path[Path(path)])
         if progress:
             progress(done, len(paths))
     if not medians:

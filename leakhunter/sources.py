@@ -119,7 +119,7 @@ def _read_manifest(manifest: Path) -> list[SourceFile]:
         if split is not None and split not in SPLITS:
             raise DatasetError(f"{manifest}:{row.line}: split {split!r} is not one of {', '.join(SPLITS)}")
         path = row.path.resolve()
-        group = row.fields.get("group") or group_from_name(path)
+        group = row.fields.get("group") or row.fields.get("sensor_id") or group_from_name(path)
         meta = {k: v for k, v in row.fields.items() if k not in ("path", "label", "group", "split")}
         files.append(SourceFile(path, row.fields["label"].upper(), group, split, meta))
     if not files:

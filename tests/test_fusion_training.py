@@ -403,17 +403,17 @@ def test_serve_takes_an_uploads_meta_from_its_query_and_a_jobs_from_its_manifest
         assert given["status"] == "ok" and given["meta_source"] == "request" and given["meta_missing"] is None
         assert abs(given["mean_leak_prob"] - expected["mean_leak_prob"]) <= 1e-6  # as the sidecar gives it
         assert abs(given["mean_leak_prob"] - unknown["mean_leak_prob"]) > 1e-5  # the value is used
-        for bad, says in (([("gain", "12")], "gain: not one of the model's meta fields"),
+        for bad, says in (([("gain", "12")], "gain: not one of the model's fields"),
                           ([("gain_db", "1"), ("gain_db", "2")], "gain_db: given more than once"),
                           ([("gain_db", " ")], "gain_db: empty")):
             refused = httpx.post(f"{url}/v1/score", params=[("name", "plain.wav"), *bad], content=plain.read_bytes(),
                                  headers={"Content-Type": "audio/wav"}, timeout=60)
             assert refused.status_code == 422 and says in refused.json()["detail"], refused.text
-            assert "(the model's meta fields: gain_db; and `name`)" in refused.json()["detail"]
+            assert "(the model's fields: gain_db; and `name`)" in refused.json()["detail"]
         deadline = time.monotonic() + 10  # the row is answered before the batch's meta is forgotten
-        while service.engine.meta.request and time.monotonic() < deadline:
+        while service.engine.fields.request and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert service.engine.meta.request == {}  # an upload's meta is forgotten once its batch is scored
+        assert service.engine.fields.request == {}  # an upload's meta is forgotten once its batch is scored
         with open(root / "night.csv", "w", newline="") as handle:
             csv.writer(handle).writerows([("path", "label", "gain_db"), ("plain.wav", "LEAK", "12")])
         job = httpx.post(f"{url}/v1/jobs", content=json.dumps({"inputs": ["night.csv"], "out": "out.csv"}),
@@ -421,6 +421,6 @@ def test_serve_takes_an_uploads_meta_from_its_query_and_a_jobs_from_its_manifest
         assert wait_job(url, job["id"])["state"] == "done"
         row = httpx.get(f"{url}/v1/jobs/{job['id']}/rows").json()["rows"][0]
         assert row["meta_source"] == "manifest" and abs(row["mean_leak_prob"] - expected["mean_leak_prob"]) <= 1e-6
-        assert service.engine.meta.manifest == {}
+        assert service.engine.fields.manifest == {}
     with pytest.raises(InputError, match="--meta-missing must be one of score, fail"):
         ServeSettings(model=fusion_onnx.output, meta_missing="skip")

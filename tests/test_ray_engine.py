@@ -23,6 +23,7 @@ from leakhunter.inference import ray_engine
 from leakhunter.inference.predict import predict
 from leakhunter.inference.ray_engine import RayOptions
 from leakhunter.inference.scorer import RecordingDecoder
+from leakhunter.reference import sensor_of
 from leakhunter.synth import synth_recording
 
 ray = pytest.importorskip("ray")
@@ -189,10 +190,18 @@ def test_a_reference_model_on_ray_judges_each_file_by_the_same_sensor(ray_cluste
     for path in small_corpus.files[:6]:
         shutil.copy(path, folder)
     shutil.copy(small_corpus.files[0], folder / "take1.wav")  # no sensor id: no reference
-    predict([folder], model, out=tmp_path / "local.csv", workers=0, reference=reference_table)
-    summary = predict([folder], model, out=tmp_path / "ray.csv", engine="ray", reference=reference_table)
+    listed = tmp_path / "listed"  # a manifest's sensor_id column names the sensor: the actors get it too
+    listed.mkdir()
+    shutil.copy(small_corpus.files[0], listed / "take2.wav")
+    (listed / "manifest.csv").write_text(f"path,sensor_id\ntake2.wav,{sensor_of(small_corpus.files[0])}\n")
+    inputs = [folder, listed / "manifest.csv"]
+    predict(inputs, model, out=tmp_path / "local.csv", workers=0, reference=reference_table)
+    summary = predict(inputs, model, out=tmp_path / "ray.csv", engine="ray", reference=reference_table)
     assert rows_of(tmp_path / "ray.csv") == rows_of(tmp_path / "local.csv")
-    assert summary.statuses == {"ok": 6, "no_reference": 1}
+    assert summary.statuses == {"ok": 7, "no_reference": 1}
+    rows = {Path(row["file"]).name: row for row in rows_of(tmp_path / "ray.csv")}
+    assert rows["take2.wav"]["reference_sensor"] == sensor_of(small_corpus.files[0])
+    assert rows["take2.wav"]["mean_leak_prob"] == rows[small_corpus.files[0].name]["mean_leak_prob"]
 
 
 def test_a_crashing_a_hanging_and_an_actor_killing_file_each_cost_one_row(ray_cluster, model, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -253,8 +254,10 @@ def test_h017_fails_a_reference_run_on_files_without_a_sensor_id_and_warns_on_th
     from leakhunter.training.trainer import train
 
     named = [f"S{i // 5}~R{i:05d}~20261120T023000~0.wav" for i in range(20)]
-    assert reference_findings("sensor", named) == [] == reference_findings(None, ["take1.wav"])
-    alone = reference_findings("sensor", named + [f"S9{i}~R1~T~0.wav" for i in range(3)])
+    assert reference_findings("sensor", named, list(map(sensor_of, named))) == []
+    assert reference_findings(None, ["take1.wav"], [None]) == []
+    lonely = named + [f"S9{i}~R1~T~0.wav" for i in range(3)]
+    alone = reference_findings("sensor", lonely, list(map(sensor_of, lonely)))
     assert alone[0].level == "fail" and "3 of the 23 files are their sensor's only recording" in alone[0].message
     # the small corpus has sensors with 1-3 recordings: the run said so, naming them
     health = json.loads((reference_run[0].parent / "health.json").read_text())
@@ -272,7 +275,7 @@ def test_h017_fails_a_reference_run_on_files_without_a_sensor_id_and_warns_on_th
     medians = plain.file_mel_medians(plain.subset(np.arange(len(plain.paths))))
     assert np.allclose(loaded.file_references[moved[0]], np.median(medians[moved], axis=0), atol=1e-5)
     with pytest.raises(HealthFailure, match=rf"H017 thin reference .* {len(unnamed)} of the 40 files carry no sensor "
-                                            rf"id in their name \(e.g. take") as caught:
+                                            rf"id \(e.g. take\d+.wav; neither a sensor_id field") as caught:
         train(quick_config(data, tmp_path / "run", mode="binary", reference="sensor", epochs=1), log=lambda t: None)
     assert caught.value.exit_code == 117
 
@@ -300,3 +303,67 @@ def test_the_graph_and_the_torch_runner_subtract_alike_under_the_long_preset(mak
         got = graph(torch.from_numpy(samples)[None], torch.from_numpy(reference)[None])[1].numpy()
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-5
     assert np.abs(runner.score_waveform(samples, reference + 3)[1] - expected).max() > 1e-4  # it is used
+
+
+def test_a_manifest_sensor_id_column_names_the_sensor_where_the_file_name_cannot(
+        reference_run, reference_table, small_dataset, small_corpus, tmp_path):
+    """Recordings that do not follow the logger grammar are judged alike when a manifest (or, for `leak serve`, a
+    query parameter) gives their sensor_id: in training, in the table, and in predict and serve; the column wins
+    over a name that says otherwise."""
+    import h5py
+
+    from leakhunter.training.data import LeakData
+    from leakhunter.training.health import reference_findings
+
+    model = Path(reference_run[1].output)
+    # training: a dataset whose files are plain takes, their sensors in the manifest's columns (/files/meta)
+    named = LeakData(small_dataset.output, "binary", reference="sensor")
+    copy = edited_copy(small_dataset.output, tmp_path / "plain.h5",
+                       paths={i: f"/recordings/take{i}.wav" for i in range(len(named.paths))})
+    with h5py.File(copy, "r+") as h5:
+        h5["files/meta"][...] = [json.dumps({"sensor_id": sensor_of(path)}) for path in named.paths]
+    plain = LeakData(copy, "binary", reference="sensor")
+    assert plain.file_sensors() == [sensor_of(path) for path in named.paths]
+    assert np.array_equal(plain.file_references, named.file_references)
+    assert reference_findings("sensor", plain.paths, plain.file_sensors()) == reference_findings(
+        "sensor", named.paths, named.file_sensors())  # H017 sees the same sensors
+    # the table and predict: plain copies listed with their sensors, and one named file the column moves
+    sensor = Counter(map(sensor_of, small_corpus.files)).most_common(1)[0][0]
+    chosen = [path for path in small_corpus.files if sensor_of(path) == sensor][:3]
+    assert len(chosen) == 3
+    night = tmp_path / "night"
+    night.mkdir()
+    lines = ["path,sensor_id"]
+    for i, path in enumerate(chosen):
+        shutil.copy(path, night / f"take{i}.wav")
+        lines.append(f"take{i}.wav,{sensor}")
+    moved = f"{sensor}~R99999~20261120T023000~0.wav"
+    shutil.copy(chosen[0], night / moved)
+    lines.append(f"{moved},S999")  # the column wins over the name
+    (night / "manifest.csv").write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["reference", "build", str(night / "manifest.csv"), "--model", str(model),
+                                 "-o", str(tmp_path / "t.json"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    built = ReferenceTable.load(tmp_path / "t.json")
+    assert built.recordings == {sensor: 3, "S999": 1}
+    by_names = runner.invoke(app, ["reference", "build", *map(str, chosen), "--model", str(model),
+                                   "-o", str(tmp_path / "named.json"), "--workers", "1"])
+    assert by_names.exit_code == 0, by_names.output
+    assert np.array_equal(built.references[sensor], ReferenceTable.load(tmp_path / "named.json").references[sensor])
+    result = runner.invoke(app, ["predict", str(night / "manifest.csv"), *map(str, chosen), "--model", str(model),
+                                 "--reference", str(reference_table), "--out", str(tmp_path / "p.csv"),
+                                 "--workers", "0"])
+    assert result.exit_code == 3, result.output  # S999 is not in the table
+    rows = {Path(r["file"]).name: r for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    assert rows[moved]["status"] == "no_reference" and "sensor S999" in rows[moved]["message"]
+    for i, path in enumerate(chosen[1:], start=1):
+        assert rows[f"take{i}.wav"]["status"] == "ok" and rows[f"take{i}.wav"]["reference_sensor"] == sensor
+        assert rows[f"take{i}.wav"]["mean_leak_prob"] == rows[path.name]["mean_leak_prob"]
+    # serve: an upload's sensor_id query parameter; another parameter is refused, naming the one it takes
+    with running(model=model, workers=0, reference=reference_table) as (url, _):
+        served = upload(url, chosen[1], name="take1.wav", params={"sensor_id": sensor}).json()
+        refused = upload(url, chosen[1], name="take1.wav", params={"gain_db": "6"})
+    assert served["status"] == "ok" and served["reference_sensor"] == sensor
+    assert served["mean_leak_prob"] == pytest.approx(float(rows["take1.wav"]["mean_leak_prob"]), abs=1e-6)
+    assert refused.status_code == 422 and "(the model's fields: sensor_id; and `name`)" in refused.json()["detail"]

@@ -55,9 +55,10 @@ def leak_serve(*arguments) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def upload(url: str, path: Path, name: str | None = None, media: str = "audio/wav", **kwargs) -> httpx.Response:
-    return httpx.post(f"{url}/v1/score", params={"name": name or path.name}, content=path.read_bytes(),
-                      headers={"Content-Type": media}, timeout=60, **kwargs)
+def upload(url: str, path: Path, name: str | None = None, media: str = "audio/wav", params: dict | None = None,
+           **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/v1/score", params={"name": name or path.name, **(params or {})},
+                      content=path.read_bytes(), headers={"Content-Type": media}, timeout=60, **kwargs)
 
 
 def csv_rows(path: Path) -> list[dict]:

@@ -123,12 +123,12 @@ class LeakData:
 
     def _use_references(self) -> None:
         """Each sensor's reference from its own files' median log-mels (no label used), subtracted from every
-        short segment: once in memory, or per chunk as the streamed path reads it. A sensor is the logger name's
-        sensor id, as scoring looks it up in a table (a file without one is its own; H017 fails such a run)."""
+        short segment: once in memory, or per chunk as the streamed path reads it. A file's sensor is found as
+        scoring finds it (file_sensors; a file without one is its own, and H017 fails such a run)."""
         if self.reference != "sensor":
             raise DatasetError(f"{self.path}: unknown reference {self.reference!r} (known: sensor)")
         medians = self.file_mel_medians(self.subset(np.arange(len(self.paths))))
-        sensors = [sensor_of(path) or path for path in self.paths]
+        sensors = [sensor or path for sensor, path in zip(self.file_sensors(), self.paths)]
         by_sensor = sensor_references(medians, sensors)
         self.file_references = np.stack([by_sensor[sensor] for sensor in sensors])
         self.close()  # read before the references existed; a streamed LeakData stays unopened until its next read
@@ -223,6 +223,11 @@ class LeakData:
             else:
                 batch = long_segment_inputs(self.mel, starts, self.shorts_per_long)
         return batch.float().unsqueeze(1)
+
+    def file_sensors(self) -> list[str | None]:
+        """Each dataset file's sensor id: its manifest's sensor_id column, else its logger name's (None without
+        either), as a reference table is keyed and looked up at scoring."""
+        return [sensor_of(path, json.loads(meta)) for path, meta in zip(self.paths, self.meta_json)]
 
     def file_meta(self, file: int) -> dict[str, str]:
         """One dataset file's metadata: its manifest columns over its logger-name fields (leakhunter/meta.py)."""

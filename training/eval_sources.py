@@ -30,7 +30,7 @@ class LabelledFiles:
     groups: list[str]
     source: str  # "dataset", "manifest" or "class folders"
     group_from: str  # where the groups come from, for the report
-    meta: list[dict] | None = None  # per file, the manifest's other columns (a fusion model's meta fields)
+    meta: list[dict] | None = None  # per file, the manifest's other columns (a fusion model's meta, a sensor_id)
 
 
 @dataclass
@@ -55,8 +55,9 @@ def is_dataset(data: str | Path) -> bool:
 
 def source_files(data: str | Path) -> LabelledFiles:
     """A manifest CSV (path, label, optional group; as `leak data build` reads it) or a class-folder tree
-    SRC/<CLASS>/**/*.wav. Groups: the manifest's `group` column, else the logger sensor id of a file named
-    `sensor~recording~time~gain`, else the file itself. A path listed twice is evaluated once."""
+    SRC/<CLASS>/**/*.wav. Groups: the manifest's `group` column, else its `sensor_id` column, else the logger
+    sensor id of a file named `sensor~recording~time~gain`, else the file itself. A path listed twice is
+    evaluated once."""
     from leakhunter.sources import find_sources
 
     data = Path(data)
@@ -67,8 +68,8 @@ def source_files(data: str | Path) -> LabelledFiles:
     manifest = data.is_file()
     return LabelledFiles(paths=[f.path for f in files], labels=[f.label for f in files],
                          groups=[f.group for f in files], source="manifest" if manifest else "class folders",
-                         group_from=("the manifest's group column, else the logger sensor id in the file name, "
-                                     "else the file" if manifest else
+                         group_from=("the manifest's group column, else its sensor_id column, else the logger "
+                                     "sensor id in the file name, else the file" if manifest else
                                      "the logger sensor id in the file name, else the file"),
                          meta=[f.meta for f in files])
 
@@ -110,8 +111,8 @@ def score_files(model: str | Path, card: ModelCard, files: LabelledFiles, device
 
     targets = class_targets(card, files.labels, files.source)
     with ScoringEngine(model, device, workers=workers, threshold=threshold, reference=reference) as engine:
-        if engine.meta is not None and files.meta is not None:  # as predict: the manifest's columns, then the name
-            engine.meta.add_manifest_fields(dict(zip(files.paths, files.meta)))
+        if engine.request_fields and files.meta is not None:  # as predict: the manifest's columns, then the name
+            engine.fields.add_manifest(dict(zip(files.paths, files.meta)))
         results = {result.row["file"]: result for result in engine.score(files.paths)}
     kept, failed, long_probs, long_file = [], [], [], []
     for position, path in enumerate(files.paths):

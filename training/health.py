@@ -18,7 +18,7 @@ import numpy as np
 
 from leakhunter.errors import LeakhunterError
 from leakhunter.files import write_atomic
-from leakhunter.reference import sensor_of, thin_sensors
+from leakhunter.reference import NO_SENSOR, thin_sensors
 from leakhunter.sources import LOGGER_GRAMMAR
 from leakhunter.training.baseline import BASELINE_NAME
 from leakhunter.training.splits import crossing_keys
@@ -68,9 +68,9 @@ ADVICE = {
     "H016": "The validation split's groups are easier than the average group: its numbers overstate what a new "
             "site will see. Estimate with `leak train --cv K` (grouped cross-validation), or rebuild the split "
             "with more validation groups.",
-    "H017": "A reference model judges each file against its sensor, named by the file's logger name "
-            f"({LOGGER_GRAMMAR}), and needs several recordings per sensor: name the files "
-            "by their sensors, add recordings, or train without --reference sensor.",
+    "H017": "A reference model judges each file against its sensor, named by the manifest's sensor_id column "
+            f"or the file's logger name ({LOGGER_GRAMMAR}), and needs several recordings per sensor: give each "
+            "file its sensor, add recordings, or train without --reference sensor.",
 }
 NAMES = {"H001": "config", "H002": "checkpoint", "H003": "labels", "H004": "leakage", "H005": "class weights",
          "H006": "trainable params", "H007": "prediction collapse", "H008": "trivial loss", "H009": "no progress",
@@ -229,22 +229,21 @@ def setup_findings(config, card, head_outputs: int, has_aux: bool, data, weights
         + weight_findings(list(weights), capped, config.class_weight_cap, raw_ratio)
         + trainable_findings(trainable, total, frozen_by_design)
         + cycling_findings(config.batch_size, len(train) // world)
-        + reference_findings(card.reference, data.paths)
+        + reference_findings(card.reference, data.paths, data.file_sensors())
     )
 
 
-def reference_findings(reference: str | None, paths: list[str]) -> list[Finding]:
-    """H017: a reference model whose sensors are too thin to have a usual sound. A file without a sensor id could
-    never be looked up in a table, and a sensor's only recording is its own reference, which normalises a steady
-    leak away with the background (README: about chance)."""
+def reference_findings(reference: str | None, paths: list[str], sensors: list[str | None]) -> list[Finding]:
+    """H017: a reference model whose sensors are too thin to have a usual sound. A file without a sensor id
+    (`sensors`: each file's, None without one) could never be looked up in a table, and a sensor's only recording
+    is its own reference, which normalises a steady leak away with the background (README: about chance)."""
     if reference is None or not paths:
         return []
-    sensors = [sensor_of(path) for path in paths]
     unnamed = [path for path, sensor in zip(paths, sensors) if sensor is None]
     if unnamed:
-        return [fail("H017", "setup", f"{len(unnamed)} of the {len(paths)} files carry no sensor id in their name "
-                                      f"(e.g. {Path(unnamed[0]).name}; {LOGGER_GRAMMAR}): "
-                                      f"each would be its own reference, and no table could hold it for scoring")]
+        return [fail("H017", "setup", f"{len(unnamed)} of the {len(paths)} files carry no sensor id (e.g. "
+                                      f"{Path(unnamed[0]).name}; {NO_SENSOR}): each would be its own reference, "
+                                      f"and no table could hold it for scoring")]
     counts = Counter(sensors)
     alone = sum(1 for sensor in sensors if counts[sensor] == 1)
     if alone > ALONE_SHARE * len(paths):
