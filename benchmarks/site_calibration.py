@@ -4,7 +4,11 @@ site's held-out long segments at that epoch: no label, only other recordings of 
 without a leak. Both sets of scores are judged by training/cv.py's own honest estimate (each fold with the epoch
 and threshold chosen on the other folds, the card's vote), so the first column is exactly the run's CV estimate.
 A third column changes the vote instead: each file scored by the mean logit of its long segments (every segment
-given that score, so the card's vote becomes a threshold on it), judged the same way.
+given that score, so the card's vote becomes a threshold on it), judged the same way. A fourth changes how the
+threshold is chosen on the other folds: the median of every threshold whose pooled F1 is within PLATEAU of the
+best (the middle of the near-best range, not the edge the best sits on), at the epoch the CV chose; the last two
+columns are the logistic-regression baseline on the same folds (refitted from the run's dataset, reference and
+fold seed), with the CV's threshold rule, with the plateau rule, and with one oracle threshold.
 With --labelled K: a threshold per site from K labelled LEAK and K labelled other recordings of that site (drawn
 at random, 20 draws; the threshold with the best balanced accuracy on them, ties to the CV threshold), judged on
 the site's other recordings beside the CV threshold on the same recordings.
@@ -24,10 +28,13 @@ import numpy as np
 import yaml
 from pool_levers import counts, f1  # the sibling script (benchmarks/ is on sys.path when this one runs)
 
-from leakhunter.training.cv import HeldOut, choose, honest_estimate, pooled
-from leakhunter.voting import calibrate_threshold, threshold_grid, vote_files
+from leakhunter.training.baseline import held_out_probabilities
+from leakhunter.training.cv import HeldOut, choose, deal_folds, honest_estimate, pooled
+from leakhunter.training.data import LeakData
+from leakhunter.voting import calibrate_threshold, f1_score, threshold_grid, vote_files
 
 DRAWS = 20
+PLATEAU = 0.05  # F1 below the best that still counts as near-best
 
 
 def run_sites(run: Path) -> np.ndarray:
@@ -63,6 +70,49 @@ def mean_logit_files(fold: HeldOut) -> HeldOut:
     per_file = np.stack([np.bincount(fold.long_file, weights=row, minlength=len(fold.files)) / np.maximum(n_long, 1)
                          for row in np.log(p / (1 - p))])
     return replace(fold, long_prob=1 / (1 + np.exp(-per_file[:, fold.long_file])))
+
+
+def plateau_threshold(long_prob: np.ndarray, long_file: np.ndarray, truth: np.ndarray, vote_fraction: float) -> float:
+    """The median of the thresholds (calibrate_threshold's grid) whose file F1 is within PLATEAU of the best."""
+    truth, grid = truth.astype(bool), threshold_grid()
+    curve = np.array([f1_score(truth, vote_files(long_prob, long_file, len(truth), threshold, vote_fraction).verdict)
+                      for threshold in grid])
+    return float(np.median(grid[curve >= curve.max() - PLATEAU]))
+
+
+def plateau_counts(folds: list[HeldOut], vote_fraction: float) -> np.ndarray:
+    """The honest estimate's counts with each fold's threshold the plateau threshold of the other folds (at the
+    epoch the CV chooses on them)."""
+    totals = np.zeros(3, int)
+    for i, fold in enumerate(folds):
+        others = [f for j, f in enumerate(folds) if j != i]
+        epoch = choose(others, vote_fraction)[0]
+        threshold = plateau_threshold(*pooled(others, epoch), vote_fraction)
+        totals += verdict_counts(fold.file_is_leak.astype(bool), vote_files(
+            fold.long_prob[epoch - 1], fold.long_file, len(fold.files), threshold, vote_fraction).verdict)
+    return totals
+
+
+def baseline_counts(run: Path, k: int) -> np.ndarray:
+    """The baseline's counts on the run's folds: honest with [the CV's threshold rule, the plateau rule], and
+    with one oracle threshold for all held-out files."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    reference = config.get("reference")  # absent before reference models, "none" in later configs
+    data = LeakData(config["data"], config["mode"], reference=None if reference in (None, "none") else reference)
+    folds = deal_folds(data, k, config["seed"])
+    probs, truths = held_out_probabilities(data, folds), [data.file_is_leak[fold] for fold in folds]
+    totals = np.zeros((3, 3), int)
+    for i, (prob, truth) in enumerate(zip(probs, truths)):
+        others = [j for j in range(len(folds)) if j != i and np.isfinite(probs[j]).all()]
+        other_prob, other_truth = np.concatenate([probs[j] for j in others]), np.concatenate([truths[j] for j in others])
+        for row, rule in enumerate((lambda *a: calibrate_threshold(*a)[0], plateau_threshold)):
+            threshold = rule(other_prob, np.arange(len(other_prob)), other_truth, 0.5)
+            totals[row] += verdict_counts(truth.astype(bool), np.nan_to_num(prob, nan=0.0) >= threshold)
+    data.close()
+    every, truth = np.nan_to_num(np.concatenate(probs), nan=0.0), np.concatenate(truths).astype(bool)
+    oracle = calibrate_threshold(every, np.arange(len(every)), truth, 0.5)[0]
+    totals[2] = verdict_counts(truth, every >= oracle)
+    return totals
 
 
 def verdict_counts(truth: np.ndarray, verdict: np.ndarray) -> np.ndarray:
@@ -114,13 +164,15 @@ def labelled_counts(folds: list[HeldOut], sites: np.ndarray, k: int, vote_fracti
 
 
 def estimate_counts(run: Path, vote_fraction: float) -> np.ndarray:
-    """The default table's counts for one run: the CV estimate, its two rescorings, the two oracles."""
+    """The default table's counts for one run: the CV estimate, its two rescorings, the plateau threshold, the two
+    oracles, and the baseline with both threshold rules."""
     folds, cv = load_folds(run), json.loads((run / "cv.json").read_text())
     sites = run_sites(run)
     return np.stack([np.array(counts(honest_estimate(variant, vote_fraction)[1]))
                      for variant in (folds, [site_relative(fold, sites) for fold in folds],
                                      [mean_logit_files(fold) for fold in folds])]
-                    + list(oracle_counts(folds, cv["epochs"], vote_fraction)))
+                    + [plateau_counts(folds, vote_fraction)]
+                    + list(oracle_counts(folds, cv["epochs"], vote_fraction)) + list(baseline_counts(run, len(folds))))
 
 
 def print_table(columns: list[str], runs: list[Path], counts_of) -> None:
@@ -148,7 +200,8 @@ def main() -> None:
                     args.runs, lambda run: labelled_counts(load_folds(run), run_sites(run), k, args.vote_fraction))
     else:
         print_table(["held-out F1 (the CV estimate)", "the same, site-relative scores", "the same, mean-logit files",
-                     "one oracle threshold", "oracle threshold per fold"],
+                     "the same, plateau threshold", "one oracle threshold", "oracle threshold per fold",
+                     "baseline (the CV estimate)", "baseline, plateau threshold", "baseline, one oracle threshold"],
                     args.runs, lambda run: estimate_counts(run, args.vote_fraction))
 
 
