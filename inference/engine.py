@@ -43,7 +43,8 @@ from leakhunter.inference.scorer import (
 )
 from leakhunter.meta import MetaResolver, MetaSpec, RecordingFields, check_meta_missing
 from leakhunter.operating import deployed_threshold
-from leakhunter.reference import NO_SENSOR, SENSOR_FIELD, ReferenceTable, reference_table
+from leakhunter.reference import SENSOR_FIELD, ReferenceTable, reference_table
+from leakhunter.sources import LOGGER_GRAMMAR
 
 PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
 BATCH_ROWS = 4  # rows (each one piece long) per model call on CPU: ~240 s of audio, ~3,800 short segments
@@ -60,7 +61,7 @@ def upload_name(name: str | None) -> str:
 
 
 def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, model,
-                  fields: RecordingFields | None = None) -> MetaResolver | None:
+                  fields: RecordingFields) -> MetaResolver | None:
     """Where a fusion model's meta comes from at scoring time (`fields`: the engine's given fields); None for a
     model without a meta input."""
     check_meta_missing(policy)
@@ -73,7 +74,7 @@ def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, mode
     if sidecar is not None and not Path(sidecar).is_file():
         raise InputError(f"--meta {sidecar}: no such file (a CSV with a path column and the model's meta fields "
                          f"{', '.join(spec['fields'])})")
-    return MetaResolver(MetaSpec.from_dict(spec), sidecar, fields)
+    return MetaResolver(MetaSpec.from_dict(spec), fields, sidecar)
 
 
 def request_fields(meta: MetaResolver | None, reference: ReferenceTable | None) -> tuple[str, ...]:
@@ -104,7 +105,8 @@ def recording_context(fields: RecordingFields, meta: MetaResolver | None, meta_m
         if context is None:
             refused = ("no_reference", f"sensor {sensor} has no reference in {reference.source}; add its earlier "
                                        f"recordings with leak reference build" if sensor else
-                       f"no sensor id ({NO_SENSOR}), so no reference to judge it against")
+                       f"no sensor id (neither a {SENSOR_FIELD} manifest column or query parameter nor a name "
+                       f"{LOGGER_GRAMMAR}.wav), so no reference to judge it against")
     return context, columns, refused
 
 

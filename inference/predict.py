@@ -36,13 +36,27 @@ class PredictError(LeakhunterError, ValueError):
     """Nothing to score (no inputs, an unreadable manifest): the message says what was looked at."""
 
 
+NOT_FIELDS = ("path", "label", "group", "split")  # a manifest's columns that are about the data set, not the recording
+
+
 def manifest_fields(inputs: list[str | Path]) -> dict[Path, dict[str, str]]:
-    """The columns of every manifest among the inputs, by recording: a fusion model's meta or a reference
-    model's sensor_id may be there."""
+    """The columns of every manifest among the inputs, by recording (resolved): a fusion model's meta or a
+    reference model's sensor_id may be there. A recording listed again with another value of a column is refused,
+    naming both rows: either could be the one that decides its meta or its sensor."""
     fields: dict[Path, dict[str, str]] = {}
+    listed_at: dict[Path, str] = {}
     for item in inputs:
         if Path(item).suffix.lower() == ".csv" and Path(item).is_file():
-            fields.update({row.path: row.fields for row in read_manifest(item)})
+            for row in read_manifest(item):
+                path, here = row.path.resolve(), f"{item}:{row.line}"
+                before = fields.get(path, {})
+                clash = sorted(k for k, v in row.fields.items()
+                               if k not in NOT_FIELDS and v and before.get(k, v) != v)
+                if clash:
+                    raise PredictError(f"{path} is listed at {listed_at[path]} and at {here} with different "
+                                       f"{', '.join(clash)} ({before[clash[0]]!r} and {row.fields[clash[0]]!r})")
+                fields[path] = {**before, **{k: v for k, v in row.fields.items() if v}}
+                listed_at.setdefault(path, here)
     return fields
 
 
@@ -120,6 +134,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
         raise PredictError("Ray options (--address, --actors, --cpus-per-actor, --gpus-per-actor, --files-per-batch) "
                            "need --engine ray")
     paths = find_inputs(inputs)
+    listed = manifest_fields(inputs)  # refused here, before any worker starts
     started = time.perf_counter()
     settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
                     timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class, sensitivity=sensitivity,
@@ -131,7 +146,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     else:
         scoring = ScoringEngine(model, device, workers=2 if workers is None else workers, **settings)
     if scoring.request_fields:  # a manifest's columns: a fusion model's meta, a reference model's sensor_id
-        scoring.fields.add_manifest(manifest_fields(inputs))
+        scoring.fields.add_manifest(listed)
     with scoring:
         params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
                   "inputs": [str(i) for i in inputs]}

@@ -52,8 +52,9 @@ def train(
     level: str = typer.Option(None, help="absolute (default) or relative: each input minus its own mean "
                                          "log-mel, so gain and logger level cannot move a verdict."),
     reference: str = typer.Option(None, help="none (default) or sensor: each log-mel minus its sensor's usual one "
-                                             "(the median of its recordings' median log-mels; the sensor from the "
-                                             "logger file name), so a new site is judged against itself; scoring "
+                                             "(the median of its recordings' median log-mels; the sensor from a "
+                                             "manifest's sensor_id column, else the logger file name), so a new "
+                                             "site is judged against itself; scoring "
                                              "then needs a table from leak reference build."),
     branches: str = typer.Option(None, help="--mode fusion: comma list of mel, features, meta (default "
                                             "mel,features)."),
@@ -199,8 +200,9 @@ def predict(
                                                    "(NaN, the row's meta_missing says so) or fail (status "
                                                    "meta_missing, exit 3)."),
     reference: Path = typer.Option(None, help="A reference model's table of sensor references (leak reference "
-                                              "build); each recording is judged against its logger name's sensor "
-                                              "(status no_reference when the table lacks it)."),
+                                              "build); each recording is judged against its sensor: a manifest's "
+                                              "sensor_id column, else its logger name's (status no_reference when "
+                                              "the table lacks it)."),
     workers: int = typer.Option(None, help="Decoding worker processes (default 2; 0: decode in this process, no crash "
                                            "isolation). With --engine ray: per actor, default one per 3 of its CPUs."),
     batch_rows: int = typer.Option(None, help="Rows of 60 s of audio per model call (default 4 on CPU, 32 on GPU)."),
@@ -347,7 +349,8 @@ def serve(
                                                    "(NaN, the row's meta_missing says so) or fail (status "
                                                    "meta_missing, no score)."),
     reference: Path = typer.Option(None, help="A reference model's table of sensor references (leak reference "
-                                              "build); an upload is judged against its logger name's sensor."),
+                                              "build); an upload is judged against its sensor_id query parameter, "
+                                              "else its logger name's sensor."),
     log_level: str = typer.Option("info", help="uvicorn's log level: critical, error, warning, info, debug."),
 ):
     """Serve batch scoring over HTTP: POST audio to /v1/score for its row, POST /v1/jobs for folders under

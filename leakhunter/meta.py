@@ -202,14 +202,13 @@ class MetaResolver:
     fields first, then the `--meta` sidecar CSV (a `path` column, paths relative to it), then the columns of the
     manifest that listed the recording, then its logger name."""
 
-    def __init__(self, spec: MetaSpec, sidecar: str | os.PathLike | None = None,
-                 fields: RecordingFields | None = None):
+    def __init__(self, spec: MetaSpec, fields: RecordingFields, sidecar: str | os.PathLike | None = None):
         from leakhunter.sources import read_manifest
 
         self.spec = spec
         self.sidecar = {} if sidecar is None else {_key(row.path): row.fields
                                                    for row in read_manifest(sidecar, required=("path",))}
-        self.fields = RecordingFields() if fields is None else fields
+        self.fields = fields  # the engine's: what manifests and uploads gave
 
     def resolve(self, path: str | os.PathLike) -> FileMeta:
         values, sources = {}, []

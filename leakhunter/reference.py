@@ -81,8 +81,7 @@ def sensor_references(medians: np.ndarray, sensors) -> dict[str, np.ndarray]:
 
 
 SENSOR_FIELD = "sensor_id"
-NO_SENSOR = (f"neither a {SENSOR_FIELD} field (a manifest's column, an upload's query parameter) nor a name "
-             f"{LOGGER_GRAMMAR}")
+NO_SENSOR = f"neither a manifest {SENSOR_FIELD} column nor a name {LOGGER_GRAMMAR}.wav"
 
 
 def sensor_of(path: str | os.PathLike, fields: dict[str, str] | None = None) -> str | None:
@@ -217,8 +216,7 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
     sensor_by_path = {path: sensor_of(path, fields.merged(path)) for path in paths}
     unnamed = [str(p) for p, sensor in sensor_by_path.items() if sensor is None]
     if unnamed:
-        raise ReferenceError(f"{len(unnamed)} recording(s) carry no sensor id, e.g. {unnamed[0]} ({NO_SENSOR}"
-                             f".wav)")
+        raise ReferenceError(f"{len(unnamed)} recording(s) carry no sensor id, e.g. {unnamed[0]} ({NO_SENSOR})")
     frontend = FrontEnd(card.frontend, card.segmentation).eval()
 
     def median_of(path: Path) -> np.ndarray:

@@ -10,11 +10,12 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile
 from conftest import quick_config
-from test_serve import running, upload
+from test_serve import running, upload, wait_job
 from typer.testing import CliRunner
 
 from leakhunter.card import ModelCard
@@ -275,7 +276,7 @@ def test_h017_fails_a_reference_run_on_files_without_a_sensor_id_and_warns_on_th
     medians = plain.file_mel_medians(plain.subset(np.arange(len(plain.paths))))
     assert np.allclose(loaded.file_references[moved[0]], np.median(medians[moved], axis=0), atol=1e-5)
     with pytest.raises(HealthFailure, match=rf"H017 thin reference .* {len(unnamed)} of the 40 files carry no sensor "
-                                            rf"id \(e.g. take\d+.wav; neither a sensor_id field") as caught:
+                                            rf"id \(e.g. take\d+.wav: neither a manifest sensor_id column") as caught:
         train(quick_config(data, tmp_path / "run", mode="binary", reference="sensor", epochs=1), log=lambda t: None)
     assert caught.value.exit_code == 117
 
@@ -361,9 +362,39 @@ def test_a_manifest_sensor_id_column_names_the_sensor_where_the_file_name_cannot
         assert rows[f"take{i}.wav"]["status"] == "ok" and rows[f"take{i}.wav"]["reference_sensor"] == sensor
         assert rows[f"take{i}.wav"]["mean_leak_prob"] == rows[path.name]["mean_leak_prob"]
     # serve: an upload's sensor_id query parameter; another parameter is refused, naming the one it takes
-    with running(model=model, workers=0, reference=reference_table) as (url, _):
+    # and a job over the manifest reads its column as predict does
+    with running(model=model, workers=0, reference=reference_table, data_root=night) as (url, service):
         served = upload(url, chosen[1], name="take1.wav", params={"sensor_id": sensor}).json()
         refused = upload(url, chosen[1], name="take1.wav", params={"gain_db": "6"})
+        job = httpx.post(f"{url}/v1/jobs", content=json.dumps({"inputs": ["manifest.csv"], "out": "job.csv"}),
+                         timeout=10).json()
+        assert wait_job(url, job["id"])["state"] == "done"
+        assert service.engine.fields.manifest == {}  # forgotten with the job
+    jobbed = {Path(r["file"]).name: r for r in csv.DictReader(open(night / "job.csv"))}
+    assert set(jobbed) == {"take0.wav", "take1.wav", "take2.wav", moved}
+    assert {name: (r["status"], r["reference_sensor"], r["mean_leak_prob"]) for name, r in jobbed.items()} == {
+        name: (r["status"], r["reference_sensor"], r["mean_leak_prob"]) for name, r in rows.items() if name in jobbed}
     assert served["status"] == "ok" and served["reference_sensor"] == sensor
     assert served["mean_leak_prob"] == pytest.approx(float(rows["take1.wav"]["mean_leak_prob"]), abs=1e-6)
     assert refused.status_code == 422 and "(the model's fields: sensor_id; and `name`)" in refused.json()["detail"]
+
+
+def test_a_recording_listed_with_two_sensors_is_refused_and_splits_group_by_the_sensor_column(
+        reference_run, reference_table, small_corpus, tmp_path):
+    from leakhunter.inference.predict import manifest_fields
+    from leakhunter.sources import find_sources
+
+    recording = small_corpus.files[0]
+    (tmp_path / "a.csv").write_text(f"path,label,sensor_id\n{recording},LEAK,S001\n{tmp_path / 'x.wav'},LEAK,S002\n")
+    (tmp_path / "b.csv").write_text(f"path,label,sensor_id\n{recording},NORMAL,S001\n")
+    assert manifest_fields([tmp_path / "a.csv", tmp_path / "b.csv"])[recording.resolve()]["sensor_id"] == "S001"
+    (tmp_path / "c.csv").write_text(f"path,sensor_id\n{recording},S009\n")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"), "--model",
+                                      str(Path(reference_run[1].output)), "--reference", str(reference_table)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{tmp_path / 'a.csv'}:2 and at {tmp_path / 'c.csv'}:2" in said, said
+    assert "different sensor_id ('S001' and 'S009')" in said
+    # leak data build: without a group column, a sensor_id column keeps a sensor's files in one split
+    (tmp_path / "d.csv").write_text("path,label,sensor_id\n" + "".join(
+        f"{path},{path.parent.name},P{i % 3}\n" for i, path in enumerate(small_corpus.files[:6])))
+    assert [source.group for source in find_sources(tmp_path / "d.csv")] == ["P0", "P1", "P2"] * 2
