@@ -3,6 +3,7 @@ same table as local scoring, one row per file when files crash or hang (or kill 
 resumed to the uninterrupted table, and the errors an operator meets (no ray installed, bad options)."""
 
 import csv
+import hashlib
 import logging
 import os
 import shutil
@@ -17,13 +18,14 @@ import pytest
 import soundfile
 from typer.testing import CliRunner
 
+import leakhunter
 from leakhunter.audio import AudioError
 from leakhunter.cli import app
 from leakhunter.inference import ray_engine
 from leakhunter.inference.predict import predict
 from leakhunter.inference.ray_engine import RayOptions
 from leakhunter.inference.scorer import RecordingDecoder
-from leakhunter.reference import sensor_of
+from leakhunter.reference import ReferenceTable, sensor_of
 from leakhunter.synth import synth_recording
 
 ray = pytest.importorskip("ray")
@@ -202,6 +204,13 @@ def test_a_reference_model_on_ray_judges_each_file_by_the_same_sensor(ray_cluste
     rows = {Path(row["file"]).name: row for row in rows_of(tmp_path / "ray.csv")}
     assert rows["take2.wav"]["reference_sensor"] == sensor_of(small_corpus.files[0])
     assert rows["take2.wav"]["mean_leak_prob"] == rows[small_corpus.files[0].name]["mean_leak_prob"]
+    # an actor whose node reads another table than the driver's refuses to start, naming both digests
+    data, table = model.read_bytes(), ReferenceTable.load(reference_table)
+    with pytest.raises(ray_engine.RayEngineError, match=rf"is not the driver's \(sha256 {table.digest} against "
+                                                        rf"0{{16}}\): every node must see the same file"):
+        ray_engine.ScoringActor([ray.put(data)], model.suffix, hashlib.sha256(data).hexdigest(),
+                                leakhunter.__version__, {"device": "cpu", "workers": 0, "reference": reference_table},
+                                reference_digest="0" * 16)
 
 
 def test_a_crashing_a_hanging_and_an_actor_killing_file_each_cost_one_row(ray_cluster, model, tmp_path, monkeypatch):

@@ -334,13 +334,13 @@ def test_a_manifest_sensor_id_column_names_the_sensor_where_the_file_name_cannot
     assert len(chosen) == 3
     night = tmp_path / "night"
     night.mkdir()
-    lines = ["path,sensor_id"]
+    lines = ["path,label,sensor_id"]
     for i, path in enumerate(chosen):
         shutil.copy(path, night / f"take{i}.wav")
-        lines.append(f"take{i}.wav,{sensor}")
+        lines.append(f"take{i}.wav,{path.parent.name},{sensor}")
     moved = f"{sensor}~R99999~20261120T023000~0.wav"
     shutil.copy(chosen[0], night / moved)
-    lines.append(f"{moved},S999")  # the column wins over the name
+    lines.append(f"{moved},{chosen[0].parent.name},S999")  # the column wins over the name
     (night / "manifest.csv").write_text("\n".join(lines) + "\n")
     runner = CliRunner()
     result = runner.invoke(app, ["reference", "build", str(night / "manifest.csv"), "--model", str(model),
@@ -361,6 +361,11 @@ def test_a_manifest_sensor_id_column_names_the_sensor_where_the_file_name_cannot
     for i, path in enumerate(chosen[1:], start=1):
         assert rows[f"take{i}.wav"]["status"] == "ok" and rows[f"take{i}.wav"]["reference_sensor"] == sensor
         assert rows[f"take{i}.wav"]["mean_leak_prob"] == rows[path.name]["mean_leak_prob"]
+    # eval on the manifest: the takes judged by the column's sensor, the moved file left out as no_reference
+    from leakhunter.training.evaluate import evaluate
+
+    report = evaluate(model, night / "manifest.csv", workers=0, reference=reference_table)
+    assert report["n_files"] == 3 and [row["status"] for row in report["failed_files"]] == ["no_reference"]
     # serve: an upload's sensor_id query parameter; another parameter is refused, naming the one it takes
     # and a job over the manifest reads its column as predict does
     with running(model=model, workers=0, reference=reference_table, data_root=night) as (url, service):
