@@ -105,8 +105,8 @@ def recording_context(fields: RecordingFields, meta: MetaResolver | None, meta_m
         if context is None:
             refused = ("no_reference", f"sensor {sensor} has no reference in {reference.source}; add its earlier "
                                        f"recordings with leak reference build" if sensor else
-                       f"no sensor id (neither a {SENSOR_FIELD} manifest column or query parameter nor a name "
-                       f"{LOGGER_GRAMMAR}.wav), so no reference to judge it against")
+                       f"no sensor id (neither a {SENSOR_FIELD} given, as a manifest column or a query parameter, "
+                       f"nor a name {LOGGER_GRAMMAR}.wav), so no reference to judge it against")
     return context, columns, refused
 
 

@@ -29,35 +29,23 @@ from leakhunter.inference.scorer import RecordingDecoder
 
 if TYPE_CHECKING:
     from leakhunter.inference.ray_engine import RayOptions
-from leakhunter.sources import AUDIO_SUFFIXES, find_audio, read_manifest
+from leakhunter.sources import AUDIO_SUFFIXES, Listings, find_audio, read_manifest
 
 
 class PredictError(LeakhunterError, ValueError):
     """Nothing to score (no inputs, an unreadable manifest): the message says what was looked at."""
 
 
-NOT_FIELDS = ("path", "label", "group", "split")  # a manifest's columns that are about the data set, not the recording
-
-
 def manifest_fields(inputs: list[str | Path]) -> dict[Path, dict[str, str]]:
     """The columns of every manifest among the inputs, by recording (resolved): a fusion model's meta or a
-    reference model's sensor_id may be there. A recording listed again with another value of a column is refused,
-    naming both rows: either could be the one that decides its meta or its sensor."""
-    fields: dict[Path, dict[str, str]] = {}
-    listed_at: dict[Path, str] = {}
+    reference model's sensor_id may be there. A recording listed again with another value of such a column is
+    refused, naming both rows (sources.Listings; its label, group and split do not matter here)."""
+    listed = Listings(ignored=("path", "label", "group", "split"))
     for item in inputs:
         if Path(item).suffix.lower() == ".csv" and Path(item).is_file():
             for row in read_manifest(item):
-                path, here = row.path.resolve(), f"{item}:{row.line}"
-                before = fields.get(path, {})
-                clash = sorted(k for k, v in row.fields.items()
-                               if k not in NOT_FIELDS and v and before.get(k, v) != v)
-                if clash:
-                    raise PredictError(f"{path} is listed at {listed_at[path]} and at {here} with different "
-                                       f"{', '.join(clash)} ({before[clash[0]]!r} and {row.fields[clash[0]]!r})")
-                fields[path] = {**before, **{k: v for k, v in row.fields.items() if v}}
-                listed_at.setdefault(path, here)
-    return fields
+                listed.add(item, row)
+    return listed.fields
 
 
 def find_inputs(inputs: list[str | Path]) -> list[Path]:

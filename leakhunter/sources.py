@@ -58,13 +58,24 @@ def group_from_name(path: str | os.PathLike) -> str:
     return fields["sensor_id"] if fields else str(path)
 
 
+NAMED_COLUMNS = ("path", "label", "group", "split", "sensor_id")  # the columns leakhunter itself reads by name
+
+
 def read_manifest(manifest: str | os.PathLike, required: tuple[str, ...] = ("path",)) -> list[ManifestRow]:
-    """Rows of a manifest CSV (UTF-8, a BOM allowed) with every `required` column present and non-empty."""
+    """Rows of a manifest CSV (UTF-8, a BOM allowed) with every `required` column present and non-empty. Column
+    names are stripped of spaces, as values are; a column named like one leakhunter reads but for case (`Sensor_ID`)
+    is refused rather than silently ignored."""
     manifest = Path(manifest)
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
+            if reader.fieldnames:
+                reader.fieldnames = [c.strip() if c is not None else c for c in reader.fieldnames]
             columns = [c for c in (reader.fieldnames or []) if c is not None]
+            misnamed = [c for c in columns if c not in NAMED_COLUMNS and c.lower() in NAMED_COLUMNS]
+            if misnamed:
+                raise ManifestError(f"{manifest}: column {misnamed[0]!r} would be ignored: leakhunter reads "
+                                    f"{misnamed[0].lower()!r} (its column names are lower case)")
             missing = [c for c in required if c not in columns]
             if missing:
                 raise ManifestError(f"{manifest}: manifest lacks column(s) {', '.join(missing)}; has {columns}")
@@ -83,6 +94,27 @@ def read_manifest(manifest: str | os.PathLike, required: tuple[str, ...] = ("pat
     except csv.Error as error:
         raise ManifestError(f"{manifest}: not a readable CSV ({error})") from None
     return rows
+
+
+class Listings:
+    """Each recording's manifest fields, once, by resolved path in first-listed order: a recording listed again (in
+    the same manifest or another) with another non-empty value of a column not `ignored` is refused, naming both
+    rows (either could decide its label, sensor or meta); listed again alike, its rows merge."""
+
+    def __init__(self, ignored: tuple[str, ...] = ("path",)):
+        self.ignored = ignored
+        self.fields: dict[Path, dict[str, str]] = {}
+        self.where: dict[Path, str] = {}  # the first row that listed it, for messages
+
+    def add(self, manifest: str | os.PathLike, row: ManifestRow) -> None:
+        path, here = row.path.resolve(), f"{manifest}:{row.line}"
+        known = self.fields.setdefault(path, {})
+        clash = sorted(k for k, v in row.fields.items() if k not in self.ignored and v and known.get(k, v) != v)
+        if clash:
+            raise ManifestError(f"{path} is listed at {self.where[path]} and at {here} with different "
+                                f"{', '.join(clash)} ({known[clash[0]]!r} and {row.fields[clash[0]]!r})")
+        known.update({k: v for k, v in row.fields.items() if v})
+        self.where.setdefault(path, here)
 
 
 @dataclass(frozen=True)
@@ -113,15 +145,17 @@ def find_sources(source: str | os.PathLike) -> list[SourceFile]:
 
 
 def _read_manifest(manifest: Path) -> list[SourceFile]:
-    files = []
+    listed = Listings()
     for row in read_manifest(manifest, required=("path", "label")):
-        split = row.fields.get("split", "").lower() or None
+        listed.add(manifest, row)
+    files = []
+    for path, fields in listed.fields.items():
+        split = fields.get("split", "").lower() or None
         if split is not None and split not in SPLITS:
-            raise DatasetError(f"{manifest}:{row.line}: split {split!r} is not one of {', '.join(SPLITS)}")
-        path = row.path.resolve()
-        group = row.fields.get("group") or row.fields.get("sensor_id") or group_from_name(path)
-        meta = {k: v for k, v in row.fields.items() if k not in ("path", "label", "group", "split")}
-        files.append(SourceFile(path, row.fields["label"].upper(), group, split, meta))
+            raise DatasetError(f"{listed.where[path]}: split {split!r} is not one of {', '.join(SPLITS)}")
+        group = fields.get("group") or fields.get("sensor_id") or group_from_name(path)
+        meta = {k: v for k, v in fields.items() if k not in ("path", "label", "group", "split")}
+        files.append(SourceFile(path, fields["label"].upper(), group, split, meta))
     if not files:
         raise DatasetError(f"{manifest}: manifest has no rows")
     return files

@@ -276,7 +276,7 @@ def test_h017_fails_a_reference_run_on_files_without_a_sensor_id_and_warns_on_th
     medians = plain.file_mel_medians(plain.subset(np.arange(len(plain.paths))))
     assert np.allclose(loaded.file_references[moved[0]], np.median(medians[moved], axis=0), atol=1e-5)
     with pytest.raises(HealthFailure, match=rf"H017 thin reference .* {len(unnamed)} of the 40 files carry no sensor "
-                                            rf"id \(e.g. take\d+.wav: neither a manifest sensor_id column") as caught:
+                                            rf"id \(e.g. \S+take\d+.wav: neither a manifest sensor_id column") as caught:
         train(quick_config(data, tmp_path / "run", mode="binary", reference="sensor", epochs=1), log=lambda t: None)
     assert caught.value.exit_code == 117
 
@@ -399,6 +399,20 @@ def test_a_recording_listed_with_two_sensors_is_refused_and_splits_group_by_the_
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and f"{tmp_path / 'a.csv'}:2 and at {tmp_path / 'c.csv'}:2" in said, said
     assert "different sensor_id ('S001' and 'S009')" in said
+    # leak data build and leak eval read manifests alike: a conflicting listing is refused, an identical one kept
+    # once; a column name is stripped like its values, and one that differs from a read column by case is refused
+    from leakhunter.sources import ManifestError
+
+    (tmp_path / "e.csv").write_text(f"path,label,sensor_id\n{recording},LEAK,S001\n{recording.parent}/../{recording.parent.name}/{recording.name},LEAK,\n"
+                                    f"{recording},LEAK,S002\n")
+    with pytest.raises(ManifestError, match=r"e.csv:2 and at \S+e.csv:4 with different sensor_id \('S001' and "):
+        find_sources(tmp_path / "e.csv")
+    (tmp_path / "f.csv").write_text(f"path, label , sensor_id\n{recording},LEAK,S001\n{recording},LEAK,\n")
+    assert [(f.path, f.group, f.meta) for f in find_sources(tmp_path / "f.csv")] == [
+        (recording.resolve(), "S001", {"sensor_id": "S001"})]
+    (tmp_path / "g.csv").write_text(f"path,label,Sensor_ID\n{recording},LEAK,S001\n")
+    with pytest.raises(ManifestError, match="column 'Sensor_ID' would be ignored: leakhunter reads 'sensor_id'"):
+        find_sources(tmp_path / "g.csv")
     # leak data build: without a group column, a sensor_id column keeps a sensor's files in one split
     (tmp_path / "d.csv").write_text("path,label,sensor_id\n" + "".join(
         f"{path},{path.parent.name},P{i % 3}\n" for i, path in enumerate(small_corpus.files[:6])))

@@ -242,7 +242,7 @@ def reference_findings(reference: str | None, paths: list[str], sensors: list[st
     unnamed = [path for path, sensor in zip(paths, sensors) if sensor is None]
     if unnamed:
         return [fail("H017", "setup", f"{len(unnamed)} of the {len(paths)} files carry no sensor id (e.g. "
-                                      f"{Path(unnamed[0]).name}: {NO_SENSOR}): each would be its own reference, "
+                                      f"{unnamed[0]}: {NO_SENSOR}): each would be its own reference, "
                                       f"and no table could hold it for scoring")]
     counts = Counter(sensors)
     alone = sum(1 for sensor in sensors if counts[sensor] == 1)
