@@ -403,7 +403,8 @@ def test_a_recording_listed_with_two_sensors_is_refused_and_splits_group_by_the_
     # once; a column name is stripped like its values, and one that differs from a read column by case is refused
     from leakhunter.sources import ManifestError
 
-    (tmp_path / "e.csv").write_text(f"path,label,sensor_id\n{recording},LEAK,S001\n{recording.parent}/../{recording.parent.name}/{recording.name},LEAK,\n"
+    roundabout = recording.parent / ".." / recording.parent.name / recording.name  # the same file
+    (tmp_path / "e.csv").write_text(f"path,label,sensor_id\n{recording},LEAK,S001\n{roundabout},LEAK,\n"
                                     f"{recording},LEAK,S002\n")
     with pytest.raises(ManifestError, match=r"e.csv:2 and at \S+e.csv:4 with different sensor_id \('S001' and "):
         find_sources(tmp_path / "e.csv")
