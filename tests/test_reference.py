@@ -418,3 +418,33 @@ def test_a_recording_listed_with_two_sensors_is_refused_and_splits_group_by_the_
     (tmp_path / "d.csv").write_text("path,label,sensor_id\n" + "".join(
         f"{path},{path.parent.name},P{i % 3}\n" for i, path in enumerate(small_corpus.files[:6])))
     assert [source.group for source in find_sources(tmp_path / "d.csv")] == ["P0", "P1", "P2"] * 2
+
+
+def test_real_hydrophone_recordings_named_anyhow_get_a_reference_from_a_manifest_column(
+        real_data_dir, reference_run, tmp_path):
+    """Five real 8 kHz lab recordings (plain names, one hydrophone): a manifest's sensor_id column makes them one
+    sensor, the table holds the median of their own median log-mels, and each is judged against it."""
+    from leakhunter.audio import load_audio
+    from leakhunter.frontend import FrontEnd
+    from leakhunter.inference.loader import read_card
+    from leakhunter.reference import samples_median
+
+    model = Path(reference_run[1].output)
+    card = read_card(model)[0]
+    recordings = sorted(real_data_dir.glob("*.wav"))
+    manifest = tmp_path / "h1.csv"
+    manifest.write_text("path,sensor_id\n" + "".join(f"{path},H1\n" for path in recordings))
+    runner = CliRunner()
+    result = runner.invoke(app, ["reference", "build", str(manifest), "--model", str(model), "-o",
+                                 str(tmp_path / "h1.json"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    table = ReferenceTable.load(tmp_path / "h1.json")
+    frontend = FrontEnd(card.frontend, card.segmentation).eval()
+    medians = [samples_median(frontend, load_audio(path, card.frontend.sample_rate).samples) for path in recordings]
+    assert table.recordings == {"H1": 5}
+    assert np.abs(table.references["H1"] - np.median(np.stack(medians), axis=0)).max() < 1e-3
+    result = runner.invoke(app, ["predict", str(manifest), "--model", str(model), "--reference",
+                                 str(tmp_path / "h1.json"), "--out", str(tmp_path / "h1-scores.csv"), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "h1-scores.csv")))
+    assert len(rows) == 5 and {(r["status"], r["reference_sensor"]) for r in rows} == {("ok", "H1")}
