@@ -77,10 +77,18 @@ def meta_resolver(card: ModelCard, sidecar: str | Path | None, policy: str, mode
     return MetaResolver(MetaSpec.from_dict(spec), fields, sidecar)
 
 
-def request_fields(meta: MetaResolver | None, reference: ReferenceTable | None) -> tuple[str, ...]:
-    """The fields a recording may be given besides its name (an upload's query parameters, a manifest's
-    columns that count): a fusion model's meta fields, a reference model's sensor_id; () for other models."""
-    return meta.spec.fields if meta is not None else (SENSOR_FIELD,) if reference is not None else ()
+def recording_sources(card: ModelCard, model, meta: str | Path | None, meta_missing: str,
+                      reference: str | Path | ReferenceTable | None, channel: str | int | None
+                      ) -> tuple[RecordingFields, MetaResolver | None, ReferenceTable | None, tuple[str, ...]]:
+    """Where both engines find a recording's per-recording input: (the store of given fields, a fusion model's
+    meta resolver, a reference model's table, the fields a recording may be given besides its name: an upload's
+    query parameters, a manifest's columns that count). A bad --meta, policy or table is refused here, before any
+    worker or actor starts."""
+    fields = RecordingFields()
+    resolver = meta_resolver(card, meta, meta_missing, model, fields)
+    table = reference_table(card, reference, model, channel_policy(card, channel))
+    given = resolver.spec.fields if resolver is not None else (SENSOR_FIELD,) if table is not None else ()
+    return fields, resolver, table, given
 
 
 def recording_context(fields: RecordingFields, meta: MetaResolver | None, meta_missing: str,
@@ -282,11 +290,10 @@ class ScoringEngine:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
-        self.fields = RecordingFields()  # manifests' columns and uploads' query parameters, by recording
-        self.meta = meta_resolver(card, meta, meta_missing, model, self.fields)
+        # manifests' columns and uploads' query parameters by recording, and what reads them
+        self.fields, self.meta, self.reference, self.request_fields = recording_sources(
+            card, model, meta, meta_missing, reference, channel)
         self.meta_missing = meta_missing
-        self.reference = reference_table(card, reference, model, channel_policy(card, channel))
-        self.request_fields = request_fields(self.meta, self.reference)
         deployed_threshold(card, threshold, sensitivity)  # a bad --sensitivity is refused before any worker starts
         piece_longs = max(1, int(piece_seconds * card.frontend.sample_rate) // card.segmentation.long_hop)
         # What the workers decode with; inline (workers=0) this process uses the same decoder.

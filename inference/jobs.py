@@ -250,7 +250,8 @@ class JobStore:
                 raise JobError(f"{outside[0]}: outside the data root (a symlink?)", 403)
             job.total = len(paths)
             # a listed manifest's columns (a fusion model's meta, a sensor_id), as in `leak predict`, for this job
-            listed = manifest_fields([self.under_root(i) for i in job.inputs]) if engine.request_fields else {}
+            listed = manifest_fields([self.under_root(i) for i in job.inputs])  # conflicting rows refused
+            listed = listed if engine.request_fields else {}
             if listed:
                 engine.fields.add_manifest(listed)
             try:

@@ -31,11 +31,9 @@ import numpy as np
 import leakhunter
 from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
-from leakhunter.inference.engine import ScoringEngine, meta_resolver, recording_context, request_fields
+from leakhunter.inference.engine import ScoringEngine, recording_context, recording_sources
 from leakhunter.inference.loader import read_card
-from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer, channel_policy
-from leakhunter.meta import RecordingFields
-from leakhunter.reference import reference_table
+from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer
 
 FILES_PER_BATCH = 32  # per actor call (fewer where actors would idle): the engine packs pieces across them
 SEND_SECONDS = 0.5  # an actor sends the rows it has at least this often, so the table grows while a batch runs
@@ -206,11 +204,10 @@ class RayEngine:
             check_reachable(self.options.address or os.environ.get("RAY_ADDRESS"))  # Ray retries for minutes
         self.model = Path(model)
         card, sha256, self.backend = read_card(self.model)  # no model session on the driver
-        # a bad --meta, policy or reference table: refused here, not in an actor
-        self.fields = RecordingFields()  # manifests' columns, by recording: shipped with each batch to the actors
-        self.meta = meta_resolver(card, meta, meta_missing, self.model, self.fields)
-        self.reference = reference_table(card, reference, self.model, channel_policy(card, channel))
-        self.request_fields = request_fields(self.meta, self.reference)
+        # a bad --meta, policy or reference table: refused here, not in an actor; manifests' columns are shipped
+        # with each batch to the actors
+        self.fields, self.meta, self.reference, self.request_fields = recording_sources(
+            card, self.model, meta, meta_missing, reference, channel)
         self.scorer = RecordingScorer(card, sha256, threshold, vote_fraction, channel, timeline, sensitivity)
         # An actor without a GPU of its own scores on CPU, even on a node that has one (Ray did not give it one).
         self.device, self.batch_rows = device if self.options.gpus_per_actor else "cpu", batch_rows
@@ -259,7 +256,8 @@ class RayEngine:
         # Absolute: an actor's working folder is where `ray start` ran, not the driver's.
         png_for = {Path(path): str(Path(png).resolve()) for path, png in (png_for or {}).items()}
         dataset = self._dataset([{"path": str(p), "png": png_for.get(p, ""),
-                                  "fields": json.dumps(self.fields.merged(p))} for p in paths], files_per_batch)
+                                  "fields": json.dumps(self.fields.merged(p)) if self.request_fields else "{}"}
+                                 for p in paths], files_per_batch)
         pending = {str(path): path for path in paths}
         try:
             for record in dataset.iter_rows():
