@@ -12,6 +12,7 @@ Torch-free at import: torch is imported only to bench a .pth.
 
 from __future__ import annotations
 
+import csv
 import resource
 import tempfile
 import threading
@@ -31,18 +32,23 @@ from leakhunter.errors import InputError
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.loader import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES, read_card
 from leakhunter.inference.onnx_card import ModelLoadError
-from leakhunter.inference.predict import find_inputs, predict
+from leakhunter.inference.predict import find_inputs, manifest_fields, predict
+from leakhunter.reference import SENSOR_FIELD, reference_table
 
 SYNTH_RATE = 8000  # Hz of the generated set: a common logger rate, resampled to the card's like real files
 
 
 def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str = "auto", files: int = 60,
-          seconds: float = 10.0, workers: int = 2, log: Callable[[str], None] | None = None) -> dict:
+          seconds: float = 10.0, workers: int = 2, log: Callable[[str], None] | None = None,
+          reference: str | Path | None = None) -> dict:
     """Time every scoring stage and the whole `predict` per backend/device; see the module docstring.
 
     inputs: audio files, folders, globs or manifests as `leak predict` takes them; None generates `files`
     synthetic recordings of `seconds` each (leakhunter.synth, every class in turn) in a temporary folder.
     device: auto (cpu, plus cuda where the backend has it), cpu, or cuda[:N] (an error without CUDA).
+    reference: a reference model's table (`leak reference build`), as predict takes it: each given recording is
+    judged against its sensor's reference (a manifest's sensor_id column, else its logger name); the generated
+    recordings are all taken as the table's first sensor, as `leak serve` warms up.
     Returns {"audio_s", "files", "generated", "results": [...], "agreement": {...}}; peak RSS is the
     process's peak so far (ru_maxrss never goes down), so later results include earlier ones.
     """
@@ -56,30 +62,34 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
     if workers < 0:
         raise InputError(f"workers must be >= 0, got {workers}")
     request = parse_device(device)  # a bad name fails before anything is generated
-    if read_card(model)[0].reference is not None:
-        raise InputError(f"{model} judges recordings against their sensors' references, which leak bench does not "
-                         f"take; time it with leak predict --reference TABLE on a night of your recordings (the "
-                         f"summary says x real time) or bench a model trained without --reference")
+    table = reference_table(read_card(model)[0], reference, model)  # a missing or mismatched table: refused now
     models = [model]
     if model.suffix.lower() in ONNX_SUFFIXES and (sibling := model.with_suffix(".pth")).is_file() and _has_torch():
         models.append(sibling)  # the scoring install has no torch: then the .onnx is benched alone
     with tempfile.TemporaryDirectory(prefix="leak-bench-") as folder:
-        if inputs is None:
+        generated = inputs is None
+        if generated:
             if int(files) != files or files < 1 or not seconds > 0:
                 raise InputError(f"--files must be an integer >= 1 and --seconds > 0, got {files} and {seconds}")
             say(f"generating {files} recordings of {seconds:g} s at {SYNTH_RATE} Hz")
             paths = generate(Path(folder), int(files), float(seconds))
+            if table is not None:
+                sensor = min(table.references)
+                say(f"the generated recordings are scored as sensor {sensor} of {reference}")
+                inputs = [sensor_manifest(Path(folder) / "recordings.csv", paths, sensor)]
+            else:
+                inputs = paths
         else:
             paths = find_inputs(list(inputs))
         results, rows = [], []
         for path in models:
             for name in devices_for(path, str(request)):
                 say(f"{path.name} on {name}")
-                result, result_rows = bench_one(path, name, paths, workers, say)
+                result, result_rows = bench_one(path, name, list(inputs), paths, workers, say, reference)
                 results.append(result)
                 rows.append(result_rows)
     audio_s = results[0]["audio_s"]
-    return {"audio_s": audio_s, "files": len(paths), "generated": inputs is None, "model": str(model),
+    return {"audio_s": audio_s, "files": len(paths), "generated": generated, "model": str(model),
             "results": results, "agreement": agreement(results, rows)}
 
 
@@ -95,6 +105,15 @@ def generate(folder: Path, files: int, seconds: float) -> list[Path]:
         soundfile.write(path, samples, SYNTH_RATE, subtype="PCM_16")
         paths.append(path)
     return paths
+
+
+def sensor_manifest(manifest: Path, paths: list[Path], sensor: str) -> Path:
+    """A manifest giving every recording the same sensor_id, as a reference model's recordings need one."""
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", SENSOR_FIELD])
+        writer.writerows([path.name, sensor] for path in paths)
+    return manifest
 
 
 def _has_torch() -> bool:
@@ -143,17 +162,25 @@ def _rate(seconds: float, audio_s: float, n_files: int) -> dict:
             "files_per_s": round(n_files / seconds, 2)}
 
 
-def bench_one(model: Path, device: str, paths: list[Path], workers: int,
-              say: Callable[[str], None]) -> tuple[dict, list[dict]]:
-    """One backend on one device: every stage alone, then end to end; and the rows of the default run."""
+def bench_one(model: Path, device: str, inputs: list[str | Path], paths: list[Path], workers: int,
+              say: Callable[[str], None], reference: str | Path | None = None) -> tuple[dict, list[dict]]:
+    """One backend on one device: every stage alone, then end to end; and the rows of the default run.
+    `inputs` as predict takes them (their manifests' columns reach the model as predict's do), `paths` found in
+    them."""
     started = time.perf_counter()
-    with ScoringEngine(model, device, workers=0) as engine:
+    with ScoringEngine(model, device, workers=0, reference=reference) as engine:
         load_s = time.perf_counter() - started
+        if engine.request_fields:  # a reference model's sensor_id, a fusion model's meta
+            engine.fields.add_manifest(manifest_fields(inputs))
         runner, scorer, batcher = engine.runner, engine.scorer, engine.batcher
         say(f"  decode + resample ({runner.backend}, {runner.device})")
-        decoded, pieces, failed = {}, [], {}
+        decoded, pieces, failed, contexts = {}, [], {}, {}
         started = time.perf_counter()
         for index, path in enumerate(paths):
+            contexts[index], _, refused = engine.recording_context(path)
+            if refused is not None:  # predict gives it a row without decoding it
+                failed[index] = refused[0]
+                continue
             try:
                 decoded[index] = engine.decoder.decode(path, lambda piece, index=index: pieces.append((index, piece)))
             except AudioError as error:
@@ -162,12 +189,11 @@ def bench_one(model: Path, device: str, paths: list[Path], workers: int,
         pieces = [(index, piece) for index, piece in pieces if index in decoded]
         if not decoded:
             reasons = ", ".join(sorted(set(failed.values())))
-            raise InputError(f"none of the {len(paths)} file(s) could be decoded ({reasons})")
+            raise InputError(f"none of the {len(paths)} file(s) could be scored ({reasons})")
         audio_s = sum(info.duration_s for info in decoded.values())
         n_ok = len(decoded)
         batches = []
-        states = {index: _Recording(index, paths[index], engine.recording_context(paths[index])[0])
-                  for index in decoded}
+        states = {index: _Recording(index, paths[index], contexts[index]) for index in decoded}
         for index, piece in pieces:  # packed as the engine packs them (packing itself is not a stage)
             if not batcher.add(states[index], piece):
                 batches.append(batcher.seal())
@@ -197,12 +223,12 @@ def bench_one(model: Path, device: str, paths: list[Path], workers: int,
     for count in dict.fromkeys((workers, 0)):
         say(f"  predict end to end, workers={count}")
         started = time.perf_counter()
-        engine = ScoringEngine(model, device, workers=count)
+        engine = ScoringEngine(model, device, workers=count, reference=reference)
         startup_s = time.perf_counter() - started  # workers are started, not waited for: as predict() begins
         engine.close()
         started = time.perf_counter()
         with ChildPeak() as children:
-            summary = predict(paths, model, device=device, workers=count)
+            summary = predict(inputs, model, device=device, workers=count, reference=reference)
         entry = _rate(time.perf_counter() - started, audio_s, n_ok)
         workers_peak_kib = max(workers_peak_kib, children.peak_kib)
         statuses = dict(summary.statuses)

@@ -282,13 +282,16 @@ def bench(
     files: int = typer.Option(60, help="Recordings in the generated set (no INPUTS)."),
     seconds: float = typer.Option(10.0, help="Seconds per generated recording (8 kHz)."),
     workers: int = typer.Option(2, help="Decoding workers of the end-to-end run (one with 0 is always timed too)."),
+    reference: Path = typer.Option(None, help="A reference model's table of sensor references (leak reference "
+                                              "build): your recordings are judged by sensor as leak predict judges "
+                                              "them; the generated ones are all taken as the table's first sensor."),
 ):
     """Time decoding, the model (front-end and network apart for a .pth), voting and `leak predict` end to end,
     per backend and device: × real time, files/s, peak RSS, and the file-level agreement between backends."""
     from leakhunter.inference.bench import bench as run_bench
 
     report = run_bench(model, inputs=inputs or None, device=device, files=files, seconds=seconds, workers=workers,
-                       log=lambda text: errors.print(text, highlight=False, markup=False))
+                       log=lambda text: errors.print(text, highlight=False, markup=False), reference=reference)
     if as_json:
         print(json.dumps(report, indent=2))
         return

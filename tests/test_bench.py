@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from leakhunter.cli import app
 from leakhunter.inference.bench import bench, generate
+from leakhunter.inference.predict import predict
 
 runner = CliRunner()
 
@@ -88,7 +89,7 @@ def test_leak_bench_errors_are_one_line_with_exit_2(lone_onnx, tmp_path):
     for args, message in ((["--device", "gpu"], "device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
                           (["--files", "0"], "--files must be an integer >= 1"),
                           ([str(tmp_path / "empty")], "no audio files"),
-                          ([str(tmp_path / "gone.wav")], "none of the 1 file(s) could be decoded (missing)")):
+                          ([str(tmp_path / "gone.wav")], "none of the 1 file(s) could be scored (missing)")):
         result = runner.invoke(app, ["bench", str(lone_onnx), *args])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert "Traceback" not in result.output
@@ -103,3 +104,32 @@ def test_leak_bench_on_cuda_without_it_is_a_clear_error(lone_onnx):
     text = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
     assert "error: device 'cuda' asked for" in text and "--device auto" in text and "Traceback" not in text
+
+
+def test_a_reference_model_is_benched_with_its_table_on_generated_and_given_recordings(reference_run, reference_table,
+                                                                                       small_corpus, tmp_path):
+    """Generated recordings are taken as the table's first sensor; given ones are judged by sensor as predict
+    judges them (a manifest's sensor_id column included), and one without a sensor costs its row, not the bench."""
+    _, exported = reference_run  # best.onnx beside best.pth: both backends, compared file by file
+    result = bench(exported.output, files=2, seconds=4.0, device="cpu", workers=0, reference=reference_table)
+    assert [r["backend"] for r in result["results"]] == ["onnxruntime", "torch"]
+    for timed in result["results"]:
+        assert timed["files_ok"] == 2 and timed["end_to_end"]["workers=0"]["statuses"] == {"ok": 2}
+    [pair] = result["agreement"]["pairs"]
+    assert pair["files"] == 2 and pair["verdict_disagreements"] == 0 and pair["max_abs_delta_mean_leak_prob"] < 1e-4
+
+    named = small_corpus.files[:2]  # logger-named: sensor from the name
+    for path in named:
+        shutil.copy(path, tmp_path)
+    shutil.copy(small_corpus.files[2], tmp_path / "take1.wav")  # its sensor from the manifest below
+    shutil.copy(small_corpus.files[3], tmp_path / "take2.wav")  # no sensor anywhere: no_reference
+    sensor = small_corpus.files[2].name.split("~")[0]
+    (tmp_path / "night.csv").write_text("path,sensor_id\n" + "".join(f"{p.name},\n" for p in named)
+                                        + f"take1.wav,{sensor}\ntake2.wav,\n")
+    result = bench(exported.output, [tmp_path / "night.csv"], device="cpu", workers=0, reference=reference_table)
+    expected = predict([tmp_path / "night.csv"], exported.output, workers=0, reference=reference_table)
+    assert dict(expected.statuses) == {"ok": 3, "no_reference": 1}
+    for timed in result["results"]:
+        assert timed["files_ok"] == 3 and timed["failed"] == 1
+        assert timed["end_to_end"]["workers=0"]["statuses"] == dict(expected.statuses)
+    assert result["agreement"]["pairs"][0]["files"] == 3

@@ -186,7 +186,9 @@ def test_a_reference_model_without_its_table_and_a_table_for_another_model_are_r
                                  "--reference", str(reference_table)])
     assert result.exit_code == 2 and "takes no sensor reference" in result.output
     result = runner.invoke(app, ["bench", str(Path(reference_run[1].output))])
-    assert result.exit_code == 2 and "which leak bench does not take" in result.output
+    assert result.exit_code == 2 and "give --reference TABLE" in result.output
+    result = runner.invoke(app, ["bench", str(Path(binary_export[1].output)), "--reference", str(reference_table)])
+    assert result.exit_code == 2 and "takes no sensor reference" in result.output
     other = json.loads(reference_table.read_text())
     other["frontend"]["n_mels"] = 64
     for sensor in other["sensors"].values():
