@@ -10,6 +10,7 @@ segment grid, with a gap wide enough that no input of one piece reaches into the
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -39,6 +40,7 @@ from leakhunter.inference.scorer import (
     RecordingScorer,
     channel_policy,
     decode_in_worker,
+    file_stamp,
     setup_decoder,
 )
 from leakhunter.meta import MetaResolver, MetaSpec, RecordingFields, check_meta_missing
@@ -46,6 +48,7 @@ from leakhunter.operating import deployed_threshold
 from leakhunter.reference import SENSOR_FIELD, ReferenceTable, reference_table
 from leakhunter.sources import LOGGER_GRAMMAR
 
+NAME_MAX = 255  # bytes in a file name on the usual file systems: an upload is spooled under its name
 PIECE_SECONDS = 60  # audio per piece: a long recording streams through in pieces of this many seconds
 BATCH_ROWS = 4  # rows (each one piece long) per model call on CPU: ~240 s of audio, ~3,800 short segments
 GPU_BATCH_ROWS = 32
@@ -57,6 +60,9 @@ def upload_name(name: str | None) -> str:
     must be (every check of open_audio applies to uploads too)."""
     if not name or Path(name).name != name or name in (".", "..") or "\x00" in name:
         raise InputError(f"an uploaded recording needs a plain file name with its suffix, got {name!r}")
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise InputError(f"an uploaded recording's name is at most {NAME_MAX} bytes, got {len(os.fsencode(name))}: "
+                         f"{name[:40]!r}...")
     return name
 
 
@@ -111,8 +117,8 @@ def recording_context(fields: RecordingFields, meta: MetaResolver | None, meta_m
         sensor, context = reference.lookup(path, fields.merged(path))
         columns = columns | reference.columns(sensor)
         if context is None:
-            refused = ("no_reference", f"sensor {sensor} has no reference in {reference.source}; add its earlier "
-                                       f"recordings with leak reference build" if sensor else
+            refused = ("no_reference", f"sensor {sensor} has no reference in {Path(reference.source).name}; add "
+                                       f"its earlier recordings with leak reference build" if sensor else
                        f"no sensor id (neither a {SENSOR_FIELD} given, as a manifest column or a query parameter, "
                        f"nor a name {LOGGER_GRAMMAR}.wav), so no reference to judge it against")
     return context, columns, refused
@@ -241,6 +247,7 @@ class _FileState:
     long_classes: dict = field(default_factory=dict)
     decoded: Decoded | None = None
     failure: tuple[str, str] | None = None
+    stamp: dict = field(default_factory=dict)  # its size and mtime before it was read (file_stamp)
 
     def scored(self, index: int, leak: np.ndarray, classes: np.ndarray) -> None:
         self.long_leak[index], self.long_classes[index] = leak, classes
@@ -267,7 +274,7 @@ class _FileState:
             order = sorted(self.long_leak)
             result = scorer.result(self.path, self.decoded, np.concatenate([self.long_leak[i] for i in order]),
                                    np.concatenate([self.long_classes[i] for i in order]))
-        result.row.update(self.columns)
+        result.row.update(self.columns | self.stamp)
         return result
 
 
@@ -437,7 +444,7 @@ class ScoringEngine:
     def _state(self, path: Path) -> _FileState:
         """A recording about to be scored, with its per-recording input for a model that takes one."""
         context, columns, refused = self.recording_context(path)
-        state = _FileState(path, context, columns)
+        state = _FileState(path, context, columns, stamp=file_stamp(path))
         if refused is not None and path.is_file():  # else the decoder says why
             state.fail(*refused)
         return state

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 from collections import deque
@@ -162,6 +163,10 @@ class JobStore:
             raise JobError(f"{relative}: outside the data root", 403)
         return resolved
 
+    def for_client(self, text: str) -> str:
+        """A message as a client may read it: paths under the data root relative to it, as requests give them."""
+        return text if self.data_root is None else text.replace(f"{self.data_root}{os.sep}", "")
+
     def submit(self, inputs: list[str], out: str, retry_failed: bool) -> Job:
         for item in [*inputs, out]:
             self.under_root(item)
@@ -271,8 +276,8 @@ class JobStore:
             else:
                 if not isinstance(error, LeakhunterError):
                     log.exception("job %s failed", job.id)
-                job.state, job.error = "failed", str(error) if isinstance(error, LeakhunterError) else \
-                    f"{type(error).__name__}: {error}"
+                job.state, job.error = "failed", self.for_client(str(error) if isinstance(error, LeakhunterError)
+                                                                 else f"{type(error).__name__}: {error}")
         with self._lock:
             job.finished = _now() if job.state != "queued" else None
             self._save_or_log(job)

@@ -30,7 +30,7 @@ TEXT_COLUMNS = frozenset({"file", "status", "verdict", "top_class", "sensitivity
 # A leading quote is escaped too, so that reading back can always drop exactly one.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 # Statuses that say something about the run, not the file: --resume scores these files again.
-RETRIED_STATUSES = frozenset({"timeout", "worker_crash", "error"})
+RETRIED_STATUSES = frozenset({"timeout", "worker_crash", "error", "changed"})
 
 
 class OutputError(LeakhunterError, ValueError):

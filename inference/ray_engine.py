@@ -33,7 +33,7 @@ from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine, recording_context, recording_sources
 from leakhunter.inference.loader import read_card
-from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer
+from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer, file_stamp
 
 FILES_PER_BATCH = 32  # per actor call (fewer where actors would idle): the engine packs pieces across them
 SEND_SECONDS = 0.5  # an actor sends the rows it has at least this often, so the table grows while a batch runs
@@ -259,12 +259,14 @@ class RayEngine:
                                   "fields": json.dumps(self.fields.merged(p)) if self.request_fields else "{}"}
                                  for p in paths], files_per_batch)
         pending = {str(path): path for path in paths}
+        # resume compares the driver's view of a file, whatever a node's mount says, taken before any actor reads it
+        stamps = {str(path): file_stamp(path) for path in paths}
         try:
             for record in dataset.iter_rows():
                 sent = json.loads(record["sent"])
                 for result in sent["results"]:
                     if pending.pop(str(result["row"]["file"]), None) is not None:  # a retried batch answers again
-                        yield self._checked(result, sent["host"])
+                        yield self._checked(result, sent["host"], stamps[str(result["row"]["file"])])
                 if sent["failure"] is not None:
                     raise RayEngineError(f"an actor on {sent['host']} failed: {sent['failure']}; the job stopped "
                                          f"(rows written so far are kept: --resume continues it)")
@@ -288,13 +290,12 @@ class RayEngine:
         result.row.update(self.recording_columns(path))
         return result
 
-    def _checked(self, result: dict, host: str) -> FileResult:
-        """A file the driver sees but the actor's node does not is a mount problem, not a missing file: `error`
-        (scored again on --resume), naming the node."""
+    def _checked(self, result: dict, host: str, stamp: dict) -> FileResult:
+        """The row with the driver's `stamp` of its file. A file the driver sees but the actor's node does not is a
+        mount problem, not a missing file: `error` (scored again on --resume), naming the node."""
         row = result["row"]
-        here = self.scorer.base_row(row["file"])  # resume compares the driver's stat, whatever the node's mount says
-        if here["size_bytes"] != "":
-            row.update(size_bytes=here["size_bytes"], mtime=here["mtime"])
+        if stamp["size_bytes"] != "":
+            row.update(stamp)
         if row["status"] == "missing" and Path(row["file"]).exists():
             return self._failed(row["file"], "error", f"not found on the Ray node {host}, though the driver sees "
                                                       f"it: mount the inputs at the same path on every node")

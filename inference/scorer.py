@@ -31,6 +31,16 @@ class Piece:
     n_long: int
 
 
+def file_stamp(path: str | Path) -> dict:
+    """A row's size_bytes and mtime, which --resume compares with the file's now (empty when it cannot be
+    stat'ed). Engines take it before a recording is read, so a file rewritten meanwhile is scored again."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return {"size_bytes": "", "mtime": ""}
+    return {"size_bytes": stat.st_size, "mtime": f"{stat.st_mtime:.6f}"}
+
+
 @dataclass(frozen=True)
 class Decoded:
     """What decoding a whole recording found out, sent after its last piece."""
@@ -166,15 +176,9 @@ class RecordingScorer:
                                                      else ""]))
 
     def base_row(self, path: str | Path) -> dict:
-        path = Path(path)
-        try:
-            stat = path.stat()
-            size, mtime = stat.st_size, f"{stat.st_mtime:.6f}"
-        except OSError:
-            size, mtime = "", ""
         return {"file": str(path), "threshold": self.threshold, "vote_fraction": self.vote_fraction,
                 "sensitivity": self.sensitivity or "", "model_sha256": self.model_sha256, "leakhunter_version": leakhunter.__version__,
-                "size_bytes": size, "mtime": mtime, "message": self.override_note}
+                **file_stamp(path), "message": self.override_note}
 
     def failed(self, path: str | Path, reason: str, detail: str) -> FileResult:
         return FileResult({**self.base_row(path), "status": reason, "message": detail})

@@ -44,6 +44,7 @@ MEDIA_SUFFIXES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wa
                   "audio/mpeg": ".mp3", "audio/mp3": ".mp3"}
 UPLOADS_PER_TURN = 64  # uploads scored together in one engine call
 RETRY_AFTER_S = 2
+MAX_JOB_BYTES = 1 << 20  # a job request is a short JSON document
 IDLE_CHECK_S = 1.0  # an idle server looks this often for decoding workers that died, and replaces them
 
 
@@ -227,14 +228,16 @@ class Service:
         return upload.future
 
     def _score_uploads(self) -> None:
-        """The uploads thread: whatever uploads wait are scored together, in one turn of the engine."""
+        """The uploads thread: whatever uploads wait when its turn of the engine comes are scored together (taken
+        then, not before queueing for it: an upload that came while a job's chunk ran waits for that chunk only)."""
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._closing or self._pending, timeout=IDLE_CHECK_S)
                 if self._closing:
                     return
-                taken, self._pending = self._pending[:UPLOADS_PER_TURN], self._pending[UPLOADS_PER_TURN:]
             with self.turns.turn():  # the engine and its pool are touched in a turn only
+                with self._changed:
+                    taken, self._pending = self._pending[:UPLOADS_PER_TURN], self._pending[UPLOADS_PER_TURN:]
                 # Only now: an upload whose client gave up (504) while the engine was busy is not scored.
                 live = {upload.path: upload for upload in taken if upload.future.set_running_or_notify_cancel()}
                 try:
@@ -245,13 +248,18 @@ class Service:
                                                                          {p: u.fields for p, u in live.items()}):
                             live[spooled].future.set_result(result.row)
                 except Exception as error:  # noqa: BLE001 - the model failed (or no worker starts): a 500 saying why
-                    message = str(error)
-                    for spooled, upload in live.items():  # name the uploads, never the spool paths
-                        message = message.replace(str(spooled), upload.name)
-                    log.error("scoring uploads failed: %s", message)
-                    for upload in live.values():
+                    log.error("scoring uploads failed: %s", _named(str(error), live, None))
+                    for spooled, upload in live.items():
                         if not upload.future.done():
-                            upload.future.set_exception(ServeError(message))
+                            upload.future.set_exception(ServeError(_named(str(error), live, spooled)))
+
+
+def _named(message: str, uploads: dict, own: Path | None) -> str:
+    """A message with spool paths replaced: by each upload's name for the log, and for a client by its own
+    upload's name only (`own`); another client's upload is "another upload"."""
+    for spooled, upload in uploads.items():
+        message = message.replace(str(spooled), upload.name if own in (None, spooled) else "another upload")
+    return message
 
 
 class JobRequest(BaseModel):
@@ -261,6 +269,24 @@ class JobRequest(BaseModel):
     inputs: list[str] = Field(min_length=1)
     out: str
     retry_failed: bool = True
+
+
+def refuse_declared(request: Request, limit: int, message: str) -> None:
+    """A 413 before reading anything when the request's Content-Length is over `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, message)
+
+
+async def read_at_most(request: Request, limit: int, message: str) -> bytes:
+    """A small body, read with a running count: a 413 once it passes `limit` bytes, whatever it declared."""
+    refuse_declared(request, limit, message)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, message)
+    return bytes(body)
 
 
 def _unavailable(reason: str) -> HTTPException:
@@ -349,10 +375,8 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
         require_ready()
         fields = upload_fields(request, service.engine)
         suffix = upload_suffix(request.headers.get("content-type"), name)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise HTTPException(413, f"upload of {int(declared)} bytes is over --max-upload-mb "
-                                     f"{settings.max_upload_mb:g}")
+        refuse_declared(request, max_bytes, f"upload of {request.headers.get('content-length')} bytes is over "
+                                            f"--max-upload-mb {settings.max_upload_mb:g}")
         if not service.admit():
             raise _unavailable(f"{settings.max_queue} uploads are being scored (--max-queue); retry later")
         folder = None
@@ -389,15 +413,13 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
             raise (_unavailable(str(error)) if error.status == 503 else HTTPException(error.status, str(error))) \
                 from error
         except LeakhunterError as error:  # e.g. a table at `out` with another model's columns
-            raise HTTPException(409, str(error)) from error
+            raise HTTPException(409, service.jobs.for_client(str(error))) from error
 
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: Request) -> dict:
         """The body is JSON whatever its Content-Type says (`curl -d` sends a form type)."""
         require_ready()
-        body = await request.body()
-        if len(body) > 1 << 20:
-            raise HTTPException(413, "a job request is at most 1 MB of JSON")
+        body = await read_at_most(request, MAX_JOB_BYTES, "a job request is at most 1 MB of JSON")
         try:
             job = JobRequest.model_validate_json(body)
         except ValidationError as error:

@@ -24,7 +24,7 @@ from leakhunter.errors import InputError, LeakhunterError
 
 REASONS: tuple[str, ...] = ("missing", "empty", "header_only", "truncated", "not_audio", "format_mismatch",
                             "decode_error",
-                            "non_finite", "silent", "too_short", "bad_channel")
+                            "non_finite", "silent", "too_short", "bad_channel", "changed")
 
 CHANNEL_WORDS = ("first", "mean")
 SILENCE_PEAK_TO_PEAK = 2.0 ** -24   # below one step of 24-bit PCM
@@ -116,8 +116,8 @@ class AudioStream:
     """
 
     def __init__(self, info: AudioInfo, sound: soundfile.SoundFile, policy: str | int, min_samples: int,
-                 block_frames: int):
-        self.info, self._sound, self._policy = info, sound, policy
+                 block_frames: int, stamp: tuple[int, int] | None = None):
+        self.info, self._sound, self._policy, self._stamp = info, sound, policy, stamp
         self._min_samples, self._block_frames = min_samples, block_frames
         self._started = False
         self.frames_read = 0     # input frames decoded so far
@@ -205,11 +205,17 @@ class AudioStream:
         return np.ascontiguousarray(mixed)
 
     def _check_whole_file(self) -> None:
-        """What only the end of the file can tell: a short FLAC/OGG/MP3 decode."""
+        """What only the end of the file can tell: a short FLAC/OGG/MP3 decode, and a file that was rewritten,
+        replaced or removed while it was read (a logger still writing it): what was read may be neither version."""
         info = self.info
         if self.frames_read < info.frames_in:   # libsndfile knows the length from the header
             raise AudioError("truncated", info.path, f"header declares {info.frames_in} frames but only "
                              f"{self.frames_read} decode ({100 * self.frames_read / info.frames_in:.1f} %)")
+        now = _stamp(Path(info.path))
+        if self._stamp is not None and now != self._stamp:
+            raise AudioError("changed", info.path, "removed while it was read" if now is None else
+                             f"changed while it was read (size {self._stamp[0]} then {now[0]} bytes, modified "
+                             f"again); score it again once it is written")
 
     def _counted(self, block: np.ndarray) -> Iterator[np.ndarray]:
         if block.size:   # the resampler holds back its first few blocks' output: no empty blocks for the caller
@@ -228,7 +234,10 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     path = Path(path)
     if not path.is_file():
         raise AudioError("missing", path, "no such file" if not path.exists() else "not a regular file")
-    size = path.stat().st_size
+    stamp = _stamp(path)
+    if stamp is None:
+        raise AudioError("missing", path, "removed while it was opened")
+    size = stamp[0]
     if size == 0:
         raise AudioError("empty", path, "0 bytes")
     try:
@@ -257,7 +266,16 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     info = AudioInfo(path=str(path), sample_rate=sample_rate, sample_rate_in=sound.samplerate,
                      channels_in=sound.channels, frames_in=sound.frames, duration_s=sound.frames / sound.samplerate,
                      channel_policy=str(policy), resampled=sound.samplerate != sample_rate)
-    return AudioStream(info, sound, policy, min_samples, block_frames)
+    return AudioStream(info, sound, policy, min_samples, block_frames, stamp)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file, None when it is gone: compared before and after a file is read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "mean",

@@ -137,9 +137,27 @@ def test_channel_index_beyond_the_file_is_bad_channel(tmp_path):
     assert error.reason == "bad_channel" and "mono.wav" in str(error) and "1 channel " in error.detail
 
 
+def test_a_file_rewritten_or_removed_while_it_is_read_is_changed(tmp_path):
+    """What was read may be neither version: refused (and rows with this status are scored again on --resume)."""
+    path = write(tmp_path / "night.wav", sine(300, RATE, 2.0))
+    for action, expected in ((lambda: write(path, sine(500, RATE, 3.0)), "changed while it was read"),
+                             (path.unlink, "removed while it was read")):
+        if not path.exists():
+            write(path, sine(300, RATE, 2.0))
+        with pytest.raises(AudioError) as caught:
+            with open_audio(path, RATE, block_frames=1024) as stream:
+                for index, _ in enumerate(stream):
+                    if index == 0:
+                        action()
+        assert caught.value.reason == "changed" and expected in caught.value.detail, caught.value
+    write(path, sine(300, RATE, 2.0))
+    with open_audio(path, RATE, block_frames=1024) as stream:  # read alone: untouched, no complaint
+        assert sum(block.size for block in stream) == RATE * 2
+
+
 def test_every_reason_has_a_test_above():
     tested = {"missing", "empty", "header_only", "truncated", "not_audio", "format_mismatch", "decode_error",
-              "non_finite", "silent", "too_short", "bad_channel"}
+              "non_finite", "silent", "too_short", "bad_channel", "changed"}
     assert set(REASONS) == tested
 
 

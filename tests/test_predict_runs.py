@@ -86,6 +86,35 @@ def test_a_hanging_and_a_crashing_file_get_rows_from_predict_and_resume_retries_
     assert statuses["hang.wav"] == "ok" and statuses["crash.wav"] == "worker_crash"
 
 
+class RewritingDecoder(RecordingDecoder):
+    """Replaces a file by its `<stem>.next` right after reading it: a logger rewriting it meanwhile."""
+
+    def decode(self, path, emit):
+        decoded = super().decode(path, emit)
+        if (replacement := Path(path).with_suffix(".next")).exists():
+            os.replace(replacement, path)
+        return decoded
+
+
+def test_a_file_rewritten_after_it_was_read_is_scored_again_on_resume(model, tmp_path):
+    """A row says the file as it was read: one rewritten after that is not taken as done by --resume."""
+    folder = tmp_path / "night"
+    kept, rewritten = write_recording(folder / "kept.wav", seed=1), write_recording(folder / "logger.wav", seed=2)
+    write_recording(folder / "next.wav", "NORMAL", seconds=3.0, seed=3).rename(rewritten.with_suffix(".next"))
+    before = rewritten.stat()
+    out = tmp_path / "scores.csv"
+    predict([folder], model, out=out, workers=0, decoder_class=RewritingDecoder)
+    row = {Path(r["file"]).name: r for r in rows_of(out)}["logger.wav"]
+    assert int(row["size_bytes"]) == before.st_size and row["mtime"] == f"{before.st_mtime:.6f}"
+    assert rewritten.stat().st_size != before.st_size  # the rewrite happened after the read
+
+    again = predict([folder], model, out=out, workers=0, resume=True)
+    assert [Path(r["file"]).name for r in again.rows] == ["logger.wav"] and again.skipped == 1
+    fresh = predict([rewritten], model, workers=0).rows[0]
+    assert again.rows[0]["mean_leak_prob"] == fresh["mean_leak_prob"] and again.rows[0]["duration_s"] == 3.0
+    assert {Path(r["file"]).name for r in rows_of(out)} == {kept.name, rewritten.name} and len(rows_of(out)) == 2
+
+
 def test_audio_failures_are_properties_of_the_file_and_are_not_retried(model, tmp_path):
     write_recording(tmp_path / "in" / "good.wav")
     (tmp_path / "in" / "empty.wav").write_bytes(b"")

@@ -151,7 +151,8 @@ def test_predict_judges_each_recording_by_its_sensor_and_says_which(reference_ru
         assert result.exit_code == 3, result.output  # two files could not be judged
         rows[model.suffix] = {Path(r["file"]).name: r for r in csv.DictReader(open(out))}
     onnx, torch_rows = rows[".onnx"], rows[".pth"]
-    assert onnx[stranger.name]["status"] == "no_reference" and "sensor S999 has no reference" in onnx[stranger.name]["message"]
+    assert onnx[stranger.name]["status"] == "no_reference"
+    assert f"sensor S999 has no reference in {reference_table.name};" in onnx[stranger.name]["message"]  # no folder
     assert onnx[unnamed.name]["status"] == "no_reference" and "no sensor id" in onnx[unnamed.name]["message"]
     scored = [name for name, row in onnx.items() if row["status"] == "ok"]
     assert len(scored) == len(onnx) - 2

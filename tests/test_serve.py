@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -159,6 +159,12 @@ def test_an_upload_over_the_limit_gets_413_declared_or_chunked(server, night):
     chunked = httpx.post(f"{url}/v1/score", params={"name": "big.wav"}, content=chunks(),
                          headers={"Content-Type": "audio/wav"}, timeout=60)
     assert chunked.status_code == 413
+    job = b'{"inputs": ["night/"], "out": "x.csv", "pad": "' + b" " * (2 << 20) + b'"}'  # a job is 1 MB at most
+    for content in (job, (job[start: start + 64 << 10] for start in range(0, len(job), 64 << 10))):
+        response = httpx.post(f"{url}/v1/jobs", content=content, timeout=60)
+        assert response.status_code == 413 and "at most 1 MB" in response.json()["detail"]
+    long_name = upload(url, next((night[0] / "night").glob("S000*.wav")), name="r" * 300 + ".wav")
+    assert long_name.status_code == 422 and "at most 255 bytes" in long_name.json()["detail"]
     assert httpx.get(f"{url}/readyz").status_code == 200  # and the server goes on
 
 
@@ -216,6 +222,15 @@ def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
     assert httpx.post(f"{url}/v1/jobs", json={"inputs": [], "out": "x.csv"}).status_code == 422
     assert httpx.post(f"{url}/v1/jobs", json={"inputs": ["a"], "out": "x.csv", "extra": 1}).status_code == 422
     assert httpx.get(f"{url}/v1/jobs/nope").status_code == 404
+    # what a client reads names paths as it gave them, never the server's data root
+    (night[0] / "empty").mkdir(exist_ok=True)
+    (night[0] / "other.csv").write_text("a,b\n1,2\n")  # a table with other columns than this model's rows
+    for body, expected in (({"inputs": ["empty/"], "out": "e.csv"}, "no audio files"),
+                           ({"inputs": ["night/"], "out": "other.csv"}, "other.csv")):
+        job = wait_job(url, httpx.post(f"{url}/v1/jobs", json=body, timeout=10).json()["id"])
+        assert job["state"] == "failed" and expected in job["error"] and str(night[0]) not in job["error"], job
+    rows = httpx.get(f"{url}/v1/jobs/{job['id']}/rows", timeout=10)
+    assert rows.status_code == 409 and "other.csv" in rows.text and str(night[0]) not in rows.text
 
 
 def test_a_second_job_on_the_same_table_is_409_and_more_than_max_jobs_503(model, night):
@@ -229,6 +244,50 @@ def test_a_second_job_on_the_same_table_is_409_and_more_than_max_jobs_503(model,
             cancelled = httpx.delete(f"{url}/v1/jobs/{first.json()['id']}").json()
         assert cancelled["state"] in ("cancelled", "running")  # queued: cancelled at once; else between two rows
         assert wait_job(url, first.json()["id"])["state"] == "cancelled"
+
+
+def _until(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_an_upload_waits_for_the_turn_running_now_not_the_next_one(model, night):
+    """The uploads thread queues for a turn (its idle check) before an upload comes: it must take that upload
+    when the turn comes, not leave it behind the job's next chunk."""
+    recording = next((night[0] / "night").glob("S000*.wav"))
+    with running(model=model, workers=0) as (url, service), ThreadPoolExecutor(2) as clients:
+        answered_before_it = []
+
+        def next_chunk(response):
+            with service.turns.turn():  # the upload's row cannot come while this turn is held
+                answered_before_it.append(wait([response], timeout=10).done == {response})
+
+        with service.turns.turn():  # a job's chunk is being scored
+            _until(lambda: len(service.turns._waiting) == 2)  # the uploads thread queued behind it
+            response = clients.submit(upload, url, recording)
+            _until(lambda: len(service._pending) == 1)
+            chunk = clients.submit(next_chunk, response)  # the job's next chunk queues
+            _until(lambda: len(service.turns._waiting) == 3)
+        chunk.result(timeout=60)
+        assert response.result().status_code == 200 and answered_before_it == [True]
+
+
+def test_a_failed_batch_tells_each_client_its_own_upload_only(model, night, monkeypatch):
+    recordings = sorted((night[0] / "night").glob("S00*.wav"))[:2]
+    with running(model=model, workers=0) as (url, service), ThreadPoolExecutor(2) as clients:
+        def broken(*args, **kwargs):
+            raise RuntimeError("out of memory")
+
+        monkeypatch.setattr(service.engine.runner, "score_rows", broken)
+        with service.turns.turn():  # both uploads wait, then share one batch
+            responses = [clients.submit(upload, url, path, name=f"client{i}.wav") for i, path in enumerate(recordings)]
+            _until(lambda: len(service._pending) == 2)
+        for i, response in enumerate(responses):
+            detail = response.result().json()["detail"]
+            assert response.result().status_code == 500 and "out of memory" in detail
+            assert f"client{i}.wav" in detail and f"client{1 - i}.wav" not in detail and "another upload" in detail
 
 
 def test_without_a_data_root_folder_jobs_are_off(model):
