@@ -17,6 +17,7 @@ import leakhunter
 from leakhunter.audio import AudioError, open_audio, parse_channel_policy
 from leakhunter.card import MODES, FrontendConfig, ModelCard, SegmentationConfig
 from leakhunter.inference.outputs import columns_for
+from leakhunter.mel import lowest_input_rate
 from leakhunter.operating import deployed_threshold
 from leakhunter.segments import plan_segments
 from leakhunter.voting import top_class, vote_files
@@ -68,7 +69,7 @@ class RecordingDecoder:
         piece_samples = (self.piece_longs - 1) * seg.long_hop + seg.long_samples
         buffered, held, index = [], 0, 0
         with open_audio(path, self.frontend.sample_rate, self.channel, min_samples=seg.long_samples,
-                        block_frames=self.block_frames) as stream:
+                        block_frames=self.block_frames, min_rate_in=lowest_input_rate(self.frontend)) as stream:
             for block in stream:
                 buffered.append(block)
                 held += block.size

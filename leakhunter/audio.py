@@ -7,6 +7,7 @@ check and give the same samples.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections import deque
@@ -24,7 +25,7 @@ from leakhunter.errors import InputError, LeakhunterError
 
 REASONS: tuple[str, ...] = ("missing", "empty", "header_only", "truncated", "not_audio", "format_mismatch",
                             "decode_error",
-                            "non_finite", "silent", "too_short", "bad_channel", "changed")
+                            "non_finite", "silent", "too_short", "bad_channel", "changed", "low_rate")
 
 CHANNEL_WORDS = ("first", "mean")
 SILENCE_PEAK_TO_PEAK = 2.0 ** -24   # below one step of 24-bit PCM
@@ -224,9 +225,10 @@ class AudioStream:
 
 
 def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "mean", min_samples: int = 1,
-               block_frames: int = 1 << 16) -> AudioStream:
-    """Open and check the header (missing, empty, not_audio, decode_error, truncated WAV, header_only, bad_channel),
-    raising AudioError now; nothing is decoded until the returned stream is iterated."""
+               block_frames: int = 1 << 16, min_rate_in: float = 0.0) -> AudioStream:
+    """Open and check the header (missing, empty, not_audio, decode_error, truncated WAV, header_only, bad_channel,
+    low_rate: a file rate under `min_rate_in`, mel.lowest_input_rate for a model), raising AudioError now; nothing
+    is decoded until the returned stream is iterated."""
     if sample_rate <= 0 or min_samples < 0 or block_frames <= 0:
         raise ValueError(f"sample_rate and block_frames must be > 0 and min_samples >= 0, got {sample_rate}, "
                          f"{block_frames} and {min_samples}")
@@ -257,6 +259,10 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     try:
         _check_format(path, sound.format)
         _check_header(path, head, size, sound.frames, sound.channels, policy)
+        if sound.samplerate < min_rate_in:  # before any resampling: a header claiming 1 Hz would need gigabytes
+            raise AudioError("low_rate", path, f"{sound.samplerate} Hz is too low for this model: its top mel band is "
+                             f"centred at {min_rate_in / 2:.0f} Hz, above the recording's {sound.samplerate / 2:g} Hz "
+                             f"limit, so bands it learnt would be empty (it takes {math.ceil(min_rate_in)} Hz or more)")
     except OSError as error:
         sound.close()
         raise AudioError("decode_error", path, f"cannot read: {error}") from error
@@ -279,9 +285,9 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "mean",
-               min_samples: int = 1) -> Audio:
+               min_samples: int = 1, min_rate_in: float = 0.0) -> Audio:
     """The whole recording in memory: the blocks of open_audio joined, so both paths share every check."""
-    with open_audio(path, sample_rate, channel, min_samples) as stream:
+    with open_audio(path, sample_rate, channel, min_samples, min_rate_in=min_rate_in) as stream:
         blocks = list(stream)
     info = stream.info
     samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from leakhunter.card import FrontendConfig, SegmentationConfig
+from leakhunter.mel import mel_points
 from leakhunter.segments import frame_stride, plan_segments
 
 AMIN = 1e-10
@@ -32,28 +33,13 @@ FEATURE_NAMES = tuple(f"band{i}_db" for i in range(N_BANDS)) + (
 FEATURE_VERSION = 2
 
 
-def _hz_to_mel(hz):
-    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, log above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
-    mel = hz / f_sp
-    return np.where(hz >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(hz, 1e-12) / min_log_hz) / logstep, mel)
-
-
-def _mel_to_hz(mel):
-    mel = np.asarray(mel, dtype=np.float64)
-    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
-    min_log_mel = min_log_hz / f_sp
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
-
-
 def mel_filterbank(cfg: FrontendConfig) -> np.ndarray:
     """Slaney-normalised triangular mel filters [n_mels, n_fft // 2 + 1], equal to librosa.filters.mel.
 
     Written out (30 lines) so the scoring path needs neither librosa nor numba; a test pins it to librosa.
     """
     fft_hz = np.linspace(0, cfg.sample_rate / 2, 1 + cfg.n_fft // 2)
-    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(cfg.fmin), _hz_to_mel(cfg.fmax), cfg.n_mels + 2))
+    mel_hz = mel_points(cfg)
     widths = np.diff(mel_hz)
     ramps = mel_hz[:, None] - fft_hz[None, :]
     lower = -ramps[:-2] / widths[:-1, None]

@@ -28,6 +28,7 @@ import numpy as np
 from leakhunter.card import FrontendConfig, ModelCard, SegmentationConfig, compare_configs
 from leakhunter.errors import InputError
 from leakhunter.files import write_atomic
+from leakhunter.mel import lowest_input_rate
 from leakhunter.meta import RecordingFields
 from leakhunter.sources import LOGGER_GRAMMAR, logger_fields
 
@@ -221,7 +222,7 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
 
     def median_of(path: Path) -> np.ndarray:
         audio = load_audio(path, card.frontend.sample_rate, card.channel_policy,
-                           min_samples=card.segmentation.long_samples)
+                           min_samples=card.segmentation.long_samples, min_rate_in=lowest_input_rate(card.frontend))
         return samples_median(frontend, audio.samples)
 
     medians, sensors, skipped = [], [], []

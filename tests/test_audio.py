@@ -155,9 +155,30 @@ def test_a_file_rewritten_or_removed_while_it_is_read_is_changed(tmp_path):
         assert sum(block.size for block in stream) == RATE * 2
 
 
+def test_a_rate_too_low_for_the_models_bands_is_refused_before_decoding(tmp_path):
+    """Upsampled, a 2-3 kHz recording leaves the model's top mel bands empty; a header claiming 1 Hz would turn
+    160 kB into a day of audio at 4096 Hz (gigabytes): both are refused from the header."""
+    from leakhunter.card import FrontendConfig
+    from leakhunter.mel import lowest_input_rate, mel_points
+
+    cfg = FrontendConfig()
+    lowest = lowest_input_rate(cfg)
+    assert lowest == pytest.approx(2 * mel_points(cfg)[-2]) and 3800 < lowest < RATE  # the top band's centre
+    assert mel_points(cfg)[-1] == pytest.approx(cfg.fmax)
+    low = write(tmp_path / "low.wav", sine(300, 3000, 1.0), rate=3000)
+    error = reason_of(low, min_rate_in=lowest)
+    assert error.reason == "low_rate" and "3000 Hz is too low" in error.detail and "3885 Hz or more" in error.detail
+    assert load_audio(write(tmp_path / "ok.wav", sine(300, 4000, 1.0), rate=4000), RATE,
+                      min_rate_in=lowest).samples.size == RATE  # 4 kHz loggers: Nyquist above the top band's centre
+    header = bytearray(write(tmp_path / "one_hz.wav", sine(300, 8000, 10.0), rate=8000, subtype="PCM_16").read_bytes())
+    header[24:28] = (1).to_bytes(4, "little")  # the fmt chunk's sample rate
+    (tmp_path / "one_hz.wav").write_bytes(bytes(header))
+    assert reason_of(tmp_path / "one_hz.wav", min_rate_in=lowest).reason == "low_rate"
+
+
 def test_every_reason_has_a_test_above():
     tested = {"missing", "empty", "header_only", "truncated", "not_audio", "format_mismatch", "decode_error",
-              "non_finite", "silent", "too_short", "bad_channel", "changed"}
+              "non_finite", "silent", "too_short", "bad_channel", "changed", "low_rate"}
     assert set(REASONS) == tested
 
 

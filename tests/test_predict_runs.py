@@ -118,10 +118,13 @@ def test_a_file_rewritten_after_it_was_read_is_scored_again_on_resume(model, tmp
 def test_audio_failures_are_properties_of_the_file_and_are_not_retried(model, tmp_path):
     write_recording(tmp_path / "in" / "good.wav")
     (tmp_path / "in" / "empty.wav").write_bytes(b"")
+    soundfile.write(tmp_path / "in" / "low.wav", 0.1 * np.random.default_rng(0).standard_normal(6000), 3000)
     out = tmp_path / "scores.jsonl"
-    predict([tmp_path / "in"], model, out=out, workers=0)
+    first = predict([tmp_path / "in"], model, out=out, workers=0)
+    low = {Path(r["file"]).name: r for r in first.rows}["low.wav"]
+    assert low["status"] == "low_rate" and "3000 Hz is too low for this model" in low["message"]
     again = predict([tmp_path / "in"], model, out=out, workers=0, resume=True)
-    assert again.rows == [] and again.skipped == 2
+    assert again.rows == [] and again.skipped == 3
 
 
 def test_jsonl_and_timelines_one_per_file_with_unique_png_names(model, tmp_path):

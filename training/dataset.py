@@ -25,6 +25,7 @@ from leakhunter.errors import DatasetError
 from leakhunter.files import atomic_path
 from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION, FrontEnd
+from leakhunter.mel import lowest_input_rate
 from leakhunter.segments import plan_segments
 from leakhunter.sources import SourceFile, find_sources
 from leakhunter.training.splits import SPLITS, assign_splits
@@ -133,7 +134,8 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
     short_file = h5.create_dataset("short/file_index", (0,), dtype="int32", maxshape=(None,), chunks=(65536,))
 
     def decode(src: SourceFile):
-        audio = load_audio(src.path, frontend_cfg.sample_rate, channel, min_samples=segmentation.long_samples)
+        audio = load_audio(src.path, frontend_cfg.sample_rate, channel, min_samples=segmentation.long_samples,
+                           min_rate_in=lowest_input_rate(frontend_cfg))
         try:
             return audio, file_sha256(src.path)
         except OSError as error:  # removed or unreadable since it was decoded: the file's problem, not a bug
