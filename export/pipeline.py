@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from leakhunter.export.parity import (
     real_data_dir,
     reference_scores,
 )
-from leakhunter.files import write_atomic
+from leakhunter.files import temporary_beside, write_atomic
 from leakhunter.inference.onnx_card import INPUT_KINDS, ModelLoadError, read_onnx
 from leakhunter.inference.onnx_runner import OnnxRunner
 from leakhunter.inference.torch_runner import TorchRunner
@@ -116,7 +115,7 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
     output.parent.mkdir(parents=True, exist_ok=True)
 
     def checked(proto: onnx.ModelProto, precision: str) -> tuple[Path, ParityResult]:
-        path = _temporary(output)
+        path = temporary_beside(output)  # so the final os.replace is atomic
         try:
             _write_synced(path, stamp_card(proto, card, input, precision).SerializeToString())
             onnx.checker.check_model(str(path), full_check=True)
@@ -164,13 +163,6 @@ def _count_sources(recordings: list[GoldenRecording]) -> dict[str, int]:
     for recording in recordings:
         counts[recording.source] = counts.get(recording.source, 0) + 1
     return counts
-
-
-def _temporary(output: Path) -> Path:
-    """A fresh name beside the target, so the final os.replace is atomic."""
-    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(handle)
-    return Path(name)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

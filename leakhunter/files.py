@@ -4,6 +4,7 @@ appears whole or not at all. Write to a temporary name in the same folder, fsync
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +18,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    temporary = temporary_beside(path)
     try:
         yield temporary
         with open(temporary, "rb+") as written:
@@ -29,6 +28,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def temporary_beside(path: Path) -> Path:
+    """A fresh, empty file in `path`'s folder to be renamed over it, with the mode the file should end with:
+    mkstemp makes it 0600 and a rename keeps that, so every dataset, model and table would be its owner's alone
+    whatever the umask. A rewrite keeps the file's mode; a new file gets 0666 less the umask, as open() gives."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(handle, mode)
+    finally:
+        os.close(handle)
+    return Path(name)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask sets it to read it, which
+    another thread creating a file meanwhile would feel)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
