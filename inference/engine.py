@@ -39,6 +39,7 @@ from leakhunter.inference.scorer import (
     RecordingDecoder,
     RecordingScorer,
     channel_policy,
+    check_options,
     decode_in_worker,
     file_stamp,
     setup_decoder,
@@ -295,6 +296,7 @@ class ScoringEngine:
         recordings of sensors the table does not know get status no_reference."""
         if batch_rows is not None and batch_rows < 1:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
+        check_options(threshold, vote_fraction, workers, file_timeout)  # before any worker starts
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
         # manifests' columns and uploads' query parameters by recording, and what reads them

@@ -33,7 +33,7 @@ from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine, recording_context, recording_sources
 from leakhunter.inference.loader import read_card
-from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer, file_stamp
+from leakhunter.inference.scorer import FileResult, RecordingDecoder, RecordingScorer, check_options, file_stamp
 
 FILES_PER_BATCH = 32  # per actor call (fewer where actors would idle): the engine packs pieces across them
 SEND_SECONDS = 0.5  # an actor sends the rows it has at least this often, so the table grows while a batch runs
@@ -189,6 +189,7 @@ class RayEngine:
                  sensitivity: str | None = None, meta: str | Path | None = None, meta_missing: str = "score",
                  reference: str | Path | None = None):
         self.options = options or RayOptions()
+        check_options(threshold, vote_fraction, workers, file_timeout)
         if workers is not None and workers < 1:
             raise InputError("--engine ray needs at least one decoding worker per actor (--workers 1 or more): "
                              "a file that crashes its decoder must cost its row, not the actor")

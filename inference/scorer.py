@@ -6,6 +6,7 @@ the file's row (the vote of leakhunter.voting, the top class, the timeline). Eve
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 import leakhunter
 from leakhunter.audio import AudioError, open_audio, parse_channel_policy
 from leakhunter.card import MODES, FrontendConfig, ModelCard, SegmentationConfig
+from leakhunter.errors import InputError
 from leakhunter.inference.outputs import columns_for
 from leakhunter.mel import lowest_input_rate
 from leakhunter.operating import deployed_threshold
@@ -148,6 +150,18 @@ class FileResult:
     long_leak_prob: np.ndarray | None = None  # P(LEAK) per long segment, exact (`leak eval` re-votes with it)
 
 
+def check_options(threshold: float | None = None, vote_fraction: float | None = None, workers: int | None = None,
+                  file_timeout: float | None = None) -> None:
+    """Scoring options that cannot mean anything (given ones only): refused naming the option, rather than a run
+    that calls every file NOLEAK (a threshold of 1.5) or times every file out (a negative timeout)."""
+    for name, value, ok, rule in (("--threshold", threshold, lambda v: 0 <= v <= 1, "in [0, 1]"),
+                                  ("--vote-fraction", vote_fraction, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                  ("--workers", workers, lambda v: v >= 0 and int(v) == v, "an integer >= 0"),
+                                  ("--file-timeout", file_timeout, lambda v: v > 0, "above 0 seconds")):
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise InputError(f"{name} {value:g} must be {rule}")
+
+
 class RecordingScorer:
     """The row of one recording from its long segments' probabilities: verdict, scores, top class, class
     probabilities, and (with `timeline`) P(LEAK) per long segment. Overrides of the card are said in `message`;
@@ -156,6 +170,7 @@ class RecordingScorer:
     def __init__(self, card: ModelCard, model_sha256: str, threshold: float | None = None,
                  vote_fraction: float | None = None, channel: str | int | None = None, timeline: bool = False,
                  sensitivity: str | None = None):
+        check_options(threshold=threshold, vote_fraction=vote_fraction)
         self.card, self.model_sha256, self.timeline = card, model_sha256, timeline
         self.threshold = deployed_threshold(card, threshold, sensitivity)
         self.sensitivity = sensitivity

@@ -282,3 +282,18 @@ def test_resume_rescores_an_ok_row_whose_timeline_png_is_missing(model, tmp_path
     again = predict([tmp_path / "night"], model, out=out, workers=0, timeline=True, resume=True)
     assert [Path(row["file"]).name for row in again.rows] == ["b.wav"] and again.skipped == 2
     assert (tmp_path / "scores.timeline" / "b.wav.png").is_file() and len(rows_of(out)) == 3
+
+
+def test_scoring_options_that_cannot_mean_anything_are_refused_naming_the_option(model, tmp_path):
+    """A threshold of 1.5 used to call every file NOLEAK with exit 0, a negative timeout timed every file out."""
+    write_recording(tmp_path / "in" / "a.wav")
+    for options, message in ((["--threshold", "1.5"], "--threshold 1.5 must be in [0, 1]"),
+                             (["--vote-fraction", "3"], "--vote-fraction 3 must be in (0, 1]"),
+                             (["--file-timeout", "-5"], "--file-timeout -5 must be above 0 seconds"),
+                             (["--workers", "-1"], "--workers -1 must be an integer >= 0")):
+        result = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), "--model", str(model),
+                                          "--out", str(tmp_path / "s.csv"), *options])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), (options, result.output)
+        assert not (tmp_path / "s.csv").exists()
+    result = CliRunner().invoke(app, ["eval", str(model), "--data", str(tmp_path / "in"), "--threshold", "-3"])
+    assert result.exit_code == 2 and "--threshold -3 must be in [0, 1]" in result.output, result.output

@@ -15,6 +15,7 @@ import numpy as np
 
 from leakhunter.card import ModelCard
 from leakhunter.errors import InputError
+from leakhunter.inference.scorer import check_options
 from leakhunter.operating import file_rates, points_on, threshold_sweep
 from leakhunter.reference import ReferenceTable
 from leakhunter.training.eval_sources import FileVotes, dataset_files, is_dataset, score_files, source_files
@@ -113,6 +114,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
         from leakhunter.reference import reference_table
 
         reference = reference_table(card, reference, model)
+    check_options(threshold=threshold, workers=workers)
     used = card.voting.threshold if threshold is None else threshold
     segment: dict = {"segment_accuracy": None, "kappa": None, "predicted_distribution": None}
     if is_dataset(data):
