@@ -25,6 +25,7 @@ from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import json_record, read_table
 from leakhunter.inference.predict import find_inputs, manifest_fields, score_batch
+from leakhunter.sources import resolved
 
 ACTIVE_STATES = ("queued", "running")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -158,10 +159,10 @@ class JobStore:
             raise JobError("folder jobs are off: start the server with --data-root", 403)
         if "\x00" in relative:
             raise JobError(f"{relative!r}: a path cannot hold a NUL byte", 422)
-        resolved = (self.data_root / relative).resolve()
-        if not resolved.is_relative_to(self.data_root):
+        inside = resolved(self.data_root / relative)
+        if not inside.is_relative_to(self.data_root):
             raise JobError(f"{relative}: outside the data root", 403)
-        return resolved
+        return inside
 
     def for_client(self, text: str) -> str:
         """A message as a client may read it: paths under the data root relative to it, as requests give them."""

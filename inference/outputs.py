@@ -135,7 +135,8 @@ class RowWriter:
         self.jsonl = self.path.suffix.lower() == ".jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
-        self.handle = open(self.path, "w" if fresh else "a", encoding="utf-8", newline="")
+        # surrogateescape: a file name that is not UTF-8 (an SMB share's Latin-1) is written as its own bytes
+        self.handle = open(self.path, "w" if fresh else "a", encoding="utf-8", errors="surrogateescape", newline="")
         if fresh and not self.jsonl:
             self._write_line(csv_line(self.columns))
 
@@ -164,7 +165,7 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> tuple[str, list[tu
         return "", [], 0
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
-    text = complete.decode("utf-8")
+    text = complete.decode("utf-8", "surrogateescape")
     if path.suffix.lower() == ".jsonl":
         lines = [(json.loads(line), line + "\n") for line in text.split("\n") if line.strip()]
         for row, _ in lines:
@@ -179,10 +180,19 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> tuple[str, list[tu
     if tuple(header) != columns:
         raise OutputError(f"{path}: its columns {header} differ from this model's {list(columns)}; "
                           f"write to another --out")
+    records = list(reader)
+    cut = bool(records) and len(records[-1]) != len(header)  # half written, cut after a newline inside a cell
+    records = records[:-1] if cut else records
+    for number, values in enumerate(records, start=2):
+        if len(values) != len(header):
+            raise OutputError(f"{path}: row {number} has {len(values)} cells where the header has {len(header)}; "
+                              f"not a table leak predict wrote: write to another --out")
     lines = []
-    for values in reader:
+    for values in records:
         row = {k: unescape_formula(v) if k in TEXT_COLUMNS else v for k, v in zip(header, values)}
         lines.append((row, csv_row_line(row, columns)))  # the same line: cells read back are written as they were
+    if cut:  # the whole rows' bytes: each is written back exactly as it was read
+        complete = (csv_line(header) + "".join(line for _, line in lines)).encode("utf-8", "surrogateescape")
     return csv_line(header), lines, len(complete)
 
 

@@ -29,7 +29,7 @@ from leakhunter.inference.scorer import RecordingDecoder
 
 if TYPE_CHECKING:
     from leakhunter.inference.ray_engine import RayOptions
-from leakhunter.sources import AUDIO_SUFFIXES, Listings, find_audio, read_manifest
+from leakhunter.sources import AUDIO_SUFFIXES, Listings, find_audio, read_manifest, resolved
 
 
 class PredictError(LeakhunterError, ValueError):
@@ -62,7 +62,7 @@ def find_inputs(inputs: list[str | Path]) -> list[Path]:
             found += sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
         else:
             found.append(path)  # a missing file still gets its row (status "missing")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = list(dict.fromkeys(resolved(p) for p in found))
     if not unique:
         raise PredictError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
     return unique

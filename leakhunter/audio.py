@@ -178,13 +178,16 @@ class AudioStream:
             if resampler:
                 yield from self._counted(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
             if self.n_samples < self._min_samples:
-                raise AudioError("too_short", info.path, f"{self.frames_read / info.sample_rate_in:.3g} s; need at "
-                                 f"least {self._min_samples / info.sample_rate:.3g} s ({self._min_samples} samples "
+                raise AudioError("too_short", info.path, f"{self.frames_read / info.sample_rate_in:.4g} s; need at "
+                                 f"least {self._min_samples / info.sample_rate:.4g} s ({self._min_samples} samples "
                                  f"at {info.sample_rate} Hz)")
             if self.peak_to_peak < SILENCE_PEAK_TO_PEAK:  # after too_short: one sample is short, not silent
                 peak = max(abs(self._low), abs(self._high)) if self._used_samples else 0.0
+                mixed = (f"; that is the mean of its {info.channels_in} channels, which cancel if one is another "
+                         f"inverted: score one alone with --channel N" if info.channels_in > 1 and
+                         self._policy == "mean" else "")
                 raise AudioError("silent", info.path, f"peak-to-peak amplitude {self.peak_to_peak:.3g} is below "
-                                                      f"2**-24 (peak {peak:.3g})")
+                                                      f"2**-24 (peak {peak:.3g}){mixed}")
         finally:
             self.close()
 
@@ -235,7 +238,7 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     policy = parse_channel_policy(channel)
     path = Path(path)
     if not path.is_file():
-        raise AudioError("missing", path, "no such file" if not path.exists() else "not a regular file")
+        raise AudioError("missing", path, _not_a_file(path))
     stamp = _stamp(path)
     if stamp is None:
         raise AudioError("missing", path, "removed while it was opened")
@@ -250,7 +253,7 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     if _looks_like_text(head):
         raise AudioError("not_audio", path, f"looks like text, not an audio header; starts with {head[:40]!r}")
     try:
-        sound = soundfile.SoundFile(path)
+        sound = soundfile.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 (an SMB share) opens too
     except (RuntimeError, ValueError, TypeError, OSError, EOFError) as error:
         raise AudioError("decode_error", path, str(error) or type(error).__name__) from error
     # python-soundfile re-seeks to the current frame after every read, and libsndfile 1.2.2's MP3 decoder does not
@@ -273,6 +276,18 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
                      channels_in=sound.channels, frames_in=sound.frames, duration_s=sound.frames / sound.samplerate,
                      channel_policy=str(policy), resampled=sound.samplerate != sample_rate)
     return AudioStream(info, sound, policy, min_samples, block_frames, stamp)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why a path is not a file to read: absent, a symlink that leads nowhere, or a folder or device."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return "a symlink loop"
+        except OSError:
+            return f"a symlink to {os.readlink(path)}, which does not exist"
+    return "no such file" if not path.exists() else "not a regular file"
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -61,10 +61,10 @@ def _umask() -> int:
 
 
 def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
-    """Write text (UTF-8) or bytes to `path` atomically."""
+    """Write text (UTF-8; a file name that is not UTF-8 as its own bytes) or bytes to `path` atomically."""
     with atomic_path(path) as temporary:
         if isinstance(content, str):
-            temporary.write_text(content, encoding="utf-8")
+            temporary.write_text(content, encoding="utf-8", errors="surrogateescape")
         else:
             temporary.write_bytes(content)
 

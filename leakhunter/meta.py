@@ -13,12 +13,11 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from leakhunter.errors import InputError
-from leakhunter.sources import logger_fields
+from leakhunter.sources import logger_fields, resolved
 
 REFUSED_FIELDS = {
     "sensor_id": "it names the split group: the model would learn sensors, not leaks",
@@ -226,4 +225,4 @@ class MetaResolver:
 
 
 def _key(path) -> str:
-    return str(Path(path).resolve())
+    return str(resolved(path))

@@ -41,9 +41,19 @@ def is_audio(path: str | os.PathLike) -> bool:
 
 
 def find_audio(folder: str | os.PathLike) -> list[Path]:
-    """Audio files under a folder, recursively, in a stable (sorted) order; hidden files left out."""
+    """Audio files under a folder, recursively, in a stable (sorted) order; hidden files left out. A symlink
+    that leads nowhere (dangling, a loop) is kept, so it gets its row (`missing`) instead of vanishing."""
     return sorted(path for path in Path(folder).rglob("*")
-                  if is_audio(path) and not path.name.startswith(".") and path.is_file())
+                  if is_audio(path) and not path.name.startswith(".") and (path.is_file() or path.is_symlink()))
+
+
+def resolved(path: str | os.PathLike) -> Path:
+    """The absolute path with symlinks resolved, for a file that exists; else the absolute path as given, so a
+    row names the dangling symlink or loop the user listed (not where it points) and a loop is no traceback."""
+    try:
+        return Path(path).resolve(strict=True)
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
 
 
 def logger_fields(path: str | os.PathLike) -> dict[str, str] | None:
@@ -107,7 +117,7 @@ class Listings:
         self.where: dict[Path, str] = {}  # the first row that listed it, for messages
 
     def add(self, manifest: str | os.PathLike, row: ManifestRow) -> None:
-        path, here = row.path.resolve(), f"{manifest}:{row.line}"
+        path, here = resolved(row.path), f"{manifest}:{row.line}"
         known = self.fields.setdefault(path, {})
         clash = sorted(k for k, v in row.fields.items() if k not in self.ignored and v and known.get(k, v) != v)
         if clash:
@@ -136,7 +146,7 @@ def find_sources(source: str | os.PathLike) -> list[SourceFile]:
         raise DatasetError(f"{source}: no such file or folder")
     files = []
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files += [SourceFile(path.resolve(), class_dir.name.upper(), group_from_name(path))
+        files += [SourceFile(resolved(path), class_dir.name.upper(), group_from_name(path))
                   for path in find_audio(class_dir)]
     if not files:
         raise DatasetError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under class folders "

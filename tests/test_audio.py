@@ -119,6 +119,19 @@ def test_constant_dc_offset_is_silent(tmp_path):
     assert reason_of(write(tmp_path / "dc.wav", np.full(RATE, 0.25, np.float32))).reason == "silent"
 
 
+def test_channels_that_cancel_in_the_mean_say_so_and_one_alone_scores(tmp_path):
+    tone = sine(300, RATE, 1.0)
+    path = write(tmp_path / "inverted.wav", np.stack([tone, -tone], axis=1))
+    error = reason_of(path)
+    assert error.reason == "silent" and "the mean of its 2 channels" in error.detail and "--channel N" in error.detail
+    assert load_audio(path, RATE, channel=0).samples.size == RATE
+
+
+def test_too_short_says_how_short_to_the_sample(tmp_path):
+    error = reason_of(write(tmp_path / "nearly.wav", sine(300, RATE, 1023 / RATE)), min_samples=1024)
+    assert error.detail.startswith("0.2498 s; need at least 0.25 s")  # was "0.25 s; need at least 0.25 s"
+
+
 def test_short_wav_is_too_short(tmp_path):
     path = write(tmp_path / "blip.wav", sine(300, RATE, 0.125))
     error = reason_of(path, min_samples=1024)

@@ -297,3 +297,46 @@ def test_scoring_options_that_cannot_mean_anything_are_refused_naming_the_option
         assert not (tmp_path / "s.csv").exists()
     result = CliRunner().invoke(app, ["eval", str(model), "--data", str(tmp_path / "in"), "--threshold", "-3"])
     assert result.exit_code == 2 and "--threshold -3 must be in [0, 1]" in result.output, result.output
+
+
+def test_symlinks_that_lead_nowhere_get_rows_naming_the_link(model, tmp_path):
+    """A dangling link or a loop in a folder or a manifest used to vanish or stop the run with a traceback."""
+    folder = tmp_path / "night"
+    write_recording(folder / "good.wav")
+    (folder / "dangling.wav").symlink_to("gone.wav")
+    (folder / "loop.wav").symlink_to("loop.wav")
+    (tmp_path / "list.csv").write_text("path\nnight/loop.wav\nnight/good.wav\n")
+    for inputs in ([folder], [tmp_path / "list.csv"], [folder / "loop.wav"]):
+        summary = predict(inputs, model, workers=0)
+        rows = {Path(r["file"]).name: (r["status"], r["message"]) for r in summary.rows}
+        assert rows["loop.wav"] == ("missing", "a symlink loop"), inputs
+        if inputs == [folder]:
+            assert rows["dangling.wav"] == ("missing", "a symlink to gone.wav, which does not exist")
+            assert rows["good.wav"][0] == "ok" and len(rows) == 3
+
+
+def test_a_name_that_is_not_utf8_is_scored_written_and_resumed(model, tmp_path):
+    """Latin-1 names from a network share: decoded, written as their own bytes, found again by --resume."""
+    folder = tmp_path / "share"
+    latin = folder / os.fsdecode(b"caf\xe9.wav")
+    write_recording(folder / "plain.wav").rename(latin)
+    write_recording(folder / "other.wav", seed=1)
+    for out in (tmp_path / "s.csv", tmp_path / "s.jsonl"):
+        first = predict([folder], model, out=out, workers=0)
+        assert dict(first.statuses) == {"ok": 2}
+        assert predict([folder], model, out=out, workers=0, resume=True).skipped == 2
+    assert b"caf\xe9.wav" in (tmp_path / "s.csv").read_bytes()
+
+
+def test_resume_drops_a_last_row_cut_after_a_newline_inside_its_name(model, tmp_path):
+    folder = tmp_path / "in"
+    write_recording(folder / "a.wav")
+    write_recording(folder / "new\nline.wav", seed=1)
+    out = tmp_path / "s.csv"
+    predict([folder], model, out=out, workers=0)
+    data = out.read_bytes()
+    assert data.index(b"a.wav") < data.index(b"new\n")  # files are scored in sorted order: that row is last
+    out.write_bytes(data[:data.index(b"new\n") + 4])  # the half-written row ends inside its quoted file name
+    again = predict([folder], model, out=out, workers=0, resume=True)
+    assert again.skipped == 1 and [Path(r["file"]).name for r in again.rows] == ["new\nline.wav"]
+    assert sorted(Path(r["file"]).name for r in rows_of(out)) == ["a.wav", "new\nline.wav"]

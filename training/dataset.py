@@ -134,6 +134,10 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
     short_file = h5.create_dataset("short/file_index", (0,), dtype="int32", maxshape=(None,), chunks=(65536,))
 
     def decode(src: SourceFile):
+        if not _utf8(str(src.path)):
+            raise AudioError("decode_error", src.path, "its name is not UTF-8 (bytes of another system's encoding, "
+                                                       "e.g. Latin-1 from a network share) and the dataset stores "
+                                                       "names as UTF-8: rename it")
         audio = load_audio(src.path, frontend_cfg.sample_rate, channel, min_samples=segmentation.long_samples,
                            min_rate_in=lowest_input_rate(frontend_cfg))
         try:
@@ -208,7 +212,7 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
     h5.create_dataset("long/file_index", data=np.concatenate(long_file))
     h5.create_dataset("long/short_start", data=np.concatenate(long_short_start))
     h5.create_dataset("long/short_count", data=np.full(n_long, segmentation.shorts_per_long(), np.int32))
-    for name, values in (("path", [e.path for e in skipped]), ("reason", [e.reason for e in skipped]),
+    for name, values in (("path", [_printable(e.path) for e in skipped]), ("reason", [e.reason for e in skipped]),
                          ("detail", [e.detail for e in skipped])):
         h5.create_dataset(f"skipped/{name}", data=np.array(values, dtype=object), dtype=text)
     return BuildReport(
@@ -234,3 +238,16 @@ def feature_version(h5: h5py.File) -> int:
     """How /short/features was computed (leakhunter.frontend.FEATURE_VERSION); files written before the
     attribute existed hold version 1."""
     return int(h5.attrs.get("feature_version", 1))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name read from the file system with surrogate escapes
+        return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """A path as UTF-8 text: the bytes of a name that is not UTF-8 as \\x escapes (`caf\\xe9.wav`)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
