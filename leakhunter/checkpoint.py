@@ -26,6 +26,10 @@ def save_atomic(payload: dict, path: str | Path) -> None:
         torch.save(payload, temporary)
 
 
+FILE_KINDS = ((b"\x89HDF", "an HDF5 file (a dataset?)"), (b"\x08", "an ONNX model (leak export takes its .pth)"),
+              (b"RIFF", "a WAV recording"))
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """The checkpoint's dict, or CheckpointError saying why not (missing, empty, truncated, unsafe, foreign)."""
     import torch
@@ -35,6 +39,11 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), probably an interrupted save")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    kind = next((name for magic, name in FILE_KINDS if head.startswith(magic)), None)
+    if kind is not None:  # another kind of file, which torch.load would call unsafe pickle or garbage
+        raise CheckpointError(f"{path}: not a torch checkpoint but {kind}; give the best.pth of a training run")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

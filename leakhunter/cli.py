@@ -398,7 +398,7 @@ def info(
     console.print(table)
 
 
-@command(app, "export", 1)
+@command(app, "export")  # bad input 2; a refused export (parity) 1, below
 def export(
     checkpoint: Path = typer.Argument(..., help="A best.pth from `leak train`."),
     output: Path = typer.Option(None, "--output", "-o", help="The .onnx to write (default: beside the checkpoint)."),

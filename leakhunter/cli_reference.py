@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from leakhunter.cli_support import command, console, errors, progress_bar
+from leakhunter.cli_support import command, console, errors, fail, progress_bar
 
 reference_app = typer.Typer(name="reference", help="Sensor reference tables for models trained with "
                                                    "--reference sensor.", no_args_is_help=True)
@@ -32,6 +32,9 @@ def reference_build(
 
     card, _, _ = read_card(model)
     require_reference_model(card, model)
+    absent = [item for item in inputs if not any(char in item for char in "*?[") and not Path(item).exists()]
+    if absent:  # a table is built from what exists; a typo would otherwise read as "no sensor id"
+        raise fail(f"{absent[0]}: no such file or folder")
     paths = find_inputs(inputs)
     fields = RecordingFields()
     fields.add_manifest(manifest_fields(inputs))

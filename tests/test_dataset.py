@@ -260,6 +260,10 @@ def test_manifest_and_source_errors_are_clear(tmp_path, small_corpus):
     (only_noise / "LEAK" / "a.wav").write_bytes(b"")
     with pytest.raises(DatasetError, match="none of the 1 files could be read"):
         build_dataset(only_noise, tmp_path / "x.h5")
+    from leakhunter.training.data import LeakData
+
+    with pytest.raises(DatasetError, match=r"bad.csv: not an HDF5 dataset file from leak data build"):
+        LeakData(bad, "binary")  # `leak train --data manifest.csv`: h5py's own message named no file
 
 
 def test_data_check_reports_cross_split_groups_and_missing_classes(small_dataset, tmp_path):

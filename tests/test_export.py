@@ -211,5 +211,12 @@ def test_export_refuses_unusable_options_and_files_before_any_work(binary_export
     assert result.exit_code == 2 and "missing.pth: no such file" in result.output
     (tmp_path / "empty.pth").write_bytes(b"")
     result = runner.invoke(app, ["export", str(tmp_path / "empty.pth")])
-    assert result.exit_code == 1 and "empty.pth: empty file" in result.output
+    assert result.exit_code == 2 and "empty.pth: empty file" in result.output  # bad input: 2; failed parity: 1
+    exported = binary_export[1].output  # an .onnx is not a checkpoint: said so, not "holds Python objects"
+    result = runner.invoke(app, ["export", str(exported), "-o", str(tmp_path / "again.onnx")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "not a .pth checkpoint" in text and "ONNX" in text, result.output
+    (tmp_path / "data.pth").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    result = runner.invoke(app, ["export", str(tmp_path / "data.pth")])
+    assert result.exit_code == 2 and "not a torch checkpoint" in " ".join(result.output.split()), result.output
     assert not list(tmp_path.glob("*.onnx"))

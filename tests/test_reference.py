@@ -213,6 +213,9 @@ def test_building_a_table_refuses_unnamed_recordings_and_non_reference_models(re
     result = runner.invoke(app, ["reference", "build", str(tmp_path), "--model", str(Path(binary_export[1].output)),
                                  "-o", str(tmp_path / "t.json")])
     assert result.exit_code == 2 and "takes no sensor reference" in result.output
+    result = runner.invoke(app, ["reference", "build", str(tmp_path / "nope"), "--model",
+                                 str(Path(reference_run[1].output)), "-o", str(tmp_path / "t.json")])
+    assert result.exit_code == 2 and "nope: no such file or folder" in result.output  # not "no sensor id"
     assert not (tmp_path / "t.json").exists()
 
 

@@ -166,6 +166,9 @@ def test_config_layers_and_refusals(tmp_path):
         resolve_config(None, {"data": "d.h5", "mode": "fusio"}, environ={})
     with pytest.raises(ConfigError, match="num_classes"):
         resolve_config(None, {"data": "d.h5", "num_classes": 5}, environ={})
+    path.write_text("augment: [gain, mix]\nchannels: [8, 16, 32]\n")  # YAML lists for comma lists
+    config = resolve_config(path, {"data": "d.h5"}, environ={})
+    assert (config.augment, config.channels) == ("gain,mix", "8,16,32")
 
 
 def test_class_weights_are_capped_and_reported():

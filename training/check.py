@@ -8,11 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from leakhunter.errors import InputError
-from leakhunter.training.dataset import DatasetError, dataset_configs
+from leakhunter.training.dataset import dataset_configs, open_dataset
 from leakhunter.training.splits import SPLITS, crossing_keys
 
 
@@ -32,13 +31,7 @@ class DatasetReport:
 
 def check_dataset(path: str | Path) -> DatasetReport:
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such dataset file")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as error:
-        raise DatasetError(f"{path}: not an HDF5 file ({error})") from None
-    with h5:
+    with open_dataset(path) as h5:
         _, _, class_names = dataset_configs(h5)
         files = {name: h5["files"][name][:] for name in ("label", "split", "group", "sha256", "path", "duration_s",
                                                           "short_count", "clipped")}
@@ -83,7 +76,7 @@ def split_manifest(path: str | Path, split: str) -> list[tuple[str, str]]:
     """(path, label) of every file of one split, e.g. to score the held-out recordings with `leak predict`."""
     if split not in SPLITS:
         raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    with h5py.File(path, "r") as h5:
+    with open_dataset(path) as h5:
         _, _, class_names = dataset_configs(h5)
         rows = zip(h5["files/path"].asstr()[:], h5["files/label"][:], h5["files/split"][:])
         return [(file, class_names[label]) for file, label, code in rows if code == SPLITS.index(split)]

@@ -191,6 +191,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{key}: {value!r} is not a boolean")
+    if kind is str and isinstance(value, (list, tuple)):  # a YAML list for a comma list (augment: [gain, mix])
+        value = ",".join(str(item) for item in value)
     try:
         coerced = kind(value)
     except (TypeError, ValueError):

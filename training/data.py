@@ -25,7 +25,7 @@ from leakhunter.models import ModelInputs, RelativeLevel
 from leakhunter.reference import recording_median, sensor_of, sensor_references
 from leakhunter.segments import long_segment_inputs
 from leakhunter.training.config import parse_memory
-from leakhunter.training.dataset import DatasetError, dataset_configs
+from leakhunter.training.dataset import DatasetError, dataset_configs, open_dataset
 from leakhunter.training.splits import SPLITS
 
 DEFAULT_BUDGET = "50%"           # of available RAM, when no max_memory is given
@@ -67,12 +67,10 @@ class LeakData:
         `reference` "sensor" serves every log-mel minus its sensor's reference (leakhunter/reference.py), from
         the first read on: statistics, the baseline and batches all see what a reference model sees."""
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DatasetError(f"{self.path}: no such dataset file")
         self.budget = parse_memory(DEFAULT_BUDGET if max_memory is None else max_memory)
         self._h5: h5py.File | None = None
         self._chunks: dict[int, np.ndarray] = {}  # LRU of whole HDF5 chunks, streamed path only
-        with h5py.File(self.path, "r") as h5:
+        with open_dataset(self.path) as h5:
             self.frontend, self.segmentation, self.dataset_classes = dataset_configs(h5)
             mel = h5["short/mel"]
             self.mel_bytes = mel.size * mel.dtype.itemsize

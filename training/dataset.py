@@ -222,6 +222,17 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
     )
 
 
+def open_dataset(path: str | Path) -> h5py.File:
+    """A dataset file opened for reading, or DatasetError naming it: absent, or not HDF5 (a manifest, a model)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such dataset file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise DatasetError(f"{path}: not an HDF5 dataset file from leak data build ({error})") from None
+
+
 def dataset_configs(h5: h5py.File) -> tuple[FrontendConfig, SegmentationConfig, tuple[str, ...]]:
     """The front-end, segmentation and class names a dataset file was built with."""
     try:
