@@ -114,7 +114,8 @@ def test_eval_of_a_one_class_split_prints_strict_json_with_null_auc_and_says_why
     assert result.exit_code == 0, result.output
     report = _strict_json(result.stdout)
     assert report["file_auc"] is None and "NaN" not in result.stdout
-    assert report["n_files"] > 0 and math.isfinite(report["file_f1"])
+    assert report["file_specificity"] is None  # no NOLEAK file: undefined, not 0.0
+    assert report["n_files"] > 0 and math.isfinite(report["file_f1"]) and math.isfinite(report["file_recall"])
     text = runner.invoke(app, ["eval", str(model), "--data", str(data), "--split", "test"])
     assert text.exit_code == 0, text.output
     assert "AUC n/a: the split has no NOLEAK files" in " ".join(text.output.split())

@@ -202,6 +202,10 @@ def file_report(votes: FileVotes, card: ModelCard, threshold: float) -> dict:
     vote_fraction = card.voting.vote_fraction
     leak = leak_metrics(votes.file_is_leak, votes.verdict, np.nan_to_num(votes.mean_leak_prob))
     report = {f"file_{k}": v for k, v in leak.items()}
+    n_leak, n_called = int(votes.file_is_leak.sum()), int(votes.verdict.sum())
+    undefined = {"file_recall": n_leak == 0, "file_specificity": n_leak == len(votes.paths),
+                 "file_precision": n_called == 0, "file_f1": n_leak == 0 and n_called == 0}
+    report.update({name: None for name, gone in undefined.items() if gone})  # 0/0 is null (n/a), not 0.0
     report.update(
         n_files=len(votes.paths), n_leak=int(votes.file_is_leak.sum()),
         false_alarms_per_100=file_rates(votes.file_is_leak, votes.verdict, digits=None)["false_alarms_per_100"],
