@@ -135,6 +135,7 @@ class SourceFile:
     group: str
     split: str | None = None  # forced by the manifest
     meta: dict[str, str] = field(default_factory=dict)
+    group_from: str = ""  # where its group came from: "group column", "sensor_id column", "logger name", "file"
 
 
 def find_sources(source: str | os.PathLike) -> list[SourceFile]:
@@ -146,12 +147,16 @@ def find_sources(source: str | os.PathLike) -> list[SourceFile]:
         raise DatasetError(f"{source}: no such file or folder")
     files = []
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files += [SourceFile(resolved(path), class_dir.name.upper(), group_from_name(path))
-                  for path in find_audio(class_dir)]
+        files += [SourceFile(resolved(path), class_dir.name.upper(), group_from_name(path),
+                             group_from=_name_group_from(path)) for path in find_audio(class_dir)]
     if not files:
         raise DatasetError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)}) under class folders "
                            f"{source}/<CLASS>/")
     return files
+
+
+def _name_group_from(path: Path) -> str:
+    return "logger name" if logger_fields(path) else "file"
 
 
 def _read_manifest(manifest: Path) -> list[SourceFile]:
@@ -163,9 +168,11 @@ def _read_manifest(manifest: Path) -> list[SourceFile]:
         split = fields.get("split", "").lower() or None
         if split is not None and split not in SPLITS:
             raise DatasetError(f"{listed.where[path]}: split {split!r} is not one of {', '.join(SPLITS)}")
-        group = fields.get("group") or fields.get("sensor_id") or group_from_name(path)
+        column = next((name for name in ("group", "sensor_id") if fields.get(name)), None)
+        group = fields[column] if column else group_from_name(path)
         meta = {k: v for k, v in fields.items() if k not in ("path", "label", "group", "split")}
-        files.append(SourceFile(path, fields["label"].upper(), group, split, meta))
+        files.append(SourceFile(path, fields["label"].upper(), group, split, meta,
+                                f"{column} column" if column else _name_group_from(path)))
     if not files:
         raise DatasetError(f"{manifest}: manifest has no rows")
     return files

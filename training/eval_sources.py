@@ -8,6 +8,7 @@ Manifests and folders are read by leakhunter.sources.find_sources, as `leak data
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def is_dataset(data: str | Path) -> bool:
     return Path(data).suffix.lower() in HDF5_SUFFIXES
 
 
+GROUP_FROM = {"group column": "the manifest's group column", "sensor_id column": "the manifest's sensor_id column",
+              "logger name": "the sensor id in the logger file name", "file": "each file its own group"}
+
+
 def source_files(data: str | Path) -> LabelledFiles:
     """A manifest CSV (path, label, optional group; as `leak data build` reads it) or a class-folder tree
     SRC/<CLASS>/**/*.wav. Groups: the manifest's `group` column, else its `sensor_id` column, else the logger
@@ -68,9 +73,8 @@ def source_files(data: str | Path) -> LabelledFiles:
     manifest = data.is_file()
     return LabelledFiles(paths=[f.path for f in files], labels=[f.label for f in files],
                          groups=[f.group for f in files], source="manifest" if manifest else "class folders",
-                         group_from=("the manifest's group column, else its sensor_id column, else the logger "
-                                     "sensor id in the file name, else the file" if manifest else
-                                     "the logger sensor id in the file name, else the file"),
+                         group_from=", ".join(f"{GROUP_FROM[origin]} ({count} file{'s' if count > 1 else ''})"
+                                              for origin, count in Counter(f.group_from for f in files).most_common()),
                          meta=[f.meta for f in files])
 
 
