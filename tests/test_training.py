@@ -16,9 +16,11 @@ import pytest
 import torch
 import yaml
 from conftest import Interrupt, final_weights, quick_config, stop_after
+from typer.testing import CliRunner
 
 from leakhunter.card import CardError, ModelCard
 from leakhunter.checkpoint import CheckpointError, load_checkpoint, read_model, save_atomic
+from leakhunter.cli import app
 from leakhunter.training.config import ConfigError, resolve_config
 from leakhunter.training.evaluate import evaluate
 from leakhunter.training.health import HealthFailure
@@ -326,3 +328,20 @@ def test_a_streamed_run_resumes_on_its_own_loading_path_bit_for_bit(training_dat
     train(quick_config(training_dataset, out), resume=out / "checkpoints" / "last.pth", log=QUIET)
     resumed, expected = final_weights(out), final_weights(straight)
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+def test_a_run_resumes_and_is_doctored_from_another_folder(training_dataset, tmp_path, monkeypatch):
+    """Relative --data and --out used to be read against the folder of the resume: it trained a new run there."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(training_dataset, home / "data.h5")
+    monkeypatch.chdir(home)
+    train(quick_config("data.h5", "runs/r", mode="binary", epochs=2), log=QUIET)
+    monkeypatch.chdir(elsewhere)
+    result = train(quick_config("x", "y", epochs=3), resume=home / "runs" / "r" / "checkpoints" / "last.pth",
+                   overrides={"epochs": 3}, log=QUIET)
+    assert result.run_dir.resolve() == (home / "runs" / "r").resolve() and not list(elsewhere.iterdir())
+    assert len((home / "runs" / "r" / "metrics.csv").read_text().splitlines()) == 1 + 3
+    doctored = CliRunner().invoke(app, ["doctor", str(home / "runs" / "r")])
+    assert "no such dataset file" not in doctored.output and doctored.exit_code in (0, 1), doctored.output

@@ -20,6 +20,7 @@ from leakhunter.training.baseline import fit_baseline
 from leakhunter.training.config import make_config
 from leakhunter.training.cv import split_check
 from leakhunter.training.data import LeakData
+from leakhunter.training.dataset import DatasetError
 from leakhunter.training.health import (
     Finding,
     HealthMonitor,
@@ -44,6 +45,9 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
         if not needed.is_file():
             raise FileNotFoundError(f"{needed}: missing; is {run_dir} a leakhunter run directory?")
     config = make_config(yaml.safe_load(config_path.read_text(encoding="utf-8")))
+    if not Path(config.data).is_file():  # older runs saved the data path as given
+        where = "" if Path(config.data).is_absolute() else ", relative to the folder it was trained in: run it there"
+        raise DatasetError(f"{config.data}: no such dataset file (the data of {config_path}{where})")
     last = load_checkpoint(last_path)
     card = card_of(last, last_path)
     plan = last.get("plan")  # a cross-validation fold or final model: its own splits, nothing selected on val

@@ -128,7 +128,15 @@ def find_resume_checkpoint(path: Path, warn) -> dict:
 
 
 def _resume_config(payload: dict, overrides: dict, source: Path) -> TrainConfig:
+    """The run's own config, continued in the run's own folder wherever the command runs (out is where the
+    checkpoint is, not the saved path taken from another working folder), with the few settings a resume may
+    change."""
     saved = make_config(payload["config"])
+    run_dir = source.parent.parent if source.parent.name == "checkpoints" else source.parent
+    if Path(saved.out).resolve() != run_dir.resolve():
+        saved = replace(saved, out=str(run_dir))
+    if overrides.get("data") is not None:  # as given on this command line: compared with the saved absolute path
+        overrides = {**overrides, "data": str(Path(overrides["data"]).resolve())}
     changed = {k: v for k, v in overrides.items() if v is not None and getattr(saved, k) != v}
     refused = sorted(set(changed) - set(RESUMABLE_OVERRIDES))
     if refused:
@@ -158,6 +166,8 @@ class Trainer:
             except CardError as error:
                 raise HealthFailure(fail("H002", "setup", str(error))) from None
             plan = RunPlan(**self.payload["plan"]) if self.payload.get("plan") else None
+        else:  # saved absolute (config.yaml, checkpoints): a resume or `leak doctor` from another folder finds it
+            config = replace(config, data=str(Path(config.data).resolve()))
         self.config, self.plan = config, plan
         self.run_dir = Path(config.out or f"runs/{config.mode}-{datetime.now():%Y%m%d-%H%M%S}")
         if resume is None and (self.run_dir / "best.pth").exists():
