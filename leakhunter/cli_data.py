@@ -102,15 +102,17 @@ def data_files(
     split: str = typer.Option("test", help="train, val or test."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the manifest CSV here (default: stdout)."),
 ):
-    """List one split's files as a manifest CSV (path,label): `leak predict` scores it as it is."""
+    """List one split's files as a manifest CSV (path, label, group and the columns the dataset's own manifest
+    gave, e.g. sensor_id): `leak predict`, `leak eval` and `leak reference build` read it as it is."""
     import csv
 
     from leakhunter.training.check import split_manifest
 
     rows = split_manifest(dataset, split)
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or ["path", "label", "group"]
     handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
-    writer = csv.writer(handle, lineterminator="\n")
-    writer.writerow(("path", "label"))
+    writer = csv.DictWriter(handle, columns, lineterminator="\n")
+    writer.writeheader()
     writer.writerows(rows)
     if output:
         handle.close()

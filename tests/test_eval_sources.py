@@ -27,8 +27,8 @@ def test_manifest(training_dataset, tmp_path_factory):
     """The training dataset's test split as a manifest: files alternately at siteA and siteB, and one broken
     recording (not audio) at siteA. Returns (manifest, [(path, label, group)] of the good files)."""
     folder = tmp_path_factory.mktemp("manifest")
-    good = [(path, label, "siteA" if i % 2 == 0 else "siteB")
-            for i, (path, label) in enumerate(split_manifest(training_dataset, "test"))]
+    good = [(row["path"], row["label"], "siteA" if i % 2 == 0 else "siteB")
+            for i, row in enumerate(split_manifest(training_dataset, "test"))]
     broken = folder / "broken.wav"
     broken.write_text("timestamp,value\n2026-11-20,3\n")
     manifest = folder / "labels.csv"

@@ -5,6 +5,7 @@ same in training (per sensor, from the dataset), in the exported graph and in ev
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from collections import Counter
@@ -331,6 +332,9 @@ def test_a_manifest_sensor_id_column_names_the_sensor_where_the_file_name_cannot
         h5["files/meta"][...] = [json.dumps({"sensor_id": sensor_of(path)}) for path in named.paths]
     plain = LeakData(copy, "binary", reference="sensor")
     assert plain.file_sensors() == [sensor_of(path) for path in named.paths]
+    listed = CliRunner().invoke(app, ["data", "files", str(copy), "--split", "test"])  # keeps the column
+    rows = list(csv.DictReader(io.StringIO(listed.stdout)))
+    assert rows and all(row["sensor_id"] == sensor_of(named.paths[plain.paths.index(row["path"])]) for row in rows)
     assert np.array_equal(plain.file_references, named.file_references)
     assert reference_findings("sensor", plain.paths, plain.file_sensors()) == reference_findings(
         "sensor", named.paths, named.file_sensors())  # H017 sees the same sensors

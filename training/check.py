@@ -5,6 +5,7 @@ Run before training (`leak data check`); the same problems make training refuse 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,11 +73,15 @@ def check_dataset(path: str | Path) -> DatasetReport:
     return report
 
 
-def split_manifest(path: str | Path, split: str) -> list[tuple[str, str]]:
-    """(path, label) of every file of one split, e.g. to score the held-out recordings with `leak predict`."""
+def split_manifest(path: str | Path, split: str) -> list[dict[str, str]]:
+    """Every file of one split as a manifest row: path, label, group and the extra columns its own manifest gave
+    (a sensor_id, a fusion model's meta), so `leak predict`, `leak eval` and `leak reference build` read the
+    recording as training did."""
     if split not in SPLITS:
         raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     with open_dataset(path) as h5:
         _, _, class_names = dataset_configs(h5)
-        rows = zip(h5["files/path"].asstr()[:], h5["files/label"][:], h5["files/split"][:])
-        return [(file, class_names[label]) for file, label, code in rows if code == SPLITS.index(split)]
+        rows = zip(h5["files/path"].asstr()[:], h5["files/label"][:], h5["files/split"][:],
+                   h5["files/group"].asstr()[:], h5["files/meta"].asstr()[:])
+        return [{"path": file, "label": class_names[label], "group": group, **json.loads(meta)}
+                for file, label, code, group, meta in rows if code == SPLITS.index(split)]
