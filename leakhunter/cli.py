@@ -132,7 +132,8 @@ def evaluate(
     model: Path = typer.Argument(..., help="A model: best.pth or an exported .onnx."),
     data: Path = typer.Option(..., help="Labelled recordings: a dataset file (.h5, with --split), a manifest CSV "
                                         "(path, label, optional group) or class folders SRC/<CLASS>/**/*.wav."),
-    split: str = typer.Option("test", help="train, val or test (of a dataset file)."),
+    split: str = typer.Option(None, help="train, val or test of a dataset file (default test); a manifest or "
+                                         "class folders are evaluated whole."),
     threshold: float = typer.Option(None, help="Override the card's calibrated threshold."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: int = typer.Option(2, help="Decoding worker processes where recordings are scored (0: in this process)."),
@@ -144,12 +145,19 @@ def evaluate(
     pr_png: Path = typer.Option(None, help="Where to draw the precision-recall curve (default beside the model)."),
 ):
     """File-level report of a model on labelled recordings: leak F1/precision/recall/specificity/AUC, false alarms
-    per 100 non-LEAK recordings, confusion matrix, per group, the card's operating points; ROC and PR curves."""
+    per 100 non-LEAK recordings, confusion matrix, per group, the card's operating points; ROC and PR curves.
+    Exit 3 when some recordings could not be scored (listed, and left out of every metric)."""
     import math
 
     from leakhunter.eval_tables import eval_tables
+    from leakhunter.training.eval_sources import is_dataset
     from leakhunter.training.evaluate import auc_missing_reason, default_png, report_json
     from leakhunter.training.evaluate import evaluate as run_evaluation
+
+    if split is not None and data.exists() and not is_dataset(data):
+        raise fail(f"--split {split}: {data} is evaluated whole (a manifest or class folders); --split chooses a "
+                   f"split of a dataset file")
+    split = split or "test"
 
     given = {"confusion_png": confusion_png, "roc_png": roc_png, "pr_png": pr_png}
     if can_draw():
@@ -161,8 +169,11 @@ def evaluate(
         pngs = dict.fromkeys(given)
     report = run_evaluation(model, data, split=split, device=device, threshold=threshold, workers=workers,
                             reference=reference, **pngs)
+    left_out = typer.Exit(3) if report.get("failed_files") else None  # as predict: some files failed
     if as_json:
         print(report_json(report))
+        if left_out:
+            raise left_out
         return
     for part in eval_tables(report):
         console.print(part, highlight=False, markup=False)
@@ -171,6 +182,8 @@ def evaluate(
     drawn = [report[key] for key in pngs if key in report]
     console.print(f"drawn: {', '.join(drawn)}" if drawn else "no pictures: they need matplotlib, which the scoring "
                   "install leaves out (pip install 'leakhunter[train]')", highlight=False, markup=False)
+    if left_out:
+        raise left_out
 
 
 def can_draw() -> bool:

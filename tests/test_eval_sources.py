@@ -124,15 +124,17 @@ def test_leak_eval_prints_strict_json_and_draws_roc_and_pr_curves(onnx_model, te
     pngs = {kind: tmp_path / f"{kind}.png" for kind in ("confusion", "roc", "pr")}
     result = CliRunner().invoke(app, ["eval", str(onnx_model), "--data", str(manifest), "--workers", "0", "--json",
                                       *(arg for kind, png in pngs.items() for arg in (f"--{kind}-png", str(png)))])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # one recording could not be scored: as predict says it
     report = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"non-strict JSON: {name}"))
     assert report["n_files"] == len(good) and len(report["failed_files"]) == 1
     for png in pngs.values():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = CliRunner().invoke(app, ["eval", str(onnx_model), "--data", str(manifest), "--workers", "0",
                                      *(arg for kind, png in pngs.items() for arg in (f"--{kind}-png", str(png)))])
-    assert table.exit_code == 0, table.output
+    assert table.exit_code == 3, table.output
     assert "false alarms /100" in table.stdout and "siteA" in table.stdout and "not_audio" in table.stdout
+    refused = CliRunner().invoke(app, ["eval", str(onnx_model), "--data", str(manifest), "--split", "val"])
+    assert refused.exit_code == 2 and "is evaluated whole" in " ".join(refused.output.split())  # was ignored
 
 
 def test_predict_at_a_sensitivity_says_so_in_every_row_and_resume_keeps_no_other_sensitivitys_rows(
