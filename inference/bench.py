@@ -238,6 +238,7 @@ def bench_one(model: Path, device: str, inputs: list[str | Path], paths: list[Pa
     to_mb = 1 / 1024  # ru_maxrss is in KiB on Linux
     return {"backend": backend, "device": device_used, "model": str(model), "audio_s": round(audio_s, 3),
             "files_ok": n_ok, "failed": len(failed), "model_load_s": round(load_s, 4), "stages": stages,
+            "failed_files": [{"file": str(paths[index]), "status": reason} for index, reason in sorted(failed.items())],
             "end_to_end": end_to_end,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb, 1),
             "workers_peak_rss_mb": round(workers_peak_kib * to_mb, 1)}, rows

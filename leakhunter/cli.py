@@ -335,6 +335,8 @@ def bench(
                       highlight=False)
     source = "generated" if report["generated"] else "given"
     console.print(f"audio: {report['audio_s'] / 3600:.2f} h in {report['files']} {source} files", highlight=False)
+    for failed in report["results"][0]["failed_files"]:  # timed without them: named, with why
+        console.print(f"not timed: {failed['file']} ({failed['status']})", highlight=False, markup=False)
 
 
 @command(app, "serve")

@@ -131,5 +131,6 @@ def test_a_reference_model_is_benched_with_its_table_on_generated_and_given_reco
     assert dict(expected.statuses) == {"ok": 3, "no_reference": 1}
     for timed in result["results"]:
         assert timed["files_ok"] == 3 and timed["failed"] == 1
+        assert timed["failed_files"] == [{"file": str((tmp_path / "take2.wav").resolve()), "status": "no_reference"}]
         assert timed["end_to_end"]["workers=0"]["statuses"] == dict(expected.statuses)
     assert result["agreement"]["pairs"][0]["files"] == 3
