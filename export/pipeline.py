@@ -29,7 +29,7 @@ from leakhunter.export.parity import (
     real_data_dir,
     reference_scores,
 )
-from leakhunter.files import temporary_beside, write_atomic
+from leakhunter.files import replace_into, temporary_beside, write_atomic
 from leakhunter.inference.onnx_card import INPUT_KINDS, ModelLoadError, read_onnx
 from leakhunter.inference.onnx_runner import OnnxRunner
 from leakhunter.inference.torch_runner import TorchRunner
@@ -154,7 +154,7 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
             reasons = "; ".join(result.failure() for result in parity if not result.passed)
             raise ExportError(f"{checkpoint}: export refused, nothing written to {output}: {reasons}", report)
         write_atomic(report_path, report.to_json())
-        os.replace(path, output)
+        replace_into(path, output)
     finally:
         if path is not None:
             path.unlink(missing_ok=True)

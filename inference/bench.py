@@ -178,7 +178,7 @@ def bench_one(model: Path, device: str, inputs: list[str | Path], paths: list[Pa
         started = time.perf_counter()
         for index, path in enumerate(paths):
             contexts[index], _, refused = engine.recording_context(path)
-            if refused is not None:  # predict gives it a row without decoding it
+            if refused is not None and path.is_file():  # predict refuses it undecoded (else the decoder says why)
                 failed[index] = refused[0]
                 continue
             try:

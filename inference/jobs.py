@@ -25,7 +25,7 @@ from leakhunter.files import write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import json_record, read_table
 from leakhunter.inference.predict import find_inputs, manifest_fields, score_batch
-from leakhunter.sources import resolved
+from leakhunter.sources import printable
 
 ACTIVE_STATES = ("queued", "running")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -49,6 +49,12 @@ class JobCancelled(Exception):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def client_record(row: dict, columns: tuple[str, ...]) -> dict:
+    """A row as JSON for an HTTP client: a file name that is not UTF-8 as \\x escapes (JSON responses are UTF-8)."""
+    return {key: printable(value) if isinstance(value, str) else value
+            for key, value in json_record(row, columns).items()}
 
 
 class Turns:
@@ -159,7 +165,10 @@ class JobStore:
             raise JobError("folder jobs are off: start the server with --data-root", 403)
         if "\x00" in relative:
             raise JobError(f"{relative!r}: a path cannot hold a NUL byte", 422)
-        inside = resolved(self.data_root / relative)
+        try:  # symlinks followed even where the file is yet to be written (an out through a link leads out)
+            inside = (self.data_root / relative).resolve()
+        except (RuntimeError, OSError):  # a symlink loop
+            raise JobError(f"{relative}: a symlink loop", 422) from None
         if not inside.is_relative_to(self.data_root):
             raise JobError(f"{relative}: outside the data root", 403)
         return inside
@@ -211,7 +220,7 @@ class JobStore:
         """The rows in the job's table so far, as JSON records (CSV cells are text, as stored)."""
         _, lines, _ = read_table(self.under_root(self.get(job_id).out), columns)
         return {"total": len(lines), "offset": offset,
-                "rows": [json_record(row, columns) for row, _ in lines[offset: offset + limit]]}
+                "rows": [client_record(row, columns) for row, _ in lines[offset: offset + limit]]}
 
     def stop(self) -> None:
         with self._lock:

@@ -181,7 +181,9 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> tuple[str, list[tu
         raise OutputError(f"{path}: its columns {header} differ from this model's {list(columns)}; "
                           f"write to another --out")
     records = list(reader)
-    cut = bool(records) and len(records[-1]) != len(header)  # half written, cut after a newline inside a cell
+    # half written: cut inside a quoted cell after a newline in it (an odd number of quotes: every quote this
+    # writes comes in pairs), or with cells missing
+    cut = bool(records) and (text.count('"') % 2 == 1 or len(records[-1]) != len(header))
     records = records[:-1] if cut else records
     for number, values in enumerate(records, start=2):
         if len(values) != len(header):

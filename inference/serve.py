@@ -29,8 +29,7 @@ import leakhunter
 from leakhunter.devices import parse_device
 from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.inference.engine import ScoringEngine, upload_name
-from leakhunter.inference.jobs import JobError, JobStore, Turns
-from leakhunter.inference.outputs import json_record
+from leakhunter.inference.jobs import JobError, JobStore, Turns, client_record
 from leakhunter.inference.scorer import RecordingDecoder
 from leakhunter.meta import check_meta_missing
 from leakhunter.reference import SENSOR_FIELD
@@ -398,7 +397,7 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
                                          f"{settings.request_timeout:g} s") from None
             except LeakhunterError as error:
                 raise HTTPException(500, f"{name}: {error}") from error
-            return json_record(row, service.engine.scorer.columns)
+            return client_record(row, service.engine.scorer.columns)
         except InputError as error:
             raise HTTPException(422, str(error)) from error
         finally:

@@ -7,6 +7,7 @@ check and give the same samples.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -283,9 +284,11 @@ def _not_a_file(path: Path) -> str:
     if path.is_symlink():
         try:
             path.resolve(strict=True)
-        except RuntimeError:
+        except RuntimeError:  # Python 3.11-3.12 say a loop so; 3.13 raises OSError(ELOOP)
             return "a symlink loop"
-        except OSError:
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return "a symlink loop"
             return f"a symlink to {os.readlink(path)}, which does not exist"
     return "no such file" if not path.exists() else "not a regular file"
 

@@ -223,7 +223,7 @@ def predict(
                                                    "as `timeout`."),
     resume: bool = typer.Option(False, "--resume", help="Skip files already in --out (same path, size, mtime, model)."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed",
-                                      help="On --resume, score files whose row is timeout, worker_crash or error again."),
+                                      help="On --resume, score files whose row is timeout, worker_crash, error or changed again."),
     timeline: bool = typer.Option(False, "--timeline", help="Also write per-long-segment P(LEAK) (JSONL) and a PNG per "
                                                            "file beside --out (needs --out)."),
     channel: str = typer.Option(None, help="Channel policy for multichannel files: mean, first or an index "

@@ -23,7 +23,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
-        os.replace(temporary, path)
+        replace_into(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -31,19 +31,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def temporary_beside(path: Path) -> Path:
-    """A fresh, empty file in `path`'s folder to be renamed over it, with the mode the file should end with:
-    mkstemp makes it 0600 and a rename keeps that, so every dataset, model and table would be its owner's alone
-    whatever the umask. A rewrite keeps the file's mode; a new file gets 0666 less the umask, as open() gives."""
+    """A fresh, empty file in `path`'s folder (mkstemp: its owner's alone while it is written), to be moved over
+    `path` by replace_into."""
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except OSError:
-            mode = 0o666 & ~_umask()
-        os.fchmod(handle, mode)
+        os.fchmod(handle, 0o600)  # writable by its owner when reopened by name, whatever the umask takes away
+    except OSError:
+        pass
     finally:
         os.close(handle)
     return Path(name)
+
+
+def replace_into(temporary: Path, path: Path) -> None:
+    """Rename a finished temporary file over `path`, first giving it the mode the file should have: mkstemp's 0600
+    would survive the rename and make every dataset, model and table its owner's alone whatever the umask. A
+    rewrite keeps the file's mode; a new file gets 0666 less the umask, as open() gives. A file system that
+    refuses chmod keeps mkstemp's mode."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
+    try:
+        os.chmod(temporary, mode)
+    except OSError:
+        pass
+    os.replace(temporary, path)
 
 
 def _umask() -> int:

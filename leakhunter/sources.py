@@ -47,6 +47,12 @@ def find_audio(folder: str | os.PathLike) -> list[Path]:
                   if is_audio(path) and not path.name.startswith(".") and (path.is_file() or path.is_symlink()))
 
 
+def printable(text: str) -> str:
+    """Text as valid UTF-8: the bytes of a file name that is not UTF-8 (read with surrogate escapes) as \\x
+    escapes (`caf\\xe9.wav`), for places that must be UTF-8 (an HDF5 string, an HTTP response)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def resolved(path: str | os.PathLike) -> Path:
     """The absolute path with symlinks resolved, for a file that exists; else the absolute path as given, so a
     row names the dangling symlink or loop the user listed (not where it points) and a loop is no traceback."""

@@ -31,6 +31,11 @@ def test_a_new_file_gets_the_umask_and_a_rewritten_one_keeps_its_mode(tmp_path, 
     os.umask(0o077)
     write_atomic(tmp_path / "private.json", "{}")
     assert mode(tmp_path / "private.json") == 0o600
+    os.umask(0o277)  # a mode without owner-write is given at the rename, so the writer can still write
+    with atomic_path(tmp_path / "read_only.csv") as temporary:
+        assert mode(temporary) & 0o200
+        temporary.write_text("x")
+    assert mode(tmp_path / "read_only.csv") == 0o400
 
 
 def test_an_error_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -340,3 +340,8 @@ def test_resume_drops_a_last_row_cut_after_a_newline_inside_its_name(model, tmp_
     again = predict([folder], model, out=out, workers=0, resume=True)
     assert again.skipped == 1 and [Path(r["file"]).name for r in again.rows] == ["new\nline.wav"]
     assert sorted(Path(r["file"]).name for r in rows_of(out)) == ["a.wav", "new\nline.wav"]
+    # cut inside its last cell, the message, after a newline there: the cell count alone looks whole
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:-1]) + lines[-1].rstrip("\n") + '"worker said:\n')
+    again = predict([folder], model, out=out, workers=0, resume=True)
+    assert again.skipped == 1 and len(again.rows) == 1 and len(rows_of(out)) == 2

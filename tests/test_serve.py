@@ -214,8 +214,10 @@ def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (night[0] / "escape").symlink_to(outside, target_is_directory=True)
+    (night[0] / "dangling.csv").symlink_to(outside / "x.csv")
     for body in ({"inputs": ["../"], "out": "x.csv"}, {"inputs": ["/etc"], "out": "x.csv"},
-                 {"inputs": ["night/"], "out": "../x.csv"}, {"inputs": ["escape/"], "out": "x.csv"}):
+                 {"inputs": ["night/"], "out": "../x.csv"}, {"inputs": ["escape/"], "out": "x.csv"},
+                 {"inputs": ["night/"], "out": "escape/x.csv"}, {"inputs": ["night/"], "out": "dangling.csv"}):
         response = httpx.post(f"{url}/v1/jobs", json=body, timeout=10)
         assert response.status_code == 403, (body, response.text)
     assert httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "x.txt"}).status_code == 422
@@ -244,6 +246,17 @@ def test_a_second_job_on_the_same_table_is_409_and_more_than_max_jobs_503(model,
             cancelled = httpx.delete(f"{url}/v1/jobs/{first.json()['id']}").json()
         assert cancelled["state"] in ("cancelled", "running")  # queued: cancelled at once; else between two rows
         assert wait_job(url, first.json()["id"])["state"] == "cancelled"
+
+
+def test_a_job_over_a_name_that_is_not_utf8_serves_its_rows(server, night):
+    url, _ = server
+    latin = night[0] / "latin"
+    latin.mkdir()
+    write_recording(latin / "plain.wav", "LEAK", seconds=4, seed=1).rename(latin / os.fsdecode(b"caf\xe9.wav"))
+    job = wait_job(url, httpx.post(f"{url}/v1/jobs", json={"inputs": ["latin/"], "out": "latin.csv"}).json()["id"])
+    assert job["state"] == "done" and job["statuses"] == {"ok": 1}, job
+    rows = httpx.get(f"{url}/v1/jobs/{job['id']}/rows", timeout=10)  # JSON is UTF-8: the byte as an escape
+    assert rows.status_code == 200 and rows.json()["rows"][0]["file"].endswith("caf\\xe9.wav"), rows.text
 
 
 def _until(condition, seconds: float = 10.0) -> None:

@@ -343,5 +343,10 @@ def test_a_run_resumes_and_is_doctored_from_another_folder(training_dataset, tmp
                    overrides={"epochs": 3}, log=QUIET)
     assert result.run_dir.resolve() == (home / "runs" / "r").resolve() and not list(elsewhere.iterdir())
     assert len((home / "runs" / "r" / "metrics.csv").read_text().splitlines()) == 1 + 3
+    monkeypatch.chdir(home / "runs" / "r" / "checkpoints")  # `--resume last.pth` from beside it, the data spelt anew
+    train(quick_config("x", "y"), resume="last.pth", overrides={"epochs": 4, "data": "../../../data.h5"}, log=QUIET)
+    assert len((home / "runs" / "r" / "metrics.csv").read_text().splitlines()) == 1 + 4
+    assert not (home / "runs" / "r" / "checkpoints" / "checkpoints").exists()
     doctored = CliRunner().invoke(app, ["doctor", str(home / "runs" / "r")])
     assert "no such dataset file" not in doctored.output and doctored.exit_code in (0, 1), doctored.output
+    assert doctored.exception is None or isinstance(doctored.exception, SystemExit), doctored.exception

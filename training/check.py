@@ -81,7 +81,9 @@ def split_manifest(path: str | Path, split: str) -> list[dict[str, str]]:
         raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     with open_dataset(path) as h5:
         _, _, class_names = dataset_configs(h5)
+        n_files = len(h5["files/path"])
+        metas = h5["files/meta"].asstr()[:] if "files/meta" in h5 else ["{}"] * n_files  # older datasets lack it
         rows = zip(h5["files/path"].asstr()[:], h5["files/label"][:], h5["files/split"][:],
-                   h5["files/group"].asstr()[:], h5["files/meta"].asstr()[:])
+                   h5["files/group"].asstr()[:], metas)
         return [{"path": file, "label": class_names[label], "group": group, **json.loads(meta)}
                 for file, label, code, group, meta in rows if code == SPLITS.index(split)]

@@ -27,7 +27,7 @@ from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION, FrontEnd
 from leakhunter.mel import lowest_input_rate
 from leakhunter.segments import plan_segments
-from leakhunter.sources import SourceFile, find_sources
+from leakhunter.sources import SourceFile, find_sources, printable
 from leakhunter.training.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
@@ -212,7 +212,7 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
     h5.create_dataset("long/file_index", data=np.concatenate(long_file))
     h5.create_dataset("long/short_start", data=np.concatenate(long_short_start))
     h5.create_dataset("long/short_count", data=np.full(n_long, segmentation.shorts_per_long(), np.int32))
-    for name, values in (("path", [_printable(e.path) for e in skipped]), ("reason", [e.reason for e in skipped]),
+    for name, values in (("path", [printable(e.path) for e in skipped]), ("reason", [e.reason for e in skipped]),
                          ("detail", [e.detail for e in skipped])):
         h5.create_dataset(f"skipped/{name}", data=np.array(values, dtype=object), dtype=text)
     return BuildReport(
@@ -257,8 +257,3 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:  # a name read from the file system with surrogate escapes
         return False
     return True
-
-
-def _printable(path: str) -> str:
-    """A path as UTF-8 text: the bytes of a name that is not UTF-8 as \\x escapes (`caf\\xe9.wav`)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -132,11 +132,12 @@ def _resume_config(payload: dict, overrides: dict, source: Path) -> TrainConfig:
     checkpoint is, not the saved path taken from another working folder), with the few settings a resume may
     change."""
     saved = make_config(payload["config"])
+    source = Path(source).resolve()  # `--resume last.pth` from inside checkpoints/ too
     run_dir = source.parent.parent if source.parent.name == "checkpoints" else source.parent
-    if Path(saved.out).resolve() != run_dir.resolve():
+    if Path(saved.out).resolve() != run_dir:
         saved = replace(saved, out=str(run_dir))
-    if overrides.get("data") is not None:  # as given on this command line: compared with the saved absolute path
-        overrides = {**overrides, "data": str(Path(overrides["data"]).resolve())}
+    if overrides.get("data") is not None and Path(overrides["data"]).resolve() == Path(saved.data).resolve():
+        overrides = {k: v for k, v in overrides.items() if k != "data"}  # the same file, however it is spelt
     changed = {k: v for k, v in overrides.items() if v is not None and getattr(saved, k) != v}
     refused = sorted(set(changed) - set(RESUMABLE_OVERRIDES))
     if refused:
