@@ -54,6 +54,7 @@ class Decoded:
     resampled: bool
     channels_in: int
     clipped: bool
+    silent_channels: tuple[int, ...] = ()  # of a "mean" mix: dead channels that lowered it
 
 
 class RecordingDecoder:
@@ -90,7 +91,8 @@ class RecordingDecoder:
                 index += 1
             info = stream.info
             return Decoded(n_pieces=index, duration_s=round(info.duration_s, 3), sample_rate_in=info.sample_rate_in,
-                           resampled=info.resampled, channels_in=info.channels_in, clipped=stream.clipped)
+                           resampled=info.resampled, channels_in=info.channels_in, clipped=stream.clipped,
+                           silent_channels=tuple(stream.silent_channels))
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,18 @@ class FileResult:
     timeline: dict | None = None
     plot: PlotTask | None = None  # a timeline PNG still to draw (by a worker)
     long_leak_prob: np.ndarray | None = None  # P(LEAK) per long segment, exact (`leak eval` re-votes with it)
+
+
+def dead_channels_note(decoded: Decoded) -> str:
+    """What a row says when silent channels were averaged in: the mix is quieter than the live ones by
+    20·log10(live / all), which the model reads as a quieter pipe."""
+    dead = decoded.silent_channels
+    if not dead:
+        return ""
+    live = decoded.channels_in - len(dead)
+    return (f"channel{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {decoded.channels_in} silent: "
+            f"the mean is {20 * math.log10(decoded.channels_in / live):.1f} dB under the live "
+            f"channel{'s' if live > 1 else ''}; score one with --channel N")
 
 
 def check_options(threshold: float | None = None, vote_fraction: float | None = None, workers: int | None = None,
@@ -211,7 +225,8 @@ class RecordingScorer:
                    duration_s=decoded.duration_s, sample_rate_in=decoded.sample_rate_in,
                    resampled=decoded.resampled, channels_in=decoded.channels_in,
                    top_class=self.card.class_names[int(top)],
-                   message="; ".join(filter(None, [self.override_note, "clipped" if decoded.clipped else ""])))
+                   message="; ".join(filter(None, [self.override_note, "clipped" if decoded.clipped else "",
+                                                   dead_channels_note(decoded)])))
         if self.multiclass:
             row.update({f"p_{name}": float(p) for name, p in zip(self.card.class_names, mean_classes)})
         timeline = None

@@ -126,6 +126,7 @@ class AudioStream:
         self.n_samples = 0       # output samples yielded so far
         self._used_samples = self._clipped_samples = 0
         self._low, self._high = np.inf, -np.inf   # of the mixed signal, before resampling
+        self._channel_low = self._channel_high = None  # per channel mixed by "mean", for silent_channels
 
     @property
     def closed(self) -> bool:
@@ -135,6 +136,15 @@ class AudioStream:
     def clipped(self) -> bool:
         """At least CLIP_FRACTION of the used channels' samples at |x| >= CLIP_LEVEL: flagged, never fatal."""
         return self._used_samples > 0 and self._clipped_samples >= CLIP_FRACTION * self._used_samples
+
+    @property
+    def silent_channels(self) -> list[int]:
+        """Channels of a "mean" mix that were silent throughout while another was not (a dead hydrophone of a
+        pair): each one lowers the mix, a dead one of two by 6 dB. Final after a full iteration."""
+        if self._channel_low is None:
+            return []
+        silent = (self._channel_high - self._channel_low) < SILENCE_PEAK_TO_PEAK
+        return [int(i) for i in np.flatnonzero(silent)] if not silent.all() else []
 
     @property
     def peak_to_peak(self) -> float:
@@ -205,6 +215,13 @@ class AudioStream:
                              f"the first at {first / rate:.2f} s")
         self._used_samples += used.size
         self._clipped_samples += int(np.count_nonzero(np.abs(used) >= CLIP_LEVEL))
+        if used.shape[1] > 1:
+            low, high = used.min(axis=0), used.max(axis=0)
+            if self._channel_low is None:
+                self._channel_low, self._channel_high = low, high
+            else:
+                self._channel_low = np.minimum(self._channel_low, low)
+                self._channel_high = np.maximum(self._channel_high, high)
         mixed = used.mean(axis=1, dtype=np.float64).astype(np.float32) if used.shape[1] > 1 else used[:, 0]
         self._low, self._high = min(self._low, float(mixed.min())), max(self._high, float(mixed.max()))
         return np.ascontiguousarray(mixed)

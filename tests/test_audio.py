@@ -127,6 +127,20 @@ def test_channels_that_cancel_in_the_mean_say_so_and_one_alone_scores(tmp_path):
     assert load_audio(path, RATE, channel=0).samples.size == RATE
 
 
+def test_a_dead_channel_of_a_mean_mix_is_named(tmp_path):
+    tone = sine(300, RATE, 1.0)
+    for channels, dead in (([tone, np.zeros_like(tone)], [1]), ([tone, 0.5 * tone], []),
+                           ([np.zeros_like(tone), tone, np.zeros_like(tone), tone], [0, 2])):
+        path = write(tmp_path / "multi.wav", np.stack(channels, axis=1))
+        with open_audio(path, RATE) as stream:
+            list(stream)
+        assert stream.silent_channels == dead
+        live = next(i for i, channel in enumerate(channels) if channel.any())
+        with open_audio(path, RATE, channel=live) as stream:  # one channel chosen: nothing is mixed
+            list(stream)
+        assert stream.silent_channels == []
+
+
 def test_too_short_says_how_short_to_the_sample(tmp_path):
     error = reason_of(write(tmp_path / "nearly.wav", sine(300, RATE, 1023 / RATE)), min_samples=1024)
     assert error.detail.startswith("0.2498 s; need at least 0.25 s")  # was "0.25 s; need at least 0.25 s"

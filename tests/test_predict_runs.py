@@ -345,3 +345,15 @@ def test_resume_drops_a_last_row_cut_after_a_newline_inside_its_name(model, tmp_
     out.write_text("".join(lines[:-1]) + lines[-1].rstrip("\n") + '"worker said:\n')
     again = predict([folder], model, out=out, workers=0, resume=True)
     assert again.skipped == 1 and len(again.rows) == 1 and len(rows_of(out)) == 2
+
+
+def test_a_dead_channel_averaged_in_is_said_on_the_row(model, tmp_path):
+    """A hydrophone pair with one dead: the mean is 6 dB down, which the model reads as a quieter pipe."""
+    live = synth_recording("LEAK", 2.0, SR, np.random.default_rng(0))
+    soundfile.write(tmp_path / "pair.wav", np.stack([live, np.zeros_like(live)], axis=1), SR, subtype="PCM_16")
+    row = predict([tmp_path / "pair.wav"], model, workers=0).rows[0]
+    assert row["status"] == "ok" and row["channels_in"] == 2
+    assert "channel 1 of 2 silent: the mean is 6.0 dB under the live channel; score one with --channel N" in \
+        row["message"]
+    alone = predict([tmp_path / "pair.wav"], model, workers=0, channel=0).rows[0]
+    assert "silent" not in alone["message"]
