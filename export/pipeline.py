@@ -97,9 +97,6 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
         raise InputError(f"opset must be between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}, got {opset}")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     checkpoint = Path(checkpoint)
-    if checkpoint.suffix.lower() in (".onnx", ".ort"):
-        raise InputError(f"{checkpoint}: not a .pth checkpoint but an ONNX model already; leak export takes the "
-                         f"best.pth of a training run (leak info describes an .onnx)")
     output = Path(output) if output is not None else default_output(checkpoint, precision)
     report_path = output.with_suffix(".parity.json")
     reference = TorchRunner(checkpoint, device="cpu")

@@ -296,7 +296,8 @@ class ScoringEngine:
         recordings of sensors the table does not know get status no_reference."""
         if batch_rows is not None and batch_rows < 1:
             raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
-        check_options(threshold, vote_fraction, workers, file_timeout)  # before any worker starts
+        # all four before any worker starts (RecordingScorer checks threshold and vote again, after the pool)
+        check_options(threshold, vote_fraction, workers, file_timeout)
         # The card first (cheap), so the decoding workers start while the model loads.
         card, _, _ = read_card(model)
         # manifests' columns and uploads' query parameters by recording, and what reads them

@@ -29,7 +29,7 @@ from leakhunter.inference.scorer import RecordingDecoder
 
 if TYPE_CHECKING:
     from leakhunter.inference.ray_engine import RayOptions
-from leakhunter.sources import AUDIO_SUFFIXES, Listings, find_audio, read_manifest, resolved
+from leakhunter.sources import AUDIO_SUFFIXES, Listings, find_audio, is_pattern, read_manifest, resolved
 
 
 class PredictError(LeakhunterError, ValueError):
@@ -58,7 +58,7 @@ def find_inputs(inputs: list[str | Path]) -> list[Path]:
             found += find_audio(path)
         elif path.suffix.lower() == ".csv" and path.is_file():
             found += [row.path for row in read_manifest(path)]
-        elif any(char in item for char in "*?["):
+        elif is_pattern(item):
             found += sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
         else:
             found.append(path)  # a missing file still gets its row (status "missing")

@@ -65,6 +65,7 @@ class RecordingDecoder:
                  piece_longs: int, block_frames: int = 1 << 16):
         self.frontend, self.segmentation = frontend, segmentation
         self.channel, self.piece_longs, self.block_frames = channel, max(1, piece_longs), block_frames
+        self.min_rate_in = lowest_input_rate(frontend)
 
     def decode(self, path: str | Path, emit: Callable[[Piece], None]) -> Decoded:
         """Emit the pieces of one recording and return what was decoded; AudioError for a bad file."""
@@ -72,7 +73,7 @@ class RecordingDecoder:
         piece_samples = (self.piece_longs - 1) * seg.long_hop + seg.long_samples
         buffered, held, index = [], 0, 0
         with open_audio(path, self.frontend.sample_rate, self.channel, min_samples=seg.long_samples,
-                        block_frames=self.block_frames, min_rate_in=lowest_input_rate(self.frontend)) as stream:
+                        block_frames=self.block_frames, min_rate_in=self.min_rate_in) as stream:
             for block in stream:
                 buffered.append(block)
                 held += block.size
@@ -153,8 +154,8 @@ class FileResult:
 
 
 def dead_channels_note(decoded: Decoded) -> str:
-    """What a row says when silent channels were averaged in: the mix is quieter than the live ones by
-    20·log10(live / all), which the model reads as a quieter pipe."""
+    """What a row says when silent channels were averaged in: the mix is 20·log10(all / live) dB under the live
+    channels, which the model reads as a quieter pipe."""
     dead = decoded.silent_channels
     if not dead:
         return ""

@@ -14,6 +14,7 @@ import logging
 import shutil
 import tempfile
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -277,15 +278,21 @@ def refuse_declared(request: Request, limit: int, message: str) -> None:
         raise HTTPException(413, message)
 
 
-async def read_at_most(request: Request, limit: int, message: str) -> bytes:
-    """A small body, read with a running count: a 413 once it passes `limit` bytes, whatever it declared."""
-    refuse_declared(request, limit, message)
-    body = bytearray()
+async def limited_chunks(request: Request, limit: int, message: str) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, with a running count: a 413 once it passes `limit` bytes, whatever it
+    declared (a chunked upload declares nothing)."""
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+        size += len(chunk)
+        if size > limit:
             raise HTTPException(413, message)
-    return bytes(body)
+        yield chunk
+
+
+async def read_at_most(request: Request, limit: int, message: str) -> bytes:
+    """A small body (a job request): refused by its Content-Length, or while it is read."""
+    refuse_declared(request, limit, message)
+    return b"".join([chunk async for chunk in limited_chunks(request, limit, message)])
 
 
 def _unavailable(reason: str) -> HTTPException:
@@ -382,12 +389,9 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
         try:
             folder = Path(tempfile.mkdtemp(dir=service.spool))
             name = upload_name(name or f"upload{suffix}")
-            size = 0
             with open(folder / name, "wb") as handle:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise HTTPException(413, f"upload is over --max-upload-mb {settings.max_upload_mb:g}")
+                async for chunk in limited_chunks(request, max_bytes, f"upload is over --max-upload-mb "
+                                                                      f"{settings.max_upload_mb:g}"):
                     handle.write(chunk)
             future = service.submit(folder / name, name, fields)
             try:

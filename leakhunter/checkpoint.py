@@ -26,7 +26,9 @@ def save_atomic(payload: dict, path: str | Path) -> None:
         torch.save(payload, temporary)
 
 
-FILE_KINDS = ((b"\x89HDF", "an HDF5 file (a dataset?)"), (b"\x08", "an ONNX model (leak export takes its .pth)"),
+# What a file handed over as a checkpoint is instead, by its first bytes (torch.load would call it unsafe pickle)
+FILE_KINDS = ((b"\x89HDF", "an HDF5 file (a dataset?)"),
+              (b"\x08", "an ONNX model, not a .pth checkpoint (leak info describes an .onnx)"),
               (b"RIFF", "a WAV recording"))
 
 

@@ -169,21 +169,18 @@ def evaluate(
         pngs = dict.fromkeys(given)
     report = run_evaluation(model, data, split=split, device=device, threshold=threshold, workers=workers,
                             reference=reference, **pngs)
-    left_out = typer.Exit(3) if report.get("failed_files") else None  # as predict: some files failed
     if as_json:
         print(report_json(report))
-        if left_out:
-            raise left_out
-        return
-    for part in eval_tables(report):
-        console.print(part, highlight=False, markup=False)
-    if not math.isfinite(report["file_auc"]):
-        console.print(f"AUC n/a: {auc_missing_reason(report) or 'undefined on these files'}", highlight=False)
-    drawn = [report[key] for key in pngs if key in report]
-    console.print(f"drawn: {', '.join(drawn)}" if drawn else "no pictures: they need matplotlib, which the scoring "
-                  "install leaves out (pip install 'leakhunter[train]')", highlight=False, markup=False)
-    if left_out:
-        raise left_out
+    else:
+        for part in eval_tables(report):
+            console.print(part, highlight=False, markup=False)
+        if not math.isfinite(report["file_auc"]):
+            console.print(f"AUC n/a: {auc_missing_reason(report) or 'undefined on these files'}", highlight=False)
+        drawn = [report[key] for key in pngs if key in report]
+        console.print(f"drawn: {', '.join(drawn)}" if drawn else "no pictures: they need matplotlib, which the "
+                      "scoring install leaves out (pip install 'leakhunter[train]')", highlight=False, markup=False)
+    if report.get("failed_files"):
+        raise typer.Exit(3)  # as predict: some recordings could not be scored
 
 
 def can_draw() -> bool:

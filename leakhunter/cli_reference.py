@@ -29,10 +29,11 @@ def reference_build(
     from leakhunter.inference.predict import find_inputs, manifest_fields
     from leakhunter.meta import RecordingFields
     from leakhunter.reference import build_reference_table, require_reference_model, thin_sensors
+    from leakhunter.sources import is_pattern
 
     card, _, _ = read_card(model)
     require_reference_model(card, model)
-    absent = [item for item in inputs if not any(char in item for char in "*?[") and not Path(item).exists()]
+    absent = [item for item in inputs if not is_pattern(item) and not Path(item).exists()]
     if absent:  # a table is built from what exists; a typo would otherwise read as "no sensor id"
         raise fail(f"{absent[0]}: no such file or folder")
     paths = find_inputs(inputs)

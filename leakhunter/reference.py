@@ -220,9 +220,11 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
         raise ReferenceError(f"{len(unnamed)} recording(s) carry no sensor id, e.g. {unnamed[0]} ({NO_SENSOR})")
     frontend = FrontEnd(card.frontend, card.segmentation).eval()
 
+    min_rate_in = lowest_input_rate(card.frontend)
+
     def median_of(path: Path) -> np.ndarray:
         audio = load_audio(path, card.frontend.sample_rate, card.channel_policy,
-                           min_samples=card.segmentation.long_samples, min_rate_in=lowest_input_rate(card.frontend))
+                           min_samples=card.segmentation.long_samples, min_rate_in=min_rate_in)
         return samples_median(frontend, audio.samples)
 
     medians, sensors, skipped = [], [], []

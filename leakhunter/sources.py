@@ -47,6 +47,11 @@ def find_audio(folder: str | os.PathLike) -> list[Path]:
                   if is_audio(path) and not path.name.startswith(".") and (path.is_file() or path.is_symlink()))
 
 
+def is_pattern(item: str | os.PathLike) -> bool:
+    """Whether an input is a glob pattern (`night/*.wav`) rather than a path."""
+    return any(char in str(item) for char in "*?[")
+
+
 def printable(text: str) -> str:
     """Text as valid UTF-8: the bytes of a file name that is not UTF-8 (read with surrogate escapes) as \\x
     escapes (`caf\\xe9.wav`), for places that must be UTF-8 (an HDF5 string, an HTTP response)."""

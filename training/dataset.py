@@ -133,13 +133,15 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
                                  maxshape=(None, len(FEATURE_NAMES)), chunks=(16384, len(FEATURE_NAMES)))
     short_file = h5.create_dataset("short/file_index", (0,), dtype="int32", maxshape=(None,), chunks=(65536,))
 
+    min_rate_in = lowest_input_rate(frontend_cfg)
+
     def decode(src: SourceFile):
-        if not _utf8(str(src.path)):
+        if printable(str(src.path)) != str(src.path):  # read from the file system with surrogate escapes
             raise AudioError("decode_error", src.path, "its name is not UTF-8 (bytes of another system's encoding, "
                                                        "e.g. Latin-1 from a network share) and the dataset stores "
                                                        "names as UTF-8: rename it")
         audio = load_audio(src.path, frontend_cfg.sample_rate, channel, min_samples=segmentation.long_samples,
-                           min_rate_in=lowest_input_rate(frontend_cfg))
+                           min_rate_in=min_rate_in)
         try:
             return audio, file_sha256(src.path)
         except OSError as error:  # removed or unreadable since it was decoded: the file's problem, not a bug
@@ -249,11 +251,3 @@ def feature_version(h5: h5py.File) -> int:
     """How /short/features was computed (leakhunter.frontend.FEATURE_VERSION); files written before the
     attribute existed hold version 1."""
     return int(h5.attrs.get("feature_version", 1))
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a name read from the file system with surrogate escapes
-        return False
-    return True
