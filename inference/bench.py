@@ -80,7 +80,10 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
             else:
                 inputs = paths
         else:
-            paths = find_inputs(list(inputs))
+            found = find_inputs(list(inputs))
+            for line in found.empty:
+                say(f"warning: {line}: nothing was timed from it")
+            paths = found.paths
         results, rows = [], []
         for path in models:
             for name in devices_for(path, str(request)):

@@ -129,6 +129,7 @@ class Job:
     verdicts: dict = field(default_factory=dict)
     audio_s: float = 0.0
     exit_code: int | None = None  # as `leak predict`'s: 0 all scored, 3 some files failed, 2 none could be
+    empty_inputs: list[str] = field(default_factory=list)  # inputs that named no audio, one line each
     cancel_asked: bool = field(default=False, repr=False)
 
     def public(self) -> dict:
@@ -259,7 +260,8 @@ class JobStore:
 
         job.scored, job.statuses, job.verdicts, job.audio_s, job.error = 0, {}, {}, 0.0, None
         try:
-            paths = find_inputs([self.under_root(item) for item in job.inputs])
+            found = find_inputs([self.under_root(item) for item in job.inputs])
+            paths, job.empty_inputs = found.paths, [self.for_client(line) for line in found.empty]
             outside = [path for path in paths if not path.is_relative_to(self.data_root)]
             if outside:
                 raise JobError(f"{outside[0]}: outside the data root (a symlink?)", 403)

@@ -29,7 +29,7 @@ from leakhunter.inference.scorer import RecordingDecoder
 
 if TYPE_CHECKING:
     from leakhunter.inference.ray_engine import RayOptions
-from leakhunter.sources import AUDIO_SUFFIXES, Listings, find_audio, is_pattern, read_manifest, resolved
+from leakhunter.sources import AUDIO_SUFFIXES, Listings, find_audio, is_pattern, printable, read_manifest, resolved
 
 
 class PredictError(LeakhunterError, ValueError):
@@ -48,24 +48,40 @@ def manifest_fields(inputs: list[str | Path]) -> dict[Path, dict[str, str]]:
     return listed.fields
 
 
-def find_inputs(inputs: list[str | Path]) -> list[Path]:
+@dataclass(frozen=True)
+class FoundInputs:
+    """The audio paths the inputs name (resolved, each once, in a stable order) and, one line each, the inputs
+    that named none: a folder without audio, a pattern that matched no file, a manifest without rows. Among
+    other inputs such a typo or an empty night's folder would otherwise add nothing and say nothing."""
+    paths: list[Path]
+    empty: list[str]
+
+
+def find_inputs(inputs: list[str | Path]) -> FoundInputs:
     """Files, folders (searched recursively for audio), glob patterns and manifest CSVs (a `path` column,
     relative to the manifest) → audio paths in a stable order, each once."""
     found: list[Path] = []
+    empty: list[str] = []
     for item in map(str, inputs):
         path = Path(item)
         if path.is_dir():
-            found += find_audio(path)
+            named = find_audio(path)
+            why = f"a folder with no audio files ({', '.join(AUDIO_SUFFIXES)})"
         elif path.suffix.lower() == ".csv" and path.is_file():
-            found += [row.path for row in read_manifest(path)]
+            named = [row.path for row in read_manifest(path)]
+            why = "a manifest with no rows"
         elif is_pattern(item):
-            found += sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            named = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            why = "a pattern that matches no file"
         else:
-            found.append(path)  # a missing file still gets its row (status "missing")
+            named, why = [path], ""  # a missing file still gets its row (status "missing")
+        found += named
+        if not named:
+            empty.append(f"{printable(item)}: {why}")
     unique = list(dict.fromkeys(resolved(p) for p in found))
     if not unique:
-        raise PredictError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
-    return unique
+        raise PredictError("no audio files to score: " + "; ".join(empty))
+    return FoundInputs(unique, empty)
 
 
 @dataclass
@@ -78,6 +94,7 @@ class PredictSummary:
     statuses: Counter = field(default_factory=Counter)
     verdicts: Counter = field(default_factory=Counter)
     kept_statuses: Counter = field(default_factory=Counter)  # of the rows --resume kept from the earlier table
+    empty_inputs: list[str] = field(default_factory=list)  # FoundInputs.empty: inputs that named no audio
 
     @property
     def exit_code(self) -> int:
@@ -121,7 +138,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     if ray_options is not None and engine != "ray":
         raise PredictError("Ray options (--address, --actors, --cpus-per-actor, --gpus-per-actor, --files-per-batch) "
                            "need --engine ray")
-    paths = find_inputs(inputs)
+    found = find_inputs(inputs)
     listed = manifest_fields(inputs)  # refused here, before any worker starts
     started = time.perf_counter()
     settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
@@ -137,9 +154,11 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
         scoring.fields.add_manifest(listed)
     with scoring:
         params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
-                  "inputs": [str(i) for i in inputs]}
-        return score_batch(paths, scoring, out=out, resume=resume, retry_failed=retry_failed, on_row=on_row,
-                           params=params, started=started)
+                  "inputs": [str(i) for i in inputs], "empty_inputs": found.empty}
+        summary = score_batch(found.paths, scoring, out=out, resume=resume, retry_failed=retry_failed,
+                              on_row=on_row, params=params, started=started)
+    summary.empty_inputs = found.empty
+    return summary
 
 
 def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None = None, resume: bool = False,

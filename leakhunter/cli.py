@@ -277,6 +277,8 @@ def predict(
 
     if out is None:
         console.print(predict_table(summary.rows, model))
+    for line in summary.empty_inputs:
+        errors.print(f"warning: {line}: nothing was scored from it", highlight=False, markup=False)
     console.print(predict_line(summary, out), highlight=False)
     raise typer.Exit(summary.exit_code)
 

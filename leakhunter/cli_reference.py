@@ -36,7 +36,10 @@ def reference_build(
     absent = [item for item in inputs if not is_pattern(item) and not Path(item).exists()]
     if absent:  # a table is built from what exists; a typo would otherwise read as "no sensor id"
         raise fail(f"{absent[0]}: no such file or folder")
-    paths = find_inputs(inputs)
+    found = find_inputs(inputs)
+    for line in found.empty:
+        errors.print(f"warning: {line}: no recording was taken from it", highlight=False, markup=False)
+    paths = found.paths
     fields = RecordingFields()
     fields.add_manifest(manifest_fields(inputs))
     with progress_bar("reference") as bar:

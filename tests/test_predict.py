@@ -231,11 +231,39 @@ def test_inputs_are_files_folders_globs_and_manifests(night, tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path,site\n{first},x\n")
     found = find_inputs([folder / "broken", str(folder / "S000~*.wav"), manifest, first, tmp_path / "gone.wav"])
-    assert len(found) == len(set(found)) == 20 + 6 + 1  # `first` given three ways counts once
-    assert first.resolve() in found and (tmp_path / "gone.wav").resolve() in found
+    assert len(found.paths) == len(set(found.paths)) == 20 + 6 + 1  # `first` given three ways counts once
+    assert first.resolve() in found.paths and (tmp_path / "gone.wav").resolve() in found.paths
+    assert found.empty == []
     manifest.write_text("file\nx.wav\n")
     with pytest.raises(ManifestError, match=r"lacks column\(s\) path"):
         find_inputs([manifest])
+
+
+def test_an_input_that_names_no_audio_is_said_not_dropped(night, onnx_model, tmp_path):
+    """A typo'd pattern, an empty night's folder or a header-only manifest among other inputs used to add
+    nothing and say nothing: each is named, with why, on the CLI and in params.json; the rest is scored."""
+    folder, _ = night
+    first = sorted(folder.glob("*.wav"))[0]
+    (tmp_path / "night2").mkdir()
+    (tmp_path / "night2" / "notes.txt").write_text("logger offline\n")
+    (tmp_path / "header.csv").write_text("path,label\n")
+    inputs = [str(first), str(tmp_path / "night2"), str(folder / "S999~*.wav"), str(tmp_path / "header.csv")]
+    found = find_inputs(inputs)
+    assert found.paths == [first.resolve()]
+    assert found.empty == [f"{tmp_path / 'night2'}: a folder with no audio files (.wav, .flac, .ogg, .mp3)",
+                           f"{folder / 'S999~*.wav'}: a pattern that matches no file",
+                           f"{tmp_path / 'header.csv'}: a manifest with no rows"]
+    out = tmp_path / "t.csv"
+    result = CliRunner().invoke(app, ["predict", *inputs, "--model", str(onnx_model), "--out", str(out),
+                                      "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    for line in found.empty:
+        assert f"warning: {line}: nothing was scored from it" in " ".join(result.output.split())
+    assert len(rows_of(out)) == 1
+    assert json.loads(out.with_name("t.csv.params.json").read_text())["empty_inputs"] == found.empty
+    with pytest.raises(PredictError, match=r"no audio files to score: .*night2: a folder with no audio files"
+                                           r".*S999~\*\.wav: a pattern that matches no file"):
+        find_inputs(inputs[1:])
 
 
 def _crashy(state, task, emit):

@@ -358,9 +358,11 @@ def test_a_manifest_sensor_id_column_names_the_sensor_where_the_file_name_cannot
     assert result.exit_code == 0, result.output
     built = ReferenceTable.load(tmp_path / "t.json")
     assert built.recordings == {sensor: 3, "S999": 1}
-    by_names = runner.invoke(app, ["reference", "build", *map(str, chosen), "--model", str(model),
-                                   "-o", str(tmp_path / "named.json"), "--workers", "1"])
+    by_names = runner.invoke(app, ["reference", "build", *map(str, chosen), str(night / "*.flac"), "--model",
+                                   str(model), "-o", str(tmp_path / "named.json"), "--workers", "1"])
     assert by_names.exit_code == 0, by_names.output
+    assert (f"warning: {night / '*.flac'}: a pattern that matches no file: no recording was taken from it"
+            in " ".join(by_names.output.split()))
     assert np.array_equal(built.references[sensor], ReferenceTable.load(tmp_path / "named.json").references[sensor])
     result = runner.invoke(app, ["predict", str(night / "manifest.csv"), *map(str, chosen), "--model", str(model),
                                  "--reference", str(reference_table), "--out", str(tmp_path / "p.csv"),

@@ -231,6 +231,11 @@ def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
                            ({"inputs": ["night/"], "out": "other.csv"}, "other.csv")):
         job = wait_job(url, httpx.post(f"{url}/v1/jobs", json=body, timeout=10).json()["id"])
         assert job["state"] == "failed" and expected in job["error"] and str(night[0]) not in job["error"], job
+    first = sorted((night[0] / "night").glob("*.wav"))[0].relative_to(night[0])
+    mixed = wait_job(url, httpx.post(f"{url}/v1/jobs", json={"inputs": ["empty/", str(first)], "out": "f.csv"},
+                                     timeout=10).json()["id"])  # the empty folder is named beside the rows
+    assert mixed["state"] == "done" and mixed["total"] == 1, mixed
+    assert mixed["empty_inputs"] == ["empty: a folder with no audio files (.wav, .flac, .ogg, .mp3)"]
     rows = httpx.get(f"{url}/v1/jobs/{job['id']}/rows", timeout=10)
     assert rows.status_code == 409 and "other.csv" in rows.text and str(night[0]) not in rows.text
 
