@@ -142,9 +142,9 @@ class Job:
 class JobStore:
     """The jobs of one server: validated against the data root, persisted in `folder`, run by run_jobs()."""
 
-    def __init__(self, data_root: Path | None, folder: Path | None, max_jobs: int):
+    def __init__(self, data_root: Path | None, folder: Path | None, max_jobs: int, keep_jobs: int = 1000):
         self.data_root = data_root.resolve() if data_root is not None else None
-        self.folder, self.max_jobs = folder, max_jobs
+        self.folder, self.max_jobs, self.keep_jobs = folder, max_jobs, keep_jobs
         self._lock = threading.Condition()
         self.jobs: dict[str, Job] = {}
         if self.folder is not None:
@@ -158,6 +158,7 @@ class JobStore:
                 if job.state == "running":  # the server stopped under it: it resumes from its table
                     job.state = "queued"
                 self.jobs[job.id] = job
+        self._forget_old()
         self._stopping = False
 
     def under_root(self, relative: str) -> Path:
@@ -199,6 +200,12 @@ class JobStore:
             self._lock.notify_all()
         return job
 
+    def listed(self) -> list[Job]:
+        """Every remembered job, oldest first: a copy taken under the lock (a job submitted or forgotten meanwhile
+        would change the dict under a request thread's iteration)."""
+        with self._lock:
+            return sorted(self.jobs.values(), key=lambda job: job.seq)
+
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
@@ -213,6 +220,7 @@ class JobStore:
             if job.state == "queued":
                 job.state, job.finished = "cancelled", _now()
                 self._save(job)
+                self._forget_old()
             elif job.state == "running":
                 job.cancel_asked = True
         return job
@@ -293,6 +301,20 @@ class JobStore:
         with self._lock:
             job.finished = _now() if job.state != "queued" else None
             self._save_or_log(job)
+            self._forget_old()
+
+    def _forget_old(self) -> None:
+        """Keep the newest `keep_jobs` finished jobs; older ones leave memory and the jobs folder (their tables
+        stay), so a server that runs a job a minute for a year neither grows nor lists them all."""
+        finished = sorted((job for job in self.jobs.values() if job.state not in ACTIVE_STATES),
+                          key=lambda job: (job.finished or "", job.seq), reverse=True)
+        for job in finished[self.keep_jobs:]:
+            del self.jobs[job.id]
+            if self.folder is not None:
+                try:
+                    (self.folder / f"{job.id}.json").unlink(missing_ok=True)
+                except OSError as error:  # read-only or gone: it is forgotten in memory all the same
+                    log.error("job %s: cannot remove its record (%s)", job.id, error)
 
     def _save_or_log(self, job: Job) -> None:
         """In the jobs thread: a full disk must not end it; the state stays in memory and in the log."""

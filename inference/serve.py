@@ -66,6 +66,7 @@ class ServeSettings:
     max_upload_mb: float = 200.0
     max_queue: int = 32  # uploads admitted at once (being received, waiting or being scored)
     max_jobs: int = 16  # folder jobs queued or running
+    keep_jobs: int = 1000  # finished jobs remembered (the newest); older records are removed, their tables kept
     request_timeout: float = 300.0  # seconds an upload may wait for its row
     decoder_class: type[RecordingDecoder] = RecordingDecoder  # as predict(): importable by the worker processes
 
@@ -75,7 +76,7 @@ class ServeSettings:
         if self.sensitivity is not None and self.threshold is not None:
             raise InputError(f"--sensitivity {self.sensitivity} and --threshold {self.threshold:g} both choose the "
                              f"threshold: give one of them")
-        for name in ("workers", "max_queue", "max_jobs"):
+        for name in ("workers", "max_queue", "max_jobs", "keep_jobs"):
             if getattr(self, name) < (0 if name == "workers" else 1):
                 raise InputError(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}")
         if self.max_upload_mb <= 0 or self.request_timeout <= 0:
@@ -113,7 +114,7 @@ class Service:
         self.not_ready = "loading the model"  # None once ready
         self.fatal: Exception | None = None
         self.turns = Turns()
-        self.jobs = JobStore(settings.data_root, settings.jobs_dir, settings.max_jobs)
+        self.jobs = JobStore(settings.data_root, settings.jobs_dir, settings.max_jobs, settings.keep_jobs)
         self.spool = Path(tempfile.mkdtemp(prefix="leakhunter-serve-"))
         self._admitted = 0
         self._pending: list[_Upload] = []
@@ -431,7 +432,7 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
 
     @app.get("/v1/jobs")
     def list_jobs() -> dict:
-        return {"jobs": [job.public() for job in sorted(service.jobs.jobs.values(), key=lambda job: job.seq)]}
+        return {"jobs": [job.public() for job in service.jobs.listed()]}
 
     @app.get("/v1/jobs/{job_id}")
     def get_job(job_id: str) -> dict:

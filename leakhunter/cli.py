@@ -353,6 +353,8 @@ def serve(
     max_upload_mb: float = typer.Option(200.0, help="Largest upload; a larger one gets 413."),
     max_queue: int = typer.Option(32, help="Uploads taken on at once; more get 503 with Retry-After."),
     max_jobs: int = typer.Option(16, help="Folder jobs queued or running; more get 503 with Retry-After."),
+    keep_jobs: int = typer.Option(1000, help="Finished jobs remembered, the newest; older ones are forgotten "
+                                             "(their records removed from --jobs-dir, their tables kept)."),
     request_timeout: float = typer.Option(300.0, help="Seconds an upload may wait for its row (then 504)."),
     file_timeout: float = typer.Option(60.0, help="Seconds one file may go without progress (then `timeout`); below "
                                                   "--request-timeout."),
@@ -379,7 +381,7 @@ def serve(
                              threshold=threshold, sensitivity=sensitivity, vote_fraction=vote_fraction,
                              channel=channel, batch_rows=batch_rows, meta_missing=meta_missing, reference=reference,
                              data_root=data_root, jobs_dir=jobs_dir, max_upload_mb=max_upload_mb, max_queue=max_queue,
-                             max_jobs=max_jobs, request_timeout=request_timeout)
+                             max_jobs=max_jobs, keep_jobs=keep_jobs, request_timeout=request_timeout)
     run_server(settings, host=host, port=port, log_level=log_level)
 
 

@@ -24,6 +24,7 @@ from servers import free_port, wait_ready
 from test_predict import broken_files, write_recording
 from test_predict_runs import FaultyDecoder
 
+from leakhunter.inference.jobs import JobError, JobStore
 from leakhunter.inference.predict import predict
 from leakhunter.inference.serve import ServeSettings, Service, create_app
 from leakhunter.synth import synth_recording
@@ -308,6 +309,25 @@ def test_a_failed_batch_tells_each_client_its_own_upload_only(model, night, monk
             assert f"client{i}.wav" in detail and f"client{1 - i}.wav" not in detail and "another upload" in detail
 
 
+def test_only_the_newest_finished_jobs_are_remembered(tmp_path):
+    """A server that runs a job a minute kept every record in memory and in its jobs folder, and listed them all:
+    beyond --keep-jobs the oldest finished ones are forgotten, queued ones never; the tables are not touched."""
+    folder = tmp_path / "jobs"
+    store = JobStore(tmp_path, folder, max_jobs=16, keep_jobs=2)
+    jobs = [store.submit(["night/"], f"t{i}.csv", retry_failed=True) for i in range(4)]
+    (tmp_path / "t0.csv").write_text("file\n")
+    for job in jobs[:3]:  # cancelled while queued: finished, in one second, so the order is the submission's
+        store.cancel(job.id)
+    assert [job.id for job in store.listed()] == [job.id for job in jobs[1:]]
+    assert sorted(path.stem for path in folder.glob("*.json")) == sorted(job.id for job in jobs[1:])
+    assert (tmp_path / "t0.csv").exists()
+    with pytest.raises(JobError, match=f"no job {jobs[0].id}"):
+        store.get(jobs[0].id)
+    restarted = JobStore(tmp_path, folder, max_jobs=16, keep_jobs=1)  # a lower setting applies at start
+    assert [(job.id, job.state) for job in restarted.listed()] == [(jobs[2].id, "cancelled"), (jobs[3].id, "queued")]
+    assert sorted(path.stem for path in folder.glob("*.json")) == sorted([jobs[2].id, jobs[3].id])
+
+
 def test_without_a_data_root_folder_jobs_are_off(model):
     with running(model=model, workers=0) as (url, _):
         response = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "x.csv"})
@@ -424,3 +444,5 @@ def test_settings_that_cannot_work_are_refused(model, tmp_path):
         ServeSettings(model=model, jobs_dir=tmp_path)
     with pytest.raises(InputError, match="not a folder"):
         ServeSettings(model=model, data_root=tmp_path / "nope")
+    with pytest.raises(InputError, match="--keep-jobs must be >= 1"):
+        ServeSettings(model=model, keep_jobs=0)
