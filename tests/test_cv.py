@@ -3,6 +3,7 @@ choose what it is judged with, the final model and its card, and H016 (an optimi
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def sites_dataset(tmp_path_factory):
     return build_dataset(manifest, root / "data.h5", val=0.2, test=0.2, seed=0, workers=2).output
 
 
-def test_cross_validation_trains_every_fold_then_the_final_model(sites_dataset, tmp_path):
+def test_cross_validation_trains_every_fold_then_the_final_model(sites_dataset, tmp_path, monkeypatch):
     out = tmp_path / "cv"
     lines = []
     config = quick_config(sites_dataset, out, mode="binary", epochs=3)
@@ -105,9 +106,10 @@ def test_cross_validation_trains_every_fold_then_the_final_model(sites_dataset, 
     fold_health = json.loads((out / "folds" / "fold_1" / "health.json").read_text())
     assert fold_health["status"] != "fail"
 
-    (out / "best.pth").unlink()  # a rerun reloads the finished folds instead of training them again
+    (out / "best.pth").unlink()  # a rerun reloads the finished folds instead of training them again,
+    monkeypatch.chdir(sites_dataset.parent)  # also from another folder, the data spelt another way
     again = []
-    rerun = cross_validate(config, 3, log=again.append)
+    rerun = cross_validate(replace(config, data=sites_dataset.name), 3, log=again.append)
     assert sum("done before" in line for line in again) == 3
     assert rerun.card.training["cv"]["pooled"] == cv["pooled"]
 

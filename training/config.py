@@ -158,6 +158,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def learning_settings(self) -> dict[str, Any]:
+        """The settings that decide what a finished fold or stage learnt, for its resume key: not where the run
+        writes, how strictly it is checked, its evaluation batch, nor how the data path is spelt (the key holds
+        the data's fingerprint instead, so the same command from another folder reuses the finished work)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("data", "out", "strict", "eval_batch_size")}
+
 
 def available_memory() -> int:
     """Bytes of RAM available to new allocations (MemAvailable), else total physical RAM."""

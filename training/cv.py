@@ -189,6 +189,7 @@ class CrossValidation:
             raise FileExistsError(f"{self.out} already holds a run; choose another --out")
         data = LeakData(config.data, config.mode, max_memory=config.max_memory, reference=config.card_reference())
         self.folds = deal_folds(data, k, config.seed)
+        self.data_fingerprint = data.fingerprint
         self.pool, self.test = np.sort(np.concatenate(self.folds)), data.splits["test"].file_index
         self.groups = [sorted({data.groups[i] for i in fold}) for fold in self.folds]
         self.baseline_rows, self.baseline_pooled = baseline_estimate(data, self.folds)
@@ -198,8 +199,8 @@ class CrossValidation:
         data.close()
 
     def _key(self, fold: int) -> str:
-        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("out", "strict", "eval_batch_size")}
-        text = json.dumps([settings, self.k, fold, self.folds[fold].tolist()], sort_keys=True)
+        text = json.dumps([self.config.learning_settings(), self.data_fingerprint, self.k, fold,
+                           self.folds[fold].tolist()], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def run_fold(self, fold: int) -> HeldOut:

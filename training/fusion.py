@@ -250,7 +250,7 @@ class FusionRun:
     def _key(self, stage: Stage) -> str:
         """What a finished stage was made from: the settings, the data (its fingerprint and feature version) and
         the checkpoints it started from, so a rebuilt dataset or a retrained stage 0 trains the stage again."""
-        settings = {k: v for k, v in self.config.to_dict().items() if k not in ("out", "strict", "eval_batch_size")}
+        settings = self.config.learning_settings()
         sources = {str(name): file_sha256(path) for name, path in
                    [*sorted(stage.transfer.items()), ("start_from", stage.start_from)] if path is not None}
         text = json.dumps([settings, stage.name, self.inputs.fingerprint, FEATURE_VERSION, sources], sort_keys=True)
