@@ -80,6 +80,7 @@ class Audio:
     resampled: bool          # True when sample_rate_in != sample_rate
     clipped: bool            # flagged, never fatal
     duration_s: float        # duration of the file as decoded (frames_in / sample_rate_in)
+    silent_channels: tuple[int, ...] = ()  # of a "mean" mix: channels silent throughout that lowered it
 
 
 def parse_channel_policy(text: str | int) -> str | int:
@@ -328,7 +329,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     return Audio(samples=samples, sample_rate=sample_rate, sample_rate_in=info.sample_rate_in,
                  channels_in=info.channels_in, channel_policy=info.channel_policy, resampled=info.resampled,
-                 clipped=stream.clipped, duration_s=stream.frames_read / info.sample_rate_in)
+                 clipped=stream.clipped, duration_s=stream.frames_read / info.sample_rate_in,
+                 silent_channels=tuple(stream.silent_channels))
 
 
 def _check_format(path: Path, container: str) -> None:

@@ -68,6 +68,11 @@ def data_build(
         console.print(f"[yellow]{report.skipped_summary()}[/]", highlight=False)
         for error in report.skipped:
             console.print(f"  {error}", highlight=False)
+    if report.dead_channel_files:
+        from leakhunter.training.dataset import dead_channel_warning
+
+        console.print(f"warning: {dead_channel_warning(report.dead_channel_files)}", style="yellow", highlight=False,
+                      markup=False)
 
 
 @command(data_app, "check")

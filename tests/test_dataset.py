@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from typer.testing import CliRunner
 
 from leakhunter.audio import load_audio
 from leakhunter.card import STANDARD_CLASSES, preset
+from leakhunter.cli import app
 from leakhunter.errors import LeakhunterError
 from leakhunter.frontend import FEATURE_NAMES, FrontEnd
 from leakhunter.sources import ManifestError, find_sources
@@ -118,10 +120,6 @@ def test_more_skipped_than_the_allowed_fraction_fails_and_keeps_the_old_file(ten
 
 
 def test_cli_build_summary_counts_reasons_and_takes_the_fraction_option(ten_files, tmp_path):
-    from typer.testing import CliRunner
-
-    from leakhunter.cli import app
-
     root = two_broken_of_ten(ten_files, tmp_path / "corpus")
     runner = CliRunner()
     args = ["data", "build", str(root), "-o", str(tmp_path / "d.h5"), "--val", "0", "--test", "0"]
@@ -306,3 +304,28 @@ def test_stereo_and_rates_are_recorded(tmp_path):
         assert h5["files/sample_rate_in"][:].tolist() == [48000, 16000]
         assert h5["files/channels_in"][:].tolist() == [2, 1]
         np.testing.assert_allclose(h5["files/duration_s"][:], [2.0, 2.0])
+
+
+def test_a_dead_channel_averaged_into_a_training_file_is_flagged(tmp_path):
+    """A dead hydrophone of a pair lowered a `mean` mix by 6 dB and the network learnt that pipe quieter, without
+    a word: the build names the file, the dataset records it, and `leak data check` warns from it."""
+    root = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    live = rng.standard_normal(16000 * 2) * 0.1
+    for label, name, channels in (("LEAK", "pair.wav", [live, np.zeros_like(live)]), ("LEAK", "both.wav", [live, live]),
+                                  ("NORMAL", "mono.wav", [live * 0.1])):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        soundfile.write(root / label / name, np.stack(channels, axis=1), 16000)
+    report = build_dataset(root, tmp_path / "d.h5", val=0, test=0)
+    assert report.dead_channel_files == [root / "LEAK" / "pair.wav"]
+    with h5py.File(tmp_path / "d.h5") as h5:
+        assert dict(zip(h5["files/path"].asstr()[:], h5["files/silent_channels"][:].tolist())) == {
+            str(root / "LEAK" / "both.wav"): 0, str(root / "LEAK" / "pair.wav"): 1, str(root / "NORMAL" / "mono.wav"): 0}
+    warning = f"1 file(s) averaged in a channel silent throughout (a dead sensor of a pair: the mean is 6 dB or more " \
+              f"under the live channel), e.g. {root / 'LEAK' / 'pair.wav'}; build them with --channel N"
+    assert warning in check_dataset(tmp_path / "d.h5").warnings
+    result = CliRunner().invoke(app, ["data", "build", str(root), "-o", str(tmp_path / "again.h5"), "--val", "0",
+                                      "--test", "0"])
+    assert result.exit_code == 0 and f"warning: {warning}" in " ".join(result.output.split()), result.output
+    first = build_dataset(root, tmp_path / "first.h5", val=0, test=0, channel="first")
+    assert first.dead_channel_files == []  # one channel chosen: nothing averaged in

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from leakhunter.errors import InputError
-from leakhunter.training.dataset import dataset_configs, open_dataset
+from leakhunter.training.dataset import dataset_configs, dead_channel_warning, open_dataset
 from leakhunter.training.splits import SPLITS, crossing_keys
 
 
@@ -38,6 +38,8 @@ def check_dataset(path: str | Path) -> DatasetReport:
                                                           "short_count", "clipped")}
         skipped = list(zip(*(h5["skipped"][k].asstr()[:] for k in ("path", "reason", "detail"))))
         preset = str(h5.attrs.get("preset", "?"))
+        n_files = len(files["path"])  # older datasets lack silent_channels
+        silent_channels = h5["files/silent_channels"][:] if "files/silent_channels" in h5 else np.zeros(n_files)
     paths = [p.decode() if isinstance(p, bytes) else p for p in files["path"]]
     groups = [g.decode() if isinstance(g, bytes) else g for g in files["group"]]
     split, label = files["split"], files["label"]
@@ -66,6 +68,9 @@ def check_dataset(path: str | Path) -> DatasetReport:
     duplicates = len(files["sha256"]) - len(set(files["sha256"]))
     if duplicates:
         report.warnings.append(f"{duplicates} file(s) repeat the bytes of another file in the same split")
+    dead = [path for path, n in zip(paths, silent_channels) if n]
+    if dead:
+        report.warnings.append(dead_channel_warning(dead))
     if files["clipped"].any():
         report.warnings.append(f"{int(files['clipped'].sum())} file(s) are clipped (>= 0.1 % samples at full scale)")
     if skipped:
