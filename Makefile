@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-slow lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -33,7 +33,10 @@ demo: setup
 		--out $(DEMO)/scores.csv --sensitivity high --timeline
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check .

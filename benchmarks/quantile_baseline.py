@@ -12,10 +12,8 @@ import argparse
 
 import numpy as np
 
-from leakhunter.training.baseline import fit_logistic
-from leakhunter.training.cv import deal_folds, file_report
+from leakhunter.training.cv import baseline_verdicts, deal_folds, file_report
 from leakhunter.training.data import LeakData
-from leakhunter.voting import calibrate_threshold
 
 STATISTICS = {"median": ("p50",), "10th percentile": ("p10",), "25th percentile": ("p25",),
               "median + 10th": ("p50", "p10"), "median + 10th + 90th": ("p50", "p10", "p90"),
@@ -35,22 +33,6 @@ def statistic(frames: np.ndarray, name: str) -> np.ndarray:
     return frames.std(axis=0) if name == "std" else np.percentile(frames, int(name[1:]), axis=0)
 
 
-def held_out(data: LeakData, folds: list[np.ndarray], features: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(truth, verdict, P(LEAK)) of every fold's files: fitted on the other folds, thresholded on their
-    held-out predictions (training/cv.py's baseline_estimate, with other features)."""
-    probs = []
-    for i, fold in enumerate(folds):
-        rest = np.concatenate([other for j, other in enumerate(folds) if j != i])
-        probs.append(fit_logistic(features[rest], data.file_is_leak[rest]).leak_prob(features[fold]))
-    truths = [data.file_is_leak[fold] for fold in folds]
-    verdicts = []
-    for i in range(len(folds)):
-        prob = np.concatenate([p for j, p in enumerate(probs) if j != i])
-        truth = np.concatenate([t for j, t in enumerate(truths) if j != i])
-        verdicts.append(probs[i] >= calibrate_threshold(prob, np.arange(len(prob)), truth, 0.5)[0])
-    return np.concatenate(truths), np.concatenate(verdicts), np.concatenate(probs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="+", help="Dataset files of `sites` corpora (benchmarks/levers.sh builds them).")
@@ -64,7 +46,7 @@ def main() -> None:
         frames = file_frames(data)
         for name, parts in STATISTICS.items():
             features = np.array([np.concatenate([statistic(f, part) for part in parts]) for f in frames])
-            pooled[name].append(held_out(data, folds, features))
+            pooled[name].append([np.concatenate(parts) for parts in baseline_verdicts(data, folds, features)])
             report = file_report(*pooled[name][-1])
             print(f"{path}: {name}: F1 {report['file_f1']:.3f} AUC {report['file_auc']:.3f} "
                   f"({report['n_files']} files)", flush=True)

@@ -82,7 +82,7 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
         else:
             found = find_inputs(list(inputs))
             for line in found.empty:
-                say(f"warning: {line}: nothing was timed from it")
+                say(f"warning: {line}: nothing is timed from it")
             paths = found.paths
         results, rows = [], []
         for path in models:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import uuid
 from collections import deque
@@ -177,7 +178,10 @@ class JobStore:
 
     def for_client(self, text: str) -> str:
         """A message as a client may read it: paths under the data root relative to it, as requests give them."""
-        return text if self.data_root is None else text.replace(f"{self.data_root}{os.sep}", "")
+        if self.data_root is None:
+            return text
+        root = re.escape(str(self.data_root))  # the root itself (an input ".") is "."; /data/x is no prefix of /data/xy
+        return re.sub(f"{root}(?=[:;,'\"\\s)]|$)", ".", re.sub(f"{root}{re.escape(os.sep)}", "", text))
 
     def submit(self, inputs: list[str], out: str, retry_failed: bool) -> Job:
         for item in [*inputs, out]:
@@ -267,9 +271,10 @@ class JobStore:
                 raise JobCancelled
 
         job.scored, job.statuses, job.verdicts, job.audio_s, job.error = 0, {}, {}, 0.0, None
+        state, error_text, outcome = "failed", None, None
         try:
-            found = find_inputs([self.under_root(item) for item in job.inputs])
-            paths, job.empty_inputs = found.paths, [self.for_client(line) for line in found.empty]
+            found = find_inputs([self.under_root(item) for item in job.inputs], names=job.inputs)
+            paths, job.empty_inputs = found.paths, found.empty
             outside = [path for path in paths if not path.is_relative_to(self.data_root)]
             if outside:
                 raise JobError(f"{outside[0]}: outside the data root (a symlink?)", 403)
@@ -282,31 +287,35 @@ class JobStore:
             try:
                 summary = score_batch(paths, _JobEngine(engine, turns), out=self.under_root(job.out), resume=True,
                                       retry_failed=job.retry_failed, on_row=progress,
-                                      params={**params, "job": job.id, "inputs": job.inputs})
+                                      params={**params, "job": job.id, "inputs": job.inputs,
+                                              "empty_inputs": found.empty})
             finally:
                 if listed:
                     engine.fields.forget(listed)
-            job.skipped, job.exit_code, job.state = summary.skipped, summary.exit_code, "done"
+            state, outcome = "done", (summary.skipped, summary.exit_code)
         except JobCancelled:  # asked for, or the server is stopping: then the next start resumes it
-            job.state = "queued" if self._stopping else "cancelled"
+            state = "queued" if self._stopping else "cancelled"
         except Exception as error:  # noqa: BLE001 - a job's failure is that job's state; the server goes on
             if self._stopping:  # the engine closed under it: not the job's fault, the next start resumes it
                 log.warning("job %s stopped with the server (%s); the next start resumes it", job.id, error)
-                job.state = "queued"
+                state = "queued"
             else:
                 if not isinstance(error, LeakhunterError):
                     log.exception("job %s failed", job.id)
-                job.state, job.error = "failed", self.for_client(str(error) if isinstance(error, LeakhunterError)
-                                                                 else f"{type(error).__name__}: {error}")
-        with self._lock:
-            job.finished = _now() if job.state != "queued" else None
+                error_text = self.for_client(str(error) if isinstance(error, LeakhunterError)
+                                             else f"{type(error).__name__}: {error}")
+        with self._lock:  # state and finish time change together: _forget_old must never see one without the other
+            job.state, job.error = state, error_text
+            if outcome is not None:
+                job.skipped, job.exit_code = outcome
+            job.finished = _now() if state != "queued" else None
             self._save_or_log(job)
             self._forget_old()
 
     def _forget_old(self) -> None:
         """Keep the newest `keep_jobs` finished jobs; older ones leave memory and the jobs folder (their tables
         stay), so a server that runs a job a minute for a year neither grows nor lists them all."""
-        finished = sorted((job for job in self.jobs.values() if job.state not in ACTIVE_STATES),
+        finished = sorted((job for job in self.jobs.values() if job.state not in ACTIVE_STATES and job.finished),
                           key=lambda job: (job.finished or "", job.seq), reverse=True)
         for job in finished[self.keep_jobs:]:
             del self.jobs[job.id]

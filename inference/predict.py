@@ -57,12 +57,13 @@ class FoundInputs:
     empty: list[str]
 
 
-def find_inputs(inputs: list[str | Path]) -> FoundInputs:
+def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> FoundInputs:
     """Files, folders (searched recursively for audio), glob patterns and manifest CSVs (a `path` column,
-    relative to the manifest) → audio paths in a stable order, each once."""
+    relative to the manifest) → audio paths in a stable order, each once. `names`: how the messages call each
+    input (a service's inputs as its client gave them, not as resolved under its data root)."""
     found: list[Path] = []
     empty: list[str] = []
-    for item in map(str, inputs):
+    for item, name in zip(map(str, inputs), names or inputs):
         path = Path(item)
         if path.is_dir():
             named = find_audio(path)
@@ -77,7 +78,7 @@ def find_inputs(inputs: list[str | Path]) -> FoundInputs:
             named, why = [path], ""  # a missing file still gets its row (status "missing")
         found += named
         if not named:
-            empty.append(f"{printable(item)}: {why}")
+            empty.append(f"{printable(str(name))}: {why}")
     unique = list(dict.fromkeys(resolved(p) for p in found))
     if not unique:
         raise PredictError("no audio files to score: " + "; ".join(empty))
@@ -113,7 +114,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
             retry_failed: bool = True, batch_rows: int | None = None,
             decoder_class: type[RecordingDecoder] = RecordingDecoder, engine: str = "local",
             ray_options: RayOptions | None = None, sensitivity: str | None = None, meta: str | Path | None = None,
-            meta_missing: str = "score", reference: str | Path | None = None) -> PredictSummary:
+            meta_missing: str = "score", reference: str | Path | None = None,
+            warn: Callable[[str], None] | None = None) -> PredictSummary:
     """Score every input file; rows go to `out` (.csv or .jsonl) as they are produced and are returned.
 
     resume: keep the rows already in `out` and score the rest; rows of files that timed out, crashed
@@ -127,6 +129,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     among `inputs` (local engine), then the file names; "fail" refuses a recording with an unknown field.
     reference: a reference model's table of sensor references (`leak reference build`); a recording is judged
     against the reference of the sensor its logger name names (status no_reference when the table lacks it).
+    warn: told, before anything is scored, of each input that named no audio (also in the summary).
     """
     if timeline and out is None:
         raise PredictError("--timeline needs --out: the timeline is written beside the table, as "
@@ -139,6 +142,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
         raise PredictError("Ray options (--address, --actors, --cpus-per-actor, --gpus-per-actor, --files-per-batch) "
                            "need --engine ray")
     found = find_inputs(inputs)
+    for line in found.empty if warn is not None else ():
+        warn(f"{line}: nothing is scored from it")
     listed = manifest_fields(inputs)  # refused here, before any worker starts
     started = time.perf_counter()
     settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,

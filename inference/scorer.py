@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import leakhunter
-from leakhunter.audio import AudioError, open_audio, parse_channel_policy
+from leakhunter.audio import AudioError, open_audio, parse_channel_policy, silent_mix_note
 from leakhunter.card import MODES, FrontendConfig, ModelCard, SegmentationConfig
 from leakhunter.errors import InputError
 from leakhunter.inference.outputs import columns_for
@@ -154,15 +154,9 @@ class FileResult:
 
 
 def dead_channels_note(decoded: Decoded) -> str:
-    """What a row says when silent channels were averaged in: the mix is 20·log10(all / live) dB under the live
-    channels, which the model reads as a quieter pipe."""
-    dead = decoded.silent_channels
-    if not dead:
-        return ""
-    live = decoded.channels_in - len(dead)
-    return (f"channel{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {decoded.channels_in} silent: "
-            f"the mean is {20 * math.log10(decoded.channels_in / live):.1f} dB under the live "
-            f"channel{'s' if live > 1 else ''}; score one with --channel N")
+    """What a row says when silent channels were averaged in, and what to do about it."""
+    note = silent_mix_note(decoded.silent_channels, decoded.channels_in)
+    return f"{note}; score one with --channel N" if note else ""
 
 
 def check_options(threshold: float | None = None, vote_fraction: float | None = None, workers: int | None = None,

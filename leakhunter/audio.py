@@ -83,6 +83,17 @@ class Audio:
     silent_channels: tuple[int, ...] = ()  # of a "mean" mix: channels silent throughout that lowered it
 
 
+def silent_mix_note(silent: tuple[int, ...] | list[int], channels_in: int) -> str:
+    """How far a "mean" mix that averaged in channels silent throughout sits under its live channels:
+    20·log10(all / live) dB (6.0 for a dead one of a pair, 3.5 for one of three), which a model reads as a
+    quieter pipe; "" when none was."""
+    if not silent:
+        return ""
+    live = channels_in - len(silent)
+    return (f"channel{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} of {channels_in} silent: "
+            f"the mean is {20 * math.log10(channels_in / live):.1f} dB under the live channel{'s' if live > 1 else ''}")
+
+
 def parse_channel_policy(text: str | int) -> str | int:
     """'first', 'mean' or a channel index ('0', '1', 2 ...). Anything else: ValueError with the allowed values."""
     if isinstance(text, (int, np.integer)) and not isinstance(text, bool) and text >= 0:

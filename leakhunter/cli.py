@@ -272,13 +272,12 @@ def predict(
                               vote_fraction=vote_fraction, workers=workers, file_timeout=file_timeout,
                               resume=resume, timeline=timeline, channel=channel, on_row=advance,
                               retry_failed=retry_failed, batch_rows=batch_rows, engine=engine,
-                              ray_options=ray_options, meta=meta, meta_missing=meta_missing, reference=reference)
+                              ray_options=ray_options, meta=meta, meta_missing=meta_missing, reference=reference,
+                              warn=lambda text: errors.print(f"warning: {text}", highlight=False, markup=False))
     from leakhunter.eval_tables import predict_line, predict_table
 
     if out is None:
         console.print(predict_table(summary.rows, model))
-    for line in summary.empty_inputs:
-        errors.print(f"warning: {line}: nothing was scored from it", highlight=False, markup=False)
     console.print(predict_line(summary, out), highlight=False)
     raise typer.Exit(summary.exit_code)
 

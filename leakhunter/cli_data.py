@@ -68,10 +68,10 @@ def data_build(
         console.print(f"[yellow]{report.skipped_summary()}[/]", highlight=False)
         for error in report.skipped:
             console.print(f"  {error}", highlight=False)
-    if report.dead_channel_files:
+    if report.dead_channels:
         from leakhunter.training.dataset import dead_channel_warning
 
-        console.print(f"warning: {dead_channel_warning(report.dead_channel_files)}", style="yellow", highlight=False,
+        console.print(f"warning: {dead_channel_warning(report.dead_channels)}", style="yellow", highlight=False,
                       markup=False)
 
 

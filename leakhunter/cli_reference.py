@@ -38,7 +38,7 @@ def reference_build(
         raise fail(f"{absent[0]}: no such file or folder")
     found = find_inputs(inputs)
     for line in found.empty:
-        errors.print(f"warning: {line}: no recording was taken from it", highlight=False, markup=False)
+        errors.print(f"warning: {line}: no recording is taken from it", highlight=False, markup=False)
     paths = found.paths
     fields = RecordingFields()
     fields.add_manifest(manifest_fields(inputs))

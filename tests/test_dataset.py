@@ -20,7 +20,8 @@ from leakhunter.errors import LeakhunterError
 from leakhunter.frontend import FEATURE_NAMES, FrontEnd
 from leakhunter.sources import ManifestError, find_sources
 from leakhunter.training.check import check_dataset
-from leakhunter.training.dataset import DatasetError, build_dataset, class_order, dataset_configs
+from leakhunter.training.data import LeakData
+from leakhunter.training.dataset import DatasetError, build_dataset, class_order, dataset_configs, dead_channel_warning
 from leakhunter.training.splits import SplitError
 
 
@@ -308,24 +309,31 @@ def test_stereo_and_rates_are_recorded(tmp_path):
 
 def test_a_dead_channel_averaged_into_a_training_file_is_flagged(tmp_path):
     """A dead hydrophone of a pair lowered a `mean` mix by 6 dB and the network learnt that pipe quieter, without
-    a word: the build names the file, the dataset records it, and `leak data check` warns from it."""
+    a word: the build names a file, which channel and by how much, the dataset records the channels, and `leak
+    data check` warns from them. Built again with another channel policy it is other data for every resume key."""
     root = tmp_path / "src"
     rng = np.random.default_rng(0)
     live = rng.standard_normal(16000 * 2) * 0.1
-    for label, name, channels in (("LEAK", "pair.wav", [live, np.zeros_like(live)]), ("LEAK", "both.wav", [live, live]),
-                                  ("NORMAL", "mono.wav", [live * 0.1])):
+    silent = np.zeros_like(live)
+    for label, name, channels in (("LEAK", "pair.wav", [live, silent]), ("LEAK", "both.wav", [live, live]),
+                                  ("LEAK", "three.wav", [live, live, silent]), ("NORMAL", "mono.wav", [live * 0.1])):
         (root / label).mkdir(parents=True, exist_ok=True)
         soundfile.write(root / label / name, np.stack(channels, axis=1), 16000)
     report = build_dataset(root, tmp_path / "d.h5", val=0, test=0)
-    assert report.dead_channel_files == [root / "LEAK" / "pair.wav"]
+    assert report.dead_channels == [(root / "LEAK" / "pair.wav", 0b10, 2), (root / "LEAK" / "three.wav", 0b100, 3)]
     with h5py.File(tmp_path / "d.h5") as h5:
         assert dict(zip(h5["files/path"].asstr()[:], h5["files/silent_channels"][:].tolist())) == {
-            str(root / "LEAK" / "both.wav"): 0, str(root / "LEAK" / "pair.wav"): 1, str(root / "NORMAL" / "mono.wav"): 0}
-    warning = f"1 file(s) averaged in a channel silent throughout (a dead sensor of a pair: the mean is 6 dB or more " \
-              f"under the live channel), e.g. {root / 'LEAK' / 'pair.wav'}; build them with --channel N"
+            str(root / "LEAK" / "both.wav"): 0, str(root / "LEAK" / "pair.wav"): 0b10,
+            str(root / "LEAK" / "three.wav"): 0b100, str(root / "NORMAL" / "mono.wav"): 0}
+    warning = (f"2 file(s) averaged in a channel silent throughout, e.g. {root / 'LEAK' / 'pair.wav'} (channel 1 of "
+               f"2 silent: the mean is 6.0 dB under the live channel); build them with --channel N, a live one")
     assert warning in check_dataset(tmp_path / "d.h5").warnings
+    assert "channel 2 of 3 silent: the mean is 3.5 dB under the live channels" in dead_channel_warning(
+        report.dead_channels[1:])
     result = CliRunner().invoke(app, ["data", "build", str(root), "-o", str(tmp_path / "again.h5"), "--val", "0",
                                       "--test", "0"])
     assert result.exit_code == 0 and f"warning: {warning}" in " ".join(result.output.split()), result.output
     first = build_dataset(root, tmp_path / "first.h5", val=0, test=0, channel="first")
-    assert first.dead_channel_files == []  # one channel chosen: nothing averaged in
+    assert first.dead_channels == []  # one channel chosen: nothing averaged in
+    mean, first = LeakData(tmp_path / "d.h5", "binary"), LeakData(tmp_path / "first.h5", "binary")
+    assert mean.fingerprint == first.fingerprint and mean.content_fingerprint != first.content_fingerprint

@@ -236,7 +236,8 @@ def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
     mixed = wait_job(url, httpx.post(f"{url}/v1/jobs", json={"inputs": ["empty/", str(first)], "out": "f.csv"},
                                      timeout=10).json()["id"])  # the empty folder is named beside the rows
     assert mixed["state"] == "done" and mixed["total"] == 1, mixed
-    assert mixed["empty_inputs"] == ["empty: a folder with no audio files (.wav, .flac, .ogg, .mp3)"]
+    assert mixed["empty_inputs"] == ["empty/: a folder with no audio files (.wav, .flac, .ogg, .mp3)"]  # as given
+    assert json.loads((night[0] / "f.csv.params.json").read_text())["empty_inputs"] == mixed["empty_inputs"]
     rows = httpx.get(f"{url}/v1/jobs/{job['id']}/rows", timeout=10)
     assert rows.status_code == 409 and "other.csv" in rows.text and str(night[0]) not in rows.text
 
@@ -323,9 +324,17 @@ def test_only_the_newest_finished_jobs_are_remembered(tmp_path):
     assert (tmp_path / "t0.csv").exists()
     with pytest.raises(JobError, match=f"no job {jobs[0].id}"):
         store.get(jobs[0].id)
+    finishing = store.submit(["night/"], "t9.csv", retry_failed=True)
+    finishing.state = "done"  # as a job thread mid-finish might leave it: not yet finished, so not forgettable
+    store.cancel(jobs[3].id)
+    assert finishing.id in store.jobs and jobs[1].id not in store.jobs
+    finishing.state, finishing.finished = "queued", None
     restarted = JobStore(tmp_path, folder, max_jobs=16, keep_jobs=1)  # a lower setting applies at start
-    assert [(job.id, job.state) for job in restarted.listed()] == [(jobs[2].id, "cancelled"), (jobs[3].id, "queued")]
-    assert sorted(path.stem for path in folder.glob("*.json")) == sorted([jobs[2].id, jobs[3].id])
+    assert [(job.id, job.state) for job in restarted.listed()] == [(jobs[3].id, "cancelled"), (finishing.id, "queued")]
+    assert sorted(path.stem for path in folder.glob("*.json")) == sorted([jobs[3].id, finishing.id])
+    # what clients read never names the data root: the root itself is "."; a sibling that shares its prefix stays
+    assert store.for_client(f"no audio files to score: {tmp_path}: a folder") == "no audio files to score: .: a folder"
+    assert store.for_client(f"{tmp_path}/night/a.wav; {tmp_path}x/b.wav") == f"night/a.wav; {tmp_path}x/b.wav"
 
 
 def test_without_a_data_root_folder_jobs_are_off(model):

@@ -97,13 +97,17 @@ def fit_baseline(data, splits=("val", "test")) -> BaselineResult:
         name: file_metrics(data.splits[name].file_is_leak, probs[name], threshold) for name in splits})
 
 
-def held_out_probabilities(data, folds: list[np.ndarray]) -> list[np.ndarray]:
+def held_out_probabilities(data, folds: list[np.ndarray], features: np.ndarray | None = None) -> list[np.ndarray]:
     """The baseline's P(LEAK) for each fold's files (dataset file indices), fitted on the other folds' files:
     the baseline's side of grouped cross-validation (training/cv.py). A training side without LEAK or
-    non-LEAK files gives NaN (nothing to fit)."""
-    every = data.subset(np.concatenate(folds))
-    medians = data.file_mel_medians(every)
-    position = {int(f): i for i, f in enumerate(every.file_index)}
+    non-LEAK files gives NaN (nothing to fit). `features` [every dataset file, ...] replaces the median log-mels
+    (benchmarks/quantile_baseline.py fits other statistics the same way)."""
+    if features is None:
+        every = data.subset(np.concatenate(folds))
+        medians = data.file_mel_medians(every)
+        position = {int(f): i for i, f in enumerate(every.file_index)}
+    else:
+        medians, position = features, {int(f): int(f) for f in np.concatenate(folds)}
     is_leak = data.file_is_leak
     probs = []
     for fold in folds:

@@ -35,7 +35,7 @@ def check_dataset(path: str | Path) -> DatasetReport:
     with open_dataset(path) as h5:
         _, _, class_names = dataset_configs(h5)
         files = {name: h5["files"][name][:] for name in ("label", "split", "group", "sha256", "path", "duration_s",
-                                                          "short_count", "clipped")}
+                                                          "short_count", "clipped", "channels_in")}
         skipped = list(zip(*(h5["skipped"][k].asstr()[:] for k in ("path", "reason", "detail"))))
         preset = str(h5.attrs.get("preset", "?"))
         n_files = len(files["path"])  # older datasets lack silent_channels
@@ -68,7 +68,7 @@ def check_dataset(path: str | Path) -> DatasetReport:
     duplicates = len(files["sha256"]) - len(set(files["sha256"]))
     if duplicates:
         report.warnings.append(f"{duplicates} file(s) repeat the bytes of another file in the same split")
-    dead = [path for path, n in zip(paths, silent_channels) if n]
+    dead = [(path, int(mask), int(n)) for path, mask, n in zip(paths, silent_channels, files["channels_in"]) if mask]
     if dead:
         report.warnings.append(dead_channel_warning(dead))
     if files["clipped"].any():

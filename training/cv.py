@@ -128,21 +128,27 @@ def deal_folds(data: LeakData, k: int, seed: int) -> list[np.ndarray]:
     return [np.sort(pool[codes == fold]) for fold in range(k)]
 
 
-def baseline_estimate(data: LeakData, folds: list[np.ndarray]) -> tuple[list[dict], dict]:
-    """The baseline's per-fold and pooled metrics, each fold fitted on the other folds and judged at the
-    threshold chosen on their held-out predictions."""
-    probs = held_out_probabilities(data, folds)
+def baseline_verdicts(data: LeakData, folds: list[np.ndarray], features: np.ndarray | None = None):
+    """(truth, verdict, P(LEAK)) per fold: the baseline fitted on the other folds (on `features` instead of the
+    median log-mels when given) and judged at the threshold chosen on their held-out predictions."""
+    probs = held_out_probabilities(data, folds, features)
     truth_of = [data.file_is_leak[fold] for fold in folds]
-    rows, verdicts = [], []
-    for i, (prob, truth) in enumerate(zip(probs, truth_of)):
+    verdicts = []
+    for i, prob in enumerate(probs):
         others = [j for j in range(len(folds)) if j != i and np.isfinite(probs[j]).all()]
         threshold = calibrate_threshold(np.concatenate([probs[j] for j in others]), np.arange(
             sum(len(folds[j]) for j in others)), np.concatenate([truth_of[j] for j in others]), 0.5)[0] \
             if others else 0.5
         verdicts.append(np.nan_to_num(prob, nan=0.0) >= threshold)
-        rows.append(file_report(truth, verdicts[-1], np.nan_to_num(prob, nan=0.0)) | {"fold": i + 1})
-    return rows, file_report(np.concatenate(truth_of), np.concatenate(verdicts),
-                             np.nan_to_num(np.concatenate(probs), nan=0.0))
+    return truth_of, verdicts, [np.nan_to_num(prob, nan=0.0) for prob in probs]
+
+
+def baseline_estimate(data: LeakData, folds: list[np.ndarray]) -> tuple[list[dict], dict]:
+    """The baseline's per-fold and pooled metrics, each fold fitted on the other folds and judged at the
+    threshold chosen on their held-out predictions."""
+    truths, verdicts, probs = baseline_verdicts(data, folds)
+    rows = [file_report(*fold) | {"fold": i + 1} for i, fold in enumerate(zip(truths, verdicts, probs))]
+    return rows, file_report(np.concatenate(truths), np.concatenate(verdicts), np.concatenate(probs))
 
 
 def split_check(data: LeakData, split_f1: float, seed: int, k: int = 5) -> list:
@@ -189,7 +195,7 @@ class CrossValidation:
             raise FileExistsError(f"{self.out} already holds a run; choose another --out")
         data = LeakData(config.data, config.mode, max_memory=config.max_memory, reference=config.card_reference())
         self.folds = deal_folds(data, k, config.seed)
-        self.data_fingerprint = data.fingerprint
+        self.data_fingerprint = data.content_fingerprint
         self.pool, self.test = np.sort(np.concatenate(self.folds)), data.splits["test"].file_index
         self.groups = [sorted({data.groups[i] for i in fold}) for fold in self.folds]
         self.baseline_rows, self.baseline_pooled = baseline_estimate(data, self.folds)

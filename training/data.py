@@ -97,6 +97,11 @@ class LeakData:
         self.fingerprint = hashlib.sha256(
             files["sha256"].tobytes() + files["split"].tobytes() + json.dumps(self.frontend.__dict__).encode()
             + json.dumps(self.segmentation.__dict__).encode()).hexdigest()[:16]
+        # what else the build decided, for the resume keys of --cv folds and fusion stages: a dataset rebuilt
+        # from the same files and split with other labels, another channel mix or other meta is other data
+        self.content_fingerprint = hashlib.sha256(
+            self.fingerprint.encode() + files["label"].tobytes() + json.dumps(
+                [self.channel_policy, list(self.dataset_classes), self.meta_json]).encode()).hexdigest()[:16]
         self.planned = split_files is not None  # a cross-validation fold or final model (training/cv.py)
         if split_files is None:
             split_files = {name: np.flatnonzero(files["split"] == code) for code, name in enumerate(SPLITS)}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import leakhunter
-from leakhunter.audio import AudioError, load_audio, parse_channel_policy, read_many
+from leakhunter.audio import AudioError, load_audio, parse_channel_policy, read_many, silent_mix_note
 from leakhunter.card import STANDARD_CLASSES, FrontendConfig, SegmentationConfig, preset
 from leakhunter.errors import DatasetError
 from leakhunter.files import atomic_path
@@ -45,7 +45,8 @@ class BuildReport:
     hours: float
     skipped: list[AudioError]
     files_per_split: dict[str, int]
-    dead_channel_files: list[Path] = field(default_factory=list)  # a "mean" mix averaged in a silent channel
+    dead_channels: list[tuple[Path, int, int]] = field(default_factory=list)  # (path, mask, channels) of files
+    # whose "mean" mix averaged in a channel silent throughout
 
     def skipped_by_reason(self) -> dict[str, int]:
         return skipped_counts(self.skipped)
@@ -66,16 +67,23 @@ class _FileFacts:
     sample_rate_in: int
     channels_in: int
     clipped: bool
-    silent_channels: int  # channels silent throughout that a "mean" mix averaged in
+    silent_channels: int  # the channels silent throughout that a "mean" mix averaged in (silent_channel_mask)
     sha256: str
 
 
-def dead_channel_warning(paths: list) -> str:
-    """What `leak data build` and `leak data check` say of files whose "mean" mix averaged in a channel silent
-    throughout: kept (the recording is real), but the mix is 6 dB or more under the live channel, so the network
-    learns those pipes quieter than they are."""
-    return (f"{len(paths)} file(s) averaged in a channel silent throughout (a dead sensor of a pair: the mean is 6 dB "
-            f"or more under the live channel), e.g. {printable(str(paths[0]))}; build them with --channel N")
+def silent_channel_mask(channels: tuple[int, ...]) -> int:
+    """Channels as the bits of `/files/silent_channels` (channel i is bit i; the first 63 channels)."""
+    return sum(1 << channel for channel in channels if channel < 63)
+
+
+def dead_channel_warning(files: list[tuple[str, int, int]]) -> str:
+    """What `leak data build` and `leak data check` say of files (path, silent channel mask, channels) whose "mean"
+    mix averaged in a channel silent throughout: kept (the recording is real), but the network would learn those
+    pipes quieter than they are."""
+    path, mask, channels_in = files[0]
+    note = silent_mix_note([i for i in range(min(channels_in, 63)) if mask >> i & 1], channels_in)
+    return (f"{len(files)} file(s) averaged in a channel silent throughout, e.g. {printable(str(path))} ({note}); "
+            f"build them with --channel N, a live one")
 
 
 def skipped_counts(skipped: list[AudioError]) -> dict[str, int]:
@@ -181,7 +189,7 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
             long_file.append(np.full(plan.n_long, len(kept), np.int32))
             long_short_start.append(n_short + plan.long_first_short)
             rows.append(_FileFacts(n_long, plan.n_long, n_short, count, audio.duration_s, audio.sample_rate_in,
-                                   audio.channels_in, audio.clipped, len(audio.silent_channels), sha))
+                                   audio.channels_in, audio.clipped, silent_channel_mask(audio.silent_channels), sha))
             kept.append(src)
             n_short += count
             n_long += plan.n_long
@@ -213,7 +221,7 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         "sample_rate_in": np.array([r.sample_rate_in for r in rows], np.int32),
         "channels_in": np.array([r.channels_in for r in rows], np.int16),
         "clipped": np.array([r.clipped for r in rows], bool),
-        "silent_channels": np.array([r.silent_channels for r in rows], np.int16),
+        "silent_channels": np.array([r.silent_channels for r in rows], np.int64),
         "long_start": np.array([r.long_start for r in rows], np.int64),
         "long_count": np.array([r.long_count for r in rows], np.int32),
         "short_start": np.array([r.short_start for r in rows], np.int64),
@@ -232,7 +240,7 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         output=Path(), class_names=class_names, n_files=len(kept), n_long=n_long, n_short=n_short,
         hours=float(columns["duration_s"].sum() / 3600), skipped=skipped,
         files_per_split={name: int((splits == code).sum()) for code, name in enumerate(SPLITS)},
-        dead_channel_files=[s.path for s, r in zip(kept, rows) if r.silent_channels],
+        dead_channels=[(s.path, r.silent_channels, r.channels_in) for s, r in zip(kept, rows) if r.silent_channels],
     )
 
 

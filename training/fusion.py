@@ -53,7 +53,7 @@ class FusionInputs:
     feature_mean: np.ndarray
     feature_std: np.ndarray
     leakage: tuple = ()  # H004 findings on the meta fields (meta_leakage_findings)
-    fingerprint: str = ""  # the dataset's (LeakData.fingerprint): a rebuilt dataset retrains every stage
+    fingerprint: str = ""  # the dataset's (LeakData.content_fingerprint): a rebuilt dataset retrains every stage
 
     @classmethod
     def fit(cls, config: TrainConfig) -> FusionInputs:
@@ -83,7 +83,7 @@ class FusionInputs:
         finally:
             data.close()
         return cls(branches, prior, meta, meta_rows, mean.astype(np.float32), std.astype(np.float32),
-                   tuple(leakage), data.fingerprint)
+                   tuple(leakage), data.content_fingerprint)
 
     def card(self) -> dict:
         """The card's `branches`: what each branch reads and how it is normalised (predict needs the same)."""
