@@ -181,7 +181,7 @@ def bench_one(model: Path, device: str, inputs: list[str | Path], paths: list[Pa
         started = time.perf_counter()
         for index, path in enumerate(paths):
             contexts[index], _, refused = engine.recording_context(path)
-            if refused is not None and path.is_file():  # predict refuses it undecoded (else the decoder says why)
+            if refused is not None:  # predict refuses it undecoded
                 failed[index] = refused[0]
                 continue
             try:

@@ -437,8 +437,10 @@ class ScoringEngine:
                 placed.state.scored(placed.index, leak, classes)
 
     def recording_context(self, path: Path) -> tuple[np.ndarray | None, dict[str, str], tuple[str, str] | None]:
-        """This engine's `recording_context` of a recording (the function below)."""
-        return recording_context(self.fields, self.meta, self.meta_missing, self.reference, path)
+        """This engine's `recording_context` of a recording (the function above); a refusal only for a file that
+        is there: a missing or unreadable one gets the decoder's reason instead."""
+        context, columns, refused = recording_context(self.fields, self.meta, self.meta_missing, self.reference, path)
+        return context, columns, refused if refused is not None and path.is_file() else None
 
     def recording_columns(self, path: Path) -> dict[str, str]:
         """What a row says about its recording's per-recording input (score_batch's resume keys use it)."""
@@ -448,7 +450,7 @@ class ScoringEngine:
         """A recording about to be scored, with its per-recording input for a model that takes one."""
         context, columns, refused = self.recording_context(path)
         state = _FileState(path, context, columns, stamp=file_stamp(path))
-        if refused is not None and path.is_file():  # else the decoder says why
+        if refused is not None:
             state.fail(*refused)
         return state
 
