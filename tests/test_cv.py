@@ -138,3 +138,43 @@ def test_the_baseline_of_each_fold_is_fitted_on_the_other_folds_alone(sites_data
     for fold, rest, prob in ((folds[0], folds[1], probs[0]), (folds[1], folds[0], probs[1])):
         model = fit_logistic(data.file_mel_medians(data.subset(rest)), data.file_is_leak[rest])
         np.testing.assert_allclose(prob, model.leak_prob(data.file_mel_medians(data.subset(fold))), rtol=1e-6)
+
+
+class Interrupt(Exception):
+    """A kill, or a health check that stops the run."""
+
+
+def test_a_final_model_that_was_stopped_is_trained_again_by_the_same_command(sites_dataset, tmp_path, monkeypatch):
+    """A final model stopped by a health check left best.pth behind, and rerunning the command said the folder
+    'already holds a run'. Now the rerun reloads the folds and trains the final model again; its in-sample
+    validation only warns on H007/H008 (the cross-validation measured it); a finished run is still refused."""
+    import leakhunter.training.trainer as trainer_module
+    from leakhunter.training.trainer import IN_SAMPLE_NOTE, Trainer
+
+    out = tmp_path / "cv"
+    config = quick_config(sites_dataset, out, mode="binary", epochs=2)
+    measured_by = []
+    findings = trainer_module.epoch_findings
+    monkeypatch.setattr(trainer_module, "epoch_findings",
+                        lambda *args, **kwargs: measured_by.append(kwargs["measured_by"]) or findings(*args, **kwargs))
+    write_epoch = Trainer._write_epoch
+
+    def stop_the_final_model(self, epoch, row, improved):
+        write_epoch(self, epoch, row, improved)
+        if self.data.validation_in_sample():
+            raise Interrupt
+
+    monkeypatch.setattr(Trainer, "_write_epoch", stop_the_final_model)
+    with pytest.raises(Interrupt):
+        cross_validate(config, 3, log=lambda line: None)
+    assert (out / "best.pth").exists() and not (out / "cv.json").exists()
+    assert IN_SAMPLE_NOTE not in measured_by  # the folds are judged as held-out folds
+    monkeypatch.setattr(Trainer, "_write_epoch", write_epoch)
+    lines = []
+    result = cross_validate(config, 3, log=lines.append)
+    assert sum("done before" in line for line in lines) == 3
+    assert any("did not finish before: it is trained again" in line for line in lines)
+    assert (out / "cv.json").exists() and result.card.training["cv"]["k"] == 3
+    assert measured_by[-1] == IN_SAMPLE_NOTE
+    with pytest.raises(FileExistsError, match="already holds a finished cross-validation"):
+        cross_validate(config, 3, log=lambda line: None)

@@ -191,8 +191,8 @@ class CrossValidation:
             raise InputError("leak train --cv runs in one process; start it without torchrun")
         self.out = Path(config.out or f"runs/{config.mode}-cv-{datetime.now():%Y%m%d-%H%M%S}")
         self.config, self.k, self.log = replace(config, out=str(self.out)), k, log
-        if (self.out / "best.pth").exists():
-            raise FileExistsError(f"{self.out} already holds a run; choose another --out")
+        if (self.out / "cv.json").exists():  # written last: a final model stopped before it is trained again
+            raise FileExistsError(f"{self.out} already holds a finished cross-validation; choose another --out")
         data = LeakData(config.data, config.mode, max_memory=config.max_memory, reference=config.card_reference())
         self.folds = deal_folds(data, k, config.seed)
         self.data_fingerprint = data.content_fingerprint
@@ -262,6 +262,10 @@ class CrossValidation:
         plan = RunPlan(label="final model", split_files={"train": self.pool.tolist(), "val": self.pool.tolist(),
                                                          "test": self.test.tolist()},
                        stop_after=epoch, threshold=threshold)
+        if (self.out / "best.pth").exists():  # a final model stopped before it finished (a kill, a health check)
+            self.log(f"the final model in {self.out} did not finish before: it is trained again")
+            (self.out / "best.pth").unlink()
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
         trainer = Trainer(self.config, log=self.log, plan=plan)
         result = trainer.fit()
         trainer.data.close()

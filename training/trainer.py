@@ -149,6 +149,10 @@ def _resume_config(payload: dict, overrides: dict, source: Path) -> TrainConfig:
     return replace(saved, **{k: changed[k] for k in changed})
 
 
+IN_SAMPLE_NOTE = ("on the final model's in-sample validation, which selects nothing: the cross-validation "
+                  "measured it, at its chosen threshold")
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, resume: str | Path | None = None, overrides: dict | None = None,
                  log=print, plan: RunPlan | None = None, on_epoch=None, stage=None):
@@ -390,7 +394,8 @@ class Trainer:
             self._check(epoch_findings(self.history, self.card.class_names,
                                        truth_shares(self.data.splits["val"], len(self.card.class_names)),
                                        self.trivial_loss, held_out_fold=self.data.held_out_fold(),
-                                       measured_by="" if self.stage is None else self.stage.measured_by))
+                                       measured_by=self.stage.measured_by if self.stage is not None else
+                                       IN_SAMPLE_NOTE if self.data.validation_in_sample() else ""))
             if self.on_epoch is not None:
                 self.on_epoch(self, epoch)
             if epoch - self.best_epoch >= config.patience:
