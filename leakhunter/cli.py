@@ -140,6 +140,9 @@ def evaluate(
     reference: Path = typer.Option(None, help="A reference model scored on recordings (an .onnx, or a manifest or "
                                               "folders): its table of sensor references (leak reference build)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    group_column: str = typer.Option(None, help="A manifest's column that names each file's group for the per-group "
+                                                "table (e.g. site), instead of group (else sensor_id, else the logger "
+                                                "name)."),
     confusion_png: Path = typer.Option(None, help="Where to draw the confusion matrix (default beside the model)."),
     roc_png: Path = typer.Option(None, help="Where to draw the ROC curve (default beside the model)."),
     pr_png: Path = typer.Option(None, help="Where to draw the precision-recall curve (default beside the model)."),
@@ -168,7 +171,7 @@ def evaluate(
     else:  # the scoring install evaluates, and draws nothing
         pngs = dict.fromkeys(given)
     report = run_evaluation(model, data, split=split, device=device, threshold=threshold, workers=workers,
-                            reference=reference, **pngs)
+                            reference=reference, group_column=group_column, **pngs)
     if as_json:
         print(report_json(report))
     else:

@@ -52,6 +52,8 @@ def data_build(
     channel: str = typer.Option("mean", help="Channel policy: mean, first, or a channel index."),
     max_skipped_fraction: float = typer.Option(
         0.05, help="Fail (keeping any previous output) when more than this fraction of the files is skipped."),
+    group_column: str = typer.Option(None, help="The manifest column that names each file's group (e.g. site), "
+                                                "instead of group (else sensor_id, else the logger name)."),
 ):
     """Decode, segment and featurise a labelled corpus into one HDF5 file, split by group."""
     from leakhunter.training.dataset import build_dataset
@@ -60,6 +62,7 @@ def data_build(
         task = bar.add_task("build", total=None)
         report = build_dataset(source, output, preset_name=preset, val=val, test=test, workers=workers,
                                seed=seed, channel=channel, max_skipped_fraction=max_skipped_fraction,
+                               group_column=group_column,
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     splits = ", ".join(f"{n} {name}" for name, n in report.files_per_split.items())
     console.print(f"wrote {report.output}: {report.n_files} files ({splits}), {report.hours:.2f} h, "
@@ -68,6 +71,8 @@ def data_build(
         console.print(f"[yellow]{report.skipped_summary()}[/]", highlight=False)
         for error in report.skipped:
             console.print(f"  {error}", highlight=False)
+    if report.lone_groups:
+        console.print(f"warning: {report.lone_groups}", style="yellow", highlight=False, markup=False)
     if report.dead_channels:
         from leakhunter.training.dataset import dead_channel_warning
 

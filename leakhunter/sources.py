@@ -149,13 +149,17 @@ class SourceFile:
     group_from: str = ""  # where its group came from: "group column", "sensor_id column", "logger name", "file"
 
 
-def find_sources(source: str | os.PathLike) -> list[SourceFile]:
-    """A manifest CSV (path,label[,group][,split], extra columns kept) or a tree SRC/<CLASS>/**/*.wav."""
+def find_sources(source: str | os.PathLike, group_column: str | None = None) -> list[SourceFile]:
+    """A manifest CSV (path,label[,group][,split], extra columns kept) or a tree SRC/<CLASS>/**/*.wav.
+    `group_column`: the manifest column that names each file's group (a `site`, a `pipe`) instead of `group`."""
     source = Path(source)
     if source.is_file():
-        return _read_manifest(source)
+        return _read_manifest(source, group_column)
     if not source.is_dir():
         raise DatasetError(f"{source}: no such file or folder")
+    if group_column:
+        raise DatasetError(f"{source}: --group-column {group_column} names a manifest column, and this is a folder "
+                           f"of class folders (their files are grouped by logger name)")
     files = []
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files += [SourceFile(resolved(path), class_dir.name.upper(), group_from_name(path),
@@ -166,20 +170,37 @@ def find_sources(source: str | os.PathLike) -> list[SourceFile]:
     return files
 
 
+def lone_groups_warning(lone: int, total: int, metas: list[dict[str, str]]) -> str | None:
+    """When at least half the files are each their own group: splits and --cv then cannot keep a site's recordings
+    together, and every validation figure mixes sites. Names the manifest columns that could be the site (2 or
+    more values, each shared by 2 files on average), e.g. a `site` column that is not called `group`."""
+    if total < 4 or 2 * lone < total:
+        return None
+    columns = sorted({key for meta in metas for key in meta})
+    values = {key: {meta[key] for meta in metas if meta.get(key)} for key in columns}
+    candidates = [f"{key} ({len(seen)} values)" for key, seen in values.items() if 2 <= len(seen) <= total // 2]
+    return (f"{lone} of {total} files are each their own group (no group or sensor_id column, no logger name): "
+            f"splits and --cv cannot keep one site's recordings together, so validation and the cross-validated "
+            f"estimate mix sites and come out optimistic; "
+            + (f"a column that could name the site: {', '.join(candidates)}; build with --group-column NAME"
+               if candidates else "list the recordings in a manifest with a group column (each one's site or sensor)"))
+
+
 def _name_group_from(path: Path) -> str:
     return "logger name" if logger_fields(path) else "file"
 
 
-def _read_manifest(manifest: Path) -> list[SourceFile]:
+def _read_manifest(manifest: Path, group_column: str | None = None) -> list[SourceFile]:
     listed = Listings()
-    for row in read_manifest(manifest, required=("path", "label")):
+    for row in read_manifest(manifest, required=("path", "label", *([group_column] if group_column else []))):
         listed.add(manifest, row)
     files = []
     for path, fields in listed.fields.items():
         split = fields.get("split", "").lower() or None
         if split is not None and split not in SPLITS:
             raise DatasetError(f"{listed.where[path]}: split {split!r} is not one of {', '.join(SPLITS)}")
-        column = next((name for name in ("group", "sensor_id") if fields.get(name)), None)
+        column = next((name for name in ((group_column,) if group_column else ("group", "sensor_id"))
+                       if fields.get(name)), None)
         group = fields[column] if column else group_from_name(path)
         meta = {k: v for k, v in fields.items() if k not in ("path", "label", "group", "split")}
         files.append(SourceFile(path, fields["label"].upper(), group, split, meta,

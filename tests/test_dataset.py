@@ -337,3 +337,43 @@ def test_a_dead_channel_averaged_into_a_training_file_is_flagged(tmp_path):
     assert first.dead_channels == []  # one channel chosen: nothing averaged in
     mean, first = LeakData(tmp_path / "d.h5", "binary"), LeakData(tmp_path / "first.h5", "binary")
     assert mean.fingerprint == first.fingerprint and mean.content_fingerprint != first.content_fingerprint
+
+
+def test_a_site_column_not_called_group_is_named_and_can_group_the_splits(small_corpus, tmp_path):
+    """A colleague's manifest said `site`, not `group`: every file became its own group, the splits and --cv mixed
+    sites, and nothing said so. The build and `leak data check` now warn and name the column that could be the
+    site; --group-column site groups by it (build and eval); a missing or empty cell of it is refused."""
+    rows = list(csv.DictReader(open(small_corpus.manifest)))
+    (tmp_path / "plain").mkdir()
+    lines = ["path,label,site,notes"]
+    for i, row in enumerate(rows):  # plain names: no logger name to fall back on
+        shutil.copy(small_corpus.root / row["path"], tmp_path / "plain" / f"rec_{i:03d}.wav")
+        lines.append(f'plain/rec_{i:03d}.wav,{row["label"]},site {i % 8},"checked, {i}"')
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    report = build_dataset(manifest, tmp_path / "mixed.h5", workers=2)
+    assert report.lone_groups == (
+        f"{len(rows)} of {len(rows)} files are each their own group (no group or sensor_id column, no logger name): "
+        "splits and --cv cannot keep one site's recordings together, so validation and the cross-validated estimate "
+        "mix sites and come out optimistic; a column that could name the site: site (8 values); build with "
+        "--group-column NAME")  # notes has a value per file: not a site
+    assert report.lone_groups in check_dataset(tmp_path / "mixed.h5").warnings
+    result = CliRunner().invoke(app, ["data", "build", str(manifest), "-o", str(tmp_path / "sites.h5"),
+                                      "--group-column", "site"])
+    assert result.exit_code == 0 and "own group" not in result.output, result.output
+    with h5py.File(tmp_path / "sites.h5") as h5:
+        groups, split = h5["files/group"].asstr()[:], h5["files/split"][:]
+        assert h5.attrs["group_column"] == "site"
+    assert set(groups) == {f"site {i}" for i in range(8)}
+    assert all(len(set(split[groups == g])) == 1 for g in set(groups))  # each site in one split
+    assert not any("own group" in w for w in check_dataset(tmp_path / "sites.h5").warnings)
+    from leakhunter.training.eval_sources import source_files
+
+    assert source_files(manifest, "site").group_from == f"the manifest's site column ({len(rows)} files)"
+    manifest.write_text("\n".join(lines[:2] + [lines[2].replace(",site 1,", ",,")]) + "\n")
+    with pytest.raises(ManifestError, match=r"manifest.csv:3: empty site"):
+        find_sources(manifest, "site")
+    with pytest.raises(ManifestError, match=r"lacks column\(s\) pipe"):
+        find_sources(manifest, "pipe")
+    with pytest.raises(LeakhunterError, match="names a manifest column, and this is a folder"):
+        find_sources(small_corpus.root, "site")

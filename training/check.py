@@ -6,12 +6,14 @@ Run before training (`leak data check`); the same problems make training refuse 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from leakhunter.errors import InputError
+from leakhunter.sources import lone_groups_warning
 from leakhunter.training.dataset import dataset_configs, dead_channel_warning, open_dataset
 from leakhunter.training.splits import SPLITS, crossing_keys
 
@@ -38,7 +40,8 @@ def check_dataset(path: str | Path) -> DatasetReport:
                                                           "short_count", "clipped", "channels_in")}
         skipped = list(zip(*(h5["skipped"][k].asstr()[:] for k in ("path", "reason", "detail"))))
         preset = str(h5.attrs.get("preset", "?"))
-        n_files = len(files["path"])  # older datasets lack silent_channels
+        n_files = len(files["path"])  # older datasets lack silent_channels and meta
+        metas = h5["files/meta"].asstr()[:] if "files/meta" in h5 else ["{}"] * n_files
         silent_channels = h5["files/silent_channels"][:] if "files/silent_channels" in h5 else np.zeros(n_files)
     paths = [p.decode() if isinstance(p, bytes) else p for p in files["path"]]
     groups = [g.decode() if isinstance(g, bytes) else g for g in files["group"]]
@@ -68,6 +71,10 @@ def check_dataset(path: str | Path) -> DatasetReport:
     duplicates = len(files["sha256"]) - len(set(files["sha256"]))
     if duplicates:
         report.warnings.append(f"{duplicates} file(s) repeat the bytes of another file in the same split")
+    lone = sum(n for n in Counter(groups).values() if n == 1)
+    lone_groups = lone_groups_warning(lone, len(groups), [json.loads(meta) for meta in metas])
+    if lone_groups:
+        report.warnings.append(lone_groups)
     dead = [(path, int(mask), int(n)) for path, mask, n in zip(paths, silent_channels, files["channels_in"]) if mask]
     if dead:
         report.warnings.append(dead_channel_warning(dead))

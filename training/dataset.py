@@ -27,7 +27,7 @@ from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION, FrontEnd
 from leakhunter.mel import lowest_input_rate
 from leakhunter.segments import plan_segments
-from leakhunter.sources import SourceFile, find_sources, printable
+from leakhunter.sources import SourceFile, find_sources, lone_groups_warning, printable
 from leakhunter.training.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
@@ -47,6 +47,7 @@ class BuildReport:
     files_per_split: dict[str, int]
     dead_channels: list[tuple[Path, int, int]] = field(default_factory=list)  # (path, mask, channels) of files
     # whose "mean" mix averaged in a channel silent throughout
+    lone_groups: str | None = None  # sources.lone_groups_warning: most files their own group
 
     def skipped_by_reason(self) -> dict[str, int]:
         return skipped_counts(self.skipped)
@@ -110,14 +111,15 @@ def class_order(labels) -> tuple[str, ...]:
 def build_dataset(source, output, preset_name: str = "short", val: float = 0.15, test: float = 0.15,
                   workers: int = 2, seed: int = 0, channel: str | int = "mean",
                   progress: Callable[[int, int], None] | None = None,
-                  max_skipped_fraction: float = MAX_SKIPPED_FRACTION) -> BuildReport:
+                  max_skipped_fraction: float = MAX_SKIPPED_FRACTION, group_column: str | None = None) -> BuildReport:
     """Decode every file (in `workers` threads), segment and featurise it, split, write `output` atomically.
 
-    More than `max_skipped_fraction` of the files skipped fails the build (the old `output` is kept)."""
+    More than `max_skipped_fraction` of the files skipped fails the build (the old `output` is kept).
+    `group_column`: the manifest column that names each file's group (site, sensor) instead of `group`."""
     if not 0 <= max_skipped_fraction <= 1:
         raise DatasetError(f"max_skipped_fraction must be in [0, 1], got {max_skipped_fraction!r}")
     frontend_cfg, segmentation = preset(preset_name)
-    sources = find_sources(source)
+    sources = find_sources(source, group_column)
     class_names = class_order(s.label for s in sources)
     output = Path(output)
     with atomic_path(output) as temporary, h5py.File(temporary, "w") as h5:  # an old output survives a failure
@@ -125,8 +127,10 @@ def build_dataset(source, output, preset_name: str = "short", val: float = 0.15,
                         channel, progress, max_skipped_fraction)
         h5.attrs.update({"source": str(Path(source).resolve()), "preset": preset_name,
                          "channel_policy": str(parse_channel_policy(channel)), "split_seed": seed,
-                         "split_fractions": json.dumps({"val": val, "test": test})})
+                         "split_fractions": json.dumps({"val": val, "test": test}), "group_column": group_column or ""})
     report.output = output
+    report.lone_groups = lone_groups_warning(sum(s.group_from == "file" for s in sources), len(sources),
+                                             [s.meta for s in sources])
     return report
 
 

@@ -58,7 +58,12 @@ GROUP_FROM = {"group column": "the manifest's group column", "sensor_id column":
               "logger name": "the sensor id in the logger file name", "file": "each file its own group"}
 
 
-def source_files(data: str | Path) -> LabelledFiles:
+def group_origin(origin: str) -> str:
+    """How a report names where files' groups came from (SourceFile.group_from)."""
+    return GROUP_FROM.get(origin) or f"the manifest's {origin}"
+
+
+def source_files(data: str | Path, group_column: str | None = None) -> LabelledFiles:
     """A manifest CSV (path, label, optional group; as `leak data build` reads it) or a class-folder tree
     SRC/<CLASS>/**/*.wav. Groups: the manifest's `group` column, else its `sensor_id` column, else the logger
     sensor id of a file named `sensor~recording~time~gain`, else the file itself. A path listed twice is
@@ -67,13 +72,13 @@ def source_files(data: str | Path) -> LabelledFiles:
 
     data = Path(data)
     unique = {}
-    for source in find_sources(data):
+    for source in find_sources(data, group_column):
         unique.setdefault(source.path, source)
     files = list(unique.values())
     manifest = data.is_file()
     return LabelledFiles(paths=[f.path for f in files], labels=[f.label for f in files],
                          groups=[f.group for f in files], source="manifest" if manifest else "class folders",
-                         group_from=", ".join(f"{GROUP_FROM[origin]} ({count} file{'s' if count > 1 else ''})"
+                         group_from=", ".join(f"{group_origin(origin)} ({count} file{'s' if count > 1 else ''})"
                                               for origin, count in Counter(f.group_from for f in files).most_common()),
                          meta=[f.meta for f in files])
 

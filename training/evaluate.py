@@ -96,7 +96,7 @@ def evaluate_split(split, probs: np.ndarray, leak_prob: np.ndarray, class_names,
 def evaluate(model: str | Path, data: str | Path, split: str = "test", device: str = "auto",
              threshold: float | None = None, confusion_png: str | Path | None = None,
              roc_png: str | Path | None = None, pr_png: str | Path | None = None, workers: int = 2,
-             reference: str | Path | ReferenceTable | None = None) -> dict:
+             reference: str | Path | ReferenceTable | None = None, group_column: str | None = None) -> dict:
     """`leak eval`: the file-level report of a model (.pth or .onnx) on labelled recordings: one split of a
     dataset file, a manifest CSV (path, label, optional group) or a class-folder tree SRC/<CLASS>/**/*.wav.
 
@@ -106,6 +106,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     per 100 non-LEAK recordings, the card's operating points applied to these files, and the pictures asked for.
     A reference model scored from a dataset's features uses each sensor's reference from its own files; scored on
     recordings it needs `reference`, a table from `leak reference build` (as `leak predict` does).
+    `group_column`: a manifest's column that names each file's group (as `leak data build --group-column`).
     """
     from leakhunter.inference.loader import read_card
 
@@ -117,6 +118,9 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     check_options(threshold=threshold, workers=workers)
     used = card.voting.threshold if threshold is None else threshold
     segment: dict = {"segment_accuracy": None, "kappa": None, "predicted_distribution": None}
+    if is_dataset(data) and group_column:
+        raise InputError(f"--group-column {group_column}: {data} is a dataset file, whose groups were fixed when it "
+                         f"was built (leak data build --group-column)")
     if is_dataset(data):
         from leakhunter.training.baseline import baseline_report
         from leakhunter.training.data import LeakData
@@ -144,7 +148,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
                  "scored_by": "the dataset's features (torch)" if files is None else
                               f"the recordings, by the scoring engine ({backend})"}
     else:
-        files = source_files(data)
+        files = source_files(data, group_column)
         votes, failed = score_files(model, card, files, device, threshold, workers, reference)
         about = {"split": None, "source": files.source, "baseline": None, "group_from": files.group_from,
                  "scored_by": f"the recordings, by the scoring engine ({backend})"}
