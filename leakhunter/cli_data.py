@@ -71,8 +71,9 @@ def data_build(
         console.print(f"[yellow]{report.skipped_summary()}[/]", highlight=False)
         for error in report.skipped:
             console.print(f"  {error}", highlight=False)
-    if report.lone_groups:
-        console.print(f"warning: {report.lone_groups}", style="yellow", highlight=False, markup=False)
+    for warning in (report.leak_like, report.lone_groups):
+        if warning:
+            console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
     if report.dead_channels:
         from leakhunter.training.dataset import dead_channel_warning
 

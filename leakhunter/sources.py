@@ -170,6 +170,20 @@ def find_sources(source: str | os.PathLike, group_column: str | None = None) -> 
     return files
 
 
+def leak_like_labels_warning(counts: dict[str, int]) -> str | None:
+    """Labels (with their file counts) that read as a leak but are not `LEAK` (`LEAK (CONFIRMED)`, `SUSPECTED
+    LEAK`): a binary model trains them as NOLEAK and a multiclass one as a class of their own, silently. A label
+    that negates it (`NO LEAK`, `NOLEAK`, `NON-LEAK`, `NOT LEAK`) is not named."""
+    named = [f"{label!r} ({n} file{'s' if n != 1 else ''})" for label, n in counts.items()
+             if "LEAK" in label and label != "LEAK" and not re.match(r"NO[NT]?[\W_]*LEAK", label)]
+    if not named:
+        return None
+    return (f"label{'s' if len(named) > 1 else ''} {', '.join(named)} read{'' if len(named) > 1 else 's'} as a leak "
+            f"but {'are' if len(named) > 1 else 'is'} not LEAK: a binary model trains "
+            f"{'them' if len(named) > 1 else 'it'} as NOLEAK, a multiclass one as a class of its own; relabel LEAK "
+            f"where it is one")
+
+
 def lone_groups_warning(lone: int, total: int, metas: list[dict[str, str]]) -> str | None:
     """When at least half the files are each their own group: splits and --cv then cannot keep a site's recordings
     together, and every validation figure mixes sites. Names the manifest columns that could be the site (2 or

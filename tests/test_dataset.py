@@ -377,3 +377,29 @@ def test_a_site_column_not_called_group_is_named_and_can_group_the_splits(small_
         find_sources(manifest, "pipe")
     with pytest.raises(LeakhunterError, match="names a manifest column, and this is a folder"):
         find_sources(small_corpus.root, "site")
+
+
+def test_a_label_that_reads_as_a_leak_but_is_not_leak_is_named(small_corpus, tmp_path):
+    """`leak (confirmed)` built as a class of its own and trained as NOLEAK in binary mode without a word: the
+    build, `leak data check` and a training run name it; a training run also says which labels each class
+    gathers. Labels that negate a leak (`no leak`, `NOT_LEAK`) are not named."""
+    from leakhunter.training.data import LeakData
+    from leakhunter.training.trainer import class_mapping
+
+    rows = list(csv.DictReader(open(small_corpus.manifest)))
+    lines = ["path,label"]
+    for i, row in enumerate(rows):
+        label = row["label"]
+        if i % 4 == 0:  # a leak spelt another way, or a non-leak spelt as one's negation
+            label = "leak (confirmed)" if label == "LEAK" else ("no leak", "NOT_LEAK")[i % 8 // 4]
+        lines.append(f"{small_corpus.root / row['path']},{label}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    report = build_dataset(tmp_path / "m.csv", tmp_path / "d.h5", workers=2)
+    confirmed = sum(line.endswith(",leak (confirmed)") for line in lines)
+    expected = (f"label 'LEAK (CONFIRMED)' ({confirmed} files) reads as a leak but is not LEAK: a binary model trains it "
+                f"as NOLEAK, a multiclass one as a class of its own; relabel LEAK where it is one")
+    assert report.leak_like == expected
+    assert expected in check_dataset(tmp_path / "d.h5").warnings
+    mapping = class_mapping(LeakData(tmp_path / "d.h5", "binary"))
+    assert mapping.startswith("NOLEAK ← ") and "LEAK (CONFIRMED)" in mapping.split(";")[0]
+    assert "NO LEAK" in mapping and "NOT_LEAK" in mapping and mapping.split("; ")[1].startswith("LEAK ← LEAK ")

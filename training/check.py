@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from leakhunter.errors import InputError
-from leakhunter.sources import lone_groups_warning
+from leakhunter.sources import leak_like_labels_warning, lone_groups_warning
 from leakhunter.training.dataset import dataset_configs, dead_channel_warning, open_dataset
 from leakhunter.training.splits import SPLITS, crossing_keys
 
@@ -71,6 +71,9 @@ def check_dataset(path: str | Path) -> DatasetReport:
     duplicates = len(files["sha256"]) - len(set(files["sha256"]))
     if duplicates:
         report.warnings.append(f"{duplicates} file(s) repeat the bytes of another file in the same split")
+    leak_like = leak_like_labels_warning(dict(zip(class_names, map(int, counts.sum(axis=0)))))
+    if leak_like:
+        report.warnings.append(leak_like)
     lone = sum(n for n in Counter(groups).values() if n == 1)
     lone_groups = lone_groups_warning(lone, len(groups), [json.loads(meta) for meta in metas])
     if lone_groups:

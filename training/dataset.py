@@ -9,6 +9,7 @@ per-file facts are kept while building, never the samples, so memory stays flat 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION, FrontEnd
 from leakhunter.mel import lowest_input_rate
 from leakhunter.segments import plan_segments
-from leakhunter.sources import SourceFile, find_sources, lone_groups_warning, printable
+from leakhunter.sources import SourceFile, find_sources, leak_like_labels_warning, lone_groups_warning, printable
 from leakhunter.training.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
@@ -48,6 +49,7 @@ class BuildReport:
     dead_channels: list[tuple[Path, int, int]] = field(default_factory=list)  # (path, mask, channels) of files
     # whose "mean" mix averaged in a channel silent throughout
     lone_groups: str | None = None  # sources.lone_groups_warning: most files their own group
+    leak_like: str | None = None  # sources.leak_like_labels_warning: a label that reads as a leak but is not LEAK
 
     def skipped_by_reason(self) -> dict[str, int]:
         return skipped_counts(self.skipped)
@@ -129,6 +131,7 @@ def build_dataset(source, output, preset_name: str = "short", val: float = 0.15,
                          "channel_policy": str(parse_channel_policy(channel)), "split_seed": seed,
                          "split_fractions": json.dumps({"val": val, "test": test}), "group_column": group_column or ""})
     report.output = output
+    report.leak_like = leak_like_labels_warning(dict(Counter(s.label for s in sources)))
     report.lone_groups = lone_groups_warning(sum(s.group_from == "file" for s in sources), len(sources),
                                              [s.meta for s in sources])
     return report

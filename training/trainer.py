@@ -29,6 +29,7 @@ from leakhunter.devices import autocast_dtype, to_device
 from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
 from leakhunter.operating import operating_points
+from leakhunter.sources import leak_like_labels_warning
 from leakhunter.training.augment import Augmenter
 from leakhunter.training.baseline import fit_baseline
 from leakhunter.training.config import TrainConfig, make_config, save_config
@@ -147,6 +148,18 @@ def _resume_config(payload: dict, overrides: dict, source: Path) -> TrainConfig:
                                                              if key == "mode" else "")) for key in refused],
                         f"resume of {source}")
     return replace(saved, **{k: changed[k] for k in changed})
+
+
+def class_mapping(data) -> str:
+    """Which dataset labels each of the model's classes trains on, with their file counts (`NOLEAK ← NORMAL
+    40, QUIET 40`), so a label merged into another class is seen at the start of a run."""
+    counts = np.bincount(data.file_labels, minlength=len(data.dataset_classes))
+    merged: dict[int, list[str]] = {}
+    for label, name in enumerate(data.dataset_classes):
+        target = data.file_targets[np.flatnonzero(data.file_labels == label)[0]] if counts[label] else None
+        if target is not None:
+            merged.setdefault(int(target), []).append(f"{name} {counts[label]}")
+    return "; ".join(f"{data.class_names[target]} ← {', '.join(names)}" for target, names in sorted(merged.items()))
 
 
 IN_SAMPLE_NOTE = ("on the final model's in-sample validation, which selects nothing: the cross-validation "
@@ -363,6 +376,12 @@ class Trainer:
         self.log(f"run {self.run_dir}: mode {config.mode}, classes {list(self.card.class_names)}, "
                  f"{parameter_count(self.net):,} parameters, device {self.device}, "
                  f"{len(self.data.splits['train']):,} training inputs, {self.steps_per_epoch} steps/epoch")
+        if tuple(self.data.dataset_classes) != tuple(self.card.class_names):  # e.g. binary: NOLEAK gathers the rest
+            self.log(f"classes from the dataset's labels: {class_mapping(self.data)}")
+        leak_like = leak_like_labels_warning(dict(zip(self.data.dataset_classes, map(int, np.bincount(
+            self.data.file_labels, minlength=len(self.data.dataset_classes))))))
+        if leak_like:
+            self.log(f"warning: {leak_like}")
         self.log(f"class weights {np.round(self.criterion.weights.cpu().numpy(), 3).tolist()}"
                  + (f" (capped at {config.class_weight_cap}x)" if self.weights_capped else ""))
         if self.plan is None:
