@@ -70,7 +70,7 @@ train_one() {  # LEVER SEED: one training, its log, one markdown row on stdout
   [ "${lever#small+}" = all ] && lever=${lever%all}gain+tilt+mix+mask
   run="$OUT/seed$seed/runs/${lever//[+,]/_}${TRAIN_SEED:+-ts$TRAIN_SEED}${CV:+-cv$CV}"
   # a finished run is redone; an unfinished --cv run keeps its finished folds (training/cv.py reloads them)
-  if [ -z "$CV" ] || [ -f "$run/best.pth" ]; then rm -rf "$run"; fi
+  if [ -z "$CV" ] || [ -f "$run/cv.json" ]; then rm -rf "$run"; fi
   started=$(date +%s)
   # shellcheck disable=SC2086  # flags is a word list
   OMP_NUM_THREADS=1 nice -n 10 "$LEAK" train --mode binary --data "$OUT/seed$seed/$data" --out "$run" \

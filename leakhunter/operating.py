@@ -86,12 +86,16 @@ def operating_points(long_leak_prob: np.ndarray, long_file_index: np.ndarray, fi
     reaching_recall = [row for row in sweep if row["recall"] >= MIN_RECALL and row["threshold"] <= balanced]
     reaching_specificity = [row for row in sweep if row["specificity"] >= MIN_SPECIFICITY
                             and row["threshold"] >= balanced]
+    finding_leaks = [row for row in reaching_specificity if row["recall"] > 0]  # a point that finds none is none
     chosen = {
         "high": (max(row["threshold"] for row in reaching_recall) if reaching_recall else
                  f"no threshold in [0.01, 0.99] gives file recall >= {MIN_RECALL} "
                  f"(at most {sweep[0]['recall']:.3f}, at {sweep[0]['threshold']:g})"),
         "balanced": balanced,
-        "low-false-alarm": (min(row["threshold"] for row in reaching_specificity) if reaching_specificity else
+        "low-false-alarm": (min(row["threshold"] for row in finding_leaks) if finding_leaks else
+                            f"file specificity >= {MIN_SPECIFICITY} is reached only where no leak is found (recall 0 "
+                            f"from threshold {min(row['threshold'] for row in reaching_specificity):g} on)"
+                            if reaching_specificity else
                             f"no threshold in [0.01, 0.99] gives file specificity >= {MIN_SPECIFICITY} "
                             f"(at most {sweep[-1]['specificity']:.3f}, at {sweep[-1]['threshold']:g})"),
     }

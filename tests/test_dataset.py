@@ -369,7 +369,7 @@ def test_a_site_column_not_called_group_is_named_and_can_group_the_splits(small_
     assert not any("own group" in w for w in check_dataset(tmp_path / "sites.h5").warnings)
     from leakhunter.training.eval_sources import source_files
 
-    assert source_files(manifest, "site").group_from == f"the manifest's site column ({len(rows)} files)"
+    assert source_files(manifest, "site").group_from == f"the manifest's site column ({len(rows)} files listed)"
     manifest.write_text("\n".join(lines[:2] + [lines[2].replace(",site 1,", ",,")]) + "\n")
     with pytest.raises(ManifestError, match=r"manifest.csv:3: empty site"):
         find_sources(manifest, "site")

@@ -73,6 +73,17 @@ def test_a_point_no_threshold_reaches_is_unavailable_with_its_reason():
     assert points["balanced"]["threshold"] is not None and points["low-false-alarm"]["threshold"] is not None
 
 
+def test_a_low_false_alarm_point_that_finds_no_leak_is_unavailable():
+    # five loud non-LEAK files over every leak: specificity 0.98 only above them all, where recall is 0; such a
+    # point used to be stored (recall 0.000) and `--sensitivity low-false-alarm` called every file NOLEAK
+    points = operating_points(*one_long_per_file(np.full(5, 0.6), np.r_[np.full(45, 0.1), np.full(5, 0.95)]))
+    low = points["low-false-alarm"]
+    assert low["threshold"] is None
+    assert low["reason"] == ("file specificity >= 0.98 is reached only where no leak is found (recall 0 from "
+                                    "threshold 0.96 on)")
+    assert points["balanced"]["threshold"] is not None and points["balanced"]["recall"] == 1.0
+
+
 @pytest.mark.parametrize("leak, other, missing", [(5, 0, "no non-LEAK file"), (0, 5, "no LEAK file"),
                                                   (0, 0, "no files")])
 def test_files_of_one_kind_give_no_points(leak, other, missing):

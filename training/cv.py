@@ -250,8 +250,9 @@ class CrossValidation:
         rows, pooled_report = honest_estimate(folds, vote_fraction)
         baseline_rows, baseline_pooled = self.baseline_rows, self.baseline_pooled
         for row, groups, base in zip(rows, self.groups, baseline_rows):
-            self.log(f"fold {row['fold']}/{self.k} ({', '.join(groups)}): {fold_line(row)}; "
-                     f"baseline F1 {base['file_f1']:.3f}")
+            baseline = (f"baseline F1 {base['file_f1']:.3f}" if row["n_leak"] else  # no LEAK file: no F1
+                        f"baseline {base['false_alarms_per_100']:.1f} false alarms per 100")
+            self.log(f"fold {row['fold']}/{self.k} ({', '.join(groups)}): {fold_line(row)}; {baseline}")
         summary = finite_or_none({
             "k": self.k, "seed": self.config.seed, "grouping": "group (sensor, site) and identical audio",
             "selection": SELECTION, "epochs": epoch, "threshold": round(threshold, 4), "pooled": pooled_report,

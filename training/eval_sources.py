@@ -78,7 +78,8 @@ def source_files(data: str | Path, group_column: str | None = None) -> LabelledF
     manifest = data.is_file()
     return LabelledFiles(paths=[f.path for f in files], labels=[f.label for f in files],
                          groups=[f.group for f in files], source="manifest" if manifest else "class folders",
-                         group_from=", ".join(f"{group_origin(origin)} ({count} file{'s' if count > 1 else ''})"
+                         group_from=", ".join(f"{group_origin(origin)} ({count} file{'s' if count > 1 else ''} "
+                                              f"listed)"
                                               for origin, count in Counter(f.group_from for f in files).most_common()),
                          meta=[f.meta for f in files])
 
