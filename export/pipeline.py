@@ -80,13 +80,14 @@ def default_output(checkpoint: Path, precision: str) -> Path:
 
 
 def export_model(checkpoint: str | Path, output: str | Path | None = None, input: str = "waveform",
-                 opset: int = 18, fp16: bool = False, int8: bool = False) -> ExportReport:
+                 opset: int = 18, fp16: bool = False, int8: bool = False, allow_stopped: bool = False) -> ExportReport:
     """Export a .pth checkpoint to ONNX; raise ExportError (writing nothing) when parity fails.
 
     fp32 must match torch within 1e-4 in P(LEAK) on every golden input, with identical file verdicts.
     fp16 and int8 report their deltas and are refused when any golden file's verdict flips; int8 is
     made from the fp32 graph, which must pass first (fp16 is exported directly: checking an fp32 graph
-    too would take a second export). The report is saved as <output>.parity.json.
+    too would take a second export). The report is saved as <output>.parity.json. The best.pth of a run a health
+    check stopped is refused unless `allow_stopped` (its card keeps the mark either way).
     """
     started = time.perf_counter()
     if input not in INPUT_KINDS:
@@ -101,6 +102,9 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
     report_path = output.with_suffix(".parity.json")
     reference = TorchRunner(checkpoint, device="cpu")
     card = reference.card
+    if card.stopped_by() and not allow_stopped:
+        raise InputError(f"{checkpoint}: {card.stopped_by()}; finish the run (rerun it, or --resume its "
+                         f"checkpoints/last.pth) or export it anyway with --allow-stopped")
     if card.branches is not None and (input != "waveform" or precision != "fp32"):
         raise InputError(f"{checkpoint}: a fusion model exports as an fp32 waveform graph only (its engineered "
                          f"features overflow float16, and a mel input would leave them out); drop "

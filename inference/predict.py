@@ -129,7 +129,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     among `inputs` (local engine), then the file names; "fail" refuses a recording with an unknown field.
     reference: a reference model's table of sensor references (`leak reference build`); a recording is judged
     against the reference of the sensor its logger name names (status no_reference when the table lacks it).
-    warn: told, before anything is scored, of each input that named no audio (also in the summary).
+    warn: told, before anything is scored, of each input that named no audio (also in the summary) and of a
+    model whose training run a health check stopped.
     """
     if timeline and out is None:
         raise PredictError("--timeline needs --out: the timeline is written beside the table, as "
@@ -155,6 +156,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
         scoring = RayEngine(model, device, ray_options, workers=workers, **settings)
     else:
         scoring = ScoringEngine(model, device, workers=2 if workers is None else workers, **settings)
+    if scoring.scorer.card.stopped_by() and warn is not None:
+        warn(f"{model}: {scoring.scorer.card.stopped_by()}")
     if scoring.request_fields:  # a manifest's columns: a fusion model's meta, a reference model's sensor_id
         scoring.fields.add_manifest(listed)
     with scoring:

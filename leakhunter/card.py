@@ -313,6 +313,16 @@ class VotingConfig:
         return found
 
 
+def stopped_by(training: dict | None) -> str:
+    """For the best.pth of a run a health check stopped (a card's training.stopped_by, written by the trainer):
+    what stopped it, in one phrase; "" for a finished run's model."""
+    stopped = (training or {}).get("stopped_by")
+    if not stopped:
+        return ""
+    return (f"its run was stopped by health check {stopped.get('code')} at {stopped.get('when')} "
+            f"({stopped.get('message')}): these are the last good epoch's weights, not a finished run's")
+
+
 @dataclass(frozen=True)
 class ModelCard:
     mode: str
@@ -396,6 +406,10 @@ class ModelCard:
     def meta_columns(self) -> tuple[str, ...]:
         """The columns of a fusion model's meta input (leakhunter/meta.py), () for a model without one."""
         return tuple(((self.branches or {}).get("meta") or {}).get("columns", ()))
+
+    def stopped_by(self) -> str:
+        """See stopped_by() below."""
+        return stopped_by(self.training)
 
     @property
     def recording_input(self) -> tuple[str, int] | None:

@@ -394,6 +394,7 @@ def info(
 ):
     """Print and validate a model's card; for ONNX also its inputs, outputs, opset, size and sha256.
     Exit 1 when the card is invalid or contradicts the graph or the weights."""
+    from leakhunter.card import stopped_by
     from leakhunter.inference import describe_model
 
     if not model.is_file():
@@ -414,6 +415,9 @@ def info(
         if key not in ("path", "format"):
             table.add_row(key, str(value))
     console.print(table)
+    stopped = stopped_by(described.get("training"))
+    if stopped:
+        errors.print(f"warning: {model}: {stopped}", highlight=False, markup=False)
 
 
 @command(app, "export")  # bad input 2; a refused export (parity) 1, below
@@ -425,6 +429,8 @@ def export(
     opset: int = typer.Option(18, help="ONNX opset, 18 or newer."),
     fp16: bool = typer.Option(False, "--fp16", help="Float16 network (the DFT stays float64; mel, dB and softmax float32)."),
     int8: bool = typer.Option(False, "--int8", help="Dynamic int8 quantisation of the network's dense layers."),
+    allow_stopped: bool = typer.Option(False, "--allow-stopped", help="Export the best.pth of a run a health check "
+                                                                      "stopped (refused otherwise)."),
 ):
     """Export to one .onnx file carrying the model card; kept only when it scores the golden recordings
     like torch (fp32: |Δ P(LEAK)| <= 1e-4, same verdicts). Writes <model>.parity.json beside it."""
@@ -433,7 +439,8 @@ def export(
     if not checkpoint.is_file():
         raise fail(f"{checkpoint}: no such file")
     try:
-        report = export_model(checkpoint, output, input=input_kind, opset=opset, fp16=fp16, int8=int8)
+        report = export_model(checkpoint, output, input=input_kind, opset=opset, fp16=fp16, int8=int8,
+                              allow_stopped=allow_stopped)
     except ExportError as error:
         if error.report is not None:
             console.print(parity_table(error.report))

@@ -6,12 +6,14 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import soundfile
 import torch
 from conftest import quick_config
 from typer.testing import CliRunner
 
-from leakhunter.checkpoint import load_checkpoint
+from leakhunter.checkpoint import card_of, load_checkpoint
 from leakhunter.cli import app
+from leakhunter.inference.predict import predict
 from leakhunter.training import trainer as trainer_module
 from leakhunter.training.doctor import doctor
 from leakhunter.training.health import HealthFailure
@@ -162,6 +164,22 @@ def test_h007_a_model_stuck_on_one_class_warns_then_fails_after_five_epochs(trai
     assert "100% of validation inputs are predicted NORMAL whose true share is 20%" in caught.value.finding.message
     assert any("H007 prediction collapse (warn) at epoch 1" in m for m in messages)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")["epoch"] == 5
+    # the best.pth it leaves says so: export refuses it, info and predict warn (it was used silently)
+    best = tmp_path / "run" / "best.pth"
+    stopped = card_of(load_checkpoint(best), best).training["stopped_by"]
+    assert stopped["code"] == "H007" and stopped["when"] == "epoch 5" and "predicted NORMAL" in stopped["message"]
+    runner = CliRunner()
+    refused = runner.invoke(app, ["export", str(best)])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "its run was stopped by health check H007 at epoch 5" in said, refused.output
+    assert "--allow-stopped" in said and not (tmp_path / "run" / "best.onnx").exists()
+    info = runner.invoke(app, ["info", str(best)])
+    assert info.exit_code == 0 and "warning:" in info.output and "stopped by health check H007" in info.output
+    recording = tmp_path / "r.wav"
+    soundfile.write(recording, np.random.default_rng(0).standard_normal(8000 * 4) * 0.1, 8000)
+    warned = []
+    assert predict([recording], best, workers=0, warn=warned.append).rows[0]["status"] == "ok"
+    assert warned == [f"{best}: {card_of(load_checkpoint(best), best).stopped_by()}"]
 
 
 def test_h008_loss_near_zero_on_nearly_constant_targets_fails(tmp_path):

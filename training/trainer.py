@@ -368,6 +368,22 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """Train; a run a health check stops leaves its last good best.pth marked as such (`stopped_by` in the card),
+        so export refuses it and predict and serve say so, instead of deploying a failed run's weights silently."""
+        try:
+            return self._fit()
+        except HealthFailure as failure:
+            if self.rank == 0 and (self.run_dir / "best.pth").is_file():
+                best = load_checkpoint(self.run_dir / "best.pth")
+                card = card_of(best, self.run_dir / "best.pth")
+                finding = failure.finding
+                card = replace(card, training={**card.training, "stopped_by": {
+                    "code": finding.code, "when": finding.when, "message": finding.message}})
+                save_atomic({"card": card.to_json(), "model": best["model"]}, self.run_dir / "best.pth")
+                write_atomic(self.run_dir / "model_meta.json", card.to_json())
+            raise
+
+    def _fit(self) -> TrainResult:
         config = self.config
         if self.rank == 0:
             save_config(config, self.run_dir / "config.yaml")
@@ -480,7 +496,8 @@ class Trainer:
         test_metrics = evaluate_split(test, probs, leak_prob, card.class_names, card.voting.threshold,
                                       card.voting.vote_fraction, self.data.shorts_per_long,
                                       card.segmentation.unit, card.mode).metrics
-        card = replace(card, training={**card.training, "test_metrics": {
+        training = {k: v for k, v in card.training.items() if k != "stopped_by"}  # a resumed run that finishes
+        card = replace(card, training={**training, "test_metrics": {
             k: test_metrics[k] for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
                                          "file_auc", "file_accuracy", "n_files", "confusion")}})
         if self.rank == 0:
