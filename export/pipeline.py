@@ -103,8 +103,7 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
     reference = TorchRunner(checkpoint, device="cpu")
     card = reference.card
     if card.stopped_by() and not allow_stopped:
-        raise InputError(f"{checkpoint}: {card.stopped_by()}; finish the run (rerun it, or --resume its "
-                         f"checkpoints/last.pth) or export it anyway with --allow-stopped")
+        raise InputError(f"{checkpoint}: {card.stopped_by()}; or export it anyway with --allow-stopped")
     if card.branches is not None and (input != "waveform" or precision != "fp32"):
         raise InputError(f"{checkpoint}: a fusion model exports as an fp32 waveform graph only (its engineered "
                          f"features overflow float16, and a mel input would leave them out); drop "

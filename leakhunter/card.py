@@ -320,7 +320,8 @@ def stopped_by(training: dict | None) -> str:
     if not stopped:
         return ""
     return (f"its run was stopped by health check {stopped.get('code')} at {stopped.get('when')} "
-            f"({stopped.get('message')}): these are the last good epoch's weights, not a finished run's")
+            f"({stopped.get('message')}): these are the weights of its epoch {stopped.get('epoch', '?')}, not a "
+            f"finished run's" + (f"; to finish it: {stopped['finish']}" if stopped.get("finish") else ""))
 
 
 @dataclass(frozen=True)

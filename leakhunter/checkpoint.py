@@ -26,6 +26,19 @@ def save_atomic(payload: dict, path: str | Path) -> None:
         torch.save(payload, temporary)
 
 
+def rewrite_card(path: str | Path, change, meta_json: str | Path | None = None):
+    """best.pth with its card replaced by `change(card)` (weights untouched), and the same card written to
+    `meta_json` (a run's model_meta.json) when given; returns the new card."""
+    from leakhunter.files import write_atomic
+
+    payload = load_checkpoint(path)
+    card = change(card_of(payload, path))
+    save_atomic({"card": card.to_json(), "model": payload["model"]}, path)
+    if meta_json is not None:
+        write_atomic(meta_json, card.to_json())
+    return card
+
+
 # What a file handed over as a checkpoint is instead, by its first bytes (torch.load would call it unsafe pickle)
 FILE_KINDS = ((b"\x89HDF", "an HDF5 file (a dataset?)"),
               (b"\x08", "an ONNX model, not a .pth checkpoint (leak info describes an .onnx)"),

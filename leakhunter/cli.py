@@ -400,6 +400,9 @@ def info(
     if not model.is_file():
         raise fail(f"{model}: no such file")
     described = describe_model(model)
+    stopped = stopped_by(described.get("training"))
+    if stopped:  # on stderr: --json's stdout stays one JSON object
+        errors.print(f"warning: {model}: {stopped}", highlight=False, markup=False)
     if as_json:
         print(json.dumps(described, indent=2))
         return
@@ -415,9 +418,6 @@ def info(
         if key not in ("path", "format"):
             table.add_row(key, str(value))
     console.print(table)
-    stopped = stopped_by(described.get("training"))
-    if stopped:
-        errors.print(f"warning: {model}: {stopped}", highlight=False, markup=False)
 
 
 @command(app, "export")  # bad input 2; a refused export (parity) 1, below

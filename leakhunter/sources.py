@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +154,11 @@ def find_sources(source: str | os.PathLike, group_column: str | None = None) -> 
     """A manifest CSV (path,label[,group][,split], extra columns kept) or a tree SRC/<CLASS>/**/*.wav.
     `group_column`: the manifest column that names each file's group (a `site`, a `pipe`) instead of `group`."""
     source = Path(source)
+    if group_column is not None:
+        group_column = group_column.strip()
+        if group_column in ("", "path", "label", "split"):
+            raise DatasetError(f"--group-column {group_column!r}: name a manifest column that says each file's site "
+                               f"or sensor (path, label and split mean something else)")
     if source.is_file():
         return _read_manifest(source, group_column)
     if not source.is_dir():
@@ -170,12 +176,16 @@ def find_sources(source: str | os.PathLike, group_column: str | None = None) -> 
     return files
 
 
+NEGATED_LEAK = re.compile(r"(^|[\W_])(NO|NOT|NON|WITHOUT)([\W_]|$)|^NO[NT]?LEAK|LEAK[\W_]*FREE")
+
+
 def leak_like_labels_warning(counts: dict[str, int]) -> str | None:
     """Labels (with their file counts) that read as a leak but are not `LEAK` (`LEAK (CONFIRMED)`, `SUSPECTED
     LEAK`): a binary model trains them as NOLEAK and a multiclass one as a class of their own, silently. A label
-    that negates it (`NO LEAK`, `NOLEAK`, `NON-LEAK`, `NOT LEAK`) is not named."""
+    that negates it (`NO LEAK`, `NOLEAK`, `NON-LEAK`, `NOT A LEAK`, `LEAK-FREE`, `BACKGROUND (NO LEAK)`) is
+    not named."""
     named = [f"{label!r} ({n} file{'s' if n != 1 else ''})" for label, n in counts.items()
-             if "LEAK" in label and label != "LEAK" and not re.match(r"NO[NT]?[\W_]*LEAK", label)]
+             if "LEAK" in label.upper() and label.upper() != "LEAK" and not NEGATED_LEAK.search(label.upper())]
     if not named:
         return None
     return (f"label{'s' if len(named) > 1 else ''} {', '.join(named)} read{'' if len(named) > 1 else 's'} as a leak "
@@ -184,16 +194,19 @@ def leak_like_labels_warning(counts: dict[str, int]) -> str | None:
             f"where it is one")
 
 
-def lone_groups_warning(lone: int, total: int, metas: list[dict[str, str]]) -> str | None:
-    """When at least half the files are each their own group: splits and --cv then cannot keep a site's recordings
+def lone_groups_warning(groups: list[str], metas: list[dict[str, str]], why: str = "") -> str | None:
+    """When at least half the files are alone in their group: splits and --cv then cannot keep a site's recordings
     together, and every validation figure mixes sites. Names the manifest columns that could be the site (2 or
-    more values, each shared by 2 files on average), e.g. a `site` column that is not called `group`."""
+    more values, each shared by 2 files on average), e.g. a `site` column that is not called `group`. `why`: how
+    the groups came to be single files, where the caller knows."""
+    sizes = Counter(groups)
+    lone, total = sum(1 for group in groups if sizes[group] == 1), len(groups)
     if total < 4 or 2 * lone < total:
         return None
     columns = sorted({key for meta in metas for key in meta})
     values = {key: {meta[key] for meta in metas if meta.get(key)} for key in columns}
     candidates = [f"{key} ({len(seen)} values)" for key, seen in values.items() if 2 <= len(seen) <= total // 2]
-    return (f"{lone} of {total} files are each their own group (no group or sensor_id column, no logger name): "
+    return (f"{lone} of {total} files are each alone in their group{f' ({why})' if why else ''}: "
             f"splits and --cv cannot keep one site's recordings together, so validation and the cross-validated "
             f"estimate mix sites and come out optimistic; "
             + (f"a column that could name the site: {', '.join(candidates)}; build with --group-column NAME"

@@ -180,3 +180,9 @@ def test_a_final_model_that_was_stopped_is_trained_again_by_the_same_command(sit
     assert measured_by[-1] == IN_SAMPLE_NOTE
     with pytest.raises(FileExistsError, match="already holds a finished cross-validation"):
         cross_validate(config, 3, log=lambda line: None)
+    single = tmp_path / "single"  # another kind of run in --out is never taken for a stopped final model
+    single.mkdir()
+    (single / "best.pth").write_bytes(b"a single-split run's model")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        cross_validate(quick_config(sites_dataset, single, mode="binary", epochs=2), 3, log=lambda line: None)
+    assert (single / "best.pth").read_bytes() == b"a single-split run's model"

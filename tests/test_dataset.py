@@ -352,21 +352,22 @@ def test_a_site_column_not_called_group_is_named_and_can_group_the_splits(small_
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     report = build_dataset(manifest, tmp_path / "mixed.h5", workers=2)
-    assert report.lone_groups == (
-        f"{len(rows)} of {len(rows)} files are each their own group (no group or sensor_id column, no logger name): "
-        "splits and --cv cannot keep one site's recordings together, so validation and the cross-validated estimate "
-        "mix sites and come out optimistic; a column that could name the site: site (8 values); build with "
-        "--group-column NAME")  # notes has a value per file: not a site
-    assert report.lone_groups in check_dataset(tmp_path / "mixed.h5").warnings
+    said = ("splits and --cv cannot keep one site's recordings together, so validation and the cross-validated "
+            "estimate mix sites and come out optimistic; a column that could name the site: site (8 values); build "
+            "with --group-column NAME")  # notes has a value per file: not a site
+    assert report.lone_groups == (f"{len(rows)} of {len(rows)} files are each alone in their group (no group or "
+                                  f"sensor_id column, no logger name): {said}")
+    assert f"{len(rows)} of {len(rows)} files are each alone in their group: {said}" in check_dataset(
+        tmp_path / "mixed.h5").warnings  # the dataset no longer knows why
     result = CliRunner().invoke(app, ["data", "build", str(manifest), "-o", str(tmp_path / "sites.h5"),
-                                      "--group-column", "site"])
-    assert result.exit_code == 0 and "own group" not in result.output, result.output
+                                      "--group-column", " site "])
+    assert result.exit_code == 0 and "alone in their group" not in result.output, result.output
     with h5py.File(tmp_path / "sites.h5") as h5:
         groups, split = h5["files/group"].asstr()[:], h5["files/split"][:]
         assert h5.attrs["group_column"] == "site"
     assert set(groups) == {f"site {i}" for i in range(8)}
     assert all(len(set(split[groups == g])) == 1 for g in set(groups))  # each site in one split
-    assert not any("own group" in w for w in check_dataset(tmp_path / "sites.h5").warnings)
+    assert not any("alone in their group" in w for w in check_dataset(tmp_path / "sites.h5").warnings)
     from leakhunter.training.eval_sources import source_files
 
     assert source_files(manifest, "site").group_from == f"the manifest's site column ({len(rows)} files listed)"
@@ -377,6 +378,9 @@ def test_a_site_column_not_called_group_is_named_and_can_group_the_splits(small_
         find_sources(manifest, "pipe")
     with pytest.raises(LeakhunterError, match="names a manifest column, and this is a folder"):
         find_sources(small_corpus.root, "site")
+    for column in ("", "label", " path"):
+        with pytest.raises(LeakhunterError, match="path, label and split mean something else"):
+            find_sources(manifest, column)
 
 
 def test_a_label_that_reads_as_a_leak_but_is_not_leak_is_named(small_corpus, tmp_path):
@@ -403,3 +407,9 @@ def test_a_label_that_reads_as_a_leak_but_is_not_leak_is_named(small_corpus, tmp
     mapping = class_mapping(LeakData(tmp_path / "d.h5", "binary"))
     assert mapping.startswith("NOLEAK ← ") and "LEAK (CONFIRMED)" in mapping.split(";")[0]
     assert "NO LEAK" in mapping and "NOT_LEAK" in mapping and mapping.split("; ")[1].startswith("LEAK ← LEAK ")
+    from leakhunter.sources import leak_like_labels_warning
+
+    for negation in ("LEAK FREE", "LEAK-FREE", "NOT A LEAK", "BACKGROUND (NO LEAK)", "NON-LEAKING", "NO_LEAK"):
+        assert leak_like_labels_warning({negation: 3}) is None, negation
+    for leak in ("LEAKAGE", "SUSPECTED LEAK", "leak?"):
+        assert leak_like_labels_warning({leak: 1}) is not None, leak

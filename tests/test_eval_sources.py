@@ -116,7 +116,7 @@ def test_class_folders_are_grouped_by_the_logger_sensor(onnx_model, small_corpus
     assert set(report["groups"]) == {group_from_name(path) for path in small_corpus.files}
     assert sum(group["n_files"] for group in report["groups"].values()) == 40
     assert report["n_leak"] == 8
-    assert report["group_from"] == "the sensor id in the logger file name (40 files listed)"  # which rule, not all rules
+    assert report["group_from"] == "the sensor id in the logger file name (40 files found)"  # which rule, not all rules
 
 
 def test_leak_eval_prints_strict_json_and_draws_roc_and_pr_curves(onnx_model, test_manifest, tmp_path):

@@ -172,9 +172,15 @@ def test_h007_a_model_stuck_on_one_class_warns_then_fails_after_five_epochs(trai
     refused = runner.invoke(app, ["export", str(best)])
     said = " ".join(refused.output.split())
     assert refused.exit_code == 2 and "its run was stopped by health check H007 at epoch 5" in said, refused.output
-    assert "--allow-stopped" in said and not (tmp_path / "run" / "best.onnx").exists()
-    info = runner.invoke(app, ["info", str(best)])
-    assert info.exit_code == 0 and "warning:" in info.output and "stopped by health check H007" in info.output
+    assert f"to finish it: leak train --resume {tmp_path / 'run' / 'checkpoints' / 'last.pth'}" in said
+    assert "export it anyway with --allow-stopped" in said and not (tmp_path / "run" / "best.onnx").exists()
+    for json_too in ([], ["--json"]):
+        info = runner.invoke(app, ["info", str(best), *json_too])
+        assert info.exit_code == 0 and "warning:" in info.output and "stopped by health check H007" in info.output
+    # a resume that trains no further epoch (--epochs at the stop) reaches the end again: the mark stays
+    train(quick_config(training_dataset, tmp_path / "run"), resume=tmp_path / "run" / "checkpoints" / "last.pth",
+          overrides={"epochs": 5}, log=QUIET)
+    assert card_of(load_checkpoint(best), best).training["stopped_by"]["code"] == "H007"
     recording = tmp_path / "r.wav"
     soundfile.write(recording, np.random.default_rng(0).standard_normal(8000 * 4) * 0.1, 8000)
     warned = []

@@ -6,7 +6,6 @@ Run before training (`leak data check`); the same problems make training refuse 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,8 +73,7 @@ def check_dataset(path: str | Path) -> DatasetReport:
     leak_like = leak_like_labels_warning(dict(zip(class_names, map(int, counts.sum(axis=0)))))
     if leak_like:
         report.warnings.append(leak_like)
-    lone = sum(n for n in Counter(groups).values() if n == 1)
-    lone_groups = lone_groups_warning(lone, len(groups), [json.loads(meta) for meta in metas])
+    lone_groups = lone_groups_warning(groups, [json.loads(meta) for meta in metas])
     if lone_groups:
         report.warnings.append(lone_groups)
     dead = [(path, int(mask), int(n)) for path, mask, n in zip(paths, silent_channels, files["channels_in"]) if mask]

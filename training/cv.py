@@ -193,6 +193,8 @@ class CrossValidation:
         self.config, self.k, self.log = replace(config, out=str(self.out)), k, log
         if (self.out / "cv.json").exists():  # written last: a final model stopped before it is trained again
             raise FileExistsError(f"{self.out} already holds a finished cross-validation; choose another --out")
+        if (self.out / "best.pth").exists() and not (self.out / "folds").is_dir():  # not a --cv run's
+            raise FileExistsError(f"{self.out} already holds a run; choose another --out")
         data = LeakData(config.data, config.mode, max_memory=config.max_memory, reference=config.card_reference())
         self.folds = deal_folds(data, k, config.seed)
         self.data_fingerprint = data.content_fingerprint
@@ -276,16 +278,13 @@ class CrossValidation:
     def _finish(self, result, summary: dict, points: dict):
         """The estimate and the operating points into the final card, health.json (H015 on the folds, H016 of
         the dataset's split), cv.json and cv.png."""
-        from leakhunter.checkpoint import card_of, load_checkpoint, save_atomic
+        from leakhunter.checkpoint import rewrite_card
         from leakhunter.training.health import HealthMonitor, cv_baseline_findings
         from leakhunter.training.plots import plot_cv
 
         best_path = self.out / "best.pth"
-        best = load_checkpoint(best_path)
-        card = card_of(best, best_path)
-        card = replace(card, training={**card.training, "cv": summary}, operating_points=points)
-        save_atomic({"card": card.to_json(), "model": best["model"]}, best_path)
-        write_atomic(self.out / "model_meta.json", card.to_json())
+        card = rewrite_card(best_path, lambda card: replace(card, training={**card.training, "cv": summary},
+                                                            operating_points=points), self.out / "model_meta.json")
         write_atomic(self.out / "cv.json", json.dumps(summary, indent=2))
         plot_cv(summary, self.out / "cv.png")
         health = HealthMonitor(self.config.strict, self.log, self.out / "health.json")

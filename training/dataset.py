@@ -129,11 +129,13 @@ def build_dataset(source, output, preset_name: str = "short", val: float = 0.15,
                         channel, progress, max_skipped_fraction)
         h5.attrs.update({"source": str(Path(source).resolve()), "preset": preset_name,
                          "channel_policy": str(parse_channel_policy(channel)), "split_seed": seed,
-                         "split_fractions": json.dumps({"val": val, "test": test}), "group_column": group_column or ""})
+                         "split_fractions": json.dumps({"val": val, "test": test}), "group_column": (group_column or "").strip()})
     report.output = output
     report.leak_like = leak_like_labels_warning(dict(Counter(s.label for s in sources)))
-    report.lone_groups = lone_groups_warning(sum(s.group_from == "file" for s in sources), len(sources),
-                                             [s.meta for s in sources])
+    sizes = Counter(s.group for s in sources)
+    by_file = all(s.group_from == "file" for s in sources if sizes[s.group] == 1)
+    report.lone_groups = lone_groups_warning([s.group for s in sources], [s.meta for s in sources],
+                                             "no group or sensor_id column, no logger name" if by_file else "")
     return report
 
 

@@ -33,6 +33,7 @@ from leakhunter.training.health import (
     truth_shares,
 )
 from leakhunter.training.objective import class_weights
+from leakhunter.training.trainer import validation_measured_by
 
 
 def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
@@ -67,7 +68,7 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     history = last["history"]
     for end in range(1, len(history) + 1):
         monitor.add(epoch_findings(history[:end], card.class_names, shares, constant_loss,
-                                   held_out_fold=data.held_out_fold()))
+                                   held_out_fold=data.held_out_fold(), measured_by=validation_measured_by(data)))
     finished = (run_dir / "best.pth").is_file() and history and (
         history[-1]["epoch"] == config.epochs or history[-1]["epoch"] - last["best_epoch"] >= config.patience)
     if plan is None:

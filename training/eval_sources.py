@@ -79,7 +79,7 @@ def source_files(data: str | Path, group_column: str | None = None) -> LabelledF
     return LabelledFiles(paths=[f.path for f in files], labels=[f.label for f in files],
                          groups=[f.group for f in files], source="manifest" if manifest else "class folders",
                          group_from=", ".join(f"{group_origin(origin)} ({count} file{'s' if count > 1 else ''} "
-                                              f"listed)"
+                                              f"{'listed' if manifest else 'found'})"
                                               for origin, count in Counter(f.group_from for f in files).most_common()),
                          meta=[f.meta for f in files])
 

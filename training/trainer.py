@@ -24,7 +24,7 @@ from torch import nn
 
 import leakhunter
 from leakhunter.card import CardError, ModelCard, VotingConfig
-from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, save_atomic
+from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, rewrite_card, save_atomic
 from leakhunter.devices import autocast_dtype, to_device
 from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
@@ -164,6 +164,14 @@ def class_mapping(data) -> str:
 
 IN_SAMPLE_NOTE = ("on the final model's in-sample validation, which selects nothing: the cross-validation "
                   "measured it, at its chosen threshold")
+
+
+def validation_measured_by(data, stage=None) -> str:
+    """What measures a run whose validation is not there to stop it (epoch_findings' `measured_by`): a fusion
+    stage's own rule, the final model of --cv (in-sample validation), else "" (the trainer and doctor share it)."""
+    if stage is not None:
+        return stage.measured_by
+    return IN_SAMPLE_NOTE if data.validation_in_sample() else ""
 
 
 class Trainer:
@@ -368,19 +376,24 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train; a run a health check stops leaves its last good best.pth marked as such (`stopped_by` in the card),
-        so export refuses it and predict and serve say so, instead of deploying a failed run's weights silently."""
+        """Train; a run a health check stops leaves its best.pth marked as such (`stopped_by` in the card), so
+        export refuses it and info, predict and serve say so, instead of deploying a failed run's weights silently."""
         try:
             return self._fit()
         except HealthFailure as failure:
             if self.rank == 0 and (self.run_dir / "best.pth").is_file():
-                best = load_checkpoint(self.run_dir / "best.pth")
-                card = card_of(best, self.run_dir / "best.pth")
                 finding = failure.finding
-                card = replace(card, training={**card.training, "stopped_by": {
-                    "code": finding.code, "when": finding.when, "message": finding.message}})
-                save_atomic({"card": card.to_json(), "model": best["model"]}, self.run_dir / "best.pth")
-                write_atomic(self.run_dir / "model_meta.json", card.to_json())
+                how = ("rerun the same leak train --cv command" if self.data.validation_in_sample() else
+                       "rerun the same leak train --mode fusion command" if self.stage is not None else
+                       f"leak train --resume {self.run_dir / 'checkpoints' / 'last.pth'}")
+                mark = {"code": finding.code, "when": finding.when, "message": finding.message,
+                        "epoch": self.best_epoch, "finish": how}
+                try:
+                    rewrite_card(self.run_dir / "best.pth",
+                                 lambda card: replace(card, training={**card.training, "stopped_by": mark}),
+                                 self.run_dir / "model_meta.json")
+                except OSError as error:  # the failure, not the disk, is what the run reports
+                    self.log(f"warning: {self.run_dir / 'best.pth'} could not be marked as stopped ({error})")
             raise
 
     def _fit(self) -> TrainResult:
@@ -405,8 +418,10 @@ class Trainer:
         else:
             self.log(f"{self.plan.label}: {self._plan_text()}")
         stopped_early = False
+        self.epochs_trained = 0  # in this process (a resume that trains none keeps best.pth's stop mark)
         last_epoch = config.epochs if self.plan is None or self.plan.stop_after is None else self.plan.stop_after
         for epoch in range(self.start_epoch, last_epoch + 1):
+            self.epochs_trained += 1
             started = time.perf_counter()
             before = torch.cat([p.detach().flatten() for p in self.trainable()]).clone()
             train_loss = self._train_epoch(epoch)
@@ -429,8 +444,7 @@ class Trainer:
             self._check(epoch_findings(self.history, self.card.class_names,
                                        truth_shares(self.data.splits["val"], len(self.card.class_names)),
                                        self.trivial_loss, held_out_fold=self.data.held_out_fold(),
-                                       measured_by=self.stage.measured_by if self.stage is not None else
-                                       IN_SAMPLE_NOTE if self.data.validation_in_sample() else ""))
+                                       measured_by=validation_measured_by(self.data, self.stage)))
             if self.on_epoch is not None:
                 self.on_epoch(self, epoch)
             if epoch - self.best_epoch >= config.patience:
@@ -496,7 +510,8 @@ class Trainer:
         test_metrics = evaluate_split(test, probs, leak_prob, card.class_names, card.voting.threshold,
                                       card.voting.vote_fraction, self.data.shorts_per_long,
                                       card.segmentation.unit, card.mode).metrics
-        training = {k: v for k, v in card.training.items() if k != "stopped_by"}  # a resumed run that finishes
+        # a resumed run that trained on past its stop finishes; one that only reached its end again keeps the mark
+        training = {k: v for k, v in card.training.items() if k != "stopped_by" or not self.epochs_trained}
         card = replace(card, training={**training, "test_metrics": {
             k: test_metrics[k] for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
                                          "file_auc", "file_accuracy", "n_files", "confusion")}})
