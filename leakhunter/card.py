@@ -319,6 +319,10 @@ def stopped_by(training: dict | None) -> str:
     stopped = (training or {}).get("stopped_by")
     if not stopped:
         return ""
+    if stopped.get("when") == "end":  # every epoch trained, then a check at the end failed (e.g. under --strict)
+        return (f"its run failed health check {stopped.get('code')} at its end ({stopped.get('message')}): these "
+                f"are the weights of its epoch {stopped.get('epoch', '?')}, which the run did not accept"
+                + (f"; {stopped['finish']}" if stopped.get("finish") else ""))
     return (f"its run was stopped by health check {stopped.get('code')} at {stopped.get('when')} "
             f"({stopped.get('message')}): these are the weights of its epoch {stopped.get('epoch', '?')}, not a "
             f"finished run's" + (f"; to finish it: {stopped['finish']}" if stopped.get("finish") else ""))

@@ -457,3 +457,15 @@ def test_a_warning_is_given_once_per_phase_not_once_per_run():
                  warn("H013", "stage 2-finetune, epoch 1", "saturated there too"),
                  warn("H013", "end", "fused F1 below the best branch")])
     assert [f.when for f in monitor.findings] == ["stage 1-fusion, epoch 1", "stage 2-finetune, epoch 1", "end"]
+
+
+def test_a_run_that_failed_a_check_at_its_end_is_not_called_unfinished():
+    """Under --strict an end-of-run warning (H009, H015) fails a run that trained every epoch: its mark says the
+    run did not accept those weights, and that a resume trains nothing, rather than 'not a finished run's'."""
+    from leakhunter.card import stopped_by
+
+    text = stopped_by({"stopped_by": {"code": "H015", "when": "end", "message": "below the baseline", "epoch": 7,
+                                      "finish": "see what the check says; its epochs are done"}})
+    assert text == ("its run failed health check H015 at its end (below the baseline): these are the weights of its "
+                    "epoch 7, which the run did not accept; see what the check says; its epochs are done")
+    assert stopped_by({"test_metrics": {}}) == "" and stopped_by(None) == ""

@@ -383,7 +383,9 @@ class Trainer:
         except HealthFailure as failure:
             if self.rank == 0 and (self.run_dir / "best.pth").is_file():
                 finding = failure.finding
-                how = ("rerun the same leak train --cv command" if self.data.validation_in_sample() else
+                how = ("see what the check says; its epochs are done, so a resume trains nothing (--strict fails on "
+                       "warnings)" if finding.when == "end" else
+                       "rerun the same leak train --cv command" if self.data.validation_in_sample() else
                        "rerun the same leak train --mode fusion command" if self.stage is not None else
                        f"leak train --resume {self.run_dir / 'checkpoints' / 'last.pth'}")
                 mark = {"code": finding.code, "when": finding.when, "message": finding.message,
