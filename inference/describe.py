@@ -6,9 +6,10 @@ Describing validates: an invalid card, or one that contradicts the graph or the 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
-from leakhunter.card import ModelCard
+from leakhunter.card import OPERATING_POINTS, ModelCard, stopped_by
 from leakhunter.inference.loader import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES
 from leakhunter.inference.onnx_card import ModelLoadError, read_onnx
 
@@ -48,3 +49,67 @@ def describe_model(path: str | Path) -> dict:
     else:
         raise ModelLoadError(f"{path}: not a model file; expected .onnx, .pth or a card .json")
     return card.to_dict() | {"file": facts}
+
+
+SHOWN_SETTINGS = ("epochs", "lr", "batch_size", "seed", "loss", "channels", "hidden", "augment", "level", "reference")
+
+
+def card_rows(card: dict) -> list[tuple[str, str]]:
+    """`leak info`'s rows for a person: every card field, with the three that are walls of numbers summarised
+    (the normaliser's statistics, the training record, the operating points); `--json` prints them whole."""
+    rows = []
+    for key, value in card.items():
+        if key == "training" and isinstance(value, dict):
+            text = _training_text(value)
+        elif key == "operating_points" and value:
+            order = [name for name in OPERATING_POINTS if name in value] + sorted(set(value) - set(OPERATING_POINTS))
+            text = "\n".join(_point_text(name, value[name]) for name in order)
+        elif key == "normalisation" and isinstance(value, dict) and value.get("per_mel_bin"):
+            text = f"per mel bin: {len(value.get('mean', []))} means and standard deviations (--json shows them)"
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+        rows.append((key, text))
+    return rows
+
+
+def _point_text(name: str, point: dict) -> str:
+    if point.get("threshold") is None:
+        return f"{name}: unavailable ({point.get('reason', '')})"
+    return (f"{name}: threshold {point['threshold']:g} ({point.get('target', '')}); on its {point.get('n_files')} "
+            f"calibration files recall {point.get('recall', 0):.3f}, {point.get('false_alarms_per_100', 0):.1f} "
+            f"false alarms per 100")
+
+
+def _training_text(training: dict) -> str:
+    """The training record in a few lines: a stop first, then the estimates, the data and the settings."""
+    lines = []
+    if training.get("stopped_by"):
+        lines.append(f"STOPPED: {stopped_by(training)}")
+    cv = training.get("cv")
+    if cv:
+        pooled, baseline = cv.get("pooled", {}), (cv.get("baseline") or {}).get("pooled", {})
+        lines.append(f"{cv.get('k')}-fold cross-validation by group: held-out file F1 {_number(pooled.get('file_f1'))} "
+                     f"(AUC {_number(pooled.get('file_auc'))}) on {pooled.get('n_files')} files; baseline "
+                     f"{_number(baseline.get('file_f1'))}; chosen {cv.get('epochs')} epochs, threshold "
+                     f"{cv.get('threshold')}")
+    val, test = training.get("val_metrics") or {}, training.get("test_metrics") or {}
+    if val or test:
+        lines.append(f"epoch {training.get('best_epoch')}: validation file F1 {_number(val.get('file_f1'))}"
+                     + (" (in-sample)" if cv else "")
+                     + f"; test file F1 {_number(test.get('file_f1'))} on {test.get('n_files')} files")
+    baseline = training.get("baseline")
+    if isinstance(baseline, dict):
+        lines.append(f"baseline ({baseline.get('model')}): validation file F1 "
+                     f"{_number((baseline.get('val') or {}).get('file_f1'))}, test "
+                     f"{_number((baseline.get('test') or {}).get('file_f1'))}")
+    if training.get("data"):
+        lines.append(f"data {training['data']} ({training.get('parameters', '?')} parameters)")
+    config = training.get("config") or {}
+    shown = [f"{key} {config[key]}" for key in SHOWN_SETTINGS if config.get(key) not in (None, "", "none")]
+    if shown:
+        lines.append("settings: " + ", ".join(shown) + " (--json shows every one)")
+    return "\n".join(lines) or json.dumps(training)
+
+
+def _number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"

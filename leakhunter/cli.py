@@ -396,6 +396,7 @@ def info(
     Exit 1 when the card is invalid or contradicts the graph or the weights."""
     from leakhunter.card import stopped_by
     from leakhunter.inference import describe_model
+    from leakhunter.inference.describe import card_rows
 
     if not model.is_file():
         raise fail(f"{model}: no such file")
@@ -408,8 +409,8 @@ def info(
         return
     facts = described.pop("file")
     table = Table(title=f"{model} ({facts['format']})", show_header=False)
-    for key, value in described.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+    for key, text in card_rows(described):
+        table.add_row(key, text)
     console.print(table)
     table = Table(show_header=False)
     for key, value in facts.items():

@@ -205,6 +205,7 @@ def test_leak_info_describes_onnx_pth_and_card_json(binary_export, tmp_path):
     assert result.exit_code == 0
     for fact in ("NOLEAK", "waveform float32 ['batch', 'samples']", "opset", report.sha256):
         assert fact in result.output
+
     described = json.loads(runner.invoke(app, ["info", report.output, "--json"]).output)
     assert described == describe_model(report.output)
     facts = described.pop("file")
@@ -220,3 +221,15 @@ def test_leak_info_describes_onnx_pth_and_card_json(binary_export, tmp_path):
     shutil.copy(report.output, tmp_path / "renamed.bin")
     result = runner.invoke(app, ["info", str(tmp_path / "renamed.bin")])
     assert result.exit_code == 1 and "renamed.bin: not a model file" in result.output
+
+
+def test_leak_info_summarises_what_a_person_reads_and_json_keeps_it_whole(trained_model):
+    """The human view was the card's JSON row by row: a wall of normaliser statistics and the whole training
+    record. The normaliser, the training record and the operating points are summarised; --json is unchanged."""
+    result = runner.invoke(app, ["info", str(trained_model)])
+    shown = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "per mel bin: 32 means and standard deviations (--json shows them)" in shown and '"mean": [' not in shown
+    assert "validation file F1" in shown and "test file F1" in shown and "settings: epochs 4" in shown
+    described = json.loads(runner.invoke(app, ["info", str(trained_model), "--json"]).output)
+    assert len(described["normalisation"]["mean"]) == 32 and "config" in described["training"]
