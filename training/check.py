@@ -13,7 +13,7 @@ import numpy as np
 
 from leakhunter.errors import InputError
 from leakhunter.sources import leak_like_labels_warning, lone_groups_warning
-from leakhunter.training.dataset import dataset_configs, dead_channel_warning, open_dataset
+from leakhunter.training.dataset import dataset_configs, dead_channel_warning, file_metas, open_dataset
 from leakhunter.training.splits import SPLITS, crossing_keys
 
 
@@ -39,9 +39,9 @@ def check_dataset(path: str | Path) -> DatasetReport:
                                                           "short_count", "clipped", "channels_in")}
         skipped = list(zip(*(h5["skipped"][k].asstr()[:] for k in ("path", "reason", "detail"))))
         preset = str(h5.attrs.get("preset", "?"))
-        n_files = len(files["path"])  # older datasets lack silent_channels and meta
-        metas = h5["files/meta"].asstr()[:] if "files/meta" in h5 else ["{}"] * n_files
-        silent_channels = h5["files/silent_channels"][:] if "files/silent_channels" in h5 else np.zeros(n_files)
+        metas = file_metas(h5)
+        silent_channels = (h5["files/silent_channels"][:] if "files/silent_channels" in h5  # older datasets lack it
+                           else np.zeros(len(metas), np.int64))
     paths = [p.decode() if isinstance(p, bytes) else p for p in files["path"]]
     groups = [g.decode() if isinstance(g, bytes) else g for g in files["group"]]
     split, label = files["split"], files["label"]
@@ -94,8 +94,7 @@ def split_manifest(path: str | Path, split: str) -> list[dict[str, str]]:
         raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     with open_dataset(path) as h5:
         _, _, class_names = dataset_configs(h5)
-        n_files = len(h5["files/path"])
-        metas = h5["files/meta"].asstr()[:] if "files/meta" in h5 else ["{}"] * n_files  # older datasets lack it
+        metas = file_metas(h5)
         rows = zip(h5["files/path"].asstr()[:], h5["files/label"][:], h5["files/split"][:],
                    h5["files/group"].asstr()[:], metas)
         return [{"path": file, "label": class_names[label], "group": group, **json.loads(meta)}

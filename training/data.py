@@ -25,7 +25,7 @@ from leakhunter.models import ModelInputs, RelativeLevel
 from leakhunter.reference import recording_median, sensor_of, sensor_references
 from leakhunter.segments import long_segment_inputs
 from leakhunter.training.config import parse_memory
-from leakhunter.training.dataset import DatasetError, dataset_configs, open_dataset
+from leakhunter.training.dataset import DatasetError, dataset_configs, file_metas, open_dataset
 from leakhunter.training.splits import SPLITS
 
 DEFAULT_BUDGET = "50%"           # of available RAM, when no max_memory is given
@@ -84,7 +84,7 @@ class LeakData:
             self.long_file_index = h5["long/file_index"][...]
             self.short_file_index = h5["short/file_index"][...]
             self.channel_policy = str(h5.attrs.get("channel_policy", "mean"))  # the card records it for predict
-            self.meta_json = list(h5["files/meta"].asstr()[...]) if "files/meta" in h5 else ["{}"] * len(self.paths)
+            self.meta_json = file_metas(h5)
         self.mode = mode
         self.shas = [sha.decode() for sha in files["sha256"]]
         self.split_codes = files["split"]

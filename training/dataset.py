@@ -264,6 +264,12 @@ def open_dataset(path: str | Path) -> h5py.File:
         raise DatasetError(f"{path}: not an HDF5 dataset file from leak data build ({error})") from None
 
 
+def file_metas(h5: h5py.File) -> list[str]:
+    """Each file's manifest columns beyond path, label, group and split, as JSON text ("{}" for every file of a
+    dataset built before they were kept)."""
+    return list(h5["files/meta"].asstr()[:]) if "files/meta" in h5 else ["{}"] * len(h5["files/path"])
+
+
 def dataset_configs(h5: h5py.File) -> tuple[FrontendConfig, SegmentationConfig, tuple[str, ...]]:
     """The front-end, segmentation and class names a dataset file was built with."""
     try:
