@@ -102,12 +102,10 @@ def held_out_probabilities(data, folds: list[np.ndarray], features: np.ndarray |
     the baseline's side of grouped cross-validation (training/cv.py). A training side without LEAK or
     non-LEAK files gives NaN (nothing to fit). `features` [every dataset file, ...] replaces the median log-mels
     (benchmarks/quantile_baseline.py fits other statistics the same way)."""
-    if features is None:
+    if features is None:  # by dataset file index, filled for the folds' files
         every = data.subset(np.concatenate(folds))
-        medians = data.file_mel_medians(every)
-        position = {int(f): i for i, f in enumerate(every.file_index)}
-    else:
-        medians, position = features, {int(f): int(f) for f in np.concatenate(folds)}
+        features = np.zeros((len(data.file_is_leak), data.frontend.n_mels), np.float32)
+        features[every.file_index] = data.file_mel_medians(every)
     is_leak = data.file_is_leak
     probs = []
     for fold in folds:
@@ -116,8 +114,7 @@ def held_out_probabilities(data, folds: list[np.ndarray], features: np.ndarray |
         if truth.all() or not truth.any():
             probs.append(np.full(len(fold), np.nan))
             continue
-        model = fit_logistic(medians[[position[int(f)] for f in rest]], truth)
-        probs.append(model.leak_prob(medians[[position[int(f)] for f in fold]]))
+        probs.append(fit_logistic(features[rest], truth).leak_prob(features[fold]))
     return probs
 
 
