@@ -316,7 +316,7 @@ class JobStore:
         """Keep the newest `keep_jobs` finished jobs; older ones leave memory and the jobs folder (their tables
         stay), so a server that runs a job a minute for a year neither grows nor lists them all."""
         finished = sorted((job for job in self.jobs.values() if job.state not in ACTIVE_STATES and job.finished),
-                          key=lambda job: (job.finished or "", job.seq), reverse=True)
+                          key=lambda job: (job.finished, job.seq), reverse=True)
         for job in finished[self.keep_jobs:]:
             del self.jobs[job.id]
             if self.folder is not None:

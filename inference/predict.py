@@ -156,8 +156,9 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
         scoring = RayEngine(model, device, ray_options, workers=workers, **settings)
     else:
         scoring = ScoringEngine(model, device, workers=2 if workers is None else workers, **settings)
-    if scoring.scorer.card.stopped_by() and warn is not None:
-        warn(f"{model}: {scoring.scorer.card.stopped_by()}")
+    stopped = scoring.scorer.card.stopped_by()
+    if stopped and warn is not None:
+        warn(f"{model}: {stopped}")
     if scoring.request_fields:  # a manifest's columns: a fusion model's meta, a reference model's sensor_id
         scoring.fields.add_manifest(listed)
     with scoring:

@@ -155,8 +155,9 @@ class Service:
         self.not_ready = None
         log.info("ready: %s on %s (%s), %d decoding worker(s)", settings.model, self.engine.runner.device,
                  self.engine.runner.backend, settings.workers)
-        if self.engine.scorer.card.stopped_by():
-            log.warning("%s: %s", settings.model, self.engine.scorer.card.stopped_by())
+        stopped = self.engine.scorer.card.stopped_by()
+        if stopped:
+            log.warning("%s: %s", settings.model, stopped)
 
     def _warm_up(self) -> dict:
         """Score a few seconds of quiet noise through the whole path (workers, model on its device)."""

@@ -413,7 +413,7 @@ class ModelCard:
         return tuple(((self.branches or {}).get("meta") or {}).get("columns", ()))
 
     def stopped_by(self) -> str:
-        """See stopped_by() below."""
+        """What stopped this model's training run ("" for a finished run's): the function stopped_by above."""
         return stopped_by(self.training)
 
     @property

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from leakhunter.cli_data import data_app
 from leakhunter.cli_reference import reference_app
-from leakhunter.cli_support import command, console, errors, fail
+from leakhunter.cli_support import command, console, errors, fail, warn
 
 app = typer.Typer(help="leakhunter: find water-pipe leaks in acoustic recordings.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -276,7 +276,7 @@ def predict(
                               resume=resume, timeline=timeline, channel=channel, on_row=advance,
                               retry_failed=retry_failed, batch_rows=batch_rows, engine=engine,
                               ray_options=ray_options, meta=meta, meta_missing=meta_missing, reference=reference,
-                              warn=lambda text: errors.print(f"warning: {text}", highlight=False, markup=False))
+                              warn=warn)
     from leakhunter.eval_tables import predict_line, predict_table
 
     if out is None:
@@ -403,7 +403,7 @@ def info(
     described = describe_model(model)
     stopped = stopped_by(described.get("training"))
     if stopped:  # on stderr: --json's stdout stays one JSON object
-        errors.print(f"warning: {model}: {stopped}", highlight=False, markup=False)
+        warn(f"{model}: {stopped}")
     if as_json:
         print(json.dumps(described, indent=2))
         return

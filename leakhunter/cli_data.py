@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from leakhunter.cli_support import command, console, progress_bar
+from leakhunter.cli_support import command, console, progress_bar, warn
 
 data_app = typer.Typer(name="data", help="Make, build and check datasets.", no_args_is_help=True)
 
@@ -71,14 +71,8 @@ def data_build(
         console.print(f"[yellow]{report.skipped_summary()}[/]", highlight=False)
         for error in report.skipped:
             console.print(f"  {error}", highlight=False)
-    for warning in (report.leak_like, report.lone_groups):
-        if warning:
-            console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
-    if report.dead_channels:
-        from leakhunter.training.dataset import dead_channel_warning
-
-        console.print(f"warning: {dead_channel_warning(report.dead_channels)}", style="yellow", highlight=False,
-                      markup=False)
+    for warning in report.warnings():
+        warn(warning)
 
 
 @command(data_app, "check")

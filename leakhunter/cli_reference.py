@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from leakhunter.cli_support import command, console, errors, fail, progress_bar
+from leakhunter.cli_support import command, console, errors, fail, progress_bar, warn
 
 reference_app = typer.Typer(name="reference", help="Sensor reference tables for models trained with "
                                                    "--reference sensor.", no_args_is_help=True)
@@ -38,7 +38,7 @@ def reference_build(
         raise fail(f"{absent[0]}: no such file or folder")
     found = find_inputs(inputs)
     for line in found.empty:
-        errors.print(f"warning: {line}: no recording is taken from it", highlight=False, markup=False)
+        warn(f"{line}: no recording is taken from it")
     paths = found.paths
     fields = RecordingFields()
     fields.add_manifest(manifest_fields(inputs))
@@ -56,6 +56,6 @@ def reference_build(
         errors.print(f"skipped {error.path}: {error.reason} ({error.detail})", highlight=False, markup=False)
     thin = thin_sensors(table.recordings)
     if thin:
-        errors.print(f"warning: {thin}", highlight=False, markup=False)
+        warn(thin)
     console.print(f"wrote {out}: {len(table.references)} sensor(s) from {sum(table.recordings.values())} "
                   f"recording(s)", highlight=False)

@@ -21,6 +21,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """One yellow `warning:` line on stderr, the text as it is (a path with brackets is no markup)."""
+    errors.print(f"warning: {message}", style="yellow", highlight=False, markup=False)
+
+
 # What `pip install 'leakhunter[train]'` adds to the scoring install: training, export, .pth models, datasets.
 TRAINING_EXTRA = frozenset({"torch", "h5py", "matplotlib", "yaml", "onnx", "onnxscript"})
 # What `pip install 'leakhunter[ray]'` adds: `leak predict --engine ray` on a Ray cluster.

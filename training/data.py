@@ -358,6 +358,11 @@ class LeakData:
         """A cross-validation fold: validation is held-out groups that select nothing."""
         return self.planned and not self.validation_in_sample()
 
+    def label_counts(self) -> dict[str, int]:
+        """Files per dataset label (before a mode maps them onto its classes)."""
+        counts = np.bincount(self.file_labels, minlength=len(self.dataset_classes))
+        return {name: int(n) for name, n in zip(self.dataset_classes, counts)}
+
     def class_counts(self) -> dict[str, dict[str, int]]:
         """Files per class in each split, by the model's class names."""
         return {name: {cls: int((split.file_targets == c).sum()) for c, cls in enumerate(self.class_names)}

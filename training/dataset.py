@@ -51,6 +51,11 @@ class BuildReport:
     lone_groups: str | None = None  # sources.lone_groups_warning: most files their own group
     leak_like: str | None = None  # sources.leak_like_labels_warning: a label that reads as a leak but is not LEAK
 
+    def warnings(self) -> list[str]:
+        """What the build says about data it kept (a label, the groups, dead channels), one line each."""
+        dead = dead_channel_warning(self.dead_channels) if self.dead_channels else None
+        return [warning for warning in (self.leak_like, self.lone_groups, dead) if warning]
+
     def skipped_by_reason(self) -> dict[str, int]:
         return skipped_counts(self.skipped)
 

@@ -153,12 +153,11 @@ def _resume_config(payload: dict, overrides: dict, source: Path) -> TrainConfig:
 def class_mapping(data) -> str:
     """Which dataset labels each of the model's classes trains on, with their file counts (`NOLEAK ← NORMAL
     40, QUIET 40`), so a label merged into another class is seen at the start of a run."""
-    counts = np.bincount(data.file_labels, minlength=len(data.dataset_classes))
     merged: dict[int, list[str]] = {}
-    for label, name in enumerate(data.dataset_classes):
-        target = data.file_targets[np.flatnonzero(data.file_labels == label)[0]] if counts[label] else None
-        if target is not None:
-            merged.setdefault(int(target), []).append(f"{name} {counts[label]}")
+    for label, (name, count) in enumerate(data.label_counts().items()):
+        if count:  # every file of a label trains towards one class: the first one's says which
+            target = int(data.file_targets[np.argmax(data.file_labels == label)])
+            merged.setdefault(target, []).append(f"{name} {count}")
     return "; ".join(f"{data.class_names[target]} ← {', '.join(names)}" for target, names in sorted(merged.items()))
 
 
@@ -409,8 +408,7 @@ class Trainer:
                  f"{len(self.data.splits['train']):,} training inputs, {self.steps_per_epoch} steps/epoch")
         if tuple(self.data.dataset_classes) != tuple(self.card.class_names):  # e.g. binary: NOLEAK gathers the rest
             self.log(f"classes from the dataset's labels: {class_mapping(self.data)}")
-        leak_like = leak_like_labels_warning(dict(zip(self.data.dataset_classes, map(int, np.bincount(
-            self.data.file_labels, minlength=len(self.data.dataset_classes))))))
+        leak_like = leak_like_labels_warning(self.data.label_counts())
         if leak_like:
             self.log(f"warning: {leak_like}")
         self.log(f"class weights {np.round(self.criterion.weights.cpu().numpy(), 3).tolist()}"
