@@ -63,7 +63,9 @@ def card_rows(card: dict) -> list[tuple[str, str]]:
             text = _training_text(value)
         elif key == "operating_points" and value:
             order = [name for name in OPERATING_POINTS if name in value] + sorted(set(value) - set(OPERATING_POINTS))
-            text = "\n".join(_point_text(name, value[name]) for name in order)
+            where = ("held-out files (each fold at the point the other folds chose)"
+                     if isinstance(card.get("training"), dict) and card["training"].get("cv") else "calibration files")
+            text = "\n".join(_point_text(name, value[name], where) for name in order)
         elif key == "normalisation" and isinstance(value, dict) and value.get("per_mel_bin"):
             text = f"per mel bin: {len(value.get('mean', []))} means and standard deviations (--json shows them)"
         else:
@@ -72,12 +74,14 @@ def card_rows(card: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _point_text(name: str, point: dict) -> str:
+def _point_text(name: str, point: dict, where: str) -> str:
     if point.get("threshold") is None:
         return f"{name}: unavailable ({point.get('reason', '')})"
-    return (f"{name}: threshold {point['threshold']:g} ({point.get('target', '')}); on its {point.get('n_files')} "
-            f"calibration files recall {point.get('recall', 0):.3f}, {point.get('false_alarms_per_100', 0):.1f} "
-            f"false alarms per 100")
+    rates = [f"recall {point['recall']:.3f}" if point.get("recall") is not None else None,
+             f"{point['false_alarms_per_100']:.1f} false alarms per 100"
+             if point.get("false_alarms_per_100") is not None else None]
+    return (f"{name}: threshold {point['threshold']:g} ({point.get('target', '')}); on {point.get('n_files')} "
+            f"{where}: {', '.join(rate for rate in rates if rate) or 'no rate measured'}")
 
 
 def _training_text(training: dict) -> str:

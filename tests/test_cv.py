@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from leakhunter.errors import InputError
+from leakhunter.operating import operating_points
 from leakhunter.synth import synth_corpus
-from leakhunter.training.cv import HeldOut, choose, cross_validate, honest_estimate, split_check
+from leakhunter.training.cv import (
+    HeldOut,
+    choose,
+    cross_validate,
+    held_out_points,
+    honest_estimate,
+    pooled,
+    split_check,
+)
 from leakhunter.training.data import LeakData
 from leakhunter.training.dataset import build_dataset
 from leakhunter.training.health import split_findings
@@ -52,6 +61,25 @@ def test_the_pooled_curve_chooses_the_epoch_and_each_fold_is_judged_as_the_other
     assert rows[2]["threshold"] > 0.45 and rows[2]["file_recall"] == 0.0
     assert pooled["file_recall"] == pytest.approx(4 / 6) and pooled["file_precision"] == 1.0
     assert pooled["n_files"] == 12 and pooled["false_alarms_per_100"] == 0.0
+
+
+def test_operating_points_report_what_they_give_on_folds_that_did_not_choose_them():
+    truth = [True, True, False, False]
+    folds = [held_out(truth, [[0.9, 0.8, 0.2, 0.1]]), held_out(truth, [[0.9, 0.7, 0.3, 0.2]]),
+             held_out(truth, [[0.45, 0.4, 0.2, 0.1]])]
+    points = held_out_points(folds, 1, 0.5)
+    in_sample = operating_points(*pooled(folds, 1), 0.5)
+    assert {name: p["threshold"] for name, p in points.items()} == {
+        name: p["threshold"] for name, p in in_sample.items()}  # chosen on every fold, as before
+    assert in_sample["balanced"]["recall"] == 1.0  # where it was chosen, every leak is found ...
+    _, honest = honest_estimate(folds, 0.5)
+    assert points["balanced"]["recall"] == pytest.approx(4 / 6, abs=1e-4)  # ... but not on a fold left out
+    assert points["balanced"]["f1"] == pytest.approx(honest["file_f1"], abs=1e-4) and points["balanced"]["n_files"] == 12
+    one_class = [held_out([True, True], [[0.9, 0.8]]), held_out([True, True], [[0.7, 0.6]]),
+                 held_out([False, False], [[0.2, 0.1]])]
+    points = held_out_points(one_class, 1, 0.5)  # the last fold's others hold no non-LEAK file: no point there
+    assert points["balanced"]["threshold"] is not None
+    assert points["balanced"]["n_files"] == 4 and points["balanced"]["specificity"] is None
 
 
 def test_h016_fires_only_when_the_split_beats_an_average_fold_by_the_margin():
@@ -97,6 +125,7 @@ def test_cross_validation_trains_every_fold_then_the_final_model(sites_dataset, 
     # the operating points come from the pooled held-out predictions, not from the in-sample validation
     assert result.card.operating_points["balanced"]["threshold"] == pytest.approx(cv["threshold"], abs=1e-4)
     assert result.card.operating_points["balanced"]["n_files"] == cv["pooled"]["n_files"]
+    assert result.card.operating_points["balanced"]["f1"] == pytest.approx(cv["pooled"]["file_f1"], abs=1e-4)
     assert result.card.training["baseline"] is None and cv["baseline"]["pooled"]["n_files"] == cv["pooled"]["n_files"]
     assert result.history[-1]["epoch"] == cv["epochs"]  # the final model ran the chosen epochs
     assert len(result.history) == cv["epochs"]
