@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from leakhunter.errors import LeakhunterError
-from leakhunter.files import write_atomic
+from leakhunter.errors import InputError, LeakhunterError
+from leakhunter.files import LockFile, write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import json_record, read_table
-from leakhunter.inference.predict import find_inputs, manifest_fields, score_batch
+from leakhunter.inference.predict import check_out, find_inputs, manifest_fields, score_batch
 from leakhunter.sources import printable
 
 ACTIVE_STATES = ("queued", "running")
@@ -148,8 +148,16 @@ class JobStore:
         self.folder, self.max_jobs, self.keep_jobs = folder, max_jobs, keep_jobs
         self._lock = threading.Condition()
         self.jobs: dict[str, Job] = {}
+        self._folder_lock: LockFile | None = None
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            try:  # one server per jobs folder: two would run every job at once into one table
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._folder_lock = LockFile(self.folder / ".lock").acquire(
+                    f"{self.folder}: another leak serve keeps its jobs here; stop it, or start this one with "
+                    "its own --jobs-dir")
+            except OSError as error:  # a read-only data root
+                raise InputError(f"{self.folder}: cannot keep the jobs there ({error.strerror or error}); "
+                                 "start the server with a writable --jobs-dir") from None
             for saved in sorted(self.folder.glob("*.json")):
                 try:
                     job = Job(**{k: v for k, v in json.loads(saved.read_text()).items() if k != "done"})
@@ -191,6 +199,8 @@ class JobStore:
         if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
             raise JobError(f"out: {out} must end in {' or '.join(OUTPUT_SUFFIXES)}", 422)
         out_path = self.under_root(out)
+        if out_path in {self.under_root(item) for item in inputs}:
+            raise JobError(f"out: {out} is one of the inputs, and the table would replace it", 422)
         with self._lock:
             active = [job for job in self.jobs.values() if job.state in ACTIVE_STATES]
             if any(self.under_root(job.out) == out_path for job in active):
@@ -242,6 +252,11 @@ class JobStore:
                 job.cancel_asked = job.cancel_asked or job.state == "running"
             self._lock.notify_all()
 
+    def release(self) -> None:
+        """After stop() and the job thread's end: the jobs folder is free for the next server."""
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+
     def run_jobs(self, engine: ScoringEngine, turns: Turns, params: dict) -> None:
         """The job thread: one job at a time, oldest first, until stop(). `params` go to each table's
         params.json (the served model and settings)."""
@@ -275,6 +290,7 @@ class JobStore:
         try:
             found = find_inputs([self.under_root(item) for item in job.inputs], names=job.inputs)
             paths, job.empty_inputs = found.paths, found.empty
+            check_out(self.under_root(job.out), [self.under_root(item) for item in job.inputs], paths, job.out)
             outside = [path for path in paths if not path.is_relative_to(self.data_root)]
             if outside:
                 raise JobError(f"{outside[0]}: outside the data root (a symlink?)", 403)

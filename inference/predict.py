@@ -15,6 +15,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import leakhunter
 from leakhunter.errors import LeakhunterError
-from leakhunter.files import write_atomic
+from leakhunter.files import LockFile, write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import RETRIED_STATUSES, RowWriter, prepare_resume, resume_key
 from leakhunter.inference.scorer import RecordingDecoder
@@ -85,6 +86,18 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
     return FoundInputs(unique, empty)
 
 
+def check_out(out: Path, inputs: list[str | Path], paths: list[Path], name: str | None = None) -> None:
+    """A table must not replace what it scores: a name with an audio suffix, a listed recording or an input
+    manifest (`--out night.csv` with night.csv as the input) is refused before anything is written. `name`:
+    how messages call the table (a service's as its client gave it)."""
+    name = name or str(out)
+    if out.suffix.lower() in AUDIO_SUFFIXES:
+        raise PredictError(f"{name}: a table is not an audio file; write it as .csv or .jsonl")
+    target = resolved(out)
+    if target in {resolved(item) for item in inputs} or target in set(paths):
+        raise PredictError(f"{name}: is one of the inputs, and the table would replace it; write another --out")
+
+
 @dataclass
 class PredictSummary:
     out: Path | None
@@ -143,8 +156,12 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
         raise PredictError("Ray options (--address, --actors, --cpus-per-actor, --gpus-per-actor, --files-per-batch) "
                            "need --engine ray")
     found = find_inputs(inputs)
+    if out is not None:
+        check_out(Path(out), inputs, found.paths)
     for line in found.empty if warn is not None else ():
         warn(f"{line}: nothing is scored from it")
+    if out is not None and not resume and Path(out).is_file() and Path(out).stat().st_size and warn is not None:
+        warn(f"{out}: the table there is replaced (--resume would continue it)")
     listed = manifest_fields(inputs)  # refused here, before any worker starts
     started = time.perf_counter()
     settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
@@ -178,52 +195,67 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
     stays open (a service keeps one); stopping the iteration early (on_row raising) leaves a resumable table."""
     out = Path(out) if out is not None else None
     started = time.perf_counter() if started is None else started
-    scorer = engine.scorer
-    keys = {str(path): resume_key(scorer.base_row(path) | engine.recording_columns(path)) for path in paths}
-    done_keys: set = set()
-    kept_rows: list[dict] = []
-    timeline_done = set()
-    if scorer.timeline and out is not None and resume:  # an ok row counts as done with its line and its PNG
-        pngs = {str(path): _TimelineWriter.folder_of(out) / name for path, name in png_names(paths).items()}
-        timeline_done = {file for file in _TimelineWriter.files_in(out) if file in pngs and pngs[file].exists()}
-    if out is not None and resume and out.exists():
-        def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
-            failed = retry_failed and row["status"] in RETRIED_STATUSES
-            no_timeline = scorer.timeline and row["status"] == "ok" and str(row["file"]) not in timeline_done
-            return not failed and not no_timeline and keys.get(str(row["file"]), resume_key(row)) == resume_key(row)
+    with table_lock(out) if out is not None else nullcontext():  # one writer per table: never two runs interleaving rows
+        scorer = engine.scorer
+        keys = {str(path): resume_key(scorer.base_row(path) | engine.recording_columns(path)) for path in paths}
+        done_keys: set = set()
+        kept_rows: list[dict] = []
+        timeline_done = set()
+        if scorer.timeline and out is not None and resume:  # an ok row counts as done with its line and its PNG
+            pngs = {str(path): _TimelineWriter.folder_of(out) / name for path, name in png_names(paths).items()}
+            timeline_done = {file for file in _TimelineWriter.files_in(out) if file in pngs and pngs[file].exists()}
+        if out is not None and resume and out.exists():
+            def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
+                failed = retry_failed and row["status"] in RETRIED_STATUSES
+                no_timeline = scorer.timeline and row["status"] == "ok" and str(row["file"]) not in timeline_done
+                return not failed and not no_timeline and keys.get(str(row["file"]), resume_key(row)) == resume_key(row)
 
-        kept_rows = prepare_resume(out, scorer.columns, keep)
-        done_keys = {resume_key(row) for row in kept_rows}
-    todo = [p for p in paths if keys[str(p)] not in done_keys]
-    writer = RowWriter(out, scorer.columns, append=resume) if out is not None else None
-    timelines = None
-    if scorer.timeline and out is not None:
-        scored_ok = {str(row["file"]) for row in kept_rows if row["status"] == "ok"}
-        timelines = _TimelineWriter(out, paths, append=resume, keep_files=scored_ok)
-    if out is not None:
-        _write_params(out, engine, params or {})
-    summary = PredictSummary(out=out, rows=[], skipped=len(paths) - len(todo), wall_s=0.0, audio_s=0.0,
-                             kept_statuses=Counter(row["status"] for row in kept_rows if str(row["file"]) in keys))
-    png_for = {path: timelines.png_path(path) for path in todo} if timelines is not None else None
-    try:
-        for done_count, result in enumerate(engine.score(todo, png_for), start=1):
-            row = result.row
-            if timelines is not None and result.timeline is not None:
-                timelines.write(result.timeline)  # first: a row in the table implies its timeline line
+            kept_rows = prepare_resume(out, scorer.columns, keep)
+            done_keys = {resume_key(row) for row in kept_rows}
+        todo = [p for p in paths if keys[str(p)] not in done_keys]
+        writer = RowWriter(out, scorer.columns, append=resume) if out is not None else None
+        timelines = None
+        if scorer.timeline and out is not None:
+            scored_ok = {str(row["file"]) for row in kept_rows if row["status"] == "ok"}
+            timelines = _TimelineWriter(out, paths, append=resume, keep_files=scored_ok)
+        if out is not None:
+            _write_params(out, engine, params or {})
+        summary = PredictSummary(out=out, rows=[], skipped=len(paths) - len(todo), wall_s=0.0, audio_s=0.0,
+                                 kept_statuses=Counter(row["status"] for row in kept_rows if str(row["file"]) in keys))
+        png_for = {path: timelines.png_path(path) for path in todo} if timelines is not None else None
+        try:
+            for done_count, result in enumerate(engine.score(todo, png_for), start=1):
+                row = result.row
+                if timelines is not None and result.timeline is not None:
+                    timelines.write(result.timeline)  # first: a row in the table implies its timeline line
+                if writer is not None:
+                    writer.write(row)
+                summary.rows.append(row)
+                summary.statuses[row["status"]] += 1
+                if row["status"] == "ok":
+                    summary.verdicts[row["verdict"]] += 1
+                    summary.audio_s += float(row["duration_s"])
+                if on_row is not None:
+                    on_row(row, done_count, len(todo))
+        finally:
+            summary.wall_s = time.perf_counter() - started
             if writer is not None:
-                writer.write(row)
-            summary.rows.append(row)
-            summary.statuses[row["status"]] += 1
-            if row["status"] == "ok":
-                summary.verdicts[row["verdict"]] += 1
-                summary.audio_s += float(row["duration_s"])
-            if on_row is not None:
-                on_row(row, done_count, len(todo))
-    finally:
-        summary.wall_s = time.perf_counter() - started
-        if writer is not None:
-            writer.close()
-    return summary
+                writer.close()
+        return summary
+
+
+def table_lock(out: Path) -> LockFile:
+    """The lock a table is written under (`<out>.lock` while a run writes it): a second `leak predict`, a
+    second server's job or a job and a predict on one table are refused instead of interleaving their rows."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return LockFile(out.with_name(out.name + ".lock")).acquire(
+            f"{out}: another run is writing this table now (leak predict, or a leak serve job); wait for it to "
+            "finish, or write another --out")
+    except OSError as error:  # a read-only folder, a file where a folder should be
+        file = next((above for above in out.parents if above.exists() and not above.is_dir()), None)
+        why = f"{file} is a file, not a folder" if file is not None else error.strerror or str(error)
+        raise PredictError(f"{out}: cannot write a table there ({why})") from None
 
 
 def _write_params(out: Path, engine: ScoringEngine, params: dict) -> None:

@@ -191,6 +191,7 @@ class Service:
         self.jobs.stop()
         for thread in self._threads:
             thread.join(timeout=10)
+        self.jobs.release()
         if self.engine is not None:
             self.engine.close()
         shutil.rmtree(self.spool, ignore_errors=True)

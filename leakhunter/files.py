@@ -1,14 +1,18 @@
 """Atomic writes: every artefact (checkpoints, cards, configs, health, metrics, datasets, models, params)
-appears whole or not at all. Write to a temporary name in the same folder, fsync, then os.replace."""
+appears whole or not at all. Write to a temporary name in the same folder, fsync, then os.replace. And the lock
+files that keep two processes from writing one table or one jobs folder at once."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from leakhunter.errors import InputError
 
 
 @contextmanager
@@ -93,3 +97,44 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+class LockFile:
+    """An advisory lock (flock) on a file beside what it guards, held until release(): the kernel drops it when
+    the process dies, so a crash leaves no stale lock, only the empty file (taken over by the next holder).
+    Released by unlinking first; a holder that opened the old file before the unlink sees its inode gone and
+    opens the new one, so two processes never both hold it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self, busy: str) -> LockFile:
+        """Take the lock now or raise InputError(busy): waiting would hang a night's run behind another."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise InputError(busy) from None
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                self._fd = fd
+                return self
+            os.close(fd)  # released (unlinked) between our open and our flock: take the new file
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> LockFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

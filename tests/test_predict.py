@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from leakhunter.audio import load_audio
 from leakhunter.cli import app
+from leakhunter.errors import InputError
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.pool import WorkerFailure, WorkerPool
 from leakhunter.inference.predict import PredictError, find_inputs, predict
@@ -301,3 +302,36 @@ def test_a_jsonl_table_resumes_a_missing_files_row_like_a_csv_one(night, onnx_mo
     assert predict(inputs, onnx_model, out=out, workers=0).statuses == {"ok": 1, "missing": 1}
     resumed = predict(inputs, onnx_model, out=out, workers=0, resume=True)  # size_bytes null in JSONL
     assert resumed.skipped == 2 and not resumed.rows
+
+
+def test_a_table_never_replaces_an_input_nor_shares_its_file_with_another_run(night, onnx_model, tmp_path):
+    """`--out` over a recording or over the input manifest replaced it with scores, two runs on one table
+    interleaved their rows into one no resume could read, and rerunning without --resume replaced a table
+    silently: each is refused (the first two) or said (the last) before anything is written."""
+    from leakhunter.files import LockFile
+
+    folder, _ = night
+    first, second = sorted(folder.glob("*.wav"))[:2]
+    manifest = tmp_path / "night.csv"
+    manifest.write_text(f"path\n{first}\n")
+    copy = tmp_path / "copy.wav"
+    copy.write_bytes(first.read_bytes())
+    for out, inputs, why in ((manifest, [manifest], "is one of the inputs, and the table would replace it"),
+                             (copy, [copy], "a table is not an audio file; write it as .csv or .jsonl"),
+                             (tmp_path / "scores.WAV", [first], "a table is not an audio file")):
+        before = out.read_bytes() if out.exists() else None
+        with pytest.raises(PredictError, match=why):
+            predict(inputs, onnx_model, out=out, workers=0)
+        assert (out.read_bytes() if out.exists() else None) == before
+    out = tmp_path / "t.csv"
+    with LockFile(tmp_path / "t.csv.lock").acquire("busy"):  # another process writing t.csv now
+        with pytest.raises(InputError, match="t.csv: another run is writing this table now"):
+            predict([first], onnx_model, out=out, workers=0)
+        assert not out.exists()
+    said = []
+    predict([first], onnx_model, out=out, workers=0, warn=said.append)
+    assert said == [] and not (tmp_path / "t.csv.lock").exists()  # released with the run
+    predict([second], onnx_model, out=out, workers=0, warn=said.append)
+    assert said == [f"{out}: the table there is replaced (--resume would continue it)"]
+    with pytest.raises(PredictError, match=r"copy.wav/t.csv: cannot write a table there \(.*copy.wav is a file, not a folder\)"):
+        predict([first], onnx_model, out=copy / "t.csv", workers=0)

@@ -24,6 +24,7 @@ from servers import free_port, wait_ready
 from test_predict import broken_files, write_recording
 from test_predict_runs import FaultyDecoder
 
+from leakhunter.errors import InputError
 from leakhunter.inference.jobs import JobError, JobStore
 from leakhunter.inference.predict import predict
 from leakhunter.inference.serve import ServeSettings, Service, create_app
@@ -242,8 +243,9 @@ def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
     assert rows.status_code == 409 and "other.csv" in rows.text and str(night[0]) not in rows.text
 
 
-def test_a_second_job_on_the_same_table_is_409_and_more_than_max_jobs_503(model, night):
-    with running(model=model, workers=0, data_root=night[0], max_jobs=1) as (url, service):
+def test_a_second_job_on_the_same_table_is_409_and_more_than_max_jobs_503(model, night, tmp_path):
+    # its own jobs folder: the module's server may hold the data root's (one server per jobs folder)
+    with running(model=model, workers=0, data_root=night[0], jobs_dir=tmp_path / "jobs", max_jobs=1) as (url, service):
         with service.turns.turn():  # the engine is busy: the first job waits in its queue
             first = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/"], "out": "a.csv"})
             same_out = httpx.post(f"{url}/v1/jobs", json={"inputs": ["night/broken/"], "out": "a.csv"})
@@ -329,6 +331,11 @@ def test_only_the_newest_finished_jobs_are_remembered(tmp_path):
     store.cancel(jobs[3].id)
     assert finishing.id in store.jobs and jobs[1].id not in store.jobs
     finishing.state, finishing.finished = "queued", None
+    with pytest.raises(InputError, match="another leak serve keeps its jobs here; stop it, or start this one with "
+                                         "its own --jobs-dir"):
+        JobStore(tmp_path, folder, max_jobs=16, keep_jobs=1)  # two servers on one jobs folder: the second refused
+    store.stop()
+    store.release()
     restarted = JobStore(tmp_path, folder, max_jobs=16, keep_jobs=1)  # a lower setting applies at start
     assert [(job.id, job.state) for job in restarted.listed()] == [(jobs[3].id, "cancelled"), (finishing.id, "queued")]
     assert sorted(path.stem for path in folder.glob("*.json")) == sorted([jobs[3].id, finishing.id])
@@ -345,7 +352,7 @@ def test_without_a_data_root_folder_jobs_are_off(model):
         assert model_info["card"]["mode"] == "binary" and model_info["columns"][0] == "file"
 
 
-def test_a_crashing_or_hanging_upload_costs_its_own_row(model, night):
+def test_a_crashing_or_hanging_upload_costs_its_own_row(model, night, tmp_path):
     root = night[0]
     hang = write_recording(root / "hang.wav", "LEAK", seed=3)
     hang.with_suffix(".hang").touch()  # FaultyDecoder hangs on files with this marker beside them
@@ -356,7 +363,8 @@ def test_a_crashing_or_hanging_upload_costs_its_own_row(model, night):
             responses = list(clients.map(lambda path: upload(url, path), [good, crash]))
         assert [r.json()["status"] for r in responses] == ["ok", "worker_crash"]
         assert upload(url, good).json()["status"] == "ok"  # the engine goes on
-    with running(model=model, workers=2, file_timeout=3.0, decoder_class=FaultyDecoder, data_root=root) as (url, _):
+    with running(model=model, workers=2, file_timeout=3.0, decoder_class=FaultyDecoder, data_root=root,
+                 jobs_dir=tmp_path / "jobs") as (url, _):  # its own: the module's server holds the root's
         job = httpx.post(f"{url}/v1/jobs", json={"inputs": ["hang.wav", "crash.wav", str(good.relative_to(root))],
                                                  "out": "faults.csv"}).json()
         done = wait_job(url, job["id"])
@@ -455,3 +463,17 @@ def test_settings_that_cannot_work_are_refused(model, tmp_path):
         ServeSettings(model=model, data_root=tmp_path / "nope")
     with pytest.raises(InputError, match="--keep-jobs must be >= 1"):
         ServeSettings(model=model, keep_jobs=0)
+
+
+def test_a_job_table_never_replaces_an_input_and_an_unwritable_jobs_folder_says_what_to_do(tmp_path):
+    (tmp_path / "night.csv").write_text("path\n")
+    store = JobStore(tmp_path, tmp_path / "jobs", max_jobs=16)
+    with pytest.raises(JobError, match="out: ./night.csv is one of the inputs, and the table would replace it") as caught:
+        store.submit(["night.csv"], "./night.csv", retry_failed=True)
+    assert caught.value.status == 422 and not store.jobs
+    store.stop()
+    store.release()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(InputError, match=r"a-file/jobs: cannot keep the jobs there \(.*\); start the server with a "
+                                         r"writable --jobs-dir"):
+        JobStore(tmp_path, tmp_path / "a-file" / "jobs", max_jobs=16)
