@@ -392,7 +392,7 @@ class ScoringEngine:
         try:
             for result in self.score(uploads):
                 spooled = Path(result.row["file"])
-                message = str(result.row.get("message") or "").replace(str(spooled), uploads[spooled])
+                message = upload_message(str(result.row.get("message") or ""), spooled, uploads[spooled])
                 result.row.update(file=uploads[spooled], mtime="", message=message)  # no spool paths
                 if result.timeline is not None:
                     result.timeline["file"] = uploads[spooled]
@@ -552,3 +552,11 @@ class ScoringEngine:
                 else:
                     result.plot = PlotTask(result.timeline, Path(png))
             yield result
+
+
+def upload_message(message: str, spooled: Path, name: str) -> str:
+    """A row's message about an upload as its client may read it: the spool path becomes the upload's name, also
+    where a decoder printed the path as bytes (libsndfile: `Error opening b'/tmp/.../\\xc3\\xbc.wav'` for a
+    name that is not ASCII), and whatever else names the upload's spool folder loses it."""
+    message = message.replace(repr(os.fsencode(spooled)), repr(os.fsencode(name))).replace(str(spooled), name)
+    return message.replace(str(spooled.parent) + os.sep, "").replace(str(spooled.parent), ".")

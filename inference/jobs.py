@@ -30,6 +30,7 @@ from leakhunter.sources import printable
 
 ACTIVE_STATES = ("queued", "running")
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
+MAX_JOB_INPUTS = 1000  # files, folders, patterns or manifests per job: discovery is bounded, cancel comes soon
 CHUNK_FILES = 64  # files per turn: an upload waits at most for this many files of a job
 CHUNK_BYTES = 64 << 20  # ... or this much audio (long recordings)
 
@@ -192,6 +193,10 @@ class JobStore:
         return re.sub(f"{root}(?=[:;,'\"\\s)]|$)", ".", re.sub(f"{root}{re.escape(os.sep)}", "", text))
 
     def submit(self, inputs: list[str], out: str, retry_failed: bool) -> Job:
+        inputs = list(dict.fromkeys(inputs))  # the same folder listed 60,000 times is one folder
+        if len(inputs) > MAX_JOB_INPUTS:
+            raise JobError(f"inputs: {len(inputs)} where a job takes at most {MAX_JOB_INPUTS}; list the files in "
+                           "a manifest CSV and give that", 422)
         for item in [*inputs, out]:
             self.under_root(item)
         if not inputs:
@@ -248,9 +253,7 @@ class JobStore:
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
-            for job in self.jobs.values():
-                job.cancel_asked = job.cancel_asked or job.state == "running"
-            self._lock.notify_all()
+            self._lock.notify_all()  # a running job stops between two rows (a client's cancel still wins)
 
     def release(self) -> None:
         """After stop() and the job thread's end: the jobs folder is free for the next server."""
@@ -282,7 +285,7 @@ class JobStore:
             if row["status"] == "ok":
                 job.verdicts = {**job.verdicts, row["verdict"]: job.verdicts.get(row["verdict"], 0) + 1}
                 job.audio_s += float(row["duration_s"])
-            if job.cancel_asked:
+            if job.cancel_asked or self._stopping:
                 raise JobCancelled
 
         job.scored, job.statuses, job.verdicts, job.audio_s, job.error = 0, {}, {}, 0.0, None
@@ -292,8 +295,12 @@ class JobStore:
             paths, job.empty_inputs = found.paths, found.empty
             check_out(self.under_root(job.out), [self.under_root(item) for item in job.inputs], paths, job.out)
             outside = [path for path in paths if not path.is_relative_to(self.data_root)]
-            if outside:
-                raise JobError(f"{outside[0]}: outside the data root (a symlink?)", 403)
+            if outside:  # named in the server's log only: where a link leads is no client's business
+                log.warning("job %s: %d file(s) lead outside the data root, e.g. %s", job.id, len(outside),
+                            printable(str(outside[0])))
+                raise JobError(f"{len(outside)} file(s) named by {', '.join(map(printable, job.inputs))} lead "
+                               "outside the data root (a symlink, or a manifest row with ..); the server's log "
+                               "names them", 403)
             job.total = len(paths)
             # a listed manifest's columns (a fusion model's meta, a sensor_id), as in `leak predict`, for this job
             listed = manifest_fields([self.under_root(i) for i in job.inputs])  # conflicting rows refused
@@ -310,11 +317,16 @@ class JobStore:
                     engine.fields.forget(listed)
             state, outcome = "done", (summary.skipped, summary.exit_code)
         except JobCancelled:  # asked for, or the server is stopping: then the next start resumes it
-            state = "queued" if self._stopping else "cancelled"
+            state = "queued" if self._stopping and not job.cancel_asked else "cancelled"
+            if state == "queued":
+                log.info("job %s stops with the server after %d rows; the next start resumes it", job.id, job.scored)
         except Exception as error:  # noqa: BLE001 - a job's failure is that job's state; the server goes on
             if self._stopping:  # the engine closed under it: not the job's fault, the next start resumes it
                 log.warning("job %s stopped with the server (%s); the next start resumes it", job.id, error)
                 state = "queued"
+            elif isinstance(error, OSError):  # a table the server cannot write: the job's, said in one line
+                log.error("job %s failed: %s", job.id, error)
+                error_text = self.for_client(str(error))
             else:
                 if not isinstance(error, LeakhunterError):
                     log.exception("job %s failed", job.id)

@@ -25,6 +25,7 @@ import soundfile
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
 import leakhunter
 from leakhunter.devices import parse_device
@@ -68,6 +69,7 @@ class ServeSettings:
     max_jobs: int = 16  # folder jobs queued or running
     keep_jobs: int = 1000  # finished jobs remembered (the newest); older records are removed, their tables kept
     request_timeout: float = 300.0  # seconds an upload may wait for its row
+    receive_timeout: float = 30.0  # seconds an upload's body may send nothing (a stalled link holds a slot)
     decoder_class: type[RecordingDecoder] = RecordingDecoder  # as predict(): importable by the worker processes
 
     def __post_init__(self):
@@ -79,8 +81,8 @@ class ServeSettings:
         for name in ("workers", "max_queue", "max_jobs", "keep_jobs"):
             if getattr(self, name) < (0 if name == "workers" else 1):
                 raise InputError(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}")
-        if self.max_upload_mb <= 0 or self.request_timeout <= 0:
-            raise InputError("--max-upload-mb and --request-timeout must be > 0")
+        if self.max_upload_mb <= 0 or self.request_timeout <= 0 or self.receive_timeout <= 0:
+            raise InputError("--max-upload-mb, --request-timeout and --receive-timeout must be > 0")
         if not 0 < self.file_timeout < self.request_timeout:
             raise InputError(f"--file-timeout ({self.file_timeout:g} s) must be above 0 and below --request-timeout "
                              f"({self.request_timeout:g} s): a hanging file holds the engine until its timeout, and "
@@ -283,21 +285,33 @@ def refuse_declared(request: Request, limit: int, message: str) -> None:
         raise HTTPException(413, message)
 
 
-async def limited_chunks(request: Request, limit: int, message: str) -> AsyncIterator[bytes]:
+async def limited_chunks(request: Request, limit: int, message: str, idle_s: float) -> AsyncIterator[bytes]:
     """The body's chunks as they arrive, with a running count: a 413 once it passes `limit` bytes, whatever it
-    declared (a chunked upload declares nothing)."""
-    size = 0
-    async for chunk in request.stream():
+    declared (a chunked upload declares nothing); a 408 once `idle_s` seconds pass without a byte, so a stalled
+    link (a logger on a dropped cellular connection) frees its --max-queue slot instead of holding it for ever;
+    a client that went away mid-body is one log line, not an ASGI traceback."""
+    size, chunks = 0, request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise HTTPException(408, f"no byte of the body for --receive-timeout {idle_s:g} s after {size} bytes; "
+                                     "send it again") from None
+        except ClientDisconnect:
+            log.info("%s %s: the client went away after %d bytes of its body", request.method, request.url.path, size)
+            raise HTTPException(400, "the client went away before its body arrived") from None
         size += len(chunk)
         if size > limit:
             raise HTTPException(413, message)
         yield chunk
 
 
-async def read_at_most(request: Request, limit: int, message: str) -> bytes:
+async def read_at_most(request: Request, limit: int, message: str, idle_s: float) -> bytes:
     """A small body (a job request): refused by its Content-Length, or while it is read."""
     refuse_declared(request, limit, message)
-    return b"".join([chunk async for chunk in limited_chunks(request, limit, message)])
+    return b"".join([chunk async for chunk in limited_chunks(request, limit, message, idle_s)])
 
 
 def _unavailable(reason: str) -> HTTPException:
@@ -396,7 +410,8 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
             name = upload_name(name or f"upload{suffix}")
             with open(folder / name, "wb") as handle:
                 async for chunk in limited_chunks(request, max_bytes, f"upload is over --max-upload-mb "
-                                                                      f"{settings.max_upload_mb:g}"):
+                                                                      f"{settings.max_upload_mb:g}",
+                                                  settings.receive_timeout):
                     handle.write(chunk)
             future = service.submit(folder / name, name, fields)
             try:
@@ -427,7 +442,8 @@ def create_app(service: Service, on_fatal=None) -> FastAPI:
     async def submit_job(request: Request) -> dict:
         """The body is JSON whatever its Content-Type says (`curl -d` sends a form type)."""
         require_ready()
-        body = await read_at_most(request, MAX_JOB_BYTES, "a job request is at most 1 MB of JSON")
+        body = await read_at_most(request, MAX_JOB_BYTES, "a job request is at most 1 MB of JSON",
+                                  settings.receive_timeout)
         try:
             job = JobRequest.model_validate_json(body)
         except ValidationError as error:

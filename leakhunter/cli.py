@@ -358,6 +358,8 @@ def serve(
     keep_jobs: int = typer.Option(1000, help="Finished jobs remembered, the newest; older ones are forgotten "
                                              "(their records removed from --jobs-dir, their tables kept)."),
     request_timeout: float = typer.Option(300.0, help="Seconds an upload may wait for its row (then 504)."),
+    receive_timeout: float = typer.Option(30.0, help="Seconds an upload's body may send nothing (then 408 and its "
+                                                     "--max-queue slot is free again)."),
     file_timeout: float = typer.Option(60.0, help="Seconds one file may go without progress (then `timeout`); below "
                                                   "--request-timeout."),
     threshold: float = typer.Option(None, help="Override the card's P(LEAK) threshold (the rows say so)."),
@@ -383,7 +385,8 @@ def serve(
                              threshold=threshold, sensitivity=sensitivity, vote_fraction=vote_fraction,
                              channel=channel, batch_rows=batch_rows, meta_missing=meta_missing, reference=reference,
                              data_root=data_root, jobs_dir=jobs_dir, max_upload_mb=max_upload_mb, max_queue=max_queue,
-                             max_jobs=max_jobs, keep_jobs=keep_jobs, request_timeout=request_timeout)
+                             max_jobs=max_jobs, keep_jobs=keep_jobs, request_timeout=request_timeout,
+                             receive_timeout=receive_timeout)
     run_server(settings, host=host, port=port, log_level=log_level)
 
 

@@ -477,3 +477,94 @@ def test_a_job_table_never_replaces_an_input_and_an_unwritable_jobs_folder_says_
     with pytest.raises(InputError, match=r"a-file/jobs: cannot keep the jobs there \(.*\); start the server with a "
                                          r"writable --jobs-dir"):
         JobStore(tmp_path, tmp_path / "a-file" / "jobs", max_jobs=16)
+
+
+def test_an_upload_named_outside_ascii_gets_no_server_path_in_its_message(server, tmp_path):
+    """libsndfile prints a path that is not ASCII as bytes (b'/tmp/leakhunter-serve-.../\\xc3\\xbc.wav'), which the
+    spool path's replacement missed: the client read the server's spool folder."""
+    noise = tmp_path / "noise.wav"
+    noise.write_bytes(np.random.default_rng(0).bytes(4000))
+    url, service = server
+    for name in ("ünï.wav", "plain.wav"):
+        row = upload(url, noise, name=name).json()
+        assert row["status"] != "ok" and row["file"] == name, row
+        assert "leakhunter-serve" not in row["message"] and str(service.spool) not in row["message"], row
+        assert name in row["message"] or repr(os.fsencode(name)) in row["message"], row  # as libsndfile wrote it
+
+
+def test_a_job_whose_files_lead_outside_the_data_root_fails_without_naming_where(server, night, tmp_path):
+    url, _ = server
+    outside = write_recording(tmp_path / "elsewhere.wav", "LEAK", seed=5)
+    links = night[0] / "links"
+    links.mkdir()
+    (links / "escape.wav").symlink_to(outside)
+    job = wait_job(url, httpx.post(f"{url}/v1/jobs", json={"inputs": ["links/"], "out": "links.csv"}).json()["id"])
+    assert job["state"] == "failed" and str(tmp_path) not in job["error"], job
+    assert job["error"].startswith("1 file(s) named by links/ lead outside the data root (a symlink"), job
+
+
+def test_a_stalled_upload_gets_408_and_frees_its_slot(model, night, capfd):
+    """Uploads that sent their headers and part of a body, then nothing (a logger on a dropped link), held their
+    --max-queue slots until the server restarted while /readyz said 200: after --receive-timeout they are 408.
+    A client that goes away mid-body logged a 57-line ASGI traceback: now it frees its slot quietly."""
+    import socket
+
+    good = next((night[0] / "night").glob("S002*.wav"))
+    head = (b"POST /v1/score?name=s.wav HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+            b"Content-Length: 100000\r\n\r\n" + b"\0" * 1000)
+    with running(model=model, workers=0, max_queue=1, receive_timeout=1.0) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as gone:
+            gone.sendall(head)
+            time.sleep(0.3)
+        time.sleep(0.5)
+        assert upload(url, good).json()["status"] == "ok"
+        assert "Exception in ASGI application" not in capfd.readouterr().err
+        with socket.create_connection((host, int(port))) as stalled:
+            stalled.sendall(head)
+            time.sleep(0.3)
+            assert upload(url, good).status_code == 503  # its slot is taken while it stalls ...
+            stalled.settimeout(10)
+            answer = ""
+            while "}" not in answer:  # the headers and the JSON body may come in two packets
+                part = stalled.recv(4096).decode()
+                answer += part
+                if not part:
+                    break
+        assert answer.startswith("HTTP/1.1 408") and "--receive-timeout 1 s after 1000 bytes" in answer, answer
+        assert upload(url, good).json()["status"] == "ok"  # ... and free again
+
+
+def test_a_job_lists_each_input_once_and_at_most_a_thousand(tmp_path):
+    (tmp_path / "night").mkdir()
+    store = JobStore(tmp_path, tmp_path / "jobs", max_jobs=4)
+    assert store.submit(["night/"] * 60_000, "t.csv", retry_failed=True).inputs == ["night/"]
+    with pytest.raises(JobError, match="inputs: 1001 where a job takes at most 1000; list the files in a manifest"):
+        store.submit([f"night/{i}.wav" for i in range(1001)], "u.csv", retry_failed=True)
+
+
+@pytest.mark.parametrize("cancelled", [True, False])
+def test_a_cancel_asked_before_the_server_stops_stays_a_cancel(tmp_path, monkeypatch, cancelled):
+    """A job cancelled by its client and then stopped with the server (SIGTERM) was queued again, and the next
+    start ran it; a job only stopped with the server is queued again, to resume."""
+    from types import SimpleNamespace
+
+    import leakhunter.inference.jobs as jobs_module
+    from leakhunter.inference.jobs import Turns
+
+    (tmp_path / "night").mkdir()
+    write_recording(tmp_path / "night" / "a.wav", "LEAK")
+    store = JobStore(tmp_path, tmp_path / "jobs", max_jobs=4)
+    job = store.submit(["night/"], "t.csv", retry_failed=True)
+    job.state = "running"
+
+    def one_row_then(paths, engine, on_row, **settings):
+        if cancelled:
+            store.cancel(job.id)  # the client's DELETE ...
+        store.stop()  # ... then SIGTERM, both before the next row
+        on_row({"status": "ok", "verdict": "LEAK", "duration_s": 2.0}, 1, 1)
+
+    monkeypatch.setattr(jobs_module, "score_batch", one_row_then)
+    store._run(job, SimpleNamespace(request_fields=False), Turns(), {})
+    assert job.state == ("cancelled" if cancelled else "queued")
+    assert json.loads((tmp_path / "jobs" / f"{job.id}.json").read_text())["state"] == job.state
