@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import AsyncIterator
@@ -481,6 +482,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, lo
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
         log.addHandler(handler)
     log.setLevel(log_level.upper())
+    listening = bind_port(host, port)  # before the model loads: a port in use is one line and exit 2
     service = Service(settings)
     server: uvicorn.Server | None = None
 
@@ -489,6 +491,21 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, lo
 
     server = uvicorn.Server(uvicorn.Config(create_app(service, on_fatal=stop), host=host, port=port,
                                            log_level=log_level, timeout_graceful_shutdown=10))
-    server.run()
+    server.run(sockets=[listening])
     if service.fatal is not None:
         raise service.fatal
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """The server's socket, bound as uvicorn binds one; a port another process holds (or a host this machine
+    does not have) is an InputError, where uvicorn logged a bind error, exited 3 and logged "ready" after it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        raise InputError(f"{host}:{port}: cannot listen there ({error.strerror or error}); is another server on "
+                         "it? Choose another --port") from None
+    return listening

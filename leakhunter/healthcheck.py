@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import urllib.error
 import urllib.request
@@ -38,13 +39,25 @@ def read_environment(pid: int) -> dict[str, str]:
 
 
 def serve_arguments(argv: list[str]) -> list[str] | None:
-    """The arguments after `serve` when argv runs `leak serve` (also behind python, docker-init or tini), else None."""
+    """The arguments after `serve` when argv runs `leak serve` (also behind python, docker-init or tini, or in a
+    shell's `-c "mkdir -p /data/x && leak serve ..."`, whose words would otherwise hide it), else None."""
+    argv = [word for token in argv for word in _shell_words(token)]
     for index, token in enumerate(argv):
         if os.path.basename(token) == "leak" or token in PROGRAM_TOKENS:
             rest = argv[index + 1:]
             command = next((word for word in rest if not word.startswith("-")), None)
             return rest[rest.index(command) + 1:] if command == "serve" else None
     return None
+
+
+def _shell_words(token: str) -> list[str]:
+    """A token with spaces split as a shell would (a `sh -c` command); any other token as it is."""
+    if not any(space in token for space in " \t\n"):
+        return [token]
+    try:
+        return shlex.split(token)
+    except ValueError:  # unbalanced quotes: not a command we can read
+        return [token]
 
 
 def option_value(arguments: list[str], name: str) -> str | None:

@@ -290,6 +290,9 @@ def test_an_unreadable_process_is_unhealthy(capsys):
     (["python", "-m", "leakhunter.cli", "serve", "--host", "10.0.0.2"], ["--host", "10.0.0.2"]),
     (["/usr/local/bin/python3.11", "/usr/local/bin/leak", "predict", "/data/serve"], None),
     (["python", "server.py", "serve"], None),
+    (["/bin/sh", "-c", "mkdir -p /data/x && leak serve --model /m.onnx --port 9000"],
+     ["--model", "/m.onnx", "--port", "9000"]),  # a shell's -c command: its words, not one token
+    (["/bin/sh", "-c", "leak predict '/data/my night' --out /out/s.csv"], None),
 ])
 def test_serve_is_recognised_in_the_command_lines_pid_1_can_have(argv, arguments):
     assert healthcheck.serve_arguments(argv) == arguments

@@ -568,3 +568,18 @@ def test_a_cancel_asked_before_the_server_stops_stays_a_cancel(tmp_path, monkeyp
     store._run(job, SimpleNamespace(request_fields=False), Turns(), {})
     assert job.state == ("cancelled" if cancelled else "queued")
     assert json.loads((tmp_path / "jobs" / f"{job.id}.json").read_text())["state"] == job.state
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(model, tmp_path):
+    """uvicorn logged a bind error, exited 3, and logged "ready" after it: now the port is bound first."""
+    import socket
+
+    from leakhunter.inference.serve import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InputError, match=f"127.0.0.1:{port}: cannot listen there \\(Address already in use\\)"):
+            serve(ServeSettings(model=model, workers=0, data_root=tmp_path), port=port)
+    assert not (tmp_path / ".leakhunter-jobs").exists()  # refused before the server took anything on
