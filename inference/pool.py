@@ -9,6 +9,7 @@ back while the task runs, so nothing has to hold a whole recording. Torch-free.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,16 @@ class SetupError(LeakhunterError, RuntimeError):
 
 
 def _serve(setup, setup_args, work, connection, worker_id) -> None:
+    """A worker's life; it ends quietly when its parent has gone (a pipe broken by a SIGTERM'd run), and leaves
+    Ctrl-C (sent to the whole process group) to the parent, which stops the run and then the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _work_loop(setup, setup_args, work, connection)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        return
+
+
+def _work_loop(setup, setup_args, work, connection) -> None:
     try:
         state = setup(*setup_args)
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which stops the run

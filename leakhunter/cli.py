@@ -16,7 +16,7 @@ from rich.table import Table
 
 from leakhunter.cli_data import data_app
 from leakhunter.cli_reference import reference_app
-from leakhunter.cli_support import command, console, errors, fail, warn
+from leakhunter.cli_support import command, console, errors, fail, stopped_by_signal, warn
 
 app = typer.Typer(help="leakhunter: find water-pipe leaks in acoustic recordings.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -260,7 +260,7 @@ def predict(
 
     started = clock.perf_counter()
     audio = {"s": 0.0}
-    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+    with stopped_by_signal() as interrupted, Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=errors, transient=True) as bar:
         task = bar.add_task("scoring", total=None, rate="")
 
@@ -277,6 +277,10 @@ def predict(
                               retry_failed=retry_failed, batch_rows=batch_rows, engine=engine,
                               ray_options=ray_options, meta=meta, meta_missing=meta_missing, reference=reference,
                               warn=warn)
+    if interrupted.signal is not None:
+        kept = (f"the rows written so far stay in {out}; rerun the same command with --resume to score the rest"
+                if out is not None else "no table was asked for (--out), so nothing is kept")
+        raise fail(f"interrupted ({interrupted.signal}): {kept}", 128 + interrupted.number)
     from leakhunter.eval_tables import predict_line, predict_table
 
     if out is None:

@@ -4,7 +4,12 @@ and the progress bar. The commands live in leakhunter/cli.py (and cli_data.py fo
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import typer
 from rich.console import Console
@@ -24,6 +29,35 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 def warn(message: str) -> None:
     """One yellow `warning:` line on stderr, the text as it is (a path with brackets is no markup)."""
     errors.print(f"warning: {message}", style="yellow", highlight=False, markup=False)
+
+
+@dataclass
+class Interrupted:
+    signal: str | None = None  # SIGINT or SIGTERM, once one stopped the command
+    number: int = 0
+
+
+@contextmanager
+def stopped_by_signal() -> Iterator[Interrupted]:
+    """Ctrl-C and SIGTERM (`docker stop`, a scheduler's kill) stop a long command the same way: a
+    KeyboardInterrupt unwinds every `with` (workers closed, the table's rows flushed) and the block ends with
+    `.signal` set, for one line saying what is kept. SIGTERM used to end the process where it stood."""
+    state = Interrupted()
+
+    def on_term(number, frame):
+        state.signal, state.number = "SIGTERM", number
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    try:
+        yield state
+    except KeyboardInterrupt:
+        if state.signal is None:
+            state.signal, state.number = "SIGINT", int(signal.SIGINT)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # What `pip install 'leakhunter[train]'` adds to the scoring install: training, export, .pth models, datasets.

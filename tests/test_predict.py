@@ -335,3 +335,30 @@ def test_a_table_never_replaces_an_input_nor_shares_its_file_with_another_run(ni
     assert said == [f"{out}: the table there is replaced (--resume would continue it)"]
     with pytest.raises(PredictError, match=r"copy.wav/t.csv: cannot write a table there \(.*copy.wav is a file, not a folder\)"):
         predict([first], onnx_model, out=copy / "t.csv", workers=0)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_says_what_is_kept_and_resume_finishes_it(night, onnx_model, tmp_path, stop):
+    """SIGTERM (docker stop) ended predict where it stood, with a stray `Process leakhunter-worker-1:` and no
+    word; Ctrl-C exited 130 silently. Both now unwind, name the rows kept, and exit 128 + the signal."""
+    folder, _ = night
+    files = sorted(folder.glob("*.wav"))[:60]
+    manifest = tmp_path / "inputs.csv"
+    manifest.write_text("path\n" + "".join(f"{p}\n" for p in files))
+    out = tmp_path / "scores.csv"
+    command = [sys.executable, "-m", "leakhunter.cli", "predict", str(manifest), "--model", str(onnx_model),
+               "--out", str(out), "--workers", "1", "--batch-rows", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while (not out.exists() or len(out.read_bytes().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    written = len(rows_of(out))
+    assert process.returncode == 128 + stop and 0 < written < 60, stderr
+    said = " ".join(stderr.split())
+    assert f"interrupted ({stop.name}): the rows written so far stay in {out}; rerun the same command with " \
+           "--resume to score the rest" in said, stderr
+    assert "Traceback" not in stderr and "Process leakhunter-worker" not in stderr, stderr
+    assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
+    assert len(rows_of(out)) == 60
