@@ -393,7 +393,7 @@ class ScoringEngine:
             for result in self.score(uploads):
                 spooled = Path(result.row["file"])
                 message = upload_message(str(result.row.get("message") or ""), spooled, uploads[spooled])
-                result.row.update(file=uploads[spooled], mtime="", message=message)  # no spool paths
+                result.row.update(file=uploads[spooled], mtime=None, message=message)  # no spool paths
                 if result.timeline is not None:
                     result.timeline["file"] = uploads[spooled]
                 yield spooled, result

@@ -233,9 +233,11 @@ class JobStore:
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once, a running one between two rows; its table stays resumable (post
-        the job again to continue it)."""
+        the job again to continue it). A finished job is a 409: there is nothing left to cancel."""
         job = self.get(job_id)
         with self._lock:
+            if job.state not in ACTIVE_STATES:
+                raise JobError(f"job {job_id} is {job.state} already: nothing to cancel", 409)
             if job.state == "queued":
                 job.state, job.finished = "cancelled", _now()
                 self._save(job)

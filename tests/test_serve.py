@@ -125,7 +125,7 @@ def test_served_rows_are_predicts_rows_for_good_and_every_kind_of_bad_file(serve
     for path, response in zip(files, responses):
         served, expected = as_csv_cells(response.json()), dict(reference[path.name])
         expected["message"] = expected["message"].replace(str(path), path.name)  # a message names the upload
-        assert served["file"] == path.name and served["mtime"] == ""
+        assert served["file"] == path.name and response.json()["mtime"] is None  # null, as the README says
         assert {k: v for k, v in served.items() if k not in PATH_FIELDS} == \
                {k: v for k, v in expected.items() if k not in PATH_FIELDS}, path.name
     statuses = {path.name: r.json()["status"] for path, r in zip(files, responses)}
@@ -326,6 +326,9 @@ def test_only_the_newest_finished_jobs_are_remembered(tmp_path):
     assert (tmp_path / "t0.csv").exists()
     with pytest.raises(JobError, match=f"no job {jobs[0].id}"):
         store.get(jobs[0].id)
+    with pytest.raises(JobError, match=f"job {jobs[1].id} is cancelled already: nothing to cancel") as caught:
+        store.cancel(jobs[1].id)
+    assert caught.value.status == 409
     finishing = store.submit(["night/"], "t9.csv", retry_failed=True)
     finishing.state = "done"  # as a job thread mid-finish might leave it: not yet finished, so not forgettable
     store.cancel(jobs[3].id)
