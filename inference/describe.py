@@ -63,8 +63,9 @@ def card_rows(card: dict) -> list[tuple[str, str]]:
             text = _training_text(value)
         elif key == "operating_points" and value:
             order = [name for name in OPERATING_POINTS if name in value] + sorted(set(value) - set(OPERATING_POINTS))
+            cv = card["training"].get("cv") if isinstance(card.get("training"), dict) else None
             where = ("held-out files (each fold at the point the other folds chose)"
-                     if isinstance(card.get("training"), dict) and card["training"].get("cv") else "calibration files")
+                     if isinstance(cv, dict) and cv.get("points_measured") == "held_out" else "calibration files")
             text = "\n".join(_point_text(name, value[name], where) for name in order)
         elif key == "normalisation" and isinstance(value, dict) and value.get("per_mel_bin"):
             text = f"per mel bin: {len(value.get('mean', []))} means and standard deviations (--json shows them)"

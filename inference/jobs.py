@@ -165,8 +165,9 @@ class JobStore:
                 except (ValueError, TypeError) as error:
                     log.error("%s: not a job file, left alone (%s)", saved, error)
                     continue
-                if job.state == "running":  # the server stopped under it: it resumes from its table
-                    job.state = "queued"
+                if job.state == "running":  # the server stopped under it: it resumes from its table, unless
+                    job.state = "cancelled" if job.cancel_asked else "queued"  # its client had cancelled it
+                    job.finished = _now() if job.cancel_asked else None
                 self.jobs[job.id] = job
         self._forget_old()
         self._stopping = False
@@ -244,6 +245,7 @@ class JobStore:
                 self._forget_old()
             elif job.state == "running":
                 job.cancel_asked = True
+                self._save_or_log(job)
         return job
 
     def rows(self, job_id: str, columns: tuple[str, ...], offset: int, limit: int) -> dict:
@@ -324,8 +326,9 @@ class JobStore:
                 log.info("job %s stops with the server after %d rows; the next start resumes it", job.id, job.scored)
         except Exception as error:  # noqa: BLE001 - a job's failure is that job's state; the server goes on
             if self._stopping:  # the engine closed under it: not the job's fault, the next start resumes it
-                log.warning("job %s stopped with the server (%s); the next start resumes it", job.id, error)
-                state = "queued"
+                state = "cancelled" if job.cancel_asked else "queued"
+                log.warning("job %s stopped with the server (%s)%s", job.id, error,
+                            "" if job.cancel_asked else "; the next start resumes it")
             elif isinstance(error, OSError):  # a table the server cannot write: the job's, said in one line
                 log.error("job %s failed: %s", job.id, error)
                 error_text = self.for_client(str(error))
@@ -364,4 +367,7 @@ class JobStore:
 
     def _save(self, job: Job) -> None:
         if self.folder is not None:
-            write_atomic(self.folder / f"{job.id}.json", json.dumps(job.public(), indent=2))
+            # and a client's cancel of a running job: a server stopped before the job's next row must not run
+            # it again at its next start
+            write_atomic(self.folder / f"{job.id}.json",
+                         json.dumps(job.public() | {"cancel_asked": job.cancel_asked}, indent=2))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
@@ -40,6 +42,21 @@ class PoolEvent:
 
 class SetupError(LeakhunterError, RuntimeError):
     """A worker could not start (e.g. the model cannot be loaded): nothing can be scored."""
+
+
+@contextmanager
+def _ctrl_c_ignored():
+    """SIGINT ignored while a worker is spawned: the ignore survives exec, so a Ctrl-C in the worker's first
+    second (imports, unpickling) prints no traceback. Only the main thread may set a handler (a service starts
+    workers from others, where the terminal's Ctrl-C is not theirs to take)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _serve(setup, setup_args, work, connection, worker_id) -> None:
@@ -82,7 +99,8 @@ class _Worker:
         self.connection, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_serve, args=(setup, setup_args, work, child, worker_id),
                                        daemon=True, name=f"leakhunter-worker-{worker_id}")
-        self.process.start()
+        with _ctrl_c_ignored():  # also while the spawned interpreter starts, before _serve ignores it itself
+            self.process.start()
         child.close()
         self.task_id: int | None = None
         self.started: float | None = None

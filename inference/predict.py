@@ -158,44 +158,48 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     found = find_inputs(inputs)
     if out is not None:
         check_out(Path(out), inputs, found.paths)
-    for line in found.empty if warn is not None else ():
-        warn(f"{line}: nothing is scored from it")
-    if out is not None and not resume and Path(out).is_file() and Path(out).stat().st_size and warn is not None:
-        warn(f"{out}: the table there is replaced (--resume would continue it)")
-    listed = manifest_fields(inputs)  # refused here, before any worker starts
-    started = time.perf_counter()
-    settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
-                    timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class, sensitivity=sensitivity,
-                    meta=meta, meta_missing=meta_missing, reference=reference)
-    if engine == "ray":
-        from leakhunter.inference.ray_engine import RayEngine
+    # the table's lock before the model loads: a busy table is refused at once, before any warning about it
+    with table_lock(Path(out)) if out is not None else nullcontext():
+        for line in found.empty if warn is not None else ():
+            warn(f"{line}: nothing is scored from it")
+        if out is not None and not resume and Path(out).is_file() and Path(out).stat().st_size and warn is not None:
+            warn(f"{out}: the table there is replaced (--resume would continue it)")
+        listed = manifest_fields(inputs)  # refused here, before any worker starts
+        started = time.perf_counter()
+        settings = dict(file_timeout=file_timeout, threshold=threshold, vote_fraction=vote_fraction, channel=channel,
+                        timeline=timeline, batch_rows=batch_rows, decoder_class=decoder_class, sensitivity=sensitivity,
+                        meta=meta, meta_missing=meta_missing, reference=reference)
+        if engine == "ray":
+            from leakhunter.inference.ray_engine import RayEngine
 
-        scoring = RayEngine(model, device, ray_options, workers=workers, **settings)
-    else:
-        scoring = ScoringEngine(model, device, workers=2 if workers is None else workers, **settings)
-    stopped = scoring.scorer.card.stopped_by()
-    if stopped and warn is not None:
-        warn(f"{model}: {stopped}")
-    if scoring.request_fields:  # a manifest's columns: a fusion model's meta, a reference model's sensor_id
-        scoring.fields.add_manifest(listed)
-    with scoring:
-        params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
-                  "inputs": [str(i) for i in inputs], "empty_inputs": found.empty}
-        summary = score_batch(found.paths, scoring, out=out, resume=resume, retry_failed=retry_failed,
-                              on_row=on_row, params=params, started=started)
-    summary.empty_inputs = found.empty
-    return summary
+            scoring = RayEngine(model, device, ray_options, workers=workers, **settings)
+        else:
+            scoring = ScoringEngine(model, device, workers=2 if workers is None else workers, **settings)
+        stopped = scoring.scorer.card.stopped_by()
+        if stopped and warn is not None:
+            warn(f"{model}: {stopped}")
+        if scoring.request_fields:  # a manifest's columns: a fusion model's meta, a reference model's sensor_id
+            scoring.fields.add_manifest(listed)
+        with scoring:
+            params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
+                      "inputs": [str(i) for i in inputs], "empty_inputs": found.empty}
+            summary = score_batch(found.paths, scoring, out=out, resume=resume, retry_failed=retry_failed,
+                                  on_row=on_row, params=params, started=started, locked=True)
+        summary.empty_inputs = found.empty
+        return summary
 
 
 def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None = None, resume: bool = False,
                 retry_failed: bool = True, on_row: Callable[[dict, int, int], None] | None = None,
-                params: dict | None = None, started: float | None = None) -> PredictSummary:
+                params: dict | None = None, started: float | None = None, locked: bool = False) -> PredictSummary:
     """The batch runner around an engine, shared by `leak predict` and the service's folder jobs: resume, the
     row writer, the timelines (when the engine's scorer makes them), params.json and the summary. The engine
-    stays open (a service keeps one); stopping the iteration early (on_row raising) leaves a resumable table."""
+    stays open (a service keeps one); stopping the iteration early (on_row raising) leaves a resumable table.
+    locked: the caller holds the table's lock (table_lock) already."""
     out = Path(out) if out is not None else None
     started = time.perf_counter() if started is None else started
-    with table_lock(out) if out is not None else nullcontext():  # one writer per table: never two runs interleaving rows
+    # one writer per table: never two runs interleaving rows
+    with table_lock(out) if out is not None and not locked else nullcontext():
         scorer = engine.scorer
         keys = {str(path): resume_key(scorer.base_row(path) | engine.recording_columns(path)) for path in paths}
         done_keys: set = set()

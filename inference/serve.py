@@ -194,9 +194,10 @@ class Service:
         self.jobs.stop()
         for thread in self._threads:
             thread.join(timeout=10)
-        self.jobs.release()
         if self.engine is not None:
             self.engine.close()
+        if not any(thread.is_alive() for thread in self._threads if thread.name == "leakhunter-jobs"):
+            self.jobs.release()  # else the process's exit frees the folder: a job thread may still save there
         shutil.rmtree(self.spool, ignore_errors=True)
 
     def readiness(self, workers: bool = True) -> str | None:
@@ -294,7 +295,8 @@ async def limited_chunks(request: Request, limit: int, message: str, idle_s: flo
     size, chunks = 0, request.stream().__aiter__()
     while True:
         try:
-            chunk = await asyncio.wait_for(anext(chunks), idle_s)
+            async with asyncio.timeout(idle_s):
+                chunk = await anext(chunks)
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -483,7 +485,12 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, lo
         log.addHandler(handler)
     log.setLevel(log_level.upper())
     listening = bind_port(host, port)  # before the model loads: a port in use is one line and exit 2
-    service = Service(settings)
+    try:
+        service = Service(settings)
+    except BaseException:
+        for sock in listening:
+            sock.close()
+        raise
     server: uvicorn.Server | None = None
 
     def stop() -> None:
@@ -491,21 +498,29 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, lo
 
     server = uvicorn.Server(uvicorn.Config(create_app(service, on_fatal=stop), host=host, port=port,
                                            log_level=log_level, timeout_graceful_shutdown=10))
-    server.run(sockets=[listening])
+    server.run(sockets=listening)
     if service.fatal is not None:
         raise service.fatal
 
 
-def bind_port(host: str, port: int) -> socket.socket:
-    """The server's socket, bound as uvicorn binds one; a port another process holds (or a host this machine
-    does not have) is an InputError, where uvicorn logged a bind error, exited 3 and logged "ready" after it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listening = socket.socket(family, socket.SOCK_STREAM)
-    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def bind_port(host: str, port: int) -> list[socket.socket]:
+    """The server's sockets, bound as asyncio binds them for uvicorn (one per address the host resolves to:
+    `localhost` is 127.0.0.1 and ::1; IPv6 ones v6-only); a port another process holds, or a host this
+    machine does not have, is an InputError, where uvicorn logged a bind error, exited 3 and logged "ready"."""
+    bound: list[socket.socket] = []
     try:
-        listening.bind((host, port))
+        addresses = {(family, address) for family, _, _, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
+        for family, address in sorted(addresses, key=str):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
     except OSError as error:
-        listening.close()
+        for sock in bound:
+            sock.close()
         raise InputError(f"{host}:{port}: cannot listen there ({error.strerror or error}); is another server on "
                          "it? Choose another --port") from None
-    return listening
+    return bound

@@ -55,6 +55,10 @@ def stopped_by_signal() -> Iterator[Interrupted]:
     except KeyboardInterrupt:
         if state.signal is None:
             state.signal, state.number = "SIGINT", int(signal.SIGINT)
+    except SystemExit as stop:  # ray.init puts its own SIGTERM handler in: sys.exit(15)
+        if stop.code != signal.SIGTERM:
+            raise
+        state.signal, state.number = "SIGTERM", int(signal.SIGTERM)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)

@@ -4,7 +4,9 @@ files that keep two processes from writing one table or one jobs folder at once.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import stat
 import tempfile
@@ -118,6 +120,13 @@ class LockFile:
             except BlockingIOError:
                 os.close(fd)
                 raise InputError(busy) from None
+            except OSError as error:  # a share without locks (some SMB and FUSE mounts): unguarded, as before
+                os.close(fd)
+                if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                    raise
+                logging.getLogger("leakhunter").warning("%s: this filesystem has no locks (%s); nothing keeps "
+                                                        "a second run out", self.path, error.strerror)
+                return self
             try:
                 current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:

@@ -11,6 +11,7 @@ saying why.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shlex
 import sys
@@ -19,6 +20,7 @@ import urllib.request
 
 DEFAULT_PORT = "8000"
 WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+SHELL_SEPARATORS = {";", "&&", "||", "|", "&"}  # where a shell's `leak serve ...` command ends
 PROGRAM_TOKENS = {"leakhunter.cli", "-mleakhunter.cli"}  # `python -m leakhunter.cli serve ...`
 
 
@@ -41,23 +43,29 @@ def read_environment(pid: int) -> dict[str, str]:
 def serve_arguments(argv: list[str]) -> list[str] | None:
     """The arguments after `serve` when argv runs `leak serve` (also behind python, docker-init or tini, or in a
     shell's `-c "mkdir -p /data/x && leak serve ..."`, whose words would otherwise hide it), else None."""
-    argv = [word for token in argv for word in _shell_words(token)]
+    argv = [word for before, token in zip(["", *argv], argv)
+            for word in (_shell_words(token) if before == "-c" else [token])]
     for index, token in enumerate(argv):
         if os.path.basename(token) == "leak" or token in PROGRAM_TOKENS:
             rest = argv[index + 1:]
             command = next((word for word in rest if not word.startswith("-")), None)
-            return rest[rest.index(command) + 1:] if command == "serve" else None
+            if command != "serve":
+                return None
+            arguments = rest[rest.index(command) + 1:]
+            ends = [i for i, word in enumerate(arguments) if word in SHELL_SEPARATORS]
+            return arguments[:ends[0]] if ends else arguments
     return None
 
 
-def _shell_words(token: str) -> list[str]:
-    """A token with spaces split as a shell would (a `sh -c` command); any other token as it is."""
-    if not any(space in token for space in " \t\n"):
-        return [token]
+def _shell_words(command: str) -> list[str]:
+    """A `sh -c` command's words as a shell splits them, `;`, `&&`, `|` ... words of their own; unbalanced
+    quotes leave it one word (not a command we can read)."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True  # split on spaces and those only: `$PORT`, `/m-1.onnx` stay words
     try:
-        return shlex.split(token)
-    except ValueError:  # unbalanced quotes: not a command we can read
-        return [token]
+        return list(lexer)
+    except ValueError:
+        return [command]
 
 
 def option_value(arguments: list[str], name: str) -> str | None:
@@ -75,7 +83,8 @@ def readyz_url(arguments: list[str], environment: dict[str, str] | None = None) 
     """Where `serve` listens: --port/--host, else its $LEAK_SERVE_PORT/$LEAK_SERVE_HOST (the server's environment,
     else this one), else port 8000; a wildcard or unset host is probed on loopback."""
     environment = {**os.environ, **(environment or {})}
-    port = option_value(arguments, "--port") or environment.get("LEAK_SERVE_PORT") or DEFAULT_PORT
+    given = option_value(arguments, "--port")  # `$PORT` in a shell's command was never expanded: not a port
+    port = (given if given and given.isdigit() else None) or environment.get("LEAK_SERVE_PORT") or DEFAULT_PORT
     host = option_value(arguments, "--host") or environment.get("LEAK_SERVE_HOST") or ""
     host = "127.0.0.1" if host in WILDCARD_HOSTS else host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -89,7 +98,7 @@ def probe(url: str, timeout: float) -> tuple[bool, str]:
             status, body = response.status, response.read(200)
     except urllib.error.HTTPError as error:
         status, body = error.code, error.read(200)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, http.client.HTTPException) as error:  # InvalidURL is an HTTPException
         return False, f"unhealthy: {url}: {getattr(error, 'reason', error)}"
     excerpt = " ".join(body.decode(errors="replace").split())
     return status == 200, f"{'healthy' if status == 200 else 'unhealthy'}: {url} answered {status} {excerpt}".strip()

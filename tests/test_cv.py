@@ -126,6 +126,7 @@ def test_cross_validation_trains_every_fold_then_the_final_model(sites_dataset, 
     assert result.card.operating_points["balanced"]["threshold"] == pytest.approx(cv["threshold"], abs=1e-4)
     assert result.card.operating_points["balanced"]["n_files"] == cv["pooled"]["n_files"]
     assert result.card.operating_points["balanced"]["f1"] == pytest.approx(cv["pooled"]["file_f1"], abs=1e-4)
+    assert cv["points_measured"] == "held_out"
     assert result.card.training["baseline"] is None and cv["baseline"]["pooled"]["n_files"] == cv["pooled"]["n_files"]
     assert result.history[-1]["epoch"] == cv["epochs"]  # the final model ran the chosen epochs
     assert len(result.history) == cv["epochs"]

@@ -293,9 +293,20 @@ def test_an_unreadable_process_is_unhealthy(capsys):
     (["/bin/sh", "-c", "mkdir -p /data/x && leak serve --model /m.onnx --port 9000"],
      ["--model", "/m.onnx", "--port", "9000"]),  # a shell's -c command: its words, not one token
     (["/bin/sh", "-c", "leak predict '/data/my night' --out /out/s.csv"], None),
+    (["/bin/sh", "-c", "leak serve --port 9000; echo done"], ["--port", "9000"]),
+    (["/bin/sh", "-c", "leak serve --port $PORT && echo"], ["--port", "$PORT"]),
+    (["leak", "serve", "--model", "/models/my model.onnx"], ["--model", "/models/my model.onnx"]),  # not a shell's
 ])
 def test_serve_is_recognised_in_the_command_lines_pid_1_can_have(argv, arguments):
     assert healthcheck.serve_arguments(argv) == arguments
+
+
+def test_a_port_the_shell_never_expanded_falls_back_and_a_bad_url_is_one_line(monkeypatch):
+    monkeypatch.delenv("LEAK_SERVE_PORT", raising=False)
+    assert healthcheck.readyz_url(["--port", "$PORT"]) == "http://127.0.0.1:8000/readyz"
+    assert healthcheck.readyz_url(["--port", "$PORT"], {"LEAK_SERVE_PORT": "9100"}) == "http://127.0.0.1:9100/readyz"
+    ready, line = healthcheck.probe("http://127.0.0.1:$PORT/readyz", timeout=1)
+    assert not ready and line.startswith("unhealthy: http://127.0.0.1:$PORT/readyz")
 
 
 def test_a_specific_serve_host_is_probed_a_wildcard_on_loopback():

@@ -177,10 +177,13 @@ def test_leak_info_says_where_each_point_was_measured():
     points = operating_points(*one_long_per_file())
     validated = dict(card_rows({"operating_points": points, "training": {}}))["operating_points"]
     assert "high: threshold 0.35 (file recall >= 0.95); on 70 calibration files: recall 0.950, 16.0 false" in validated
-    cv_card = {"operating_points": points, "training": {"cv": {"k": 5}}}
+    cv_card = {"operating_points": points, "training": {"cv": {"k": 5, "points_measured": "held_out"}}}
     held_out = dict(card_rows(cv_card))["operating_points"]
     assert "on 70 held-out files (each fold at the point the other folds chose): recall" in held_out
+    older = {"operating_points": points, "training": {"cv": {"k": 5}}}  # a --cv card from before: in-sample rates
+    assert "on 70 calibration files: recall" in dict(card_rows(older))["operating_points"]
     unmeasured = {"balanced": {"target": "best file F1", "threshold": 0.4, "n_files": 0, "n_leak": 0,
                                "recall": None, "false_alarms_per_100": None}}
     assert "on 0 held-out files (each fold at the point the other folds chose): no rate measured" in dict(
-        card_rows({"operating_points": unmeasured, "training": {"cv": {"k": 5}}}))["operating_points"]
+        card_rows({"operating_points": unmeasured, "training": {"cv": {"points_measured": "held_out"}}}))[
+        "operating_points"]

@@ -348,11 +348,12 @@ def test_sigterm_or_ctrl_c_says_what_is_kept_and_resume_finishes_it(night, onnx_
     out = tmp_path / "scores.csv"
     command = [sys.executable, "-m", "leakhunter.cli", "predict", str(manifest), "--model", str(onnx_model),
                "--out", str(out), "--workers", "1", "--batch-rows", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     deadline = time.time() + 120
     while (not out.exists() or len(out.read_bytes().splitlines()) < 2) and time.time() < deadline:
         time.sleep(0.005)
-    process.send_signal(stop)
+    os.killpg(process.pid, stop)  # as a terminal's Ctrl-C (or a container's stop) reaches the workers too
     _, stderr = process.communicate(timeout=60)
     written = len(rows_of(out))
     assert process.returncode == 128 + stop and 0 < written < 60, stderr
@@ -362,3 +363,15 @@ def test_sigterm_or_ctrl_c_says_what_is_kept_and_resume_finishes_it(night, onnx_
     assert "Traceback" not in stderr and "Process leakhunter-worker" not in stderr, stderr
     assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
     assert len(rows_of(out)) == 60
+
+
+def test_ray_s_own_sigterm_handler_stops_predict_the_same_way():
+    """ray.init replaces the SIGTERM handler with sys.exit(15): that exit is the same interruption; any other
+    SystemExit goes on."""
+    from leakhunter.cli_support import stopped_by_signal
+
+    with stopped_by_signal() as interrupted:
+        raise SystemExit(signal.SIGTERM)
+    assert (interrupted.signal, interrupted.number) == ("SIGTERM", 15)
+    with pytest.raises(SystemExit), stopped_by_signal():
+        raise SystemExit(0)

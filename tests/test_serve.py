@@ -573,6 +573,22 @@ def test_a_cancel_asked_before_the_server_stops_stays_a_cancel(tmp_path, monkeyp
     assert json.loads((tmp_path / "jobs" / f"{job.id}.json").read_text())["state"] == job.state
 
 
+def test_a_cancel_asked_of_a_running_job_survives_a_server_killed_before_its_next_row(tmp_path):
+    (tmp_path / "night").mkdir()
+    store = JobStore(tmp_path, tmp_path / "jobs", max_jobs=4)
+    running, other = (store.submit(["night/"], f"{name}.csv", retry_failed=True) for name in ("a", "b"))
+    for job in (running, other):
+        job.state = "running"
+        store._save(job)  # as the job thread saves a job it starts
+    store.cancel(running.id)  # the client's DELETE; then SIGKILL, or a file that outlasts the stop's wait
+    assert "cancel_asked" not in store.get(running.id).public()  # not a client's business
+    store.stop()
+    store.release()
+    restarted = JobStore(tmp_path, tmp_path / "jobs", max_jobs=4)
+    assert restarted.get(running.id).state == "cancelled" and restarted.get(running.id).finished
+    assert restarted.get(other.id).state == "queued"
+
+
 def test_a_port_in_use_is_one_line_before_the_model_loads(model, tmp_path):
     """uvicorn logged a bind error, exited 3, and logged "ready" after it: now the port is bound first."""
     import socket

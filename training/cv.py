@@ -105,6 +105,9 @@ def file_report(truth: np.ndarray, verdict: np.ndarray, score: np.ndarray) -> di
     return metrics | {key: rates[key] for key in ("n_files", "n_leak", "false_alarms_per_100")}
 
 
+POINTS_MEASURED = "held_out"  # training.cv.points_measured: each point's rates from folds that did not choose it
+
+
 def others_of(folds: list[HeldOut]):
     """Each fold beside the other folds: what may choose how that fold is judged."""
     for i, fold in enumerate(folds):
@@ -300,6 +303,7 @@ class CrossValidation:
         result = trainer.fit()
         trainer.data.close()
         points = held_out_points(folds, epoch, vote_fraction)
+        summary["points_measured"] = POINTS_MEASURED  # what `leak info` says of the rates (older cards: in-sample)
         return self._finish(result, summary, points)
 
     def _finish(self, result, summary: dict, points: dict):
