@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -100,6 +101,25 @@ class ServeError(LeakhunterError, RuntimeError):
     """The server cannot serve: a warm-up that failed, a model that failed on a batch of uploads."""
 
 
+SPOOL_PREFIX = "leakhunter-serve-"  # + the server's pid: a killed server's spool is found and removed by the next
+
+
+def remove_dead_spools(folder: Path | None = None) -> None:
+    """Remove the upload spools of servers that died without closing (SIGKILL, OOM): their pid is gone. A spool
+    of a live process (or of a pid reused since) is left alone."""
+    for spool in Path(folder or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        pid = spool.name[len(SPOOL_PREFIX):].split("-")[0]
+        if not pid.isdigit() or not spool.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(spool, ignore_errors=True)
+            log.info("removed %s, the upload spool of a server that is gone", spool)
+        except OSError:  # another user's live process
+            continue
+
+
 @dataclass
 class _Upload:
     path: Path  # the spool file, alone in its own folder
@@ -118,7 +138,8 @@ class Service:
         self.fatal: Exception | None = None
         self.turns = Turns()
         self.jobs = JobStore(settings.data_root, settings.jobs_dir, settings.max_jobs, settings.keep_jobs)
-        self.spool = Path(tempfile.mkdtemp(prefix="leakhunter-serve-"))
+        remove_dead_spools()
+        self.spool = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-"))
         self._admitted = 0
         self._pending: list[_Upload] = []
         self._changed = threading.Condition()

@@ -285,7 +285,7 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
     try:
         sound = soundfile.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 (an SMB share) opens too
     except (RuntimeError, ValueError, TypeError, OSError, EOFError) as error:
-        raise AudioError("decode_error", path, str(error) or type(error).__name__) from error
+        raise AudioError("decode_error", path, _open_failure(path, error)) from error
     # python-soundfile re-seeks to the current frame after every read, and libsndfile 1.2.2's MP3 decoder does not
     # resume sample-exactly after a seek (blocks after the first came out garbled, up to 0.5 off): read straight on.
     sound._info.seekable = False
@@ -306,6 +306,17 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
                      channels_in=sound.channels, frames_in=sound.frames, duration_s=sound.frames / sound.samplerate,
                      channel_policy=str(policy), resampled=sound.samplerate != sample_rate)
     return AudioStream(info, sound, policy, min_samples, block_frames, stamp)
+
+
+def _open_failure(path: Path, error: Exception) -> str:
+    """libsndfile's reason without its `Error opening b'/the/path': ` (the row names the file, and a bytes repr of
+    a server's path is no reader's business); where it claims a regular file is none (its MP3 reader says so of
+    bytes it cannot parse), what that means."""
+    text = (str(error) or type(error).__name__).replace(f"Error opening {os.fsencode(path)!r}: ", "")
+    if "not a regular file" in text:
+        return f"cannot decode it as {path.suffix.lstrip('.') or 'audio'} (libsndfile: {text} It is a regular file: " \
+               f"its content is what cannot be read)"
+    return f"cannot decode it as audio (libsndfile: {text})"
 
 
 def _not_a_file(path: Path) -> str:

@@ -90,7 +90,13 @@ def test_random_bytes_are_a_decode_error(tmp_path):
     path.write_bytes(np.random.default_rng(0).bytes(3000))
     error = reason_of(path)
     assert error.reason == "decode_error" and "noise.wav" in str(error)
-    assert "Format not recognised" in error.detail  # libsndfile's own words
+    assert "Format not recognised" in error.detail  # libsndfile's own words ...
+    assert str(tmp_path) not in error.detail and "b'" not in error.detail  # ... without the path as bytes
+    mp3 = tmp_path / "noise.mp3"
+    mp3.write_bytes(np.random.default_rng(0).bytes(3000))
+    detail = reason_of(mp3).detail
+    if "not a regular file" in detail:  # libsndfile's MP3 reader's words for bytes it cannot parse
+        assert detail.endswith("It is a regular file: its content is what cannot be read)"), detail
 
 
 @pytest.mark.parametrize("text", ["time,pressure\n0.0,1.2\n0.1,1.3\n",

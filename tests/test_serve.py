@@ -492,7 +492,7 @@ def test_an_upload_named_outside_ascii_gets_no_server_path_in_its_message(server
         row = upload(url, noise, name=name).json()
         assert row["status"] != "ok" and row["file"] == name, row
         assert "leakhunter-serve" not in row["message"] and str(service.spool) not in row["message"], row
-        assert name in row["message"] or repr(os.fsencode(name)) in row["message"], row  # as libsndfile wrote it
+        assert row["message"].startswith("cannot decode it as audio (libsndfile: "), row
 
 
 def test_a_job_whose_files_lead_outside_the_data_root_fails_without_naming_where(server, night, tmp_path):
@@ -602,3 +602,19 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(model, tmp_path):
         with pytest.raises(InputError, match=f"127.0.0.1:{port}: cannot listen there \\(Address already in use\\)"):
             serve(ServeSettings(model=model, workers=0, data_root=tmp_path), port=port)
     assert not (tmp_path / ".leakhunter-jobs").exists()  # refused before the server took anything on
+
+
+def test_a_killed_server_s_upload_spool_is_removed_by_the_next(tmp_path):
+    from leakhunter.inference.serve import remove_dead_spools
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    spools = {name: tmp_path / f"leakhunter-serve-{pid}-abc" for name, pid in
+              (("dead", dead.pid), ("alive", os.getpid()))}
+    for spool in spools.values():
+        (spool / "up").mkdir(parents=True)
+        (spool / "up" / "x.wav").write_bytes(b"RIFF")
+    (tmp_path / "leakhunter-serve-notapid").mkdir()  # the old naming: not ours to judge
+    remove_dead_spools(tmp_path)
+    assert not spools["dead"].exists() and spools["alive"].exists()
+    assert (tmp_path / "leakhunter-serve-notapid").exists()
