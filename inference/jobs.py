@@ -25,11 +25,10 @@ from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import LockFile, write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import json_record, read_table
-from leakhunter.inference.predict import check_out, find_inputs, manifest_fields, score_batch
+from leakhunter.inference.predict import OUTPUT_SUFFIXES, check_out, find_inputs, manifest_fields, score_batch
 from leakhunter.sources import printable
 
 ACTIVE_STATES = ("queued", "running")
-OUTPUT_SUFFIXES = (".csv", ".jsonl")
 MAX_JOB_INPUTS = 1000  # files, folders, patterns or manifests per job: discovery is bounded, cancel comes soon
 CHUNK_FILES = 64  # files per turn: an upload waits at most for this many files of a job
 CHUNK_BYTES = 64 << 20  # ... or this much audio (long recordings)

@@ -86,13 +86,18 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
     return FoundInputs(unique, empty)
 
 
+OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what a table is written as (RowWriter): CSV, or one JSON object a line
+
+
 def check_out(out: Path, inputs: list[str | Path], paths: list[Path], name: str | None = None) -> None:
-    """A table must not replace what it scores: a name with an audio suffix, a listed recording or an input
-    manifest (`--out night.csv` with night.csv as the input) is refused before anything is written. `name`:
+    """A table is a .csv or .jsonl that does not replace what it scores: another suffix (an audio name above
+    all), a listed recording or an input manifest (`--out night.csv` with night.csv as the input) is refused
+    before anything is written. `name`:
     how messages call the table (a service's as its client gave it)."""
     name = name or str(out)
-    if out.suffix.lower() in AUDIO_SUFFIXES:
-        raise PredictError(f"{name}: a table is not an audio file; write it as .csv or .jsonl")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:  # .txt was written as CSV; a .wav name replaced a recording
+        kind = "an audio file's name" if out.suffix.lower() in AUDIO_SUFFIXES else f"not {out.suffix or 'a suffix'}"
+        raise PredictError(f"{name}: a table is written as .csv or .jsonl ({kind})")
     target = resolved(out)
     if target in {resolved(item) for item in inputs} or target in set(paths):
         raise PredictError(f"{name}: is one of the inputs, and the table would replace it; write another --out")

@@ -317,8 +317,9 @@ def test_a_table_never_replaces_an_input_nor_shares_its_file_with_another_run(ni
     copy = tmp_path / "copy.wav"
     copy.write_bytes(first.read_bytes())
     for out, inputs, why in ((manifest, [manifest], "is one of the inputs, and the table would replace it"),
-                             (copy, [copy], "a table is not an audio file; write it as .csv or .jsonl"),
-                             (tmp_path / "scores.WAV", [first], "a table is not an audio file")):
+                             (copy, [copy], r"a table is written as .csv or .jsonl \(an audio file's name\)"),
+                             (tmp_path / "scores.WAV", [first], "an audio file's name"),
+                             (tmp_path / "scores.txt", [first], r"a table is written as .csv or .jsonl \(not .txt\)")):
         before = out.read_bytes() if out.exists() else None
         with pytest.raises(PredictError, match=why):
             predict(inputs, onnx_model, out=out, workers=0)
