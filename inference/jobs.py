@@ -25,7 +25,7 @@ from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import LockFile, write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import json_record, read_table
-from leakhunter.inference.predict import OUTPUT_SUFFIXES, check_out, find_inputs, manifest_fields, score_batch
+from leakhunter.inference.predict import PredictError, check_out, find_inputs, manifest_fields, score_batch, table_lock
 from leakhunter.sources import printable
 
 ACTIVE_STATES = ("queued", "running")
@@ -197,15 +197,14 @@ class JobStore:
         if len(inputs) > MAX_JOB_INPUTS:
             raise JobError(f"inputs: {len(inputs)} where a job takes at most {MAX_JOB_INPUTS}; list the files in "
                            "a manifest CSV and give that", 422)
-        for item in [*inputs, out]:
-            self.under_root(item)
+        roots = [self.under_root(item) for item in inputs]
+        out_path = self.under_root(out)
         if not inputs:
             raise JobError("a job needs at least one input (files, folders or glob patterns under the data root)", 422)
-        if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
-            raise JobError(f"out: {out} must end in {' or '.join(OUTPUT_SUFFIXES)}", 422)
-        out_path = self.under_root(out)
-        if out_path in {self.under_root(item) for item in inputs}:
-            raise JobError(f"out: {out} is one of the inputs, and the table would replace it", 422)
+        try:  # predict's rule, before the job is queued: a .csv or .jsonl that is none of the inputs
+            check_out(out_path, roots, [], out)
+        except PredictError as error:
+            raise JobError(f"out: {error}", 422) from None
         with self._lock:
             active = [job for job in self.jobs.values() if job.state in ACTIVE_STATES]
             if any(self.under_root(job.out) == out_path for job in active):
@@ -294,9 +293,10 @@ class JobStore:
         job.scored, job.statuses, job.verdicts, job.audio_s, job.error = 0, {}, {}, 0.0, None
         state, error_text, outcome = "failed", None, None
         try:
-            found = find_inputs([self.under_root(item) for item in job.inputs], names=job.inputs)
+            roots, out = [self.under_root(item) for item in job.inputs], self.under_root(job.out)
+            found = find_inputs(roots, names=job.inputs)
             paths, job.empty_inputs = found.paths, found.empty
-            check_out(self.under_root(job.out), [self.under_root(item) for item in job.inputs], paths, job.out)
+            check_out(out, roots, paths, job.out)
             outside = [path for path in paths if not path.is_relative_to(self.data_root)]
             if outside:  # named in the server's log only: where a link leads is no client's business
                 log.warning("job %s: %d file(s) lead outside the data root, e.g. %s", job.id, len(outside),
@@ -306,15 +306,16 @@ class JobStore:
                                "names them", 403)
             job.total = len(paths)
             # a listed manifest's columns (a fusion model's meta, a sensor_id), as in `leak predict`, for this job
-            listed = manifest_fields([self.under_root(i) for i in job.inputs])  # conflicting rows refused
+            listed = manifest_fields(roots)  # conflicting rows refused
             listed = listed if engine.request_fields else {}
             if listed:
                 engine.fields.add_manifest(listed)
             try:
-                summary = score_batch(paths, _JobEngine(engine, turns), out=self.under_root(job.out), resume=True,
-                                      retry_failed=job.retry_failed, on_row=progress,
-                                      params={**params, "job": job.id, "inputs": job.inputs,
-                                              "empty_inputs": found.empty})
+                with table_lock(out):
+                    summary = score_batch(paths, _JobEngine(engine, turns), out=out, resume=True,
+                                          retry_failed=job.retry_failed, on_row=progress,
+                                          params={**params, "job": job.id, "inputs": job.inputs,
+                                                  "empty_inputs": found.empty})
             finally:
                 if listed:
                     engine.fields.forget(listed)

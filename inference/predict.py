@@ -92,15 +92,14 @@ OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what a table is written as (RowWriter): 
 def check_out(out: Path, inputs: list[str | Path], paths: list[Path], name: str | None = None) -> None:
     """A table is a .csv or .jsonl that does not replace what it scores: another suffix (an audio name above
     all), a listed recording or an input manifest (`--out night.csv` with night.csv as the input) is refused
-    before anything is written. `name`:
-    how messages call the table (a service's as its client gave it)."""
+    before anything is written. `name`: how messages call the table (a service's as its client gave it)."""
     name = name or str(out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:  # .txt was written as CSV; a .wav name replaced a recording
         kind = "an audio file's name" if out.suffix.lower() in AUDIO_SUFFIXES else f"not {out.suffix or 'a suffix'}"
         raise PredictError(f"{name}: a table is written as .csv or .jsonl ({kind})")
     target = resolved(out)
     if target in {resolved(item) for item in inputs} or target in set(paths):
-        raise PredictError(f"{name}: is one of the inputs, and the table would replace it; write another --out")
+        raise PredictError(f"{name} is one of the inputs, and the table would replace it; write another --out")
 
 
 @dataclass
@@ -189,68 +188,66 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
             params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
                       "inputs": [str(i) for i in inputs], "empty_inputs": found.empty}
             summary = score_batch(found.paths, scoring, out=out, resume=resume, retry_failed=retry_failed,
-                                  on_row=on_row, params=params, started=started, locked=True)
+                                  on_row=on_row, params=params, started=started)
         summary.empty_inputs = found.empty
         return summary
 
 
 def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None = None, resume: bool = False,
                 retry_failed: bool = True, on_row: Callable[[dict, int, int], None] | None = None,
-                params: dict | None = None, started: float | None = None, locked: bool = False) -> PredictSummary:
+                params: dict | None = None, started: float | None = None) -> PredictSummary:
     """The batch runner around an engine, shared by `leak predict` and the service's folder jobs: resume, the
     row writer, the timelines (when the engine's scorer makes them), params.json and the summary. The engine
     stays open (a service keeps one); stopping the iteration early (on_row raising) leaves a resumable table.
-    locked: the caller holds the table's lock (table_lock) already."""
+    The caller holds table_lock(out), so that no other run writes the table meanwhile."""
     out = Path(out) if out is not None else None
     started = time.perf_counter() if started is None else started
-    # one writer per table: never two runs interleaving rows
-    with table_lock(out) if out is not None and not locked else nullcontext():
-        scorer = engine.scorer
-        keys = {str(path): resume_key(scorer.base_row(path) | engine.recording_columns(path)) for path in paths}
-        done_keys: set = set()
-        kept_rows: list[dict] = []
-        timeline_done = set()
-        if scorer.timeline and out is not None and resume:  # an ok row counts as done with its line and its PNG
-            pngs = {str(path): _TimelineWriter.folder_of(out) / name for path, name in png_names(paths).items()}
-            timeline_done = {file for file in _TimelineWriter.files_in(out) if file in pngs and pngs[file].exists()}
-        if out is not None and resume and out.exists():
-            def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
-                failed = retry_failed and row["status"] in RETRIED_STATUSES
-                no_timeline = scorer.timeline and row["status"] == "ok" and str(row["file"]) not in timeline_done
-                return not failed and not no_timeline and keys.get(str(row["file"]), resume_key(row)) == resume_key(row)
+    scorer = engine.scorer
+    keys = {str(path): resume_key(scorer.base_row(path) | engine.recording_columns(path)) for path in paths}
+    done_keys: set = set()
+    kept_rows: list[dict] = []
+    timeline_done = set()
+    if scorer.timeline and out is not None and resume:  # an ok row counts as done with its line and its PNG
+        pngs = {str(path): _TimelineWriter.folder_of(out) / name for path, name in png_names(paths).items()}
+        timeline_done = {file for file in _TimelineWriter.files_in(out) if file in pngs and pngs[file].exists()}
+    if out is not None and resume and out.exists():
+        def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
+            failed = retry_failed and row["status"] in RETRIED_STATUSES
+            no_timeline = scorer.timeline and row["status"] == "ok" and str(row["file"]) not in timeline_done
+            return not failed and not no_timeline and keys.get(str(row["file"]), resume_key(row)) == resume_key(row)
 
-            kept_rows = prepare_resume(out, scorer.columns, keep)
-            done_keys = {resume_key(row) for row in kept_rows}
-        todo = [p for p in paths if keys[str(p)] not in done_keys]
-        writer = RowWriter(out, scorer.columns, append=resume) if out is not None else None
-        timelines = None
-        if scorer.timeline and out is not None:
-            scored_ok = {str(row["file"]) for row in kept_rows if row["status"] == "ok"}
-            timelines = _TimelineWriter(out, paths, append=resume, keep_files=scored_ok)
-        if out is not None:
-            _write_params(out, engine, params or {})
-        summary = PredictSummary(out=out, rows=[], skipped=len(paths) - len(todo), wall_s=0.0, audio_s=0.0,
-                                 kept_statuses=Counter(row["status"] for row in kept_rows if str(row["file"]) in keys))
-        png_for = {path: timelines.png_path(path) for path in todo} if timelines is not None else None
-        try:
-            for done_count, result in enumerate(engine.score(todo, png_for), start=1):
-                row = result.row
-                if timelines is not None and result.timeline is not None:
-                    timelines.write(result.timeline)  # first: a row in the table implies its timeline line
-                if writer is not None:
-                    writer.write(row)
-                summary.rows.append(row)
-                summary.statuses[row["status"]] += 1
-                if row["status"] == "ok":
-                    summary.verdicts[row["verdict"]] += 1
-                    summary.audio_s += float(row["duration_s"])
-                if on_row is not None:
-                    on_row(row, done_count, len(todo))
-        finally:
-            summary.wall_s = time.perf_counter() - started
+        kept_rows = prepare_resume(out, scorer.columns, keep)
+        done_keys = {resume_key(row) for row in kept_rows}
+    todo = [p for p in paths if keys[str(p)] not in done_keys]
+    writer = RowWriter(out, scorer.columns, append=resume) if out is not None else None
+    timelines = None
+    if scorer.timeline and out is not None:
+        scored_ok = {str(row["file"]) for row in kept_rows if row["status"] == "ok"}
+        timelines = _TimelineWriter(out, paths, append=resume, keep_files=scored_ok)
+    if out is not None:
+        _write_params(out, engine, params or {})
+    summary = PredictSummary(out=out, rows=[], skipped=len(paths) - len(todo), wall_s=0.0, audio_s=0.0,
+                             kept_statuses=Counter(row["status"] for row in kept_rows if str(row["file"]) in keys))
+    png_for = {path: timelines.png_path(path) for path in todo} if timelines is not None else None
+    try:
+        for done_count, result in enumerate(engine.score(todo, png_for), start=1):
+            row = result.row
+            if timelines is not None and result.timeline is not None:
+                timelines.write(result.timeline)  # first: a row in the table implies its timeline line
             if writer is not None:
-                writer.close()
-        return summary
+                writer.write(row)
+            summary.rows.append(row)
+            summary.statuses[row["status"]] += 1
+            if row["status"] == "ok":
+                summary.verdicts[row["verdict"]] += 1
+                summary.audio_s += float(row["duration_s"])
+            if on_row is not None:
+                on_row(row, done_count, len(todo))
+    finally:
+        summary.wall_s = time.perf_counter() - started
+        if writer is not None:
+            writer.close()
+    return summary
 
 
 def table_lock(out: Path) -> LockFile:
