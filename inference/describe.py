@@ -12,6 +12,7 @@ from pathlib import Path
 from leakhunter.card import OPERATING_POINTS, ModelCard, stopped_by
 from leakhunter.inference.loader import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES
 from leakhunter.inference.onnx_card import ModelLoadError, read_onnx
+from leakhunter.operating import HELD_OUT
 
 
 def describe_model(path: str | Path) -> dict:
@@ -65,7 +66,7 @@ def card_rows(card: dict) -> list[tuple[str, str]]:
             order = [name for name in OPERATING_POINTS if name in value] + sorted(set(value) - set(OPERATING_POINTS))
             cv = card["training"].get("cv") if isinstance(card.get("training"), dict) else None
             where = ("held-out files (each fold at the point the other folds chose)"
-                     if isinstance(cv, dict) and cv.get("points_measured") == "held_out" else "calibration files")
+                     if isinstance(cv, dict) and cv.get("points_measured") == HELD_OUT else "calibration files")
             text = "\n".join(_point_text(name, value[name], where) for name in order)
         elif key == "normalisation" and isinstance(value, dict) and value.get("per_mel_bin"):
             text = f"per mel bin: {len(value.get('mean', []))} means and standard deviations (--json shows them)"

@@ -555,8 +555,8 @@ class ScoringEngine:
 
 
 def upload_message(message: str, spooled: Path, name: str) -> str:
-    """A row's message about an upload as its client may read it: the spool path becomes the upload's name, also
-    where a decoder printed the path as bytes (libsndfile: `Error opening b'/tmp/.../\\xc3\\xbc.wav'` for a
-    name that is not ASCII), and whatever else names the upload's spool folder loses it."""
-    message = message.replace(repr(os.fsencode(spooled)), repr(os.fsencode(name))).replace(str(spooled), name)
+    """A row's message about an upload as its client may read it: the spool path becomes the upload's name, and
+    whatever else names the upload's spool folder loses it (a path printed as bytes, where a name that is not
+    ASCII is escaped, still holds the folder as it is)."""
+    message = message.replace(str(spooled), name)
     return message.replace(str(spooled.parent) + os.sep, "").replace(str(spooled.parent), ".")

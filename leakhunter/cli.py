@@ -260,8 +260,9 @@ def predict(
 
     started = clock.perf_counter()
     audio = {"s": 0.0}
-    with stopped_by_signal() as interrupted, Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=errors, transient=True) as bar:
+    bar_columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+    with stopped_by_signal() as interrupted, Progress(*bar_columns, console=errors, transient=True) as bar:
         task = bar.add_task("scoring", total=None, rate="")
 
         def advance(row, done, total):

@@ -17,6 +17,8 @@ MIN_RECALL = 0.95  # `high`: the largest threshold whose file recall reaches thi
 MIN_SPECIFICITY = 0.98  # `low-false-alarm`: the smallest threshold whose file specificity reaches this
 TARGETS = {"high": f"file recall >= {MIN_RECALL}", "balanced": "best file F1",
            "low-false-alarm": f"file specificity >= {MIN_SPECIFICITY}"}
+# a --cv card's training.cv.points_measured: each point's rates come from folds that did not choose it
+HELD_OUT = "held_out"
 DIGITS = 4  # thresholds and rates in a card, as the trainer writes voting.threshold
 
 

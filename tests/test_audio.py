@@ -94,9 +94,9 @@ def test_random_bytes_are_a_decode_error(tmp_path):
     assert str(tmp_path) not in error.detail and "b'" not in error.detail  # ... without the path as bytes
     mp3 = tmp_path / "noise.mp3"
     mp3.write_bytes(np.random.default_rng(0).bytes(3000))
-    detail = reason_of(mp3).detail
-    if "not a regular file" in detail:  # libsndfile's MP3 reader's words for bytes it cannot parse
-        assert detail.endswith("It is a regular file: its content is what cannot be read)"), detail
+    detail = reason_of(mp3).detail  # libsndfile's MP3 reader calls bytes it cannot parse "not a regular file"
+    assert "not a regular file" in detail and detail.endswith("It is a regular file: its content is what cannot "
+                                                              "be read)"), detail
 
 
 @pytest.mark.parametrize("text", ["time,pressure\n0.0,1.2\n0.1,1.3\n",

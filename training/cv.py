@@ -25,7 +25,7 @@ import numpy as np
 from leakhunter.card import VotingConfig
 from leakhunter.errors import InputError
 from leakhunter.files import write_atomic
-from leakhunter.operating import file_rates, operating_points
+from leakhunter.operating import HELD_OUT, file_rates, operating_points
 from leakhunter.training.baseline import BASELINE_NAME, fit_baseline, held_out_probabilities
 from leakhunter.training.config import TrainConfig
 from leakhunter.training.data import LeakData
@@ -103,9 +103,6 @@ def file_report(truth: np.ndarray, verdict: np.ndarray, score: np.ndarray) -> di
     metrics = {f"file_{k}": v for k, v in leak_metrics(truth, verdict, score).items()}
     rates = file_rates(truth, verdict, digits=None)
     return metrics | {key: rates[key] for key in ("n_files", "n_leak", "false_alarms_per_100")}
-
-
-POINTS_MEASURED = "held_out"  # training.cv.points_measured: each point's rates from folds that did not choose it
 
 
 def others_of(folds: list[HeldOut]):
@@ -303,7 +300,7 @@ class CrossValidation:
         result = trainer.fit()
         trainer.data.close()
         points = held_out_points(folds, epoch, vote_fraction)
-        summary["points_measured"] = POINTS_MEASURED  # what `leak info` says of the rates (older cards: in-sample)
+        summary["points_measured"] = HELD_OUT  # what `leak info` says of the rates (older cards: in-sample)
         return self._finish(result, summary, points)
 
     def _finish(self, result, summary: dict, points: dict):
