@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The README's robustness-lever table (issue 14). For each corpus seed: a `sites` corpus (12 sites, 40 files per
-# class, 10 s) built with the `short` preset (and the `long` one when LEVERS has `long`), then one binary training
-# per lever (20 epochs), two at a time (JOBS), each on one thread under nice. A lever is `none`, `long`, `small`
-# (SMALL: --channels 8,16,32 --hidden 64), an --augment list (gain, tilt, mix, mask, `all`, or a comma list) or
-# small+LIST; any of them +relative (or `relative` alone) adds --level relative, and +site (or `site` alone;
-# before +relative when both) adds --reference sensor (each log-mel judged against its site's usual one);
-# long+ before any other lever trains it on the `long` preset's data_long.h5 (e.g. long+small+all+site);
+# class, 10 s) built with the `short` preset (and the `long` or `wide` one when a lever starts so), then one binary
+# training per lever (20 epochs), two at a time (JOBS), each on one thread under nice. A lever is `none`, `long`,
+# `wide`, `small` (SMALL: --channels 8,16,32 --hidden 64), an --augment list (gain, tilt, mix, mask, `all`, or a
+# comma list) or small+LIST; any of them +relative (or `relative` alone) adds --level relative, and +site (or
+# `site` alone; before +relative when both) adds --reference sensor (each log-mel judged against its site's usual
+# one); long+ (wide+) before any other lever trains it on the `long` (`wide`) preset's data_long.h5 (data_wide.h5),
+# e.g. long+small+all+site;
 # +own (or `own`) trains on the copy of data.h5 in which each recording is its own reference
 # (benchmarks/own_reference.py, a prototype: not a leak train setting). Without CV: one markdown row
 # per run from the default split (the CNN's validation and test-site file F1, test AUC, the baseline's test-site
@@ -30,7 +31,7 @@ LEVERS=${LEVERS:-"none gain tilt mix mask all small small+all long"}
 SMALL=${SMALL:-"--channels 8,16,32 --hidden 64"}  # the smaller network
 for lever in $LEVERS; do  # what lever_flags cannot build is refused before anything runs
   case "$lever" in
-    long+*own*|*relative+*) echo "levers.sh: $lever: +own takes the short preset's data.h5," \
+    long+*own*|wide+*own*|*relative+*) echo "levers.sh: $lever: +own takes the short preset's data.h5," \
       "and +relative comes last (e.g. small+site+relative)" >&2; exit 2 ;;
   esac
 done
@@ -47,9 +48,9 @@ lever_flags() {  # the dataset and training flags of one lever: none, long, smal
     own) lever=none data=data_own.h5 ;;
     *+own) lever=${lever%+own} data=data_own.h5 ;;
   esac
-  case "$lever" in  # long, or long+ before any other lever: the long preset's data_long.h5
-    long) lever=none data=data_long.h5 ;;
-    long+*) lever=${lever#long+} data=data_long.h5 ;;
+  case "$lever" in  # long or wide, or long+/wide+ before any other lever: that preset's data_PRESET.h5
+    long|wide) data=data_$lever.h5 lever=none ;;
+    long+*|wide+*) data=data_${lever%%+*}.h5 lever=${lever#*+} ;;
   esac
   local augment=${lever#small+}
   [ "$augment" = all ] && augment=gain,tilt,mix,mask
@@ -102,9 +103,11 @@ for seed in "${@:-0}"; do  # corpora first, built once and reused
   [ -f "$corpus/corpus/manifest.csv" ] || "$LEAK" data synth "$corpus/corpus" --scenario sites --sites 12 \
     --files-per-class 40 --duration 10 --seed "$seed" > /dev/null
   [ -f "$corpus/data.h5" ] || "$LEAK" data build "$corpus/corpus" -o "$corpus/data.h5" --workers 2 > /dev/null
-  if [[ " $LEVERS " =~ " long"[+\ ] ]] && [ ! -f "$corpus/data_long.h5" ]; then
-    "$LEAK" data build "$corpus/corpus" -o "$corpus/data_long.h5" --workers 2 --preset long > /dev/null
-  fi
+  for preset in long wide; do
+    if [[ " $LEVERS " =~ " $preset"[+\ ] ]] && [ ! -f "$corpus/data_$preset.h5" ]; then
+      "$LEAK" data build "$corpus/corpus" -o "$corpus/data_$preset.h5" --workers 2 --preset "$preset" > /dev/null
+    fi
+  done
   if [[ " $LEVERS " =~ (" "|\+)own[+\ ] ]] && [ ! -f "$corpus/data_own.h5" ]; then  # the prototype copy
     "$PYTHON" "$(dirname "$0")/own_reference.py" "$corpus/data.h5" "$corpus/data_own.h5" > /dev/null
   fi

@@ -26,6 +26,9 @@ def data_synth(
                                                  "LEAK and NORMAL told apart only by level minus the recorder gain "
                                                  "in the file name (a corpus that needs fusion)."),
     sites: int = typer.Option(None, help="Sites of the sites scenario (default 12); the sensor id is the site."),
+    leak_band: str = typer.Option(None, help="Where the sites scenario's leaks and sensors sit: low (default; "
+                                             "up to 1.8 kHz) or high (up to 3.8 kHz, for the wide preset; needs "
+                                             "--sample-rate 8000 or more)."),
 ):
     """Write a synthetic labelled corpus (by scenario: five classes, or LEAK and NORMAL) for demos and tests."""
     from leakhunter.synth import synth_corpus
@@ -33,7 +36,7 @@ def data_synth(
     with progress_bar("synth") as bar:
         task = bar.add_task("synth", total=None)
         corpus = synth_corpus(out, files_per_class=files_per_class, duration_s=duration,
-                              sample_rate=sample_rate, seed=seed, scenario=scenario, sites=sites,
+                              sample_rate=sample_rate, seed=seed, scenario=scenario, sites=sites, leak_band=leak_band,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
     counts = ", ".join(f"{n} {label}" for label, n in corpus.counts.items())
     where = f" at {len(corpus.sites)} sites (knobs in {corpus.root / 'sites.csv'})" if corpus.sites else ""
@@ -44,7 +47,7 @@ def data_synth(
 def data_build(
     source: Path = typer.Argument(..., help="A class-folder tree SRC/<CLASS>/*.wav or a manifest CSV."),
     output: Path = typer.Option(..., "--output", "-o", help="The HDF5 dataset file to write."),
-    preset: str = typer.Option("short", help="Front-end and segmentation preset: short or long."),
+    preset: str = typer.Option("short", help="Front-end and segmentation preset: short, long or wide."),
     val: float = typer.Option(0.15, help="Fraction of files for validation."),
     test: float = typer.Option(0.15, help="Fraction of files for test."),
     workers: int = typer.Option(2, help="Decoding threads."),

@@ -285,12 +285,13 @@ def write_recording(root: Path, label: str, index: int, duration_s: float, sampl
 
 def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sample_rate: int = 8000,
                  seed: int = 0, progress: Callable[[int, int], None] | None = None, scenario: str = "classes",
-                 sites: int | None = None) -> SynthCorpus:
+                 sites: int | None = None, leak_band: str | None = None) -> SynthCorpus:
     """Write OUT/<CLASS>/<sensor_id>~<recording_id>~<timestamp>~<gain_db>.wav and OUT/manifest.csv.
 
     scenario "classes" (the default) makes five easy-to-separate classes for plumbing tests; "sites"
     (leakhunter.synth_sites) records them at `sites` sites (default 12) that each colour their sound, the
-    sensor id being the site, and adds OUT/sites.csv and the manifest's snr_db column; "gain-confound"
+    sensor id being the site, and adds OUT/sites.csv and the manifest's snr_db column (`leak_band` "high": leaks
+    and sensors reaching 2.5-3.8 kHz instead of 1.1-1.8 kHz, at 8 kHz or more); "gain-confound"
     (leakhunter.synth_confound) writes LEAK and NORMAL only, told apart by level minus the recorder gain (the
     manifest's gain_db column), neither by the audio alone nor by the gain alone.
     A file depends only on (seed, class, index): growing files_per_class keeps the earlier files.
@@ -304,14 +305,23 @@ def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sampl
         raise InputError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
     if scenario != "sites" and sites is not None:
         raise InputError(f"sites applies to the sites scenario only, got sites={sites!r} with scenario {scenario!r}")
+    if scenario != "sites" and leak_band is not None:
+        raise InputError(f"leak_band applies to the sites scenario only, got leak_band={leak_band!r} with scenario "
+                         f"{scenario!r}")
     if sites is not None and (int(sites) != sites or not 1 <= sites <= 999):
         raise InputError(f"sites must be an integer from 1 to 999, got {sites!r}")
     root = Path(out)
     classes, header, site_table = STANDARD_CLASSES, ("path", "label", "group"), ()
     if scenario == "sites":
-        from leakhunter.synth_sites import make_sites, write_site_recording, write_site_table
+        from leakhunter.synth_sites import LEAK_BANDS, make_sites, write_site_recording, write_site_table
 
-        site_table = make_sites(12 if sites is None else int(sites), int(seed))
+        leak_band = "low" if leak_band is None else leak_band
+        if leak_band not in LEAK_BANDS:
+            raise InputError(f"leak_band must be one of {', '.join(LEAK_BANDS)}, got {leak_band!r}")
+        if sample_rate < LEAK_BANDS[leak_band].lowest_rate:
+            raise InputError(f"leak_band {leak_band} reaches {LEAK_BANDS[leak_band].edge_hz + 100:g} Hz: it needs a "
+                             f"sample_rate of {LEAK_BANDS[leak_band].lowest_rate} Hz or more, got {sample_rate!r}")
+        site_table = make_sites(12 if sites is None else int(sites), int(seed), leak_band)
         header += ("snr_db",)
 
         def write(label, index):

@@ -12,8 +12,12 @@ Each site draws its knobs once from the seed (README, `leak data synth`, has the
   fundamental), a valve's hiss (400-1400 Hz, narrower than a leak's) at half the sites, all at a site level of
   -62..-46 dBFS; the sensor's white self-noise 15-35 dB under it;
 - leaks: broadband hiss (a flat ~150-1500 Hz band) at an SNR around the site's centre (-8..+6 dB, each file
-  within +-6 dB, clipped to -10..+12 dB; leak over background-and-self-noise power within LEAK_BAND_HZ), and a
-  site-specific share of the leaks (0.3-1.7x), so a site's sound correlates with its label in training.
+  within +-6 dB, clipped to -10..+12 dB; leak over background-and-self-noise power within the band's snr_hz), and
+  a site-specific share of the leaks (0.3-1.7x), so a site's sound correlates with its label in training.
+
+`leak_band="high"` moves the leaks' upper corner to 2.5-3.5 kHz and the sensors' low-pass to 2.5-3.8 kHz (an
+accelerometer on a small metal pipe): half of such a leak's band lies above the `short` preset's 2048 Hz Nyquist,
+where only the `wide` preset hears it. Everything else, draws included, is as in the default `low` band.
 
 The five class folders stay, so binary and multiclass both work: NORMAL is the site background, QUIET the
 background 18-30 dB down, RANDOM background plus transients, MECHANICAL background plus a machine
@@ -50,9 +54,30 @@ from leakhunter.synth import (
 )
 
 SITE_STREAM = 1_000  # seeds [seed, SITE_STREAM, ...] never meet the classes scenario's [seed, class, index]
-LEAK_BAND_HZ = (150.0, 1500.0)  # SNRs are measured here: where the leak is, not where the rumble is
 LEAK_SNR_FLOOR_DB, LEAK_SNR_CEILING_DB = -10.0, 12.0  # a site's centre -8..+6 dB, each file +-6 dB
 MAINS_PUMP_HZ = (24.6, 29.5, 49.2, 59.0, 98.4, 118.0)  # induction motors: slip below 25/30/50/60 Hz, 2 poles
+
+
+@dataclass(frozen=True)
+class LeakBand:
+    """Where a corpus's leaks and sensors sit in frequency."""
+    snr_hz: tuple[float, float]  # SNRs are measured here: where the leak is, not where the rumble is
+    leak_corner_hz: tuple[float, float]  # range of the leak's upper corner
+    lowpass_hz: tuple[float, float]  # range of the sensor's low-pass corner
+    edge_hz: float  # every recording is band-limited by edge_hz + 100 Hz
+
+    @property
+    def lowest_rate(self) -> int:
+        """The lowest sample rate whose Nyquist frequency holds the band-limited content."""
+        return int(2 * (self.edge_hz + 100))
+
+
+LEAK_BANDS = {  # low: the `short` preset's 2048 Hz Nyquist holds it all; high: needs 8 kHz files and `wide`
+    "low": LeakBand(snr_hz=(150.0, 1500.0), leak_corner_hz=(1100.0, 1700.0), lowpass_hz=(900.0, 1800.0),
+                    edge_hz=BAND_EDGE_HZ),
+    "high": LeakBand(snr_hz=(150.0, 3000.0), leak_corner_hz=(2500.0, 3500.0), lowpass_hz=(2500.0, 3800.0),
+                     edge_hz=3800.0),
+}
 
 
 @dataclass(frozen=True)
@@ -79,9 +104,15 @@ class Site:
     self_noise_db: float  # sensor self-noise, dBFS before gain
     leak_snr_db: float  # centre of the site's leak SNRs (the leak's distance and size)
     leak_weight: float  # relative share of the corpus's leaks recorded here
+    leak_band: str = "low"  # a key of LEAK_BANDS: where the corpus's leaks and sensors sit
+
+    @property
+    def band(self) -> LeakBand:
+        return LEAK_BANDS[self.leak_band]
 
     def transfer(self, freqs: np.ndarray) -> np.ndarray:
-        """Magnitude response of pipe and sensor at freqs (Hz), band-limited below 1.8 kHz like the corpus."""
+        """Magnitude response of pipe and sensor at freqs (Hz), band-limited like the corpus (by 1.8 kHz, or
+        3.9 kHz in the high band)."""
         octaves = np.clip(np.log2(np.maximum(freqs, 1.0) / 500.0), -5.0, 2.0)
         tilt = db_to_amplitude(1.0) ** (self.tilt_db_per_octave * octaves)
         band = skirt(freqs, 0.5 * self.highpass_hz, self.highpass_hz) * skirt(
@@ -89,11 +120,12 @@ class Site:
         pipe = np.ones_like(freqs, dtype=np.float64)
         for centre, q, peak_db in zip(self.resonance_hz, self.resonance_q, self.resonance_db):
             pipe += (db_to_amplitude(peak_db) - 1.0) * pipe_resonance(freqs, centre, q)
-        return tilt * band * pipe * skirt(freqs, BAND_EDGE_HZ + 100, BAND_EDGE_HZ)
+        return tilt * band * pipe * skirt(freqs, self.band.edge_hz + 100, self.band.edge_hz)
 
 
-def make_site(index: int, seed: int) -> Site:
-    """The knobs of site `index`, a function of (seed, index) only: adding sites keeps the earlier ones."""
+def make_site(index: int, seed: int, leak_band: str = "low") -> Site:
+    """The knobs of site `index`, a function of (seed, index) only: adding sites keeps the earlier ones, and the
+    high band draws the same numbers (only the sensor's low-pass range differs)."""
     rng = np.random.default_rng([seed, SITE_STREAM, index])
     peaks, background_db = int(rng.integers(2, 5)), float(rng.uniform(-62, -46))
     return Site(
@@ -101,7 +133,7 @@ def make_site(index: int, seed: int) -> Site:
         resonance_hz=tuple(np.exp(rng.uniform(np.log(150), np.log(1500), peaks)).round(1).tolist()),
         resonance_q=tuple(rng.uniform(3, 12, peaks).round(2).tolist()),
         resonance_db=tuple(rng.uniform(6, 18, peaks).round(1).tolist()),
-        highpass_hz=float(rng.uniform(10, 60)), lowpass_hz=float(rng.uniform(900, 1800)),
+        highpass_hz=float(rng.uniform(10, 60)), lowpass_hz=float(rng.uniform(*LEAK_BANDS[leak_band].lowpass_hz)),
         tilt_db_per_octave=float(rng.uniform(-4, 4)), background_db=background_db,
         flow_corner_hz=float(np.exp(rng.uniform(np.log(15), np.log(120)))),
         flow_cutoff_hz=float(rng.uniform(250, 1000)),
@@ -111,12 +143,12 @@ def make_site(index: int, seed: int) -> Site:
         hiss_db=float(rng.uniform(-20, -5)) if rng.random() < 0.5 else None,
         hiss_hz=float(rng.uniform(400, 1400)), hiss_q=float(rng.uniform(1.0, 2.5)),
         self_noise_db=background_db - float(rng.uniform(15, 35)),
-        leak_snr_db=float(rng.uniform(-8, 6)), leak_weight=float(rng.uniform(0.3, 1.7)),
+        leak_snr_db=float(rng.uniform(-8, 6)), leak_weight=float(rng.uniform(0.3, 1.7)), leak_band=leak_band,
     )
 
 
-def make_sites(count: int, seed: int) -> tuple[Site, ...]:
-    return tuple(make_site(index, seed) for index in range(count))
+def make_sites(count: int, seed: int, leak_band: str = "low") -> tuple[Site, ...]:
+    return tuple(make_site(index, seed, leak_band) for index in range(count))
 
 
 def filtered(signal: np.ndarray, response: np.ndarray) -> np.ndarray:
@@ -124,26 +156,27 @@ def filtered(signal: np.ndarray, response: np.ndarray) -> np.ndarray:
     return np.fft.irfft(np.fft.rfft(signal) * response, signal.size)
 
 
-def leak_band_power(signal: np.ndarray, sample_rate: int) -> float:
-    """Mean power of signal within LEAK_BAND_HZ (Parseval on its spectrum)."""
+def leak_band_power(signal: np.ndarray, sample_rate: int, band: LeakBand = LEAK_BANDS["low"]) -> float:
+    """Mean power of signal within the band's snr_hz (Parseval on its spectrum)."""
     freqs = np.fft.rfftfreq(signal.size, 1.0 / sample_rate)
-    in_band = (freqs >= LEAK_BAND_HZ[0]) & (freqs <= LEAK_BAND_HZ[1])
+    in_band = (freqs >= band.snr_hz[0]) & (freqs <= band.snr_hz[1])
     return max(2.0 * float((np.abs(np.fft.rfft(signal)[in_band]) ** 2).sum()) / signal.size**2, 1e-30)
 
 
-def at_snr(hiss: np.ndarray, sample_rate: int, reference_power: float, snr_db: float) -> np.ndarray:
+def at_snr(hiss: np.ndarray, sample_rate: int, reference_power: float, snr_db: float,
+           band: LeakBand = LEAK_BANDS["low"]) -> np.ndarray:
     """hiss scaled so that its leak-band power is snr_db above reference_power."""
-    return hiss * np.sqrt(reference_power * 10 ** (snr_db / 10) / leak_band_power(hiss, sample_rate))
+    return hiss * np.sqrt(reference_power * 10 ** (snr_db / 10) / leak_band_power(hiss, sample_rate, band))
 
 
 def rms(signal: np.ndarray) -> float:
     return max(float(np.sqrt(np.mean(signal**2))), 1e-12)
 
 
-def leak_jet_shape(rng: np.random.Generator):
-    """The leak's own spectrum: flat hiss between a ~150-250 Hz and a ~1100-1700 Hz corner with a broad
-    orifice bump; the site's resonances and sensor then colour it."""
-    low_hz, high_hz = rng.uniform(150, 250), rng.uniform(1100, 1700)
+def leak_jet_shape(rng: np.random.Generator, band: LeakBand):
+    """The leak's own spectrum: flat hiss between a ~150-250 Hz and the band's upper corner (~1100-1700 Hz)
+    with a broad orifice bump; the site's resonances and sensor then colour it."""
+    low_hz, high_hz = rng.uniform(150, 250), rng.uniform(*band.leak_corner_hz)
     bump_hz, bump_q = rng.uniform(400, 900), rng.uniform(0.7, 1.5)
     return lambda f: skirt(f, low_hz - 80, low_hz) * skirt(f, high_hz + 200, high_hz) * (
         1.0 + 0.5 * pipe_resonance(f, bump_hz, bump_q))
@@ -173,7 +206,7 @@ def site_recording(label: str, site: Site, n: int, sample_rate: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, float | None]:
     """One recording of a class at a site, as float64 at the sensor (before gain), and the leak's SNR in dB
     (None without a leak). Levels are set on what the sensor records, after the site's transfer; an SNR is the
-    leak's power over the background's within LEAK_BAND_HZ, so -10 dB is -10 dB where it matters."""
+    leak's power over the background's within the band's snr_hz, so -10 dB is -10 dB where it matters."""
     response = site.transfer(np.fft.rfftfreq(n, 1.0 / sample_rate))
     level_db = site.background_db + rng.uniform(-3, 3)  # demand varies from night to night
     if label == "QUIET":
@@ -182,7 +215,7 @@ def site_recording(label: str, site: Site, n: int, sample_rate: int,
     scale = db_to_amplitude(level_db) / rms(background)  # source → recorded, for everything of the source
     background *= scale
     self_noise = rng.standard_normal(n) * db_to_amplitude(site.self_noise_db)
-    reference_power = leak_band_power(background + self_noise, sample_rate)  # what the leak competes with
+    reference_power = leak_band_power(background + self_noise, sample_rate, site.band)  # what the leak competes with
     extra = np.zeros(n)  # at the source, relative to its unit-RMS flow noise
     if label == "MECHANICAL":  # the site's pump (or a machine brought in) running hard
         f0_hz = site.pump_hz if site.pump_hz is not None else float(rng.choice(MAINS_PUMP_HZ))
@@ -193,9 +226,9 @@ def site_recording(label: str, site: Site, n: int, sample_rate: int,
     snr_db = None
     if label == "LEAK":
         snr_db = float(np.clip(site.leak_snr_db + rng.uniform(-6, 6), LEAK_SNR_FLOOR_DB, LEAK_SNR_CEILING_DB))
-        shape = leak_jet_shape(rng)
+        shape = leak_jet_shape(rng, site.band)
         hiss = shaped_noise(n, sample_rate, rng, lambda f: shape(f) * site.transfer(f))
-        recorded = recorded + at_snr(hiss, sample_rate, reference_power, snr_db)
+        recorded = recorded + at_snr(hiss, sample_rate, reference_power, snr_db, site.band)
     elif label in DECOY_CLASSES and rng.random() < DECOY_BURST_SHARE:
         recorded = recorded + leak_burst_at(site, n, sample_rate, rng, reference_power, rng.uniform(0, 10))
     return recorded + self_noise, snr_db
@@ -207,10 +240,10 @@ def leak_burst_at(site: Site, n: int, sample_rate: int, rng: np.random.Generator
     the leak band while it lasts: what file voting is for."""
     m = max(1, int(rng.uniform(0.08, 0.24) * n))
     ramps = np.minimum(1.0, np.minimum(np.arange(m), np.arange(m)[::-1]) / (0.1 * sample_rate))
-    shape = leak_jet_shape(rng)
+    shape = leak_jet_shape(rng, site.band)
     hiss = shaped_noise(m, sample_rate, rng, lambda f: shape(f) * site.transfer(f))
     burst, start = np.zeros(n), int(rng.integers(0, n - m + 1))
-    burst[start:start + m] = at_snr(hiss, sample_rate, reference_power, snr_db) * ramps
+    burst[start:start + m] = at_snr(hiss, sample_rate, reference_power, snr_db, site.band) * ramps
     return burst
 
 

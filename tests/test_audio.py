@@ -191,13 +191,14 @@ def test_a_file_rewritten_or_removed_while_it_is_read_is_changed(tmp_path):
 def test_a_rate_too_low_for_the_models_bands_is_refused_before_decoding(tmp_path):
     """Upsampled, a 2-3 kHz recording leaves the model's top mel bands empty; a header claiming 1 Hz would turn
     160 kB into a day of audio at 4096 Hz (gigabytes): both are refused from the header."""
-    from leakhunter.card import FrontendConfig
+    from leakhunter.card import FrontendConfig, preset
     from leakhunter.mel import lowest_input_rate, mel_points
 
     cfg = FrontendConfig()
     lowest = lowest_input_rate(cfg)
     assert lowest == pytest.approx(2 * mel_points(cfg)[-2]) and 3800 < lowest < RATE  # the top band's centre
     assert mel_points(cfg)[-1] == pytest.approx(cfg.fmax)
+    assert 7800 < lowest_input_rate(preset("wide")[0]) < 8000  # 8 kHz loggers suit the `wide` preset, 6 kHz ones not
     low = write(tmp_path / "low.wav", sine(300, 3000, 1.0), rate=3000)
     error = reason_of(low, min_rate_in=lowest)
     assert error.reason == "low_rate" and "3000 Hz is too low" in error.detail and "3885 Hz or more" in error.detail

@@ -86,9 +86,10 @@ def test_missing_field_and_bad_json_are_refused():
 def test_presets_are_valid_and_give_the_documented_input_shapes():
     assert input_shape(*preset("short")) == (1, 32, 1)
     assert input_shape(*preset("long")) == (1, 32, 15)
+    assert input_shape(*preset("wide")) == (1, 64, 1)
     for frontend, segmentation in PRESETS.values():
         assert frontend.problems() == [] and segmentation.problems(frontend) == []
-    with pytest.raises(ValueError, match="short, long"):
+    with pytest.raises(ValueError, match="short, long, wide"):
         preset("medium")
 
 

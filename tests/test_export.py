@@ -63,7 +63,7 @@ def test_dft_by_matmul_matches_librosa_and_the_production_front_end(real_data_di
         FrontEnd(cfg, segmentation, dft="fftw")
 
 
-@pytest.mark.parametrize("preset_name", ["short", "long"])
+@pytest.mark.parametrize("preset_name", ["short", "long", "wide"])
 def test_folded_network_and_waveform_graph_equal_the_torch_path_at_every_length(preset_name, make_checkpoint,
                                                                                  tmp_path):
     """The exact rewrites (3x1 convolutions, pool folded into the Linear) and the in-graph segmentation

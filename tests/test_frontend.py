@@ -43,7 +43,7 @@ def audio_cases(real_data_dir=None):
     return cases
 
 
-@pytest.mark.parametrize("preset_name", ["short", "long"])
+@pytest.mark.parametrize("preset_name", ["short", "long", "wide"])
 def test_log_mel_matches_librosa_on_random_audio(preset_name):
     frontend_cfg, segmentation = preset(preset_name)
     frontend = FrontEnd(frontend_cfg, segmentation)
@@ -64,14 +64,14 @@ def test_log_mel_matches_librosa_on_real_hydrophone_audio(real_data_dir):
         assert np.abs(ours - reference_log_mel(y, frontend.cfg)).max() <= TOLERANCE_DB, name
 
 
-@pytest.mark.parametrize("preset_name", ["short", "long"])
+@pytest.mark.parametrize("preset_name", ["short", "long", "wide"])
 def test_each_short_segment_equals_librosa_on_that_segment(preset_name):
     frontend_cfg, segmentation = preset(preset_name)
     frontend = FrontEnd(frontend_cfg, segmentation)
     y = np.random.default_rng(1).standard_normal(4096 * 3 + 777).astype(np.float32)
     mels = frontend.short_segments(torch.from_numpy(y)[None])[0].numpy()
     plan = plan_segments(len(y), segmentation)
-    assert mels.shape == (plan.n_short, 32, segmentation.frames_per_short(frontend_cfg))
+    assert mels.shape == (plan.n_short, frontend_cfg.n_mels, segmentation.frames_per_short(frontend_cfg))
     for i in range(plan.n_short):
         start = i * segmentation.short_hop
         expected = librosa_log_mel(y[start:start + segmentation.short_samples], frontend_cfg)
@@ -128,7 +128,7 @@ def test_pad_tail_adds_a_long_segment_for_the_remainder():
 
 
 @settings(max_examples=60, deadline=None)
-@given(n_samples=st.integers(0, 50_000), preset_name=st.sampled_from(["short", "long"]),
+@given(n_samples=st.integers(0, 50_000), preset_name=st.sampled_from(["short", "long", "wide"]),
        tail=st.sampled_from(["drop", "pad"]))
 def test_segment_plan_covers_the_recording(n_samples, preset_name, tail):
     _, base = preset(preset_name)

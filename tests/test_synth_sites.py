@@ -15,6 +15,7 @@ from leakhunter.cli import app
 from leakhunter.sources import group_from_name, logger_fields
 from leakhunter.synth import synth_corpus
 from leakhunter.synth_sites import (
+    LEAK_BANDS,
     LEAK_SNR_FLOOR_DB,
     at_snr,
     leak_band_power,
@@ -161,12 +162,36 @@ def test_the_leak_is_learnable_within_a_site_but_a_model_of_one_site_fails_on_th
     assert across_auc >= 0.85 and across_f1 <= np.mean(within) - 0.15, (within, across_f1, across_auc)
 
 
+def test_the_high_band_puts_half_the_leak_above_the_short_presets_nyquist():
+    """leak_band="high": the same sites (every draw but the sensor's low-pass), whose leaks now raise the
+    2.2-3.2 kHz band (which the `short` preset's 4096 Hz resampling removes) as well as the 1-2 kHz one; in the
+    default band nothing is there above 1.9 kHz but the sensor's white self-noise."""
+    def excess_db(site, low_hz, high_hz):
+        def power(label):
+            rng = np.random.default_rng([7, STANDARD_CLASSES.index(label)])
+            x = site_recording(label, site, 2 * RATE, RATE, rng)[0]
+            freqs = np.fft.rfftfreq(x.size, 1 / RATE)
+            return (np.abs(np.fft.rfft(x))[(freqs >= low_hz) & (freqs < high_hz)] ** 2).mean()
+        return 10 * np.log10(power("LEAK") / power("NORMAL"))
+
+    low, high = make_site(2, seed=0), make_site(2, seed=0, leak_band="high")
+    assert dataclasses.replace(high, lowpass_hz=low.lowpass_hz, leak_band="low") == low
+    assert 2500 <= high.lowpass_hz <= 3800 and 900 <= low.lowpass_hz <= 1800
+    low, high = (dataclasses.replace(site, leak_snr_db=6.0) for site in (low, high))
+    assert excess_db(high, 2200, 3200) >= 3.0 and excess_db(high, 1000, 2000) >= 3.0
+    assert abs(excess_db(low, 2200, 3200)) < 1.0 < excess_db(low, 1000, 2000)
+    assert LEAK_BANDS["high"].lowest_rate == 7800 and high.transfer(np.array([3950.0]))[0] == 0.0
+
+
 # --- arguments and command -----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"scenario": "pipes"}, "scenario must be one of classes, sites"),
     ({"sites": 3}, "sites applies to the sites scenario only"),
     ({"scenario": "sites", "sites": 0}, "sites must be an integer from 1 to 999"),
+    ({"leak_band": "high"}, "leak_band applies to the sites scenario only"),
+    ({"scenario": "sites", "leak_band": "mid"}, "leak_band must be one of low, high"),
+    ({"scenario": "sites", "leak_band": "high", "sample_rate": 4096}, "sample_rate of 7800 Hz or more, got 4096"),
 ])
 def test_bad_scenario_arguments_are_refused_before_writing(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -181,3 +206,10 @@ def test_the_command_writes_a_sites_corpus(tmp_path):
     assert "wrote 10 recordings" in result.output and "at 3 sites" in result.output
     assert {path.name.split("~")[0] for path in tmp_path.glob("*/*.wav")} <= {"SITE000", "SITE001", "SITE002"}
     assert soundfile.info(next(tmp_path.glob("LEAK/*.wav"))).samplerate == 8000
+    with (tmp_path / "sites.csv").open(newline="") as handle:
+        assert {row["leak_band"] for row in csv.DictReader(handle)} == {"low"}
+    high = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "high"), "--scenario", "sites", "--sites", "2",
+                                    "--files-per-class", "1", "--duration", "0.5", "--leak-band", "high"])
+    assert high.exit_code == 0, high.output
+    with (tmp_path / "high" / "sites.csv").open(newline="") as handle:
+        assert {row["leak_band"] for row in csv.DictReader(handle)} == {"high"}

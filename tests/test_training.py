@@ -350,3 +350,31 @@ def test_a_run_resumes_and_is_doctored_from_another_folder(training_dataset, tmp
     doctored = CliRunner().invoke(app, ["doctor", str(home / "runs" / "r")])
     assert "no such dataset file" not in doctored.output and doctored.exit_code in (0, 1), doctored.output
     assert doctored.exception is None or isinstance(doctored.exception, SystemExit), doctored.exception
+
+
+def test_the_wide_preset_trains_exports_and_scores_like_the_others(small_corpus, tmp_path):
+    """`--preset wide` (8192 Hz, 64 bands to 4096 Hz) changes only the card's front-end and segmentation: the
+    dataset, the network, the exported graph and predict all follow the card, and verdicts survive export."""
+    from leakhunter.export import export_model
+    from leakhunter.inference.predict import predict
+    from leakhunter.training.dataset import build_dataset
+
+    data = build_dataset(small_corpus.root, tmp_path / "wide.h5", preset_name="wide", workers=2).output
+    with h5py.File(data) as h5:
+        assert h5.attrs["preset"] == "wide" and h5["short/mel"].shape[1:] == (64, 1)
+        assert json.loads(h5.attrs["frontend"])["sample_rate"] == 8192
+    result = train(quick_config(data, tmp_path / "run", mode="binary", epochs=3, channels=[8, 16, 32], hidden=64),
+                   log=QUIET)
+    assert result.test_metrics["file_f1"] >= 0.9  # the plumbing corpus: any working front-end learns it
+    card, _ = read_model(result.run_dir / "best.pth")
+    assert card.frontend.n_mels == 64 and card.frontend.fmax == 4096.0 and card.segmentation.short_samples == 1024
+    report = export_model(result.run_dir / "best.pth")
+    assert report.passed and report.parity[0].max_abs_leak_prob <= 1e-4 and not report.parity[0].verdict_flips
+    leaks = sorted((small_corpus.root / "LEAK").glob("*.wav"))[:3] + sorted((small_corpus.root / "QUIET").glob("*.wav"))[:3]
+    by_model = {kind: {row["file"]: row for row in predict(leaks, result.run_dir / f"best.{kind}", workers=0).rows}
+                for kind in ("pth", "onnx")}
+    assert len(by_model["onnx"]) == 6
+    for file, row in by_model["onnx"].items():
+        assert row["status"] == "ok" and row["verdict"] == by_model["pth"][file]["verdict"], row
+        assert abs(row["mean_leak_prob"] - by_model["pth"][file]["mean_leak_prob"]) <= 1e-4
+    assert [by_model["onnx"][str(f)]["verdict"] for f in leaks] == ["LEAK"] * 3 + ["NOLEAK"] * 3
