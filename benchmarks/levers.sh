@@ -18,6 +18,7 @@
 #   LEVERS="none gain" EPOCHS=60 bash benchmarks/levers.sh 3
 #   CV=5 LEVERS="none all small small+all" bash benchmarks/levers.sh 0 1 2
 #   CV=5 TRAIN_SEED=1 LEVERS="small+relative" bash benchmarks/levers.sh 0 1 2   # another training seed: runs/*-ts1
+#   OUT=/tmp/leakhunter-levers-high SYNTH="--leak-band high" CV=5 LEVERS="small wide+small" bash benchmarks/levers.sh 0
 # A finished run is redone; an unfinished --cv run keeps its finished folds, so rerunning finishes it.
 set -euo pipefail
 LEAK=${LEAK:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/leak}
@@ -27,6 +28,7 @@ EPOCHS=${EPOCHS:-20}
 TRAIN_SEED=${TRAIN_SEED:-}  # leak train --seed (default 0); set, the run directories end in -tsN
 JOBS=${JOBS:-2}
 CV=${CV:-}
+SYNTH=${SYNTH:-}  # more `leak data synth` flags for the corpora, e.g. "--leak-band high" (with its own OUT)
 LEVERS=${LEVERS:-"none gain tilt mix mask all small small+all long"}
 SMALL=${SMALL:-"--channels 8,16,32 --hidden 64"}  # the smaller network
 for lever in $LEVERS; do  # what lever_flags cannot build is refused before anything runs
@@ -100,8 +102,9 @@ export LEAK OUT EPOCHS CV SMALL LEVERS TRAIN_SEED
 for seed in "${@:-0}"; do  # corpora first, built once and reused
   corpus="$OUT/seed$seed"
   mkdir -p "$corpus/runs"
+  # shellcheck disable=SC2086  # SYNTH is a word list
   [ -f "$corpus/corpus/manifest.csv" ] || "$LEAK" data synth "$corpus/corpus" --scenario sites --sites 12 \
-    --files-per-class 40 --duration 10 --seed "$seed" > /dev/null
+    --files-per-class 40 --duration 10 --seed "$seed" $SYNTH > /dev/null
   [ -f "$corpus/data.h5" ] || "$LEAK" data build "$corpus/corpus" -o "$corpus/data.h5" --workers 2 > /dev/null
   for preset in long wide; do
     if [[ " $LEVERS " =~ " $preset"[+\ ] ]] && [ ! -f "$corpus/data_$preset.h5" ]; then
