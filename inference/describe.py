@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
-from leakhunter.card import OPERATING_POINTS, ModelCard, stopped_by
+from leakhunter.card import OPERATING_POINTS, FrontendConfig, ModelCard, SegmentationConfig, preset_name, stopped_by
 from leakhunter.inference.loader import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES
 from leakhunter.inference.onnx_card import ModelLoadError, read_onnx
+from leakhunter.mel import lowest_input_rate
 from leakhunter.operating import HELD_OUT
 
 
@@ -68,12 +70,22 @@ def card_rows(card: dict) -> list[tuple[str, str]]:
             where = ("held-out files (each fold at the point the other folds chose)"
                      if isinstance(cv, dict) and cv.get("points_measured") == HELD_OUT else "calibration files")
             text = "\n".join(_point_text(name, value[name], where) for name in order)
+        elif key == "frontend" and isinstance(value, dict) and isinstance(card.get("segmentation"), dict):
+            text = _frontend_text(value, card["segmentation"])
         elif key == "normalisation" and isinstance(value, dict) and value.get("per_mel_bin"):
             text = f"per mel bin: {len(value.get('mean', []))} means and standard deviations (--json shows them)"
         else:
             text = value if isinstance(value, str) else json.dumps(value)
         rows.append((key, text))
     return rows
+
+
+def _frontend_text(frontend: dict, segmentation: dict) -> str:
+    """Which preset (a person knows `wide`, not its eleven numbers) and the slowest recordings it reads."""
+    config = FrontendConfig(**frontend)
+    name = preset_name(config, SegmentationConfig(**segmentation))
+    return (f"{'preset ' + name if name else 'custom (no preset)'}; reads recordings of "
+            f"{math.ceil(lowest_input_rate(config))} Hz and up\n{json.dumps(frontend)}")
 
 
 def _point_text(name: str, point: dict, where: str) -> str:

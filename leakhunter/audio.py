@@ -293,7 +293,7 @@ def open_audio(path: str | os.PathLike, sample_rate: int, channel: str | int = "
         _check_format(path, sound.format)
         _check_header(path, head, size, sound.frames, sound.channels, policy)
         if sound.samplerate < min_rate_in:  # before any resampling: a header claiming 1 Hz would need gigabytes
-            raise AudioError("low_rate", path, f"{sound.samplerate} Hz is too low for this model: its top mel band is "
+            raise AudioError("low_rate", path, f"{sound.samplerate} Hz is too low: the front-end's top mel band is "
                              f"centred at {min_rate_in / 2:.0f} Hz, above the recording's {sound.samplerate / 2:g} Hz "
                              f"limit, so bands it learnt would be empty (it takes {math.ceil(min_rate_in)} Hz or more)")
     except OSError as error:

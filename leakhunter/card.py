@@ -290,6 +290,15 @@ def preset(name: str) -> tuple[FrontendConfig, SegmentationConfig]:
     return PRESETS[name]
 
 
+def preset_name(frontend: FrontendConfig, segmentation: SegmentationConfig) -> str | None:
+    """The preset a front-end and segmentation are (under either tail rule); None for a custom one."""
+    for name, (preset_frontend, preset_segmentation) in PRESETS.items():
+        if frontend == preset_frontend and dataclasses.replace(segmentation, tail=preset_segmentation.tail) == (
+                preset_segmentation):
+            return name
+    return None
+
+
 def input_shape(frontend: FrontendConfig, segmentation: SegmentationConfig) -> tuple[int, int, int]:
     """The CNN's per-input shape [channels, n_mels, frames]."""
     frames = segmentation.frames_per_short(frontend)

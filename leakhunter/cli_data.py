@@ -69,7 +69,8 @@ def data_build(
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     splits = ", ".join(f"{n} {name}" for name, n in report.files_per_split.items())
     console.print(f"wrote {report.output}: {report.n_files} files ({splits}), {report.hours:.2f} h, "
-                  f"{report.n_long} long and {report.n_short} short segments, classes {', '.join(report.class_names)}")
+                  f"{report.n_long} long and {report.n_short} short segments, classes {', '.join(report.class_names)}; "
+                  f"preset {report.preset}")
     if report.skipped:
         console.print(f"[yellow]{report.skipped_summary()}[/]", highlight=False)
         for error in report.skipped:

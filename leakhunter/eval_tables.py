@@ -100,7 +100,7 @@ def _points(report: dict) -> list[Table | str]:
 def predict_table(rows: list[dict], model) -> Table:
     """The first 200 rows of `leak predict` without --out."""
     table = Table(title=f"{len(rows)} file(s) scored with {model}")
-    for column in ("file", "status", "verdict", "leak_score", "mean_leak_prob", "top_class"):
+    for column in ("file", "status", "verdict", "leak_score", "mean_leak_prob", "top_class or message"):
         table.add_column(column)
     for row in rows[:200]:
         table.add_row(Path(row["file"]).name, row["status"], row.get("verdict") or "",

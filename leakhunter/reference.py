@@ -237,8 +237,8 @@ def build_reference_table(recordings: Iterable[str | os.PathLike], card: ModelCa
         if progress:
             progress(done, len(paths))
     if not medians:
-        raise ReferenceError(f"none of the {len(paths)} recordings could be read "
-                             f"({', '.join(sorted({e.reason for e in skipped}))})")
+        raise ReferenceError(f"none of the {len(paths)} recordings could be used "
+                             f"({', '.join(sorted({e.reason for e in skipped}))}). The first: {skipped[0]}")
     references = sensor_references(np.stack(medians), sensors)
     counts = {sensor: sensors.count(sensor) for sensor in references}
     table = ReferenceTable(card.frontend, card.segmentation, card.channel_policy, references, counts,

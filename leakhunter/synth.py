@@ -318,9 +318,9 @@ def synth_corpus(out, files_per_class: int = 20, duration_s: float = 10.0, sampl
         leak_band = "low" if leak_band is None else leak_band
         if leak_band not in LEAK_BANDS:
             raise InputError(f"leak_band must be one of {', '.join(LEAK_BANDS)}, got {leak_band!r}")
-        if sample_rate < LEAK_BANDS[leak_band].lowest_rate:
+        if sample_rate < LEAK_BANDS[leak_band].min_rate:
             raise InputError(f"leak_band {leak_band} reaches {LEAK_BANDS[leak_band].edge_hz + 100:g} Hz: it needs a "
-                             f"sample_rate of {LEAK_BANDS[leak_band].lowest_rate} Hz or more, got {sample_rate!r}")
+                             f"sample_rate of {LEAK_BANDS[leak_band].min_rate} Hz or more, got {sample_rate!r}")
         site_table = make_sites(12 if sites is None else int(sites), int(seed), leak_band)
         header += ("snr_db",)
 

@@ -65,18 +65,14 @@ class LeakBand:
     leak_corner_hz: tuple[float, float]  # range of the leak's upper corner
     lowpass_hz: tuple[float, float]  # range of the sensor's low-pass corner
     edge_hz: float  # every recording is band-limited by edge_hz + 100 Hz
-
-    @property
-    def lowest_rate(self) -> int:
-        """The lowest sample rate whose Nyquist frequency holds the band-limited content."""
-        return int(2 * (self.edge_hz + 100))
+    min_rate: int  # the lowest sample rate to write: above twice that, and what the preset it is for reads
 
 
-LEAK_BANDS = {  # low: the `short` preset's 2048 Hz Nyquist holds it all; high: needs 8 kHz files and `wide`
+LEAK_BANDS = {  # low: the `short` preset's 2048 Hz Nyquist holds it all; high: for `wide`, which reads 7891 Hz up
     "low": LeakBand(snr_hz=(150.0, 1500.0), leak_corner_hz=(1100.0, 1700.0), lowpass_hz=(900.0, 1800.0),
-                    edge_hz=BAND_EDGE_HZ),
+                    edge_hz=BAND_EDGE_HZ, min_rate=4000),
     "high": LeakBand(snr_hz=(150.0, 3000.0), leak_corner_hz=(2500.0, 3500.0), lowpass_hz=(2500.0, 3800.0),
-                     edge_hz=3800.0),
+                     edge_hz=3800.0, min_rate=8000),
 }
 
 

@@ -1,5 +1,6 @@
 """The model card refuses every inconsistency and names the field."""
 
+import dataclasses
 import json
 
 import pytest
@@ -15,6 +16,7 @@ from leakhunter.card import (
     compare_configs,
     input_shape,
     preset,
+    preset_name,
 )
 
 
@@ -91,6 +93,15 @@ def test_presets_are_valid_and_give_the_documented_input_shapes():
         assert frontend.problems() == [] and segmentation.problems(frontend) == []
     with pytest.raises(ValueError, match="short, long, wide"):
         preset("medium")
+
+
+def test_a_front_end_is_named_by_its_preset_under_either_tail_rule():
+    for name, (frontend, segmentation) in PRESETS.items():
+        assert preset_name(frontend, segmentation) == name
+        assert preset_name(frontend, dataclasses.replace(segmentation, tail="pad")) == name
+    frontend, segmentation = PRESETS["short"]
+    assert preset_name(dataclasses.replace(frontend, n_mels=40), segmentation) is None
+    assert preset_name(PRESETS["wide"][0], PRESETS["short"][1]) is None
 
 
 def test_compare_configs_names_both_sides():

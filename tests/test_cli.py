@@ -30,6 +30,7 @@ def test_synth_build_check_end_to_end(tmp_path):
     with h5py.File(data) as h5:
         n_files = len(h5["files/path"])
     assert n_files == 60 and f"wrote {data}: 60 files" in " ".join(result.output.split())
+    assert "MECHANICAL; preset short" in " ".join(result.output.split())
     result = runner.invoke(app, ["data", "check", str(data)])
     # seed 0: the grouped, stratified split of this 60-file corpus gives every split every class (8/2/2 each)
     assert result.exit_code == 0, result.output

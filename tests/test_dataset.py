@@ -257,7 +257,8 @@ def test_manifest_and_source_errors_are_clear(tmp_path, small_corpus):
     only_noise = tmp_path / "noise"
     (only_noise / "LEAK").mkdir(parents=True)
     (only_noise / "LEAK" / "a.wav").write_bytes(b"")
-    with pytest.raises(DatasetError, match="none of the 1 files could be read"):
+    nothing = r"none of the 1 files could be used \(skipped 1 file: 1 empty\); nothing to build. The first: .*a.wav: empty"
+    with pytest.raises(DatasetError, match=nothing):
         build_dataset(only_noise, tmp_path / "x.h5")
     from leakhunter.training.data import LeakData
 
@@ -291,6 +292,22 @@ def test_long_preset_builds_and_stores_shorts_once(small_corpus, tmp_path):
         assert h5["long/short_count"][0] == 15
     # 4 s = 16384 samples: 7 long segments of 4096 (hop 2048) share 63 distinct shorts (6 * 8 + 15)
     assert report.n_long == 7 * 40 and report.n_short == 63 * 40
+
+
+def test_recordings_too_slow_for_the_wide_preset_name_the_presets_that_read_them(tmp_path):
+    """6 kHz loggers: the `short` preset reads them, the `wide` one (top band centred at 3945 Hz) cannot."""
+    root = tmp_path / "src"
+    noise = np.random.default_rng(0).standard_normal(6000 * 2).astype(np.float32) * 0.1
+    for label in ("LEAK", "NORMAL"):
+        (root / label).mkdir(parents=True)
+        soundfile.write(root / label / f"{label}.wav", noise, 6000)
+    assert build_dataset(root, tmp_path / "short.h5").n_files == 2
+    with pytest.raises(DatasetError) as caught:
+        build_dataset(root, tmp_path / "wide.h5", preset_name="wide")
+    assert str(caught.value).startswith("none of the 2 files could be used (skipped 2 files: 2 low_rate (the "
+                                        "presets read short 3885 Hz, long 3885 Hz, wide 7891 Hz and up)); nothing")
+    assert "The first: " in str(caught.value) and "6000 Hz is too low" in str(caught.value)
+    assert not (tmp_path / "wide.h5").exists()
 
 
 def test_stereo_and_rates_are_recorded(tmp_path):

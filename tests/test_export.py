@@ -197,6 +197,7 @@ def test_leak_export_cli_writes_an_fp16_mel_input_model_and_leak_info_describes_
     assert ModelCard.from_dict(described).class_names[0] == "LEAK"  # the rest is the card itself
     result = runner.invoke(app, ["info", str(tmp_path / "mel.onnx")])
     assert result.exit_code == 0 and "sha256" in result.output and "mean_softmax_aux" in result.output
+    assert "preset short; reads recordings of 3885 Hz and up" in result.output
     _, onnx_runner = load_runner(tmp_path / "mel.onnx")
     assert onnx_runner.accepts == ("waveform", "mel")
 

@@ -122,7 +122,7 @@ def test_audio_failures_are_properties_of_the_file_and_are_not_retried(model, tm
     out = tmp_path / "scores.jsonl"
     first = predict([tmp_path / "in"], model, out=out, workers=0)
     low = {Path(r["file"]).name: r for r in first.rows}["low.wav"]
-    assert low["status"] == "low_rate" and "3000 Hz is too low for this model" in low["message"]
+    assert low["status"] == "low_rate" and "3000 Hz is too low: the front-end's top mel band" in low["message"]
     again = predict([tmp_path / "in"], model, out=out, workers=0, resume=True)
     assert again.rows == [] and again.skipped == 3
 

@@ -144,6 +144,9 @@ def test_a_checkpoint_that_disagrees_with_the_data_names_every_field(binary_run,
     fields = {name for name, _ in caught.value.problems}
     assert {"segmentation.long_samples", "segmentation.long_hop", "segmentation.unit"} <= fields
     assert "best.pth has 'short'" in str(caught.value) and "long.h5 has 'long'" in str(caught.value)
+    name, why = caught.value.problems[0]
+    assert name == "preset" and why.endswith("best.pth is preset short, " + str(long_data) + " is preset long: build "
+                                             "the data with leak data build --preset short")
 
 
 def test_resume_refuses_a_different_mode(binary_run):

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 
-from leakhunter.card import MODES, CardError, ModelCard, compare_configs
+from leakhunter.card import MODES, CardError, ModelCard, compare_configs, preset_name
 from leakhunter.meta import file_meta
 from leakhunter.models import ModelInputs, RelativeLevel
 from leakhunter.reference import recording_median, sensor_of, sensor_references
@@ -372,6 +372,11 @@ class LeakData:
         """A card whose front-end, segmentation or classes disagree with this data is refused, naming both."""
         problems = compare_configs(card.frontend, self.frontend, source, str(self.path), "frontend")
         problems += compare_configs(card.segmentation, self.segmentation, source, str(self.path), "segmentation")
+        ours, theirs = preset_name(card.frontend, card.segmentation), preset_name(self.frontend, self.segmentation)
+        if problems and ours != theirs:  # the cause in one line, before the fields it explains
+            problems.insert(0, ("preset", f"{source} is {f'preset {ours}' if ours else 'a custom front-end'}, "
+                                          f"{self.path} is {f'preset {theirs}' if theirs else 'custom'}"
+                                          + (f": build the data with leak data build --preset {ours}" if ours else "")))
         if tuple(card.class_names) != MODES[card.mode].class_names(self.dataset_classes):
             problems.append(("class_names", f"{source} has {list(card.class_names)}, {self.path} has "
                                             f"{list(self.dataset_classes)}"))

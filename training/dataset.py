@@ -9,6 +9,7 @@ per-file facts are kept while building, never the samples, so memory stays flat 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 
 import leakhunter
 from leakhunter.audio import AudioError, load_audio, parse_channel_policy, read_many, silent_mix_note
-from leakhunter.card import STANDARD_CLASSES, FrontendConfig, SegmentationConfig, preset
+from leakhunter.card import PRESETS, STANDARD_CLASSES, FrontendConfig, SegmentationConfig, preset
 from leakhunter.errors import DatasetError
 from leakhunter.files import atomic_path
 from leakhunter.fingerprint import file_sha256
@@ -50,6 +51,7 @@ class BuildReport:
     # whose "mean" mix averaged in a channel silent throughout
     lone_groups: str | None = None  # sources.lone_groups_warning: most files their own group
     leak_like: str | None = None  # sources.leak_like_labels_warning: a label that reads as a leak but is not LEAK
+    preset: str = ""  # the preset it was built with
 
     def warnings(self) -> list[str]:
         """What the build says about data it kept (a label, the groups, dead channels), one line each."""
@@ -103,7 +105,11 @@ def skipped_counts(skipped: list[AudioError]) -> dict[str, int]:
 
 
 def _skipped_summary(skipped: list[AudioError]) -> str:
-    reasons = ", ".join(f"{n} {reason}" for reason, n in skipped_counts(skipped).items())
+    counts = skipped_counts(skipped)
+    reasons = ", ".join(f"{n} {reason}" for reason, n in counts.items())
+    if "low_rate" in counts:  # which preset would read them
+        reasons += " (the presets read " + ", ".join(
+            f"{name} {math.ceil(lowest_input_rate(frontend))} Hz" for name, (frontend, _) in PRESETS.items()) + " and up)"
     return f"skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''}: {reasons}"
 
 
@@ -135,7 +141,7 @@ def build_dataset(source, output, preset_name: str = "short", val: float = 0.15,
         h5.attrs.update({"source": str(Path(source).resolve()), "preset": preset_name,
                          "channel_policy": str(parse_channel_policy(channel)), "split_seed": seed,
                          "split_fractions": json.dumps({"val": val, "test": test}), "group_column": (group_column or "").strip()})
-    report.output = output
+    report.output, report.preset = output, preset_name
     report.leak_like = leak_like_labels_warning(dict(Counter(s.label for s in sources)))
     sizes = Counter(s.group for s in sources)
     by_file = all(s.group_from == "file" for s in sources if sizes[s.group] == 1)
@@ -211,8 +217,8 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         if progress:
             progress(done, len(sources))
     if not kept:
-        reasons = ", ".join(sorted({e.reason for e in skipped}))
-        raise DatasetError(f"none of the {len(sources)} files could be read ({reasons}); nothing to build")
+        raise DatasetError(f"none of the {len(sources)} files could be used ({_skipped_summary(skipped)}); nothing "
+                           f"to build. The first: {skipped[0]}")
     if len(skipped) > max_skipped_fraction * len(sources):
         raise DatasetError(
             f"{_skipped_summary(skipped)} of {len(sources)} ({len(skipped) / len(sources):.1%}), more than "
