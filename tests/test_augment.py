@@ -83,10 +83,11 @@ def test_mix_leaves_a_batch_without_two_non_leak_inputs_alone_where_it_must():
     assert torch.equal(Augmenter("mix", seed=0)(mel, torch.ones(4, dtype=torch.bool), 1, 0), mel)
 
 
-@pytest.mark.parametrize("frames", [1, 15])
-def test_mask_sets_a_band_to_the_inputs_own_mean_level(frames):
-    mel = log_mels(frames=frames)
-    masked = Augmenter("mask", seed=0)(mel, every_other_leak(), epoch=1, step=0)
+@pytest.mark.parametrize(("frames", "n_mels"), [(1, 32), (15, 32), (1, 64)])
+def test_mask_sets_a_band_to_the_inputs_own_mean_level(frames, n_mels):
+    """Up to 4 of the `short` preset's 32 bands, up to 8 of the `wide` preset's 64: the same share of the band."""
+    mel = log_mels(batch=64, n_mels=n_mels, frames=frames)
+    masked = Augmenter("mask", seed=0)(mel, every_other_leak(64), epoch=1, step=0)
     changed = (masked != mel)[:, 0]  # [batch, n_mels, frames]
     mean = mel.mean(dim=(1, 2, 3))
     assert 0 < changed.flatten(1).any(dim=1).sum() < len(mel)
@@ -94,7 +95,9 @@ def test_mask_sets_a_band_to_the_inputs_own_mean_level(frames):
         torch.testing.assert_close(masked[row, 0][changed[row]], mean[row].expand(int(changed[row].sum())))
         bins = changed[row].all(dim=1).nonzero().flatten()  # whole mel bands set to the mean
         if len(bins):
-            assert len(bins) <= Strengths().mask_bins and bins.diff().eq(1).all()  # one run of 1-4 bins
+            assert len(bins) <= Strengths().mask_bins * n_mels // 32 and bins.diff().eq(1).all()  # one run
+    widths = [int(changed[row].all(dim=1).sum()) for row in range(len(mel))]
+    assert max(widths) > Strengths().mask_bins * (n_mels // 32 - 1)  # the widest masks are drawn
     if frames > 1:
         columns = changed.all(dim=1)  # whole frames set to the mean
         assert columns.any() and columns.sum(dim=1).max() <= int(Strengths().mask_frames * frames)

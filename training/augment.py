@@ -19,6 +19,9 @@ order below, as a recording is made: background at the pipe, then the sensor's r
   mask, at a level the normaliser sees as ordinary), and with frames > 1 half get a run of up to a fifth of the
   frames set the same way. No single band or instant (a pump line, a hiss peak) should carry the decision.
 
+Widths in mel bins (the bump's, the mask's) are for the `short` preset's 32 bands and scale with n_mels (the
+`wide` preset's 64: bumps of 2-6 bins, masks up to 8), so each covers the same share of the band on every preset.
+
 Deterministic from (seed, epoch, step) and the rank: each augmentation draws from its own torch.Generator on the
 CPU (a few numbers per input, so switching one augmentation on or off leaves the others' draws alone), never from
 the global RNG, so a resumed run stays bit-identical; the arithmetic runs on the inputs' device, batched.
@@ -34,6 +37,7 @@ import torch
 from torch.nn import functional as F
 
 AUGMENTATIONS = ("mix", "tilt", "gain", "mask")  # the order they are applied in
+STRENGTH_MELS = 32  # the number of mel bands the widths in Strengths are given for
 DB_PER_NEPER = 10 / math.log(10)  # 10·log10(x) = DB_PER_NEPER · ln(x)
 
 
@@ -98,7 +102,7 @@ class Augmenter:
         slope = self._draw(generator, len(mel), -s.tilt_db, s.tilt_db, device)
         bump = self._draw(generator, len(mel), -s.bump_db, s.bump_db, device)
         centre = self._draw(generator, len(mel), 0, n_mels - 1, device)
-        width = self._draw(generator, len(mel), *s.bump_width_bins, device)
+        width = self._draw(generator, len(mel), *s.bump_width_bins, device) * (n_mels / STRENGTH_MELS)
         bins = torch.arange(n_mels, device=device, dtype=mel.dtype)
         position = bins / max(1, n_mels - 1) - 0.5  # -0.5 at the lowest bin, +0.5 at the highest
         curve = (slope[:, None] * position + bump[:, None] * torch.exp(
@@ -129,7 +133,8 @@ class Augmenter:
         s, (batch, _, n_mels, frames), device = self.strengths, mel.shape, mel.device
         draws = torch.rand(6, batch, generator=generator).to(device)
         level = mel.mean(dim=(1, 2, 3), keepdim=True).expand_as(mel)
-        masked = self._band(draws[0], draws[1], draws[2], s.mask_bins, n_mels, s.mask_share)[:, None, :, None]
+        widest_bins = max(1, round(s.mask_bins * n_mels / STRENGTH_MELS))
+        masked = self._band(draws[0], draws[1], draws[2], widest_bins, n_mels, s.mask_share)[:, None, :, None]
         if frames > 1:
             widest = max(1, int(s.mask_frames * frames))
             masked = masked | self._band(draws[3], draws[4], draws[5], widest, frames, s.mask_share)[:, None, None, :]
