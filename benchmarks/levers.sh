@@ -70,7 +70,7 @@ train_one() {  # LEVER SEED: one training, its log, one markdown row on stdout
   flags=$(lever_flags "$lever")
   data=${flags%% *}
   flags=${flags#"$data"}
-  [ "${lever#small+}" = all ] && lever=${lever%all}gain+tilt+mix+mask
+  [[ $lever =~ (^|\+)all$ ]] && lever=${lever%all}gain+tilt+mix+mask  # pool_levers.run_name's rule
   run="$OUT/seed$seed/runs/${lever//[+,]/_}${TRAIN_SEED:+-ts$TRAIN_SEED}${CV:+-cv$CV}"
   # a finished run is redone; an unfinished --cv run keeps its finished folds (training/cv.py reloads them)
   if [ -z "$CV" ] || [ -f "$run/cv.json" ]; then rm -rf "$run"; fi
@@ -102,9 +102,15 @@ export LEAK OUT EPOCHS CV SMALL LEVERS TRAIN_SEED
 for seed in "${@:-0}"; do  # corpora first, built once and reused
   corpus="$OUT/seed$seed"
   mkdir -p "$corpus/runs"
+  if [ -f "$corpus/corpus/manifest.csv" ] && [ "$(cat "$corpus/synth.flags" 2>/dev/null)" != "$SYNTH" ]; then
+    echo "levers.sh: $corpus was synthesised with SYNTH='$(cat "$corpus/synth.flags" 2>/dev/null)', not" \
+      "'$SYNTH': give another OUT" >&2
+    exit 2
+  fi
   # shellcheck disable=SC2086  # SYNTH is a word list
   [ -f "$corpus/corpus/manifest.csv" ] || "$LEAK" data synth "$corpus/corpus" --scenario sites --sites 12 \
     --files-per-class 40 --duration 10 --seed "$seed" $SYNTH > /dev/null
+  printf '%s' "$SYNTH" > "$corpus/synth.flags"
   [ -f "$corpus/data.h5" ] || "$LEAK" data build "$corpus/corpus" -o "$corpus/data.h5" --workers 2 > /dev/null
   for preset in long wide; do
     if [[ " $LEVERS " =~ " $preset"[+\ ] ]] && [ ! -f "$corpus/data_$preset.h5" ]; then

@@ -149,7 +149,7 @@ class WaveformScorer(nn.Module):
         if reference is not None:
             mel = mel - reference[:, :, None]
         frames, step = seg.frames_per_short(cfg), seg.short_hop // stride
-        # one frame per short segment (both presets): a reshape, where unfold would export as a gather
+        # one frame per short segment (`short`, `wide`): a reshape, where unfold would export as a gather
         shorts = mel.unsqueeze(-1) if frames == step == 1 else mel.unfold(-1, frames, step)  # [B, n_mels, S, f]
         if seg.unit == "short":
             inputs = shorts.permute(0, 2, 1, 3)  # [B, S, n_mels, f]
@@ -172,7 +172,7 @@ class FusionWaveformScorer(WaveformScorer):
         power = self.frontend.power_frames(waveform, stride)  # [B, bins, frames]
         frames, step = seg.frames_per_short(cfg), seg.short_hop // stride
         if frames != 1 or step != 1:
-            raise ValueError("a fusion graph takes the `short` preset (one STFT frame per short segment)")
+            raise ValueError("a fusion graph takes one STFT frame per short segment (the `short` or `wide` preset)")
         mel = self.frontend.log_mel(power).transpose(1, 2)  # [B, S, n_mels]
         features = self.frontend._features(power.transpose(1, 2), frame_signal(waveform, seg.short_samples,
                                                                                seg.short_hop))  # [B, S, F]

@@ -18,7 +18,8 @@ from leakhunter.fingerprint import file_sha256
 from leakhunter.segments import frame_stride, plan_segments
 from leakhunter.voting import per_long_segment
 
-# A chunk is about this many STFT frames of audio (4 minutes at 4096 Hz with the presets' 256-sample stride).
+# A chunk is about this many STFT frames of audio (4 minutes with any preset: a 256-sample stride at 4096 Hz, 512 at
+# 8192 Hz).
 CHUNK_FRAMES = 4096
 
 

@@ -27,7 +27,8 @@ def data_synth(
                                                  "in the file name (a corpus that needs fusion)."),
     sites: int = typer.Option(None, help="Sites of the sites scenario (default 12); the sensor id is the site."),
     leak_band: str = typer.Option(None, help="Where the sites scenario's leaks and sensors sit: low (default; "
-                                             "up to 1.8 kHz) or high (up to 3.8 kHz, for the wide preset; needs "
+                                             "leaks and sensors to 1.8 kHz) or high (leaks to 2.5-3.5 kHz, sensors "
+                                             "to 3.8 kHz, for the wide preset; needs "
                                              "--sample-rate 8000 or more)."),
 ):
     """Write a synthetic labelled corpus (by scenario: five classes, or LEAK and NORMAL) for demos and tests."""

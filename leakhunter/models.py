@@ -109,7 +109,8 @@ class LeakCNN(nn.Module):
     pool, 256 hidden. Its state_dict is the brief's; the layers above only compute it faster.
 
     Outputs class logits [B, n_classes] and, with `aux_head`, one leak-vs-rest logit [B].
-    Works for any [1, n_mels, frames] input (the `short` preset's [1, 32, 1], the `long` one's [1, 32, 15]).
+    Works for any [1, n_mels, frames] input (the `short` preset's [1, 32, 1], the `long` one's [1, 32, 15], the
+    `wide` one's [1, 64, 1]).
     """
 
     def __init__(self, n_classes: int, aux_head: bool, n_mels: int = 32, channels=(32, 64, 128),

@@ -16,8 +16,9 @@ Each site draws its knobs once from the seed (README, `leak data synth`, has the
   a site-specific share of the leaks (0.3-1.7x), so a site's sound correlates with its label in training.
 
 `leak_band="high"` moves the leaks' upper corner to 2.5-3.5 kHz and the sensors' low-pass to 2.5-3.8 kHz (an
-accelerometer on a small metal pipe): half of such a leak's band lies above the `short` preset's 2048 Hz Nyquist,
-where only the `wide` preset hears it. Everything else, draws included, is as in the default `low` band.
+accelerometer on a small metal pipe): about a third of such a leak's flat band (a tenth of its recorded power on
+average) lies above the `short` preset's 2048 Hz Nyquist, where only the `wide` preset hears it. Everything else,
+draws included, is as in the default `low` band.
 
 The five class folders stay, so binary and multiclass both work: NORMAL is the site background, QUIET the
 background 18-30 dB down, RANDOM background plus transients, MECHANICAL background plus a machine
@@ -65,7 +66,7 @@ class LeakBand:
     leak_corner_hz: tuple[float, float]  # range of the leak's upper corner
     lowpass_hz: tuple[float, float]  # range of the sensor's low-pass corner
     edge_hz: float  # every recording is band-limited by edge_hz + 100 Hz
-    min_rate: int  # the lowest sample rate to write: above twice that, and what the preset it is for reads
+    min_rate: int  # the lowest sample rate to write: >= 2 (edge_hz + 100) and >= the matching preset's lowest
 
 
 LEAK_BANDS = {  # low: the `short` preset's 2048 Hz Nyquist holds it all; high: for `wide`, which reads 7891 Hz up
@@ -170,8 +171,8 @@ def rms(signal: np.ndarray) -> float:
 
 
 def leak_jet_shape(rng: np.random.Generator, band: LeakBand):
-    """The leak's own spectrum: flat hiss between a ~150-250 Hz and the band's upper corner (~1100-1700 Hz)
-    with a broad orifice bump; the site's resonances and sensor then colour it."""
+    """The leak's own spectrum: flat hiss between a ~150-250 Hz and the band's upper corner (1.1-1.7 kHz low,
+    2.5-3.5 kHz high) with a broad orifice bump; the site's resonances and sensor then colour it."""
     low_hz, high_hz = rng.uniform(150, 250), rng.uniform(*band.leak_corner_hz)
     bump_hz, bump_q = rng.uniform(400, 900), rng.uniform(0.7, 1.5)
     return lambda f: skirt(f, low_hz - 80, low_hz) * skirt(f, high_hz + 200, high_hz) * (

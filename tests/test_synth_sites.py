@@ -163,7 +163,7 @@ def test_the_leak_is_learnable_within_a_site_but_a_model_of_one_site_fails_on_th
     assert across_auc >= 0.85 and across_f1 <= np.mean(within) - 0.15, (within, across_f1, across_auc)
 
 
-def test_the_high_band_puts_half_the_leak_above_the_short_presets_nyquist():
+def test_the_high_band_puts_part_of_the_leak_above_the_short_presets_nyquist():
     """leak_band="high": the same sites (every draw but the sensor's low-pass), whose leaks now raise the
     2.2-3.2 kHz band (which the `short` preset's 4096 Hz resampling removes) as well as the 1-2 kHz one; in the
     default band nothing is there above 1.9 kHz but the sensor's white self-noise."""

@@ -240,7 +240,7 @@ class LeakData:
         """Serve a fusion model's inputs from now on: `batch` gives (mel, features, meta), None where the model
         has no such branch. `meta_rows` is every dataset file's encoded meta row [n_files, n_meta] (NaN unknown)."""
         if self.segmentation.unit != "short":
-            raise DatasetError(f"{self.path}: fusion models take the `short` preset's inputs (the engineered "
+            raise DatasetError(f"{self.path}: fusion models take the `short` unit's inputs (the engineered "
                                f"features are per short segment); this dataset was built with the "
                                f"`{self.segmentation.unit}` unit")
         self.branches = tuple(branches)
