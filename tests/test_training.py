@@ -373,11 +373,11 @@ def test_the_wide_preset_trains_exports_and_scores_like_the_others(small_corpus,
     assert card.frontend.n_mels == 64 and card.frontend.fmax == 4096.0 and card.segmentation.short_samples == 1024
     report = export_model(result.run_dir / "best.pth")
     assert report.passed and report.parity[0].max_abs_leak_prob <= 1e-4 and not report.parity[0].verdict_flips
-    leaks = sorted((small_corpus.root / "LEAK").glob("*.wav"))[:3] + sorted((small_corpus.root / "QUIET").glob("*.wav"))[:3]
-    by_model = {kind: {row["file"]: row for row in predict(leaks, result.run_dir / f"best.{kind}", workers=0).rows}
+    files = sorted((small_corpus.root / "LEAK").glob("*.wav"))[:3] + sorted((small_corpus.root / "QUIET").glob("*.wav"))[:3]
+    by_model = {kind: {row["file"]: row for row in predict(files, result.run_dir / f"best.{kind}", workers=0).rows}
                 for kind in ("pth", "onnx")}
     assert len(by_model["onnx"]) == 6
     for file, row in by_model["onnx"].items():
         assert row["status"] == "ok" and row["verdict"] == by_model["pth"][file]["verdict"], row
         assert abs(row["mean_leak_prob"] - by_model["pth"][file]["mean_leak_prob"]) <= 1e-4
-    assert [by_model["onnx"][str(f)]["verdict"] for f in leaks] == ["LEAK"] * 3 + ["NOLEAK"] * 3
+    assert [by_model["onnx"][str(f)]["verdict"] for f in files] == ["LEAK"] * 3 + ["NOLEAK"] * 3
