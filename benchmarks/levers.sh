@@ -18,6 +18,7 @@
 #   LEVERS="none gain" EPOCHS=60 bash benchmarks/levers.sh 3
 #   CV=5 LEVERS="none all small small+all" bash benchmarks/levers.sh 0 1 2
 #   CV=5 TRAIN_SEED=1 LEVERS="small+relative" bash benchmarks/levers.sh 0 1 2   # another training seed: runs/*-ts1
+#   CV=5 BATCH=256 LEVERS="small+all+site" bash benchmarks/levers.sh 0 1 2       # another batch size: runs/*-bs256
 #   OUT=/tmp/leakhunter-levers-high SYNTH="--leak-band high" CV=5 LEVERS="small wide+small" bash benchmarks/levers.sh 0
 # A finished run is redone; an unfinished --cv run keeps its finished folds, so rerunning finishes it.
 set -euo pipefail
@@ -26,6 +27,7 @@ PYTHON=${PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
 OUT=${OUT:-/tmp/leakhunter-levers}
 EPOCHS=${EPOCHS:-20}
 TRAIN_SEED=${TRAIN_SEED:-}  # leak train --seed (default 0); set, the run directories end in -tsN
+BATCH=${BATCH:-}  # leak train --batch-size (default 2048); set, the run directories end in -bsN (before -tsN)
 JOBS=${JOBS:-2}
 CV=${CV:-}
 SYNTH=${SYNTH:-}  # more `leak data synth` flags for the corpora, e.g. "--leak-band high" (with its own OUT)
@@ -71,13 +73,13 @@ train_one() {  # LEVER SEED: one training, its log, one markdown row on stdout
   data=${flags%% *}
   flags=${flags#"$data"}
   [[ $lever =~ (^|\+)all$ ]] && lever=${lever%all}gain+tilt+mix+mask  # pool_levers.run_name's rule
-  run="$OUT/seed$seed/runs/${lever//[+,]/_}${TRAIN_SEED:+-ts$TRAIN_SEED}${CV:+-cv$CV}"
+  run="$OUT/seed$seed/runs/${lever//[+,]/_}${BATCH:+-bs$BATCH}${TRAIN_SEED:+-ts$TRAIN_SEED}${CV:+-cv$CV}"
   # a finished run is redone; an unfinished --cv run keeps its finished folds (training/cv.py reloads them)
   if [ -z "$CV" ] || [ -f "$run/cv.json" ]; then rm -rf "$run"; fi
   started=$(date +%s)
   # shellcheck disable=SC2086  # flags is a word list
   OMP_NUM_THREADS=1 nice -n 10 "$LEAK" train --mode binary --data "$OUT/seed$seed/$data" --out "$run" \
-    --epochs "$EPOCHS" ${CV:+--cv $CV} ${TRAIN_SEED:+--seed $TRAIN_SEED} $flags > "$run.log" 2>&1 || true  # H015 may warn
+    --epochs "$EPOCHS" ${CV:+--cv $CV} ${TRAIN_SEED:+--seed $TRAIN_SEED} ${BATCH:+--batch-size $BATCH} $flags > "$run.log" 2>&1 || true  # H015 may warn
   seconds=$(( $(date +%s) - started ))
   if [ -n "$CV" ]; then  # the estimate line of training/cv.py, and the final model's test-site line
     local estimate test
@@ -97,7 +99,7 @@ train_one() {  # LEVER SEED: one training, its log, one markdown row on stdout
   fi
 }
 export -f train_one lever_flags
-export LEAK OUT EPOCHS CV SMALL LEVERS TRAIN_SEED
+export LEAK OUT EPOCHS CV SMALL LEVERS TRAIN_SEED BATCH
 
 for seed in "${@:-0}"; do  # corpora first, built once and reused
   corpus="$OUT/seed$seed"
@@ -134,4 +136,5 @@ for seed in "${@:-0}"; do for lever in $LEVERS; do echo "$lever $seed"; done; do
 [ -n "$CV" ] || exit 0
 # the README's row per lever: every seed's held-out files pooled (benchmarks/pool_levers.py)
 echo
-"$PYTHON" "$(dirname "$0")/pool_levers.py" "$OUT" "$CV" "${@:-0}" --levers "$LEVERS" ${TRAIN_SEED:+--train-seed "$TRAIN_SEED"}
+"$PYTHON" "$(dirname "$0")/pool_levers.py" "$OUT" "$CV" "${@:-0}" --levers "$LEVERS" ${TRAIN_SEED:+--train-seed "$TRAIN_SEED"} \
+  ${BATCH:+--batch-size "$BATCH"}

@@ -21,10 +21,12 @@ def f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
-def run_name(lever: str, k: str, train_seed: str | None) -> str:
-    """levers.sh's run directory name: `all` spelt out, + and , as _, -tsN for a training seed, -cvK."""
+def run_name(lever: str, k: str, train_seed: str | None, batch_size: str | None = None) -> str:
+    """levers.sh's run directory name: `all` spelt out, + and , as _, -bsN for a batch size, -tsN for a training
+    seed, -cvK."""
     name = re.sub(r"(^|\+)all$", r"\1gain+tilt+mix+mask", lever)
-    return re.sub("[+,]", "_", name) + (f"-ts{train_seed}" if train_seed else "") + f"-cv{k}"
+    return (re.sub("[+,]", "_", name) + (f"-bs{batch_size}" if batch_size else "")
+            + (f"-ts{train_seed}" if train_seed else "") + f"-cv{k}")
 
 
 def main() -> None:
@@ -34,11 +36,12 @@ def main() -> None:
     parser.add_argument("seeds", nargs="+")
     parser.add_argument("--levers", required=True)
     parser.add_argument("--train-seed", default=None)
+    parser.add_argument("--batch-size", default=None)
     args = parser.parse_args()
     print("| lever | held-out-site F1, pooled over folds and seeds | mean AUC | baseline, pooled | seeds |")
     print("|---|---|---|---|---|")
     for lever in args.levers.split():
-        name = run_name(lever, args.k, args.train_seed)
+        name = run_name(lever, args.k, args.train_seed, args.batch_size)
         runs = [args.out / f"seed{seed}" / "runs" / name / "cv.json" for seed in args.seeds]
         done = [json.loads(path.read_text()) for path in runs if path.is_file()]
         if not done:
