@@ -29,8 +29,12 @@ def reference_build(
     from leakhunter.inference.predict import find_inputs, manifest_fields
     from leakhunter.meta import RecordingFields
     from leakhunter.reference import build_reference_table, require_reference_model, thin_sensors
-    from leakhunter.sources import is_pattern
+    from leakhunter.sources import is_pattern, resolved
 
+    if out.suffix.lower() != ".json":  # scoring reads any name, but a .csv one reads as a manifest to a person
+        raise fail(f"--out {out}: a reference table is JSON; name it {out.with_suffix('.json').name}")
+    if resolved(out) in {resolved(item) for item in inputs if not is_pattern(item)}:
+        raise fail(f"--out {out} is one of the inputs, and the table would replace it; write another --out")
     card, _, _ = read_card(model)
     require_reference_model(card, model)
     absent = [item for item in inputs if not is_pattern(item) and not Path(item).exists()]

@@ -218,6 +218,18 @@ def test_building_a_table_refuses_unnamed_recordings_and_non_reference_models(re
                                  str(Path(reference_run[1].output)), "-o", str(tmp_path / "t.json")])
     assert result.exit_code == 2 and "nope: no such file or folder" in result.output  # not "no sensor id"
     assert not (tmp_path / "t.json").exists()
+    manifest = tmp_path / "night.csv"
+    manifest.write_text("path,sensor_id\ntake1.wav,S1\n")
+    result = runner.invoke(app, ["reference", "build", str(manifest), "--model", str(Path(reference_run[1].output)),
+                                 "-o", str(manifest)])  # a JSON table under a manifest's name, over the manifest
+    assert result.exit_code == 2 and "a reference table is JSON; name it night.json" in " ".join(result.output.split())
+    assert manifest.read_text() == "path,sensor_id\ntake1.wav,S1\n"
+    manifest_json = tmp_path / "night.json"
+    manifest_json.write_text("not a manifest")
+    result = runner.invoke(app, ["reference", "build", str(manifest_json), "--model", str(Path(reference_run[1].output)),
+                                 "-o", str(manifest_json)])
+    assert result.exit_code == 2 and "is one of the inputs" in " ".join(result.output.split())
+    assert manifest_json.read_text() == "not a manifest"
 
 
 def test_serve_judges_an_upload_by_the_sensor_its_name_gives(reference_run, reference_table, small_corpus, tmp_path):
