@@ -430,3 +430,25 @@ def test_a_label_that_reads_as_a_leak_but_is_not_leak_is_named(small_corpus, tmp
         assert leak_like_labels_warning({negation: 3}) is None, negation
     for leak in ("LEAKAGE", "SUSPECTED LEAK", "leak?"):
         assert leak_like_labels_warning({leak: 1}) is not None, leak
+
+
+def test_a_build_whose_files_form_too_few_groups_for_its_splits_says_so(small_corpus, tmp_path):
+    """One site's recordings: every file went to train, and training stopped at H003 ("split val is empty") with
+    advice about fractions. The build now says which splits got nothing and why (a group stays in one split)."""
+    rows = list(csv.DictReader(open(small_corpus.manifest)))
+    for n_groups in (1, 2):
+        manifest = tmp_path / f"groups{n_groups}.csv"
+        manifest.write_text("path,label,group\n" + "".join(
+            f'{small_corpus.root / row["path"]},{row["label"]},site {i % n_groups}\n' for i, row in enumerate(rows)))
+        report = build_dataset(manifest, tmp_path / f"groups{n_groups}.h5", workers=2)
+        empty = [name for name in ("val", "test") if report.files_per_split[name] == 0]
+        assert empty  # two equal groups both go to train: the greedy apportionment's nearest target
+        assert report.empty_splits == (
+            f"split{'s' if len(empty) > 1 else ''} {' and '.join(empty)} got no file: the {len(rows)} files form "
+            f"{n_groups} group{'s' if n_groups > 1 else ''} ({', '.join(f'site {i}' for i in range(n_groups))}), and "
+            f"a group's files (a site's or sensor's) stay in one split; training needs a validation split: add "
+            f"recordings of more sites or sensors (a site's own recordings cannot say how a model does on another)")
+    result = CliRunner().invoke(app, ["data", "build", str(tmp_path / "groups1.csv"), "-o", str(tmp_path / "c.h5")])
+    assert result.exit_code == 0 and "warning: splits val and test got no file" in " ".join(result.output.split())
+    assert build_dataset(small_corpus.manifest, tmp_path / "fine.h5", workers=2).empty_splits is None
+    assert build_dataset(tmp_path / "groups1.csv", tmp_path / "all.h5", val=0, test=0).empty_splits is None

@@ -52,11 +52,13 @@ class BuildReport:
     lone_groups: str | None = None  # sources.lone_groups_warning: most files their own group
     leak_like: str | None = None  # sources.leak_like_labels_warning: a label that reads as a leak but is not LEAK
     preset: str = ""  # the preset it was built with
+    empty_splits: str | None = None  # empty_splits_warning: a split asked for that got no file
 
     def warnings(self) -> list[str]:
-        """What the build says about data it kept (a label, the groups, dead channels), one line each."""
+        """What the build says about data it kept (a label, the groups, the splits, dead channels), one line
+        each."""
         dead = dead_channel_warning(self.dead_channels) if self.dead_channels else None
-        return [warning for warning in (self.leak_like, self.lone_groups, dead) if warning]
+        return [warning for warning in (self.leak_like, self.lone_groups, self.empty_splits, dead) if warning]
 
     def skipped_by_reason(self) -> dict[str, int]:
         return skipped_counts(self.skipped)
@@ -260,8 +262,23 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         output=Path(), class_names=class_names, n_files=len(kept), n_long=n_long, n_short=n_short,
         hours=float(columns["duration_s"].sum() / 3600), skipped=skipped,
         files_per_split={name: int((splits == code).sum()) for code, name in enumerate(SPLITS)},
+        empty_splits=empty_splits_warning(splits, [s.group for s in kept], {"val": val, "test": test}),
         dead_channels=[(s.path, r.silent_channels, r.channels_in) for s, r in zip(kept, rows) if r.silent_channels],
     )
+
+
+def empty_splits_warning(splits: np.ndarray, groups: list[str], fractions: dict[str, float]) -> str | None:
+    """When a split asked for got no file because the files form too few groups (a group's files all go to one
+    split): training would stop at H003 with an empty validation split, far from the cause."""
+    empty = [name for name, fraction in fractions.items() if fraction > 0 and not (splits == SPLITS.index(name)).any()]
+    if not empty:
+        return None
+    n_groups = len(set(groups))
+    return (f"split{'s' if len(empty) > 1 else ''} {' and '.join(empty)} got no file: the {len(splits)} files form "
+            f"{n_groups} group{'s' if n_groups != 1 else ''} ({', '.join(sorted(set(groups))[:3])}"
+            f"{', ...' if n_groups > 3 else ''}), and a group's files (a site's or sensor's) stay in one split; "
+            f"training needs a validation split: add recordings of more sites or sensors (a site's own recordings "
+            f"cannot say how a model does on another)")
 
 
 def open_dataset(path: str | Path) -> h5py.File:

@@ -40,7 +40,8 @@ ADVICE = {
     "H002": "Resume, evaluate or export with the same mode, front-end and classes the checkpoint was trained "
             "with, or start a new run.",
     "H003": "Rebuild the dataset (leak data build) with other --val/--test fractions or more files, so every "
-            "split holds every class; check the labels of the source.",
+            "split holds every class (a group's files, a site's or sensor's, stay in one split: a split may need "
+            "more groups); check the labels of the source.",
     "H004": "Rebuild the dataset so each group (sensor, site) and each recording sits in one split; fix the "
             "manifest's group/split columns.",
     "H005": "The class weights were capped; collect more files of the rare class, or raise class_weight_cap "
