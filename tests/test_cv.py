@@ -216,3 +216,15 @@ def test_a_final_model_that_was_stopped_is_trained_again_by_the_same_command(sit
     with pytest.raises(FileExistsError, match="already holds a run"):
         cross_validate(quick_config(sites_dataset, single, mode="binary", epochs=2), 3, log=lambda line: None)
     assert (single / "best.pth").read_bytes() == b"a single-split run's model"
+
+
+def test_of_equally_good_epochs_the_latest_is_chosen():
+    """A plateau of equal pooled F1: the latest epoch (the lowest learning rate, the most settled model) is kept,
+    not the first epoch that reached it; a strictly better earlier epoch still wins."""
+    truth = [True, True, False, False]
+    good, poor = [0.9, 0.8, 0.2, 0.1], [0.6, 0.6, 0.6, 0.6]
+    folds = [held_out(truth, [poor, good, good, good]), held_out(truth, [poor, good, [0.8, 0.7, 0.3, 0.2], good])]
+    epoch, _, curve = choose(folds, 0.5)
+    assert curve[1:] == [1.0, 1.0, 1.0] and epoch == 4
+    folds = [held_out(truth, [poor, good, [0.9, 0.1, 0.2, 0.1]]), held_out(truth, [poor, good, good])]
+    assert choose(folds, 0.5)[0] == 2  # epoch 3 misses a leak: F1 below epoch 2's

@@ -34,8 +34,8 @@ from leakhunter.training.metrics import leak_metrics
 from leakhunter.training.splits import assign_folds
 from leakhunter.voting import calibrate_threshold, per_long_segment, vote_files
 
-SELECTION = ("epoch and threshold of best pooled held-out file F1; each fold scored with those chosen on the "
-             "other folds")
+SELECTION = ("epoch (the latest of equals) and threshold of best pooled held-out file F1; each fold scored with "
+             "those chosen on the other folds")
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,16 @@ def pooled(folds: list[HeldOut], epochs: list[int] | int):
 
 
 def choose(folds: list[HeldOut], vote_fraction: float) -> tuple[int, float, list[float]]:
-    """(epoch, threshold, pooled F1 per epoch): the epoch whose pooled held-out F1 is best (the earliest of
-    equals) and the threshold that gives it."""
+    """(epoch, threshold, pooled F1 per epoch): the epoch whose pooled held-out F1 is best and the threshold that
+    gives it. Of equals the latest: each later epoch ran at a lower learning rate, and a model still moving fast
+    (the earliest of a plateau) moves its P(LEAK) from fold to fold, so a threshold chosen on other folds'
+    models misses it (measured: README, "the epoch a run keeps")."""
     curve = []
     for epoch in range(1, min(len(f.long_prob) for f in folds) + 1):
         curve.append(calibrate_threshold(*pooled(folds, epoch), vote_fraction))
-    best = int(np.argmax([f1 for _, f1 in curve]))
-    return best + 1, curve[best][0], [f1 for _, f1 in curve]
+    f1s = np.array([f1 for _, f1 in curve])
+    best = int(np.flatnonzero(f1s == f1s.max())[-1])
+    return best + 1, curve[best][0], f1s.tolist()
 
 
 def file_report(truth: np.ndarray, verdict: np.ndarray, score: np.ndarray) -> dict:
