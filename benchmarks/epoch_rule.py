@@ -1,7 +1,8 @@
 """Which of equally good epochs a cross-validated run should keep, from finished `leak train --cv K` runs (no
 retraining): each run's held-out files judged as training/cv.py's honest estimate judges them (each fold with the
 epoch and threshold chosen on the other folds, the card's vote), once with the earliest epoch of the best pooled
-F1 (the rule before 2026-12-04) and once with the latest (training/cv.py `choose` now). The first column is what
+F1 (the rule before 2026-12-04, rebuilt here) and once with the latest (honest_estimate itself, whose `choose`
+keeps the latest now). The first column is what
 the run's cv.json recorded, so a run made under either rule shows which one it was made with. The baseline's
 pooled F1 (cv.json) is beside them.
 
@@ -17,19 +18,20 @@ from pool_levers import counts, f1  # the sibling script (benchmarks/ is on sys.
 from site_calibration import load_folds, verdict_counts
 
 from leakhunter.card import VotingConfig
-from leakhunter.training.cv import HeldOut, pooled
+from leakhunter.training.cv import HeldOut, honest_estimate, pooled
 from leakhunter.voting import calibrate_threshold, vote_files
 
 
-def judged(folds: list[HeldOut], latest: bool, vote_fraction: float) -> np.ndarray:
-    """(TP, FP, FN) over the folds, each judged at the epoch and threshold chosen on the others."""
+def earliest_of_equals(folds: list[HeldOut], vote_fraction: float) -> np.ndarray:
+    """(TP, FP, FN) over the folds, each judged at the epoch and threshold chosen on the others, the earliest of
+    equally good epochs."""
     totals = np.zeros(3, int)
     for i, fold in enumerate(folds):
         others = [f for j, f in enumerate(folds) if j != i]
         curve = [calibrate_threshold(*pooled(others, epoch), vote_fraction)
                  for epoch in range(1, min(len(f.long_prob) for f in others) + 1)]
         f1s = np.array([value for _, value in curve])
-        best = np.flatnonzero(f1s == f1s.max())[-1 if latest else 0]
+        best = np.flatnonzero(f1s == f1s.max())[0]
         verdict = vote_files(fold.long_prob[best], fold.long_file, len(fold.files), curve[best][0],
                              vote_fraction).verdict
         totals += verdict_counts(fold.file_is_leak.astype(bool), verdict)
@@ -46,7 +48,8 @@ def main() -> None:
     totals = np.zeros((4, 3), int)
     for run in args.runs:
         cv, folds = json.loads((run / "cv.json").read_text()), load_folds(run)
-        found = np.stack([counts(cv["pooled"]), judged(folds, False, vote_fraction), judged(folds, True, vote_fraction),
+        found = np.stack([counts(cv["pooled"]), earliest_of_equals(folds, vote_fraction),
+                          counts(honest_estimate(folds, vote_fraction)[1]),
                           counts(cv["baseline"]["pooled"])])
         totals += found
         print(f"| {run} | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")

@@ -2,7 +2,7 @@
 seed's held-out files pooled (counts from each run's cv.json), the mean of the runs' pooled AUCs, and the
 baseline pooled the same way. Reads only; levers.sh calls it last, and it can be rerun on its own:
 
-    python benchmarks/pool_levers.py OUT K SEED... --levers "none small small+relative" [--train-seed N]
+    python benchmarks/pool_levers.py OUT K SEED... --levers "none small small+relative" [--train-seed N] [--batch-size N]
 """
 
 import argparse

@@ -2,7 +2,9 @@
 runs (no retraining). Each held-out long segment's P(LEAK), as a logit, is shifted by the median logit of its
 site's held-out long segments at that epoch: no label, only other recordings of the same site, most of them
 without a leak. Both sets of scores are judged by training/cv.py's own honest estimate (each fold with the epoch
-and threshold chosen on the other folds, the card's vote), so the first column is exactly the run's CV estimate.
+and threshold chosen on the other folds, the card's vote), so the first column is exactly the run's CV estimate
+under today's epoch rule (the latest of equals; a run recorded before 2026-12-04 chose the earliest, and its
+README figures say so: benchmarks/epoch_rule.py rescores under both).
 A third column changes the vote instead: each file scored by the mean logit of its long segments (every segment
 given that score, so the card's vote becomes a threshold on it), judged the same way. A fourth changes how the
 threshold is chosen on the other folds: the median of every threshold whose pooled F1 is within PLATEAU of the

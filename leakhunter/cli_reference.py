@@ -31,8 +31,10 @@ def reference_build(
     from leakhunter.reference import build_reference_table, require_reference_model, thin_sensors
     from leakhunter.sources import is_pattern, resolved
 
+    if out.is_dir() or out.name in ("", ".", ".."):
+        raise fail(f"--out {out} is a folder: name the table's file, e.g. {out / 'references.json'}")
     if out.suffix.lower() != ".json":  # scoring reads any name, but a .csv one reads as a manifest to a person
-        raise fail(f"--out {out}: a reference table is JSON; name it {out.with_suffix('.json').name}")
+        raise fail(f"--out {out}: a reference table is JSON; name it {out.stem}.json")
     if resolved(out) in {resolved(item) for item in inputs if not is_pattern(item)}:
         raise fail(f"--out {out} is one of the inputs, and the table would replace it; write another --out")
     card, _, _ = read_card(model)

@@ -228,3 +228,9 @@ def test_of_equally_good_epochs_the_latest_is_chosen():
     assert curve[1:] == [1.0, 1.0, 1.0] and epoch == 4
     folds = [held_out(truth, [poor, good, [0.9, 0.1, 0.2, 0.1]]), held_out(truth, [poor, good, good])]
     assert choose(folds, 0.5)[0] == 2  # epoch 3 misses a leak: F1 below epoch 2's
+    low = [0.35, 0.3, 0.1, 0.05]  # as good, on a lower scale: its threshold, not epoch 2's, comes with it
+    folds = [held_out(truth, [poor, good, low]), held_out(truth, [poor, good, low])]
+    epoch, threshold, _ = choose(folds, 0.5)
+    assert epoch == 3 and 0.1 < threshold <= 0.3 and choose(folds[:1] + [held_out(truth, [poor, good])], 0.5)[1] > 0.3
+    rows, _ = honest_estimate(folds, 0.5)  # each fold judged at the epoch the other chose: the latest too
+    assert [row["epoch"] for row in rows] == [3, 3] and all(row["file_f1"] == 1.0 for row in rows)

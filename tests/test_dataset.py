@@ -446,9 +446,18 @@ def test_a_build_whose_files_form_too_few_groups_for_its_splits_says_so(small_co
         assert report.empty_splits == (
             f"split{'s' if len(empty) > 1 else ''} {' and '.join(empty)} got no file: the {len(rows)} files form "
             f"{n_groups} group{'s' if n_groups > 1 else ''} ({', '.join(f'site {i}' for i in range(n_groups))}), and "
-            f"a group's files (a site's or sensor's) stay in one split; training needs a validation split: add "
+            f"a group's files (a site's or sensor's) stay in one split; training stops on an empty split (H003): add "
             f"recordings of more sites or sensors (a site's own recordings cannot say how a model does on another)")
     result = CliRunner().invoke(app, ["data", "build", str(tmp_path / "groups1.csv"), "-o", str(tmp_path / "c.h5")])
     assert result.exit_code == 0 and "warning: splits val and test got no file" in " ".join(result.output.split())
     assert build_dataset(small_corpus.manifest, tmp_path / "fine.h5", workers=2).empty_splits is None
     assert build_dataset(tmp_path / "groups1.csv", tmp_path / "all.h5", val=0, test=0).empty_splits is None
+    forced = tmp_path / "forced.csv"  # the split column sends site 0 to test; sites 1 and 2 go to train
+    forced.write_text("path,label,group,split\n" + "".join(
+        f'{small_corpus.root / row["path"]},{row["label"]},site {i % 3},{"test" if i % 3 == 0 else ""}\n'
+        for i, row in enumerate(rows)))
+    report = build_dataset(forced, tmp_path / "forced.h5", workers=2)
+    n_test = sum(1 for i in range(len(rows)) if i % 3 == 0)
+    assert report.empty_splits.startswith(
+        f"split val got no file: the manifest's split column places {n_test} of the {len(rows)} files and the "
+        f"other {len(rows) - n_test} form 2 groups (site 1, site 2)"), report.empty_splits
