@@ -97,9 +97,15 @@ def check_out(out: Path, inputs: list[str | Path], paths: list[Path], name: str 
     if out.suffix.lower() not in OUTPUT_SUFFIXES:  # .txt was written as CSV; a .wav name replaced a recording
         kind = "an audio file's name" if out.suffix.lower() in AUDIO_SUFFIXES else f"not {out.suffix or 'a suffix'}"
         raise PredictError(f"{name}: a table is written as .csv or .jsonl ({kind})")
+    refuse_replacing_inputs(out, inputs, paths, name)
+
+
+def refuse_replacing_inputs(out: Path, inputs: list[str | Path], paths: list[Path], name: str | None = None) -> None:
+    """An output (a table, a reference table) that would replace one of the inputs (a manifest) or a listed
+    recording is refused before anything is written."""
     target = resolved(out)
     if target in {resolved(item) for item in inputs} or target in set(paths):
-        raise PredictError(f"{name} is one of the inputs, and the table would replace it; write another --out")
+        raise PredictError(f"{name or out} is one of the inputs, and the table would replace it; write another --out")
 
 
 @dataclass

@@ -26,17 +26,16 @@ def reference_build(
     """Each sensor's reference log-mel: the median over its recordings of each recording's median log-mel,
     through the model's own front-end. Recordings that cannot be decoded are listed and left out."""
     from leakhunter.inference.loader import read_card
-    from leakhunter.inference.predict import find_inputs, manifest_fields
+    from leakhunter.inference.predict import find_inputs, manifest_fields, refuse_replacing_inputs
     from leakhunter.meta import RecordingFields
     from leakhunter.reference import build_reference_table, require_reference_model, thin_sensors
-    from leakhunter.sources import is_pattern, resolved
+    from leakhunter.sources import is_pattern
 
     if out.is_dir() or out.name in ("", ".", ".."):
         raise fail(f"--out {out} is a folder: name the table's file, e.g. {out / 'references.json'}")
     if out.suffix.lower() != ".json":  # scoring reads any name, but a .csv one reads as a manifest to a person
         raise fail(f"--out {out}: a reference table is JSON; name it {out.stem}.json")
-    if resolved(out) in {resolved(item) for item in inputs if not is_pattern(item)}:
-        raise fail(f"--out {out} is one of the inputs, and the table would replace it; write another --out")
+    refuse_replacing_inputs(out, [item for item in inputs if not is_pattern(item)], [], f"--out {out}")
     card, _, _ = read_card(model)
     require_reference_model(card, model)
     absent = [item for item in inputs if not is_pattern(item) and not Path(item).exists()]

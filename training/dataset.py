@@ -258,28 +258,28 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
     for name, values in (("path", [printable(e.path) for e in skipped]), ("reason", [e.reason for e in skipped]),
                          ("detail", [e.detail for e in skipped])):
         h5.create_dataset(f"skipped/{name}", data=np.array(values, dtype=object), dtype=text)
+    files_per_split = {name: int((splits == code).sum()) for code, name in enumerate(SPLITS)}
     return BuildReport(
         output=Path(), class_names=class_names, n_files=len(kept), n_long=n_long, n_short=n_short,
-        hours=float(columns["duration_s"].sum() / 3600), skipped=skipped,
-        files_per_split={name: int((splits == code).sum()) for code, name in enumerate(SPLITS)},
-        empty_splits=empty_splits_warning(splits, [s.group for s in kept], [s.split for s in kept],
+        hours=float(columns["duration_s"].sum() / 3600), skipped=skipped, files_per_split=files_per_split,
+        empty_splits=empty_splits_warning(files_per_split, [s.group for s in kept], [s.split for s in kept],
                                           {"val": val, "test": test}),
         dead_channels=[(s.path, r.silent_channels, r.channels_in) for s, r in zip(kept, rows) if r.silent_channels],
     )
 
 
-def empty_splits_warning(splits: np.ndarray, groups: list[str], forced: list[str | None],
+def empty_splits_warning(files_per_split: dict[str, int], groups: list[str], forced: list[str | None],
                          fractions: dict[str, float]) -> str | None:
     """When a split asked for got no file because the files form too few groups (a group's files all go to one
     split): training would stop at H003 on the empty split, far from the cause. `forced`: each file's split from
     the manifest's split column, or None."""
-    empty = [name for name, fraction in fractions.items() if fraction > 0 and not (splits == SPLITS.index(name)).any()]
+    empty = [name for name, fraction in fractions.items() if fraction > 0 and not files_per_split[name]]
     if not empty:
         return None
     free = sorted({group for group, split in zip(groups, forced) if split is None})
     n_forced = sum(split is not None for split in forced)
-    files = (f"the manifest's split column places {n_forced} of the {len(splits)} files and the other "
-             f"{len(splits) - n_forced}" if n_forced else f"the {len(splits)} files")
+    files = (f"the manifest's split column places {n_forced} of the {len(groups)} files and the other "
+             f"{len(groups) - n_forced}" if n_forced else f"the {len(groups)} files")
     return (f"split{'s' if len(empty) > 1 else ''} {' and '.join(empty)} got no file: {files} form {len(free)} "
             f"group{'s' if len(free) != 1 else ''} ({', '.join(free[:3])}{', ...' if len(free) > 3 else ''}), and a "
             f"group's files (a site's or sensor's) stay in one split; training stops on an empty split (H003): add "
