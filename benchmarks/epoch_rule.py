@@ -4,13 +4,15 @@ epoch and threshold chosen on the other folds, the card's vote), once with the e
 F1 (the rule before 2026-12-04, rebuilt here) and once with the latest (honest_estimate itself, whose `choose`
 keeps the latest now). The first column is what
 the run's cv.json recorded, so a run made under either rule shows which one it was made with. The baseline's
-pooled F1 (cv.json) is beside them.
+pooled F1 (cv.json) is beside them. With several runs, a last line counts the runs the latest rule raised,
+lowered and left alike, the mean change, and the two-sided sign-test p of those raised against lowered.
 
     python benchmarks/epoch_rule.py RUN_DIR...
 """
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +47,28 @@ def main() -> None:
     vote_fraction = VotingConfig().vote_fraction
     print("| run | recorded (cv.json) | earliest of equals | latest of equals | baseline |")
     print("|---|---|---|---|---|")
-    totals = np.zeros((4, 3), int)
+    totals, changes = np.zeros((4, 3), int), []
     for run in args.runs:
         cv, folds = json.loads((run / "cv.json").read_text()), load_folds(run)
         found = np.stack([counts(cv["pooled"]), earliest_of_equals(folds, vote_fraction),
                           counts(honest_estimate(folds, vote_fraction)[1]),
                           counts(cv["baseline"]["pooled"])])
         totals += found
+        changes.append(f1(*found[2]) - f1(*found[1]))
         print(f"| {run} | " + " | ".join(f"{f1(*row):.3f}" for row in found) + " |")
     if len(args.runs) > 1:
         print(f"| pooled over the {len(args.runs)} runs | " + " | ".join(f"{f1(*row):.3f}" for row in totals) + " |")
+        print(sign_line(np.array(changes)))
+
+
+def sign_line(changes: np.ndarray) -> str:
+    """How often the latest rule moved a run's F1 up or down (beyond rounding), and how likely as lopsided a count
+    would be if up and down were equally likely (two-sided sign test)."""
+    up, down = int((changes > 5e-4).sum()), int((changes < -5e-4).sum())
+    n, extreme = up + down, min(up, down)
+    p = min(1.0, 2 * sum(math.comb(n, k) for k in range(extreme + 1)) / 2**n) if n else 1.0
+    return (f"latest of equals raised {up}, lowered {down}, left alike {len(changes) - n} of {len(changes)} runs; "
+            f"mean change {changes.mean():+.3f}; sign test p = {p:.2f}")
 
 
 if __name__ == "__main__":
