@@ -14,14 +14,14 @@ fold seed), with the CV's threshold rule, with the plateau rule, and with one or
 With --labelled K: a threshold per site from K labelled LEAK and K labelled other recordings of that site (drawn
 at random, 20 draws; the threshold with the best balanced accuracy on them, ties to the CV threshold), judged on
 the site's other recordings beside the CV threshold on the same recordings.
-Two ceilings beside them, at the run's chosen epoch with the same vote and threshold grid: the best single
-threshold for all held-out files, and the best threshold for each fold (its one to three sites) on its own.
+Two ceilings beside them, at the epoch today's rule chooses on all folds (the run's own for a run recorded after
+2026-12-04) with the same vote and threshold grid: the best single threshold for all held-out files, and the best
+threshold for each fold (its one to three sites) on its own.
 
     python benchmarks/site_calibration.py RUN_DIR... [--vote-fraction 0.5]
 """
 
 import argparse
-import json
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -168,13 +168,12 @@ def labelled_counts(folds: list[HeldOut], sites: np.ndarray, k: int, vote_fracti
 def estimate_counts(run: Path, vote_fraction: float) -> np.ndarray:
     """The default table's counts for one run: the CV estimate, its two rescorings, the plateau threshold, the two
     oracles, and the baseline with both threshold rules."""
-    folds, cv = load_folds(run), json.loads((run / "cv.json").read_text())
-    sites = run_sites(run)
+    folds, sites = load_folds(run), run_sites(run)
     return np.stack([np.array(counts(honest_estimate(variant, vote_fraction)[1]))
                      for variant in (folds, [site_relative(fold, sites) for fold in folds],
                                      [mean_logit_files(fold) for fold in folds])]
                     + [plateau_counts(folds, vote_fraction)]
-                    + list(oracle_counts(folds, cv["epochs"], vote_fraction)) + list(baseline_counts(run, len(folds))))
+                    + list(oracle_counts(folds, choose(folds, vote_fraction)[0], vote_fraction)) + list(baseline_counts(run, len(folds))))
 
 
 def print_table(columns: list[str], runs: list[Path], counts_of) -> None:
