@@ -35,6 +35,8 @@ CLIP_FRACTION = 0.001
 TEXT_SNIFF_BYTES = 512
 AUDIO_MAGICS = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3", b"caff", b".snd", b"wvpk")
 WAV_UNKNOWN_SIZE = 0xFFFFFFFF       # streaming writers that never go back to patch the header
+WAV_COMPANDED = {6: "A-law", 7: "µ-law"}  # WAVE format tags of 8-bit companded samples
+WAV_EXTENSIBLE = 0xFFFE
 # What libsndfile must find inside a file of each name (SoundFile.format).
 EXPECTED_FORMATS = {".wav": ("WAV", "WAVEX", "RF64", "W64"), ".flac": ("FLAC",), ".ogg": ("OGG",),
                     ".mp3": ("MP3", "MPEG")}
@@ -367,7 +369,9 @@ def _check_format(path: Path, container: str) -> None:
 def _check_header(path: Path, head: bytes, size: int, frames_in: int, channels_in: int,
                   policy: str | int) -> None:
     """The checks the header alone can answer, so a batch refuses a bad file before decoding any of it."""
-    wav_sizes = _wav_data_sizes(path, head, size)
+    fmt, wav_sizes = _wav_chunks(path, head, size)
+    if fmt is not None:
+        _check_wav_companding(path, fmt)
     if wav_sizes is not None:
         declared, present = wav_sizes
         if 0 < declared != WAV_UNKNOWN_SIZE and present < declared:
@@ -436,20 +440,41 @@ def _looks_like_text(head: bytes) -> bool:
     return bool(text) and all(char.isprintable() or char in "\t\n\r\f\v" for char in text)
 
 
-def _wav_data_sizes(path: Path, head: bytes, size: int) -> tuple[int, int] | None:
-    """(declared, present) bytes of a RIFF/WAVE file's data chunk, walking the chunk list; None if not found.
+def _wav_chunks(path: Path, head: bytes, size: int) -> tuple[bytes | None, tuple[int, int] | None]:
+    """A RIFF/WAVE file's fmt chunk (its first 40 bytes, None if absent) and its data chunk's (declared, present)
+    bytes (None if not found), walking the chunk list; (None, None) for any other container.
 
-    libsndfile silently decodes a half-written WAV as a shorter one, so the header is checked here.
-    RF64 and big-endian RIFX are not walked.
+    libsndfile silently decodes a half-written WAV as a shorter one, and 16-bit samples under a µ-law or A-law
+    format tag as companded noise, so the header is checked here. RF64 and big-endian RIFX are not walked.
     """
+    fmt = None
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
+        return fmt, None
     with open(path, "rb") as file:
         offset = 12
         while offset + 8 <= size:
             file.seek(offset)
             chunk_id, chunk_size = struct.unpack("<4sI", file.read(8))
             if chunk_id == b"data":
-                return chunk_size, size - offset - 8
+                return fmt, (chunk_size, size - offset - 8)
+            if chunk_id == b"fmt ":
+                fmt = file.read(min(chunk_size, 40))
             offset += 8 + chunk_size + (chunk_size & 1)
-    return None
+    return fmt, None
+
+
+def _check_wav_companding(path: Path, fmt: bytes) -> None:
+    """µ-law and A-law store one byte per sample. A header that says so over wider samples (16-bit PCM relabelled
+    by a converter, or firmware writing the wrong tag) decodes without error as noise at twice the length, so
+    its block alignment (bytes per frame) must be one byte per channel."""
+    if len(fmt) < 16:
+        return
+    tag, channels, _, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == WAV_EXTENSIBLE and len(fmt) >= 26:
+        tag = struct.unpack("<H", fmt[24:26])[0]   # the sub-format GUID starts with the format tag
+    if tag in WAV_COMPANDED and channels and block_align != channels:
+        raise AudioError("decode_error", path, f"its WAV header says {WAV_COMPANDED[tag]} (format tag {tag}), one "
+                                               f"byte per sample, but {block_align} bytes per frame of {channels} "
+                                               f"channel{'s' if channels != 1 else ''} ({bits} bits per sample): "
+                                               f"the samples are not {WAV_COMPANDED[tag]} (PCM under the wrong "
+                                               f"tag?) and would decode as noise")
