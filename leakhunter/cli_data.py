@@ -16,16 +16,16 @@ data_app = typer.Typer(name="data", help="Make, build and check datasets.", no_a
 @command(data_app, "synth")
 def data_synth(
     out: Path = typer.Argument(..., help="Folder to write OUT/<CLASS>/*.wav and OUT/manifest.csv into."),
-    files_per_class: int = typer.Option(20, help="Recordings per class."),
+    files_per_class: int = typer.Option(20, min=1, help="Recordings per class."),
     duration: float = typer.Option(10.0, help="Seconds per recording."),
-    sample_rate: int = typer.Option(8000, help="Sample rate of the WAV files (Hz)."),
-    seed: int = typer.Option(0, help="Same seed, same bytes."),
+    sample_rate: int = typer.Option(8000, min=4000, help="Sample rate of the WAV files (Hz)."),
+    seed: int = typer.Option(0, min=0, help="Same seed, same bytes."),
     scenario: str = typer.Option("classes", help="classes: five easy classes, for plumbing tests; sites: recorded "
                                                  "at --sites sites that each colour their sound (pipe resonances, "
                                                  "sensor, gain, background, leak SNR down to -10 dB); gain-confound: "
                                                  "LEAK and NORMAL told apart only by level minus the recorder gain "
                                                  "in the file name (a corpus that needs fusion)."),
-    sites: int = typer.Option(None, help="Sites of the sites scenario (default 12); the sensor id is the site."),
+    sites: int = typer.Option(None, min=1, max=999, help="Sites of the sites scenario (default 12); the sensor id is the site."),
     leak_band: str = typer.Option(None, help="Where the sites scenario's leaks and sensors sit: low (default; "
                                              "leaks and sensors to 1.8 kHz) or high (leaks to 2.5-3.5 kHz, sensors "
                                              "to 3.8 kHz, for the wide preset; needs "

@@ -1,6 +1,7 @@
 """The `leak` command as a user runs it: exit codes, what it prints, and its errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -57,7 +58,17 @@ def test_build_errors_are_one_clear_line(tmp_path):
     assert "missing: no such file or folder" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["data", "synth", str(tmp_path / "c"), "--files-per-class", "0"])
-    assert result.exit_code == 2 and "files_per_class" in result.output
+    def said(output: str) -> str:  # the words of rich's error box, unwrapped
+        return " ".join(re.sub("[│╭╮╰╯─]", " ", output).split())
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--files-per-class': Input should be greater than or equal to 1" in said(result.output)
+    for flag, value, words in (("--sites", "1000", "less than or equal to 999"),
+                               ("--sample-rate", "2000", "greater than or equal to 4000"),
+                               ("--seed", "-1", "greater than or equal to 0")):
+        result = runner.invoke(app, ["data", "synth", str(tmp_path / "c"), "--scenario", "sites", flag, value])
+        assert result.exit_code == 2 and f"Invalid value for '{flag}': Input should be {words}" in said(result.output)
+    assert not (tmp_path / "c").exists()
 
 
 def test_info_prints_a_valid_card_and_refuses_a_tampered_one(tmp_path):
