@@ -53,9 +53,12 @@ def manifest_fields(inputs: list[str | Path]) -> dict[Path, dict[str, str]]:
 class FoundInputs:
     """The audio paths the inputs name (resolved, each once, in a stable order) and, one line each, the inputs
     that named none: a folder without audio, a pattern that matched no file, a manifest without rows. Among
-    other inputs such a typo or an empty night's folder would otherwise add nothing and say nothing."""
+    other inputs such a typo or an empty night's folder would otherwise add nothing and say nothing. `repeated`:
+    one line per manifest that lists a recording more than once (a bad join or a concatenated export), which is
+    scored once: the table then has fewer rows than the manifest."""
     paths: list[Path]
     empty: list[str]
+    repeated: list[str] = field(default_factory=list)
 
 
 def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> FoundInputs:
@@ -64,6 +67,7 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
     input (a service's inputs as its client gave them, not as resolved under its data root)."""
     found: list[Path] = []
     empty: list[str] = []
+    repeated: list[str] = []
     for item, name in zip(map(str, inputs), names or inputs):
         path = Path(item)
         if path.is_dir():
@@ -72,6 +76,12 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
         elif path.suffix.lower() == ".csv" and path.is_file():
             named = [row.path for row in read_manifest(path)]
             why = "a manifest with no rows"
+            times = Counter(resolved(p) for p in named)
+            again = {listed: n for listed, n in times.items() if n > 1}
+            if again:
+                first = next(iter(again))
+                repeated.append(f"{printable(str(name))}: lists {len(again)} recording{'s' if len(again) > 1 else ''} "
+                                f"more than once ({printable(first.name)} {again[first]} times); each is scored once")
         elif is_pattern(item):
             named = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
             why = "a pattern that matches no file"
@@ -83,7 +93,7 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
     unique = list(dict.fromkeys(resolved(p) for p in found))
     if not unique:
         raise PredictError("no audio files to score: " + "; ".join(empty))
-    return FoundInputs(unique, empty)
+    return FoundInputs(unique, empty, repeated)
 
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what a table is written as (RowWriter): CSV, or one JSON object a line
@@ -172,6 +182,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
     with table_lock(Path(out)) if out is not None else nullcontext():
         for line in found.empty if warn is not None else ():
             warn(f"{line}: nothing is scored from it")
+        for line in found.repeated if warn is not None else ():
+            warn(line)
         if out is not None and not resume and Path(out).is_file() and Path(out).stat().st_size and warn is not None:
             warn(f"{out}: the table there is replaced (--resume would continue it)")
         listed = manifest_fields(inputs)  # refused here, before any worker starts

@@ -44,6 +44,8 @@ def reference_build(
     found = find_inputs(inputs)
     for line in found.empty:
         warn(f"{line}: no recording is taken from it")
+    for line in found.repeated:
+        warn(line.replace("scored once", "taken once"))
     paths = found.paths
     fields = RecordingFields()
     fields.add_manifest(manifest_fields(inputs))

@@ -268,6 +268,28 @@ def test_an_input_that_names_no_audio_is_said_not_dropped(night, onnx_model, tmp
         find_inputs(inputs[1:])
 
 
+def test_a_manifest_listing_a_recording_twice_is_said_and_scored_once(night, onnx_model, tmp_path):
+    """A bad join or a concatenated export lists recordings twice: the table gets one row each, so it is shorter
+    than the manifest, and the user is told why before anything is scored. Given again by another input (a
+    folder and a manifest of it) is not a repeat."""
+    folder, _ = night
+    first, second = sorted(folder.glob("*.wav"))[:2]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path\n{first}\n{second}\n{first}\n{folder}/./{first.name}\n{second}\n")
+    found = find_inputs([manifest, first])
+    assert found.paths == [first.resolve(), second.resolve()]
+    assert found.repeated == [f"{manifest}: lists 2 recordings more than once ({first.name} 3 times); each is "
+                              "scored once"]
+    assert find_inputs([folder, first]).repeated == []
+    out = tmp_path / "t.csv"
+    result = CliRunner().invoke(app, ["predict", str(manifest), "--model", str(onnx_model), "--out", str(out),
+                                      "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.index(f"warning: {found.repeated[0]}") < said.index("scored 0.00 h of audio")
+    assert len(rows_of(out)) == 2
+
+
 def _crashy(state, task, emit):
     if task == "crash":
         os._exit(7)
