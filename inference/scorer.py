@@ -21,7 +21,7 @@ from leakhunter.errors import InputError
 from leakhunter.inference.outputs import columns_for
 from leakhunter.mel import lowest_input_rate
 from leakhunter.operating import deployed_threshold
-from leakhunter.segments import plan_segments
+from leakhunter.segments import cut_pieces
 from leakhunter.voting import top_class, vote_files
 
 
@@ -69,27 +69,11 @@ class RecordingDecoder:
 
     def decode(self, path: str | Path, emit: Callable[[Piece], None]) -> Decoded:
         """Emit the pieces of one recording and return what was decoded; AudioError for a bad file."""
-        seg = self.segmentation
-        piece_samples = (self.piece_longs - 1) * seg.long_hop + seg.long_samples
-        buffered, held, index = [], 0, 0
+        seg, index = self.segmentation, 0
         with open_audio(path, self.frontend.sample_rate, self.channel, min_samples=seg.long_samples,
                         block_frames=self.block_frames, min_rate_in=self.min_rate_in) as stream:
-            for block in stream:
-                buffered.append(block)
-                held += block.size
-                while held >= piece_samples + seg.long_hop:  # a whole piece, and the next one has begun
-                    samples = np.concatenate(buffered)
-                    emit(Piece(index, samples[:piece_samples], self.piece_longs))
-                    index += 1
-                    rest = samples[self.piece_longs * seg.long_hop:]
-                    buffered, held = [rest], rest.size
-            samples = np.concatenate(buffered) if buffered else np.zeros(0, np.float32)
-            plan = plan_segments(samples.size, seg)
-            if plan.n_long:
-                span = (plan.n_long - 1) * seg.long_hop + seg.long_samples
-                emit(Piece(index, np.ascontiguousarray(np.pad(samples, (0, max(0, span - samples.size)))[:span]),
-                           plan.n_long))
-                index += 1
+            for index, (samples, n_long) in enumerate(cut_pieces(stream, seg, self.piece_longs), start=1):
+                emit(Piece(index - 1, samples, n_long))
             info = stream.info
             return Decoded(n_pieces=index, duration_s=round(info.duration_s, 3), sample_rate_in=info.sample_rate_in,
                            resampled=info.resampled, channels_in=info.channels_in, clipped=stream.clipped,

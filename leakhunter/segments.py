@@ -6,6 +6,7 @@ STFT frame) is computed once per file and long segments refer to contiguous runs
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,3 +78,28 @@ def long_segment_inputs(short_mels, long_first_short, shorts_per_long: int):
     n_long, _, n_mels, frames = gathered.shape
     return gathered.swapaxes(1, 2).reshape(n_long, n_mels, shorts_per_long * frames)
 
+
+
+def cut_pieces(blocks: Iterable[np.ndarray], segmentation: SegmentationConfig, piece_longs: int
+               ) -> Iterator[tuple[np.ndarray, int]]:
+    """(samples, n_long) of consecutive runs of at most piece_longs + 1 whole long segments of a stream of blocks,
+    each yielded as soon as it is ready, so a recording of any length is segmented in bounded memory. A run starts
+    piece_longs long hops after the one before (the samples of overlapping long segments are in both); the last
+    is cut as plan_segments cuts the rest of the recording (its tail padded or dropped), so the runs together hold
+    exactly the recording's long segments."""
+    seg = segmentation
+    piece_samples = (piece_longs - 1) * seg.long_hop + seg.long_samples
+    buffered, held = [], 0
+    for block in blocks:
+        buffered.append(block)
+        held += block.size
+        while held >= piece_samples + seg.long_hop:  # a whole piece, and the next one has begun
+            samples = np.concatenate(buffered)
+            yield samples[:piece_samples], piece_longs
+            rest = samples[piece_longs * seg.long_hop:]
+            buffered, held = [rest], rest.size
+    samples = np.concatenate(buffered) if buffered else np.zeros(0, np.float32)
+    plan = plan_segments(samples.size, seg)
+    if plan.n_long:
+        span = (plan.n_long - 1) * seg.long_hop + seg.long_samples
+        yield np.ascontiguousarray(np.pad(samples, (0, max(0, span - samples.size)))[:span]), plan.n_long

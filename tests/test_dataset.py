@@ -1,10 +1,9 @@
 """The HDF5 dataset: index-linked arrays, parity with predict-time features, bad files skipped, safe splits."""
 
 import csv
-import gc
 import json
 import shutil
-import weakref
+import tracemalloc
 
 import h5py
 import numpy as np
@@ -13,7 +12,7 @@ import soundfile
 import torch
 from typer.testing import CliRunner
 
-from leakhunter.audio import load_audio
+from leakhunter.audio import load_audio, open_audio
 from leakhunter.card import STANDARD_CLASSES, preset
 from leakhunter.cli import app
 from leakhunter.errors import LeakhunterError
@@ -140,36 +139,53 @@ def test_a_bug_in_the_decoder_stops_the_build_naming_the_file(ten_files, tmp_pat
     def buggy(path, *args, **kwargs):
         if path == target:
             raise bug
-        return load_audio(path, *args, **kwargs)
-    monkeypatch.setattr(dataset, "load_audio", buggy)
+        return open_audio(path, *args, **kwargs)
+    monkeypatch.setattr(dataset, "open_audio", buggy)
     output = tmp_path / "data.h5"
     with pytest.raises(LeakhunterError, match=f"{target}: unexpected {type(bug).__name__}.*this is a bug") as caught:
         build_dataset(ten_files.root, output, workers=2, max_skipped_fraction=1.0)
     assert caught.value.__cause__ is bug and not output.exists()
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_the_builder_does_not_keep_decoded_samples(ten_files, monkeypatch, tmp_path, workers):
-    """Memory must stay flat in corpus size: at most the files in flight hold samples, never all seen so far."""
+@pytest.mark.parametrize("preset_name", ["short", "long"])
+def test_featurising_in_pieces_stores_exactly_what_the_whole_file_gives(ten_files, tmp_path, monkeypatch,
+                                                                       preset_name):
+    """The builder featurises each file a few long segments at a time: the short segments two pieces share
+    are stored once, and the dataset is what each file in one piece gives: the same log-mels to the bit, the
+    same engineered features within float32 rounding (a reduction over another tensor size)."""
     from leakhunter.training import dataset
 
-    refs, most_alive = [], [0]
+    whole = build_dataset(ten_files.root, tmp_path / "whole.h5", preset_name=preset_name, workers=1)
+    monkeypatch.setattr(dataset, "BUILD_PIECE_LONGS", 2)
+    pieces = build_dataset(ten_files.root, tmp_path / "pieces.h5", preset_name=preset_name, workers=2)
+    assert pieces.n_short == whole.n_short and pieces.n_long == whole.n_long
+    with h5py.File(whole.output) as one, h5py.File(pieces.output) as other:
+        assert (one["files/long_count"][:] > 2).all()  # two pieces or more in every file
+        for name in ("short/mel", "short/file_index", "long/file_index", "long/short_start",
+                     "files/short_start", "files/short_count", "files/long_start", "files/duration_s"):
+            np.testing.assert_array_equal(one[name][:], other[name][:], err_msg=name)
+        np.testing.assert_allclose(one["short/features"][:], other["short/features"][:], rtol=1e-5, atol=1e-6)
 
-    def tracked(*args, **kwargs):
-        audio = load_audio(*args, **kwargs)
-        refs.append(weakref.ref(audio.samples))
-        return audio
 
-    def progress(done, total):
-        gc.collect()
-        most_alive[0] = max(most_alive[0], sum(ref() is not None for ref in refs))
-    monkeypatch.setattr(dataset, "load_audio", tracked)
-    build_dataset(ten_files.root, tmp_path / "data.h5", workers=workers, progress=progress)
-    assert len(refs) == 10
-    # inline: the file just featurised at most; threaded: also read_ahead (2 * workers) pending. Keeping the
-    # samples of every file seen (as `rows` once did) would make this 10.
-    assert most_alive[0] <= 1 + (2 * workers if workers > 1 else 0)
-
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_long_file_builds_in_the_memory_of_a_piece(ten_files, tmp_path, workers):
+    """Memory is flat in the length of one file, not only in the number of files: a 20-minute recording
+    (19.7 MB of samples at the model's rate) beside ten short ones never has its samples in memory at once.
+    The builder once decoded each file whole, about 0.6 GB per audio-hour of one file."""
+    root = copy_tree(ten_files, tmp_path / "corpus")
+    (root / "manifest.csv").unlink()
+    rate, seconds = 4096, 20 * 60
+    samples = np.random.default_rng(0).normal(0, 0.05, rate * seconds).astype(np.float32)
+    soundfile.write(root / "LEAK" / "night.wav", samples, rate, subtype="FLOAT")
+    del samples
+    tracemalloc.start()
+    try:
+        report = build_dataset(root, tmp_path / "data.h5", workers=workers)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.n_files == 11 and report.hours > seconds / 3600
+    assert peak < rate * seconds * 4 / 2, f"traced peak {peak / 1e6:.1f} MB"  # 6 MB, mostly its features
 
 def test_no_group_and_no_identical_audio_in_two_splits(small_corpus, tmp_path):
     root = copy_tree(small_corpus, tmp_path / "corpus")

@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,19 +21,20 @@ import numpy as np
 import torch
 
 import leakhunter
-from leakhunter.audio import AudioError, load_audio, parse_channel_policy, read_many, silent_mix_note
+from leakhunter.audio import AudioError, open_audio, parse_channel_policy, read_many, silent_mix_note
 from leakhunter.card import PRESETS, STANDARD_CLASSES, FrontendConfig, SegmentationConfig, preset
 from leakhunter.errors import DatasetError
 from leakhunter.files import atomic_path
 from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION, FrontEnd
 from leakhunter.mel import lowest_input_rate
-from leakhunter.segments import plan_segments
+from leakhunter.segments import SegmentPlan, cut_pieces, plan_segments
 from leakhunter.sources import SourceFile, find_sources, leak_like_labels_warning, lone_groups_warning, printable
 from leakhunter.training.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
 MEL_CHUNK_ROWS = 65536
+BUILD_PIECE_LONGS = 256  # long segments featurised at a time (a minute or two of audio)
 MAX_SKIPPED_FRACTION = 0.05
 
 
@@ -80,6 +81,20 @@ class _FileFacts:
     channels_in: int
     clipped: bool
     silent_channels: int  # the channels silent throughout that a "mean" mix averaged in (silent_channel_mask)
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Featurised:
+    """One file as the builder stores it: its short segments' features and the facts of its decoding."""
+    mel: np.ndarray        # float16 [n_short, n_mels, frames]
+    features: np.ndarray   # float32 [n_short, len(FEATURE_NAMES)]
+    plan: SegmentPlan
+    duration_s: float
+    sample_rate_in: int
+    channels_in: int
+    clipped: bool
+    silent_channels: int
     sha256: str
 
 
@@ -175,15 +190,35 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
 
     min_rate_in = lowest_input_rate(frontend_cfg)
 
-    def decode(src: SourceFile):
+    shorts_per_hop = segmentation.long_hop // segmentation.short_hop
+
+    def featurise(src: SourceFile) -> _Featurised:
+        """Decode and featurise one file a piece at a time (cut_pieces), so memory holds its features, never all
+        its samples: a day-long logger file builds in the memory of a few minutes' audio."""
         if printable(str(src.path)) != str(src.path):  # read from the file system with surrogate escapes
             raise AudioError("decode_error", src.path, "its name is not UTF-8 (bytes of another system's encoding, "
                                                        "e.g. Latin-1 from a network share) and the dataset stores "
                                                        "names as UTF-8: rename it")
-        audio = load_audio(src.path, frontend_cfg.sample_rate, channel, min_samples=segmentation.long_samples,
-                           min_rate_in=min_rate_in)
+        mels, features, keep = [], [], 0
+        with open_audio(src.path, frontend_cfg.sample_rate, channel, min_samples=segmentation.long_samples,
+                        min_rate_in=min_rate_in) as stream, torch.inference_mode():
+            for samples, n_long in cut_pieces(stream, segmentation, BUILD_PIECE_LONGS):
+                if mels:  # the last short segments of the piece before are this one's first: kept once, here
+                    mels[-1], features[-1] = mels[-1][:keep], features[-1][:keep]
+                piece_mel, piece_features = frontend.short_segments(torch.from_numpy(samples)[None],
+                                                                    with_features=True)
+                mels.append(piece_mel[0].numpy().astype(np.float16))
+                features.append(piece_features[0].numpy())
+                keep = n_long * shorts_per_hop
+        plan = plan_segments(stream.n_samples, segmentation)
+        file = _Featurised(np.concatenate(mels), np.concatenate(features), plan, stream.frames_read
+                           / stream.info.sample_rate_in, stream.info.sample_rate_in, stream.info.channels_in,
+                           stream.clipped, silent_channel_mask(tuple(stream.silent_channels)), "")
+        if len(file.mel) != plan.n_short:
+            raise RuntimeError(f"{len(file.mel)} short segments made in pieces where the recording has "
+                               f"{plan.n_short}")
         try:
-            return audio, file_sha256(src.path)
+            return replace(file, sha256=file_sha256(src.path))
         except OSError as error:  # removed or unreadable since it was decoded: the file's problem, not a bug
             raise AudioError("decode_error", src.path, f"cannot read: {error}") from error
 
@@ -192,30 +227,25 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
     skipped: list[AudioError] = []
     n_short = n_long = 0
     long_file, long_short_start = [], []
-    for done, (src, result) in enumerate(read_many(sources, decode, workers=workers), start=1):
+    for done, (src, result) in enumerate(read_many(sources, featurise, workers=workers), start=1):
         if isinstance(result, AudioError):
             skipped.append(result.with_traceback(None))  # a traceback would keep the decoder's frames alive
         else:
-            audio, sha = result
+            file, plan = result, result.plan
             del result
-            with torch.inference_mode():
-                file_mel, file_features = frontend.short_segments(torch.from_numpy(audio.samples)[None],
-                                                                  with_features=True)
-            plan = plan_segments(audio.samples.size, segmentation)
             count = plan.n_short
-            for dataset, values in ((mel, file_mel[0].numpy().astype(np.float16)),
-                                    (features, file_features[0].numpy()),
+            for dataset, values in ((mel, file.mel), (features, file.features),
                                     (short_file, np.full(count, len(kept), np.int32))):
                 dataset.resize(n_short + count, axis=0)
                 dataset[n_short:] = values
             long_file.append(np.full(plan.n_long, len(kept), np.int32))
             long_short_start.append(n_short + plan.long_first_short)
-            rows.append(_FileFacts(n_long, plan.n_long, n_short, count, audio.duration_s, audio.sample_rate_in,
-                                   audio.channels_in, audio.clipped, silent_channel_mask(audio.silent_channels), sha))
+            rows.append(_FileFacts(n_long, plan.n_long, n_short, count, file.duration_s, file.sample_rate_in,
+                                   file.channels_in, file.clipped, file.silent_channels, file.sha256))
             kept.append(src)
             n_short += count
             n_long += plan.n_long
-            del audio, file_mel, file_features
+            del file
         if progress:
             progress(done, len(sources))
     if not kept:
