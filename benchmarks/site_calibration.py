@@ -15,7 +15,7 @@ With --labelled K: a threshold per site from K labelled LEAK and K labelled othe
 at random, 20 draws; the threshold with the best balanced accuracy on them, ties to the CV threshold), judged on
 the site's other recordings beside the CV threshold on the same recordings.
 Two ceilings beside them, at the epoch today's rule chooses on all folds (the run's own for a run recorded after
-2026-12-04) with the same vote and threshold grid: the best single threshold for all held-out files, and the best
+2026-12-04 and scored with its --vote-fraction) with the same vote and threshold grid: the best single threshold for all held-out files, and the best
 threshold for each fold (its one to three sites) on its own.
 
     python benchmarks/site_calibration.py RUN_DIR... [--vote-fraction 0.5]

@@ -83,6 +83,8 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
             found = find_inputs(list(inputs))
             for line in found.empty:
                 say(f"warning: {line}: nothing is timed from it")
+            for line in found.repeated:
+                say(f"warning: {line.replace('each gets one row', 'each is timed once')}")
             paths = found.paths
         results, rows = [], []
         for path in models:

@@ -131,6 +131,7 @@ class Job:
     audio_s: float = 0.0
     exit_code: int | None = None  # as `leak predict`'s: 0 all scored, 3 some files failed, 2 none could be
     empty_inputs: list[str] = field(default_factory=list)  # inputs that named no audio, one line each
+    repeated_inputs: list[str] = field(default_factory=list)  # manifests that list a recording twice, one line each
     cancel_asked: bool = field(default=False, repr=False)
 
     def public(self) -> dict:
@@ -295,7 +296,7 @@ class JobStore:
         try:
             roots, out = [self.under_root(item) for item in job.inputs], self.under_root(job.out)
             found = find_inputs(roots, names=job.inputs)
-            paths, job.empty_inputs = found.paths, found.empty
+            paths, job.empty_inputs, job.repeated_inputs = found.paths, found.empty, found.repeated
             check_out(out, roots, paths, job.out)
             outside = [path for path in paths if not path.is_relative_to(self.data_root)]
             if outside:  # named in the server's log only: where a link leads is no client's business
@@ -315,7 +316,8 @@ class JobStore:
                     summary = score_batch(paths, _JobEngine(engine, turns), out=out, resume=True,
                                           retry_failed=job.retry_failed, on_row=progress,
                                           params={**params, "job": job.id, "inputs": job.inputs,
-                                                  "empty_inputs": found.empty})
+                                                  "empty_inputs": found.empty,
+                                                  "repeated_inputs": found.repeated})
             finally:
                 if listed:
                     engine.fields.forget(listed)

@@ -54,8 +54,8 @@ class FoundInputs:
     """The audio paths the inputs name (resolved, each once, in a stable order) and, one line each, the inputs
     that named none: a folder without audio, a pattern that matched no file, a manifest without rows. Among
     other inputs such a typo or an empty night's folder would otherwise add nothing and say nothing. `repeated`:
-    one line per manifest that lists a recording more than once (a bad join or a concatenated export), which is
-    scored once: the table then has fewer rows than the manifest."""
+    one line per manifest that lists a recording more than once (a bad join or a concatenated export), which
+    gets one row: the table then has fewer rows than the manifest."""
     paths: list[Path]
     empty: list[str]
     repeated: list[str] = field(default_factory=list)
@@ -76,12 +76,9 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
         elif path.suffix.lower() == ".csv" and path.is_file():
             named = [row.path for row in read_manifest(path)]
             why = "a manifest with no rows"
-            times = Counter(resolved(p) for p in named)
-            again = {listed: n for listed, n in times.items() if n > 1}
-            if again:
-                first = next(iter(again))
-                repeated.append(f"{printable(str(name))}: lists {len(again)} recording{'s' if len(again) > 1 else ''} "
-                                f"more than once ({printable(first.name)} {again[first]} times); each is scored once")
+            repeat = repeated_note(named)
+            if repeat:
+                repeated.append(f"{printable(str(name))}: {repeat}")
         elif is_pattern(item):
             named = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
             why = "a pattern that matches no file"
@@ -94,6 +91,22 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
     if not unique:
         raise PredictError("no audio files to score: " + "; ".join(empty))
     return FoundInputs(unique, empty, repeated)
+
+
+def repeated_note(listed: list[Path]) -> str:
+    """What a manifest's paths list more than once (the same recording however spelt), named as listed; "" if
+    nothing."""
+    spelt: dict[Path, Path] = {}
+    times = Counter()
+    for path in listed:
+        spelt.setdefault(resolved(path), path)
+        times[resolved(path)] += 1
+    again = [target for target, n in times.items() if n > 1]
+    if not again:
+        return ""
+    what = "a recording" if len(again) == 1 else f"{len(again)} recordings"
+    return (f"lists {what} more than once ({printable(spelt[again[0]].name)} {times[again[0]]} times); each gets one "
+            "row")
 
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what a table is written as (RowWriter): CSV, or one JSON object a line
@@ -204,7 +217,8 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
             scoring.fields.add_manifest(listed)
         with scoring:
             params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
-                      "inputs": [str(i) for i in inputs], "empty_inputs": found.empty}
+                      "inputs": [str(i) for i in inputs], "empty_inputs": found.empty,
+                      "repeated_inputs": found.repeated}
             summary = score_batch(found.paths, scoring, out=out, resume=resume, retry_failed=retry_failed,
                                   on_row=on_row, params=params, started=started)
         summary.empty_inputs = found.empty

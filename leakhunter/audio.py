@@ -445,10 +445,11 @@ def _wav_chunks(path: Path, head: bytes, size: int) -> tuple[bytes | None, tuple
     bytes (None if not found), walking the chunk list; (None, None) for any other container.
 
     libsndfile silently decodes a half-written WAV as a shorter one, and 16-bit samples under a µ-law or A-law
-    format tag as companded noise, so the header is checked here. RF64 and big-endian RIFX are not walked.
+    format tag as companded noise, so the header is checked here. RF64's data size (in its ds64 chunk) is not
+    read: its data chunk says 0xFFFFFFFF, as a streaming writer's does. Big-endian RIFX is not walked.
     """
     fmt = None
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
         return fmt, None
     with open(path, "rb") as file:
         offset = 12
@@ -465,16 +466,17 @@ def _wav_chunks(path: Path, head: bytes, size: int) -> tuple[bytes | None, tuple
 
 def _check_wav_companding(path: Path, fmt: bytes) -> None:
     """µ-law and A-law store one byte per sample. A header that says so over wider samples (16-bit PCM relabelled
-    by a converter, or firmware writing the wrong tag) decodes without error as noise at twice the length, so
-    its block alignment (bytes per frame) must be one byte per channel."""
+    by a converter, or firmware writing the wrong tag) decodes without error as noise at twice the length
+    (libsndfile reads one byte per sample whatever the header's other fields say), so its bits per sample must be
+    8 and its block alignment (bytes per frame) one byte per channel."""
     if len(fmt) < 16:
         return
     tag, channels, _, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == WAV_EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]   # the sub-format GUID starts with the format tag
-    if tag in WAV_COMPANDED and channels and block_align != channels:
+    if tag in WAV_COMPANDED and channels and (bits != 8 or block_align != channels):
         raise AudioError("decode_error", path, f"its WAV header says {WAV_COMPANDED[tag]} (format tag {tag}), one "
-                                               f"byte per sample, but {block_align} bytes per frame of {channels} "
-                                               f"channel{'s' if channels != 1 else ''} ({bits} bits per sample): "
-                                               f"the samples are not {WAV_COMPANDED[tag]} (PCM under the wrong "
-                                               f"tag?) and would decode as noise")
+                                               f"byte per sample, but {bits} bits per sample and {block_align} "
+                                               f"byte{'s' if block_align != 1 else ''} per frame of {channels} channel{'s' if channels != 1 else ''}"
+                                               f": the samples are not {WAV_COMPANDED[tag]} as libsndfile would "
+                                               f"read them (PCM under the wrong tag?) and would decode as noise")

@@ -45,7 +45,7 @@ def reference_build(
     for line in found.empty:
         warn(f"{line}: no recording is taken from it")
     for line in found.repeated:
-        warn(line.replace("scored once", "taken once"))
+        warn(line.replace("each gets one row", "each counts once"))
     paths = found.paths
     fields = RecordingFields()
     fields.add_manifest(manifest_fields(inputs))

@@ -210,20 +210,24 @@ def test_a_rate_too_low_for_the_models_bands_is_refused_before_decoding(tmp_path
     assert reason_of(tmp_path / "one_hz.wav", min_rate_in=lowest).reason == "low_rate"
 
 
-@pytest.mark.parametrize("container", ["WAV", "WAVEX"])
+@pytest.mark.parametrize("container", ["WAV", "WAVEX", "RF64"])
 @pytest.mark.parametrize(("tag", "law", "subtype"), [(7, "µ-law", "ULAW"), (6, "A-law", "ALAW")])
 def test_pcm_under_a_companded_format_tag_is_refused_not_decoded_as_noise(tmp_path, container, tag, law, subtype):
     samples = sine(300, 8000, 1.0)
-    relabelled = bytearray(write(tmp_path / "pcm.wav", samples, rate=8000, subtype="PCM_16",
-                                 format=container).read_bytes())
-    at = 20 if container == "WAV" else 44   # the format tag, or the sub-format GUID's first two bytes
-    assert struct.unpack("<H", relabelled[at:at + 2])[0] == 1
-    relabelled[at:at + 2] = struct.pack("<H", tag)
-    (tmp_path / "relabelled.wav").write_bytes(bytes(relabelled))
+    pcm = bytearray(write(tmp_path / "pcm.wav", samples, rate=8000, subtype="PCM_16", format=container).read_bytes())
+    body = pcm.index(b"fmt ") + 8
+    at = body + (24 if struct.unpack("<H", pcm[body:body + 2])[0] == 0xFFFE else 0)  # WAVEX: the sub-format's tag
+    assert struct.unpack("<H", pcm[at:at + 2])[0] == 1
+    pcm[at:at + 2] = struct.pack("<H", tag)
+    (tmp_path / "relabelled.wav").write_bytes(bytes(pcm))
     assert soundfile.info(tmp_path / "relabelled.wav").frames == 2 * samples.size  # libsndfile: noise, twice as long
     error = reason_of(tmp_path / "relabelled.wav")
-    assert error.reason == "decode_error"
-    assert f"says {law} (format tag {tag})" in error.detail and "2 bytes per frame of 1 channel" in error.detail
+    assert error.reason == "decode_error" and f"says {law} (format tag {tag})" in error.detail
+    assert "16 bits per sample and 2 bytes per frame of 1 channel" in error.detail
+    pcm[body + 12:body + 14] = struct.pack("<H", 1)  # a block alignment that agrees with the tag: still 16 bits
+    (tmp_path / "aligned.wav").write_bytes(bytes(pcm))
+    assert soundfile.info(tmp_path / "aligned.wav").frames == 2 * samples.size
+    assert "16 bits per sample and 1 byte per frame" in reason_of(tmp_path / "aligned.wav").detail
     # genuine companded files, mono and stereo, decode as before
     genuine = load_audio(write(tmp_path / "real.wav", samples, rate=8000, subtype=subtype, format=container), 8000)
     assert np.abs(genuine.samples - samples).max() < 0.02

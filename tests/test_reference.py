@@ -374,8 +374,8 @@ def test_a_manifest_sensor_id_column_names_the_sensor_where_the_file_name_cannot
     assert result.exit_code == 0, result.output
     built = ReferenceTable.load(tmp_path / "t.json")
     assert built.recordings == {sensor: 3, "S999": 1}
-    assert (f"warning: {night / 'manifest.csv'}: lists 1 recording more than once (take1.wav 2 times); each is "
-            "taken once") in " ".join(result.output.split())
+    assert (f"warning: {night / 'manifest.csv'}: lists a recording more than once (take1.wav 2 times); each "
+            "counts once") in " ".join(result.output.split())
     by_names = runner.invoke(app, ["reference", "build", *map(str, chosen), str(night / "*.flac"), "--model",
                                    str(model), "-o", str(tmp_path / "named.json"), "--workers", "1"])
     assert by_names.exit_code == 0, by_names.output

@@ -239,6 +239,14 @@ def test_jobs_read_and_write_under_the_data_root_only(server, night, tmp_path):
     assert mixed["state"] == "done" and mixed["total"] == 1, mixed
     assert mixed["empty_inputs"] == ["empty/: a folder with no audio files (.wav, .flac, .ogg, .mp3)"]  # as given
     assert json.loads((night[0] / "f.csv.params.json").read_text())["empty_inputs"] == mixed["empty_inputs"]
+    (night[0] / "twice.csv").write_text(f"path\n{first.name}\n{first.name}\n")
+    shutil.copy(night[0] / first, night[0] / first.name)
+    twice = wait_job(url, httpx.post(f"{url}/v1/jobs", json={"inputs": ["twice.csv"], "out": "g.csv"},
+                                     timeout=10).json()["id"])
+    assert twice["state"] == "done" and twice["total"] == 1, twice
+    assert twice["repeated_inputs"] == [f"twice.csv: lists a recording more than once ({first.name} 2 times); "
+                                        "each gets one row"]
+    assert json.loads((night[0] / "g.csv.params.json").read_text())["repeated_inputs"] == twice["repeated_inputs"]
     rows = httpx.get(f"{url}/v1/jobs/{job['id']}/rows", timeout=10)
     assert rows.status_code == 409 and "other.csv" in rows.text and str(night[0]) not in rows.text
 
