@@ -33,6 +33,7 @@ from leakhunter.files import replace_into, temporary_beside, write_atomic
 from leakhunter.inference.onnx_card import INPUT_KINDS, ModelLoadError, read_onnx
 from leakhunter.inference.onnx_runner import OnnxRunner
 from leakhunter.inference.torch_runner import TorchRunner
+from leakhunter.sources import check_output_name
 
 MIN_OPSET = 18  # the dynamo exporter's oldest
 
@@ -98,6 +99,8 @@ def export_model(checkpoint: str | Path, output: str | Path | None = None, input
         raise InputError(f"opset must be between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}, got {opset}")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     checkpoint = Path(checkpoint)
+    if output is not None:  # `-o best.pth` would replace the checkpoint it exports
+        check_output_name(Path(output), "an ONNX model", (".onnx",), f"-o {output}")
     output = Path(output) if output is not None else default_output(checkpoint, precision)
     report_path = output.with_suffix(".parity.json")
     reference = TorchRunner(checkpoint, device="cpu")

@@ -25,7 +25,7 @@ from leakhunter.errors import InputError, LeakhunterError
 from leakhunter.files import LockFile, write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import json_record, read_table
-from leakhunter.inference.predict import PredictError, check_out, find_inputs, manifest_fields, score_batch, table_lock
+from leakhunter.inference.predict import check_out, find_inputs, manifest_fields, score_batch, table_lock
 from leakhunter.sources import printable
 
 ACTIVE_STATES = ("queued", "running")
@@ -204,7 +204,7 @@ class JobStore:
             raise JobError("a job needs at least one input (files, folders or glob patterns under the data root)", 422)
         try:  # predict's rule, before the job is queued: a .csv or .jsonl that is none of the inputs
             check_out(out_path, roots, [], out)
-        except PredictError as error:
+        except InputError as error:
             raise JobError(f"out: {error}", 422) from None
         with self._lock:
             active = [job for job in self.jobs.values() if job.state in ACTIVE_STATES]

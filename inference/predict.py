@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import leakhunter
-from leakhunter.errors import LeakhunterError
+from leakhunter.errors import InputError
 from leakhunter.files import LockFile, write_atomic
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.outputs import RETRIED_STATUSES, RowWriter, prepare_resume, resume_key
@@ -30,10 +30,20 @@ from leakhunter.inference.scorer import RecordingDecoder
 
 if TYPE_CHECKING:
     from leakhunter.inference.ray_engine import RayOptions
-from leakhunter.sources import AUDIO_SUFFIXES, Listings, find_audio, is_pattern, printable, read_manifest, resolved
+from leakhunter.sources import (
+    AUDIO_SUFFIXES,
+    Listings,
+    check_output_name,
+    find_audio,
+    is_pattern,
+    printable,
+    read_manifest,
+    refuse_replacing_inputs,
+    resolved,
+)
 
 
-class PredictError(LeakhunterError, ValueError):
+class PredictError(InputError):
     """Nothing to score (no inputs, an unreadable manifest): the message says what was looked at."""
 
 
@@ -116,19 +126,8 @@ def check_out(out: Path, inputs: list[str | Path], paths: list[Path], name: str 
     """A table is a .csv or .jsonl that does not replace what it scores: another suffix (an audio name above
     all), a listed recording or an input manifest (`--out night.csv` with night.csv as the input) is refused
     before anything is written. `name`: how messages call the table (a service's as its client gave it)."""
-    name = name or str(out)
-    if out.suffix.lower() not in OUTPUT_SUFFIXES:  # .txt was written as CSV; a .wav name replaced a recording
-        kind = "an audio file's name" if out.suffix.lower() in AUDIO_SUFFIXES else f"not {out.suffix or 'a suffix'}"
-        raise PredictError(f"{name}: a table is written as .csv or .jsonl ({kind})")
+    check_output_name(out, "a table", OUTPUT_SUFFIXES, name)
     refuse_replacing_inputs(out, inputs, paths, name)
-
-
-def refuse_replacing_inputs(out: Path, inputs: list[str | Path], paths: list[Path], name: str | None = None) -> None:
-    """An output (a table, a reference table) that would replace one of the inputs (a manifest) or a listed
-    recording is refused before anything is written."""
-    target = resolved(out)
-    if target in {resolved(item) for item in inputs} or target in set(paths):
-        raise PredictError(f"{name or out} is one of the inputs, and the table would replace it; write another --out")
 
 
 @dataclass

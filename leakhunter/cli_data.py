@@ -115,15 +115,22 @@ def data_files(
     """List one split's files as a manifest CSV (path, label, group and the columns the dataset's own manifest
     gave, e.g. sensor_id): `leak predict`, `leak eval` and `leak reference build` read it as it is."""
     import csv
+    import io
 
+    from leakhunter.files import write_atomic
+    from leakhunter.sources import check_output_name
     from leakhunter.training.check import split_manifest
 
+    if output is not None:  # not over the dataset, nor a half-written manifest on a failure
+        check_output_name(output, "a manifest", (".csv",), f"-o {output}")
     rows = split_manifest(dataset, split)
     columns = list(dict.fromkeys(key for row in rows for key in row)) or ["path", "label", "group"]
-    handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
-    writer = csv.DictWriter(handle, columns, lineterminator="\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    if output:
-        handle.close()
-        console.print(f"wrote {len(rows)} {split} files to {output}")
+    if output is None:
+        sys.stdout.write(text.getvalue())
+        return
+    write_atomic(output, text.getvalue())
+    console.print(f"wrote {len(rows)} {split} files to {output}")

@@ -26,10 +26,10 @@ def reference_build(
     """Each sensor's reference log-mel: the median over its recordings of each recording's median log-mel,
     through the model's own front-end. Recordings that cannot be decoded are listed and left out."""
     from leakhunter.inference.loader import read_card
-    from leakhunter.inference.predict import find_inputs, manifest_fields, refuse_replacing_inputs
+    from leakhunter.inference.predict import find_inputs, manifest_fields
     from leakhunter.meta import RecordingFields
     from leakhunter.reference import build_reference_table, require_reference_model, thin_sensors
-    from leakhunter.sources import is_pattern
+    from leakhunter.sources import is_pattern, refuse_replacing_inputs
 
     if out.is_dir() or out.name in ("", ".", ".."):
         raise fail(f"--out {out} is a folder: name the table's file, e.g. {out / 'references.json'}")

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leakhunter.errors import DatasetError, LeakhunterError
+from leakhunter.errors import DatasetError, InputError, LeakhunterError
 
 SPLITS = ("train", "val", "test")  # the split names a manifest may force (training.splits orders its codes by it)
 
@@ -66,6 +66,31 @@ def resolved(path: str | os.PathLike) -> Path:
         return Path(path).resolve(strict=True)
     except (RuntimeError, OSError):
         return Path(os.path.abspath(path))
+
+
+HDF5_SUFFIXES = (".h5", ".hdf5")  # a dataset file's names (leak data build writes one, eval and train read it)
+
+
+def check_output_name(out: Path, kind: str, suffixes: tuple[str, ...], name: str | None = None) -> None:
+    """An output is named for what it is: under another suffix it would replace the file of that name (a
+    recording called scores.wav, the model a picture is named after, the manifest a dataset is written over), so
+    that is refused before anything is read or written, and so is a folder. `name`: how messages call it."""
+    name = name or str(out)
+    suffix = Path(out).suffix.lower()
+    if suffix not in suffixes:
+        why = "an audio file's name" if suffix in AUDIO_SUFFIXES else f"not {Path(out).suffix or 'a suffix'}"
+        raise InputError(f"{name}: {kind} is written as {' or '.join(suffixes)} ({why})")
+    if Path(out).is_dir():
+        raise InputError(f"{name}: a folder, where {kind} would be written; name a file in it")
+
+
+def refuse_replacing_inputs(out: Path, inputs: list[str | os.PathLike], paths: list[Path],
+                            name: str | None = None) -> None:
+    """An output (a table, a reference table) that would replace one of the inputs (a manifest) or a listed
+    recording is refused before anything is written."""
+    target = resolved(out)
+    if target in {resolved(item) for item in inputs} or target in set(paths):
+        raise InputError(f"{name or out} is one of the inputs, and the table would replace it; write another --out")
 
 
 def logger_fields(path: str | os.PathLike) -> dict[str, str] | None:

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -83,3 +84,44 @@ def test_info_prints_a_valid_card_and_refuses_a_tampered_one(tmp_path):
     result = runner.invoke(app, ["info", str(bad)])
     assert result.exit_code == 1
     assert "leak_idx" in result.output and "bad.json" in result.output
+
+
+def test_an_output_named_for_something_else_is_refused_before_anything_is_read(make_checkpoint, small_corpus,
+                                                                                 small_dataset, tmp_path):
+    """A picture named m.onnx, a dataset written over its manifest or a recording, a manifest over the dataset, a
+    model over its checkpoint: each replaced a user's file without a word. Now refused, the file untouched."""
+    checkpoint = make_checkpoint("binary", "short", tmp_path / "best.pth")
+    manifest = tmp_path / "night.csv"
+    shutil.copy(small_corpus.manifest, manifest)
+    recording = tmp_path / "keep.wav"
+    shutil.copy(small_corpus.files[0], recording)
+    before = {path: path.read_bytes() for path in (checkpoint, manifest, recording)}
+
+    def said(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 2, result.output
+        return " ".join(result.output.split())
+
+    assert (f"--roc-png {checkpoint}: a picture is written as .png (not .pth)"
+            in said("eval", str(checkpoint), "--data", str(small_dataset.output), "--roc-png", str(checkpoint)))
+    assert (f"--confusion-png {manifest}: a picture is written as .png (not .csv)"
+            in said("eval", str(checkpoint), "--data", str(manifest), "--confusion-png", str(manifest)))
+    assert (f"--pr-png {recording}: a picture is written as .png (an audio file's name)"
+            in said("eval", str(checkpoint), "--data", str(manifest), "--pr-png", str(recording)))
+    assert (f"-o {manifest}: a dataset is written as .h5 or .hdf5 (not .csv)"
+            in said("data", "build", str(manifest), "-o", str(manifest)))
+    assert (f"-o {recording}: a dataset is written as .h5 or .hdf5 (an audio file's name)"
+            in said("data", "build", str(small_corpus.root), "-o", str(recording)))
+    (tmp_path / "folder.h5").mkdir()
+    assert (f"-o {tmp_path / 'folder.h5'}: a folder, where a dataset would be written"
+            in said("data", "build", str(manifest), "-o", str(tmp_path / "folder.h5")))
+    dataset_bytes = small_dataset.output.read_bytes()
+    assert (f"-o {small_dataset.output}: a manifest is written as .csv (not .h5)"
+            in said("data", "files", str(small_dataset.output), "-o", str(small_dataset.output)))
+    assert (f"-o {checkpoint}: an ONNX model is written as .onnx (not .pth)"
+            in said("export", str(checkpoint), "-o", str(checkpoint)))
+    assert {path: path.read_bytes() for path in before} == before
+    assert small_dataset.output.read_bytes() == dataset_bytes
+    result = runner.invoke(app, ["data", "files", str(small_dataset.output), "--split", "val", "-o",
+                                 str(tmp_path / "new" / "val.csv")])  # a folder that does not exist yet is made
+    assert result.exit_code == 0 and (tmp_path / "new" / "val.csv").read_text().startswith("path,label,group")

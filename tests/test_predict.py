@@ -349,7 +349,7 @@ def test_a_table_never_replaces_an_input_nor_shares_its_file_with_another_run(ni
                              (tmp_path / "scores.WAV", [first], "an audio file's name"),
                              (tmp_path / "scores.txt", [first], r"a table is written as .csv or .jsonl \(not .txt\)")):
         before = out.read_bytes() if out.exists() else None
-        with pytest.raises(PredictError, match=why):
+        with pytest.raises(InputError, match=why):
             predict(inputs, onnx_model, out=out, workers=0)
         assert (out.read_bytes() if out.exists() else None) == before
     out = tmp_path / "t.csv"

@@ -29,7 +29,15 @@ from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION, FrontEnd
 from leakhunter.mel import lowest_input_rate
 from leakhunter.segments import SegmentPlan, cut_pieces, plan_segments
-from leakhunter.sources import SourceFile, find_sources, leak_like_labels_warning, lone_groups_warning, printable
+from leakhunter.sources import (
+    HDF5_SUFFIXES,
+    SourceFile,
+    check_output_name,
+    find_sources,
+    leak_like_labels_warning,
+    lone_groups_warning,
+    printable,
+)
 from leakhunter.training.splits import SPLITS, assign_splits
 
 FORMAT_VERSION = 1
@@ -149,9 +157,10 @@ def build_dataset(source, output, preset_name: str = "short", val: float = 0.15,
     if not 0 <= max_skipped_fraction <= 1:
         raise DatasetError(f"max_skipped_fraction must be in [0, 1], got {max_skipped_fraction!r}")
     frontend_cfg, segmentation = preset(preset_name)
+    output = Path(output)
+    check_output_name(output, "a dataset", HDF5_SUFFIXES, f"-o {output}")  # not over its manifest or a recording
     sources = find_sources(source, group_column)
     class_names = class_order(s.label for s in sources)
-    output = Path(output)
     with atomic_path(output) as temporary, h5py.File(temporary, "w") as h5:  # an old output survives a failure
         report = _write(h5, sources, class_names, frontend_cfg, segmentation, val, test, workers, seed,
                         channel, progress, max_skipped_fraction)

@@ -17,8 +17,8 @@ import numpy as np
 from leakhunter.card import MODES, ModelCard
 from leakhunter.errors import InputError
 from leakhunter.reference import ReferenceTable
+from leakhunter.sources import HDF5_SUFFIXES
 
-HDF5_SUFFIXES = (".h5", ".hdf5")
 MISSING_LISTED = 10  # missing files named in the error, the rest counted
 
 

@@ -18,6 +18,7 @@ from leakhunter.errors import InputError
 from leakhunter.inference.scorer import check_options
 from leakhunter.operating import file_rates, points_on, threshold_sweep
 from leakhunter.reference import ReferenceTable
+from leakhunter.sources import check_output_name
 from leakhunter.training.eval_sources import FileVotes, dataset_files, is_dataset, score_files, source_files
 from leakhunter.training.metrics import class_distribution, cohen_kappa, confusion_matrix, leak_metrics
 from leakhunter.voting import per_long_segment, top_class, vote_files
@@ -110,6 +111,9 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", device: s
     """
     from leakhunter.inference.loader import read_card
 
+    for flag, png in (("--confusion-png", confusion_png), ("--roc-png", roc_png), ("--pr-png", pr_png)):
+        if png is not None:  # a picture named m.onnx or night.csv would replace the model or the manifest
+            check_output_name(Path(png), "a picture", (".png",), f"{flag} {png}")
     card, _, backend = read_card(model)
     if reference is not None:  # a table this model cannot use is refused before anything is scored (loaded once)
         from leakhunter.reference import reference_table
