@@ -218,7 +218,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
             params = {"model": str(model), "device": device, "workers": scoring.workers, "file_timeout": file_timeout,
                       "inputs": [str(i) for i in inputs], "empty_inputs": found.empty,
                       "repeated_inputs": found.repeated}
-            summary = score_batch(found.paths, scoring, out=out, resume=resume, retry_failed=retry_failed,
+            summary = score_batch(found.paths, scoring, out=out, resume=resume, retry_failed=retry_failed, warn=warn,
                                   on_row=on_row, params=params, started=started)
         summary.empty_inputs = found.empty
         return summary
@@ -226,11 +226,14 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
 
 def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None = None, resume: bool = False,
                 retry_failed: bool = True, on_row: Callable[[dict, int, int], None] | None = None,
-                params: dict | None = None, started: float | None = None) -> PredictSummary:
+                params: dict | None = None, started: float | None = None,
+                warn: Callable[[str], None] | None = None) -> PredictSummary:
     """The batch runner around an engine, shared by `leak predict` and the service's folder jobs: resume, the
     row writer, the timelines (when the engine's scorer makes them), params.json and the summary. The engine
     stays open (a service keeps one); stopping the iteration early (on_row raising) leaves a resumable table.
-    The caller holds table_lock(out), so that no other run writes the table meanwhile."""
+    The caller holds table_lock(out), so that no other run writes the table meanwhile. `warn`: told, before
+    anything is scored, when a resume scores files again because the model or its settings changed, and when it
+    keeps rows of other files that another model scored (the table then mixes models)."""
     out = Path(out) if out is not None else None
     started = time.perf_counter() if started is None else started
     scorer = engine.scorer
@@ -241,14 +244,29 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
     if scorer.timeline and out is not None and resume:  # an ok row counts as done with its line and its PNG
         pngs = {str(path): _TimelineWriter.folder_of(out) / name for path, name in png_names(paths).items()}
         timeline_done = {file for file in _TimelineWriter.files_in(out) if file in pngs and pngs[file].exists()}
+    model_sha = next(iter(keys.values()))[3] if keys else ""
+    resettled, foreign = Counter(), Counter()  # rows scored with other settings: of these files, of others
     if out is not None and resume and out.exists():
         def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
             failed = retry_failed and row["status"] in RETRIED_STATUSES
             no_timeline = scorer.timeline and row["status"] == "ok" and str(row["file"]) not in timeline_done
-            return not failed and not no_timeline and keys.get(str(row["file"]), resume_key(row)) == resume_key(row)
+            mine = keys.get(str(row["file"]))
+            if mine is None and str(row["model_sha256"]) != model_sha:
+                foreign[str(row["model_sha256"])[:16]] += 1
+            elif mine is not None and mine[3:] != resume_key(row)[3:]:  # the same file, scored another way
+                resettled[str(row["model_sha256"])[:16]] += 1
+            return not failed and not no_timeline and (mine or resume_key(row)) == resume_key(row)
 
         kept_rows = prepare_resume(out, scorer.columns, keep)
         done_keys = {resume_key(row) for row in kept_rows}
+    if warn is not None and resettled:
+        warn(f"{out}: {sum(resettled.values())} row(s) of these files were scored by another model or with other "
+             f"settings (threshold, vote fraction, sensitivity, meta or reference; model {', '.join(resettled)}): "
+             "--resume scores them again with this run's")
+    if warn is not None and foreign:
+        warn(f"{out}: keeps {sum(foreign.values())} row(s) of other files that another model scored (model "
+             f"{', '.join(foreign)}; this one is {model_sha[:16]}): the table mixes models (model_sha256 column); "
+             "write another --out to keep them apart")
     todo = [p for p in paths if keys[str(p)] not in done_keys]
     writer = RowWriter(out, scorer.columns, append=resume) if out is not None else None
     timelines = None

@@ -404,3 +404,40 @@ def test_ray_s_own_sigterm_handler_stops_predict_the_same_way():
     assert (interrupted.signal, interrupted.number) == ("SIGTERM", 15)
     with pytest.raises(SystemExit), stopped_by_signal():
         raise SystemExit(0)
+
+
+def test_a_resume_that_rescores_or_mixes_models_says_so_before_scoring(night, onnx_model, tmp_path):
+    """--resume keeps what the same model scored the same way. Rows of these files scored another way are scored
+    again (as before), and rows of other files that another model scored are kept: both used to be silent."""
+    folder, _ = night
+    first, second = sorted(folder.glob("*.wav"))[:2]
+    out = tmp_path / "t.csv"
+    predict([first, second], onnx_model, out=out, workers=0)
+    said: list[str] = []
+    resumed = predict([first], onnx_model, out=out, workers=0, resume=True, threshold=0.9, warn=said.append)
+    assert len(resumed.rows) == 1 and resumed.rows[0]["threshold"] == 0.9
+    sha = resumed.rows[0]["model_sha256"][:16]
+    assert said == [f"{out}: 1 row(s) of these files were scored by another model or with other settings "
+                    f"(threshold, vote fraction, sensitivity, meta or reference; model {sha}): --resume scores "
+                    "them again with this run's"]
+    rows = rows_of(out)
+    for row in rows:
+        if row["file"] == str(second.resolve()):
+            row["model_sha256"] = "0" * 64  # as if another model had scored it
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    said.clear()
+    again = predict([first], onnx_model, out=out, workers=0, resume=True, threshold=0.9, warn=said.append)
+    assert again.rows == [] and said == [f"{out}: keeps 1 row(s) of other files that another model scored (model "
+                                         f"{'0' * 16}; this one is {sha}): the table mixes models (model_sha256 "
+                                         "column); write another --out to keep them apart"]
+    said.clear()
+    predict([first, second], onnx_model, out=out, workers=0, resume=True, threshold=0.9, warn=said.append)
+    assert said == [f"{out}: 1 row(s) of these files were scored by another model or with other settings "
+                    f"(threshold, vote fraction, sensitivity, meta or reference; model {'0' * 16}): --resume "
+                    "scores them again with this run's"]
+    said.clear()
+    predict([first, second], onnx_model, out=out, workers=0, resume=True, threshold=0.9, warn=said.append)
+    assert said == []  # nothing scored another way is left: a plain resume says nothing
