@@ -89,9 +89,10 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
             repeat = repeated_note(named)
             if repeat:
                 repeated.append(f"{printable(str(name))}: {repeat}")
-        elif is_pattern(item):
-            named = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-            why = "a pattern that matches no file"
+        elif is_pattern(item):  # audio files only, as in a folder: night/* beside its README or the table
+            named = sorted(Path(p) for p in glob.glob(item, recursive=True)
+                           if Path(p).suffix.lower() in AUDIO_SUFFIXES and Path(p).is_file())
+            why = f"a pattern that matches no audio file ({', '.join(AUDIO_SUFFIXES)})"
         else:
             named, why = [path], ""  # a missing file still gets its row (status "missing")
         found += named

@@ -59,7 +59,8 @@ def test_leak_bench_prints_a_table_on_the_given_files(lone_onnx, tmp_path):
                                  "--workers", "0"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    for shown in (f"warning: {tmp_path / '*.flac'}: a pattern that matches no file: nothing is timed from it",
+    for shown in (f"warning: {tmp_path / '*.flac'}: a pattern that matches no audio file (.wav, .flac, .ogg, .mp3): "
+                  "nothing is timed from it",
                   "onnxruntime on cpu", "decode + resample", "model (score_rows)", "voting",
                   "end to end, workers=0", "engine start-up, workers=0", "× real time", "files/s",
                   "agreement: only onnxruntime/cpu", "audio: 0.00 h in 2 given files"):

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,7 +253,7 @@ def test_an_input_that_names_no_audio_is_said_not_dropped(night, onnx_model, tmp
     found = find_inputs(inputs)
     assert found.paths == [first.resolve()]
     assert found.empty == [f"{tmp_path / 'night2'}: a folder with no audio files (.wav, .flac, .ogg, .mp3)",
-                           f"{folder / 'S999~*.wav'}: a pattern that matches no file",
+                           f"{folder / 'S999~*.wav'}: a pattern that matches no audio file (.wav, .flac, .ogg, .mp3)",
                            f"{tmp_path / 'header.csv'}: a manifest with no rows"]
     out = tmp_path / "t.csv"
     result = CliRunner().invoke(app, ["predict", *inputs, "--model", str(onnx_model), "--out", str(out),
@@ -264,7 +265,7 @@ def test_an_input_that_names_no_audio_is_said_not_dropped(night, onnx_model, tmp
     assert len(rows_of(out)) == 1
     assert json.loads(out.with_name("t.csv.params.json").read_text())["empty_inputs"] == found.empty
     with pytest.raises(PredictError, match=r"no audio files to score: .*night2: a folder with no audio files"
-                                           r".*S999~\*\.wav: a pattern that matches no file"):
+                                           r".*S999~\*\.wav: a pattern that matches no audio file"):
         find_inputs(inputs[1:])
 
 
@@ -441,3 +442,20 @@ def test_a_resume_that_rescores_or_mixes_models_says_so_before_scoring(night, on
     said.clear()
     predict([first, second], onnx_model, out=out, workers=0, resume=True, threshold=0.9, warn=said.append)
     assert said == []  # nothing scored another way is left: a plain resume says nothing
+
+
+def test_a_pattern_takes_audio_files_only_so_a_table_beside_them_is_no_input(night, onnx_model, tmp_path):
+    """`night/*` used to take the folder's notes and the table itself: a not_audio row each (exit 3 every night),
+    and once the table was written there the same command was refused as replacing an input."""
+    folder = tmp_path / "night"
+    folder.mkdir()
+    for path in sorted(night[0].glob("*.wav"))[:2]:
+        shutil.copy(path, folder / path.name)
+    (folder / "README.txt").write_text("logger 12, valve chamber\n")
+    pattern, out = str(folder / "*"), folder / "scores.csv"
+    assert [path.suffix for path in find_inputs([pattern]).paths] == [".wav", ".wav"]
+    for resume in (False, True):
+        summary = predict([pattern], onnx_model, out=out, workers=0, resume=resume)
+        assert summary.exit_code == 0 and len(rows_of(out)) == 2
+    assert find_inputs([pattern, str(folder / "*.txt")]).empty == [
+        f"{folder / '*.txt'}: a pattern that matches no audio file (.wav, .flac, .ogg, .mp3)"]

@@ -379,7 +379,8 @@ def test_a_manifest_sensor_id_column_names_the_sensor_where_the_file_name_cannot
     by_names = runner.invoke(app, ["reference", "build", *map(str, chosen), str(night / "*.flac"), "--model",
                                    str(model), "-o", str(tmp_path / "named.json"), "--workers", "1"])
     assert by_names.exit_code == 0, by_names.output
-    assert (f"warning: {night / '*.flac'}: a pattern that matches no file: no recording is taken from it"
+    assert (f"warning: {night / '*.flac'}: a pattern that matches no audio file (.wav, .flac, .ogg, .mp3): no "
+            "recording is taken from it"
             in " ".join(by_names.output.split()))
     assert np.array_equal(built.references[sensor], ReferenceTable.load(tmp_path / "named.json").references[sensor])
     result = runner.invoke(app, ["predict", str(night / "manifest.csv"), *map(str, chosen), "--model", str(model),
