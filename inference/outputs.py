@@ -167,11 +167,21 @@ def read_table(path: str | Path, columns: tuple[str, ...]) -> tuple[str, list[tu
     complete = data[: data.rfind(b"\n") + 1]
     text = complete.decode("utf-8", "surrogateescape")
     if path.suffix.lower() == ".jsonl":
-        lines = [(json.loads(line), line + "\n") for line in text.split("\n") if line.strip()]
-        for row, _ in lines:
+        lines = []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):  # a log or a list written as .jsonl is no table to continue
+                raise OutputError(f"{path}: line {number} is not a JSON object of a row; not a table leak predict "
+                                  f"wrote: write to another --out")
             if set(row) != set(columns):
                 raise OutputError(f"{path}: its rows have other columns than this model's output; "
                                   f"write to another --out")
+            lines.append((row, line + "\n"))
         return "", lines, len(complete)
     reader = csv.reader(io.StringIO(text))  # a whole reader: a quoted cell may hold a newline
     header = next(reader, None)

@@ -22,6 +22,7 @@ from leakhunter.audio import load_audio
 from leakhunter.cli import app
 from leakhunter.errors import InputError
 from leakhunter.inference.engine import ScoringEngine
+from leakhunter.inference.outputs import OutputError
 from leakhunter.inference.pool import WorkerFailure, WorkerPool
 from leakhunter.inference.predict import PredictError, find_inputs, predict
 from leakhunter.sources import ManifestError
@@ -331,6 +332,13 @@ def test_a_jsonl_table_resumes_a_missing_files_row_like_a_csv_one(night, onnx_mo
     assert predict(inputs, onnx_model, out=out, workers=0).statuses == {"ok": 1, "missing": 1}
     resumed = predict(inputs, onnx_model, out=out, workers=0, resume=True)  # size_bytes null in JSONL
     assert resumed.skipped == 2 and not resumed.rows
+    for text, line in (("hello world\n", 1), ('{"file": "a.wav"}\n5\n', 1), (out.read_text() + "[1, 2]\n", 3)):
+        other = tmp_path / "other.jsonl"  # a log, a list: no table to continue (was a JSONDecodeError traceback)
+        other.write_text(text)
+        with pytest.raises(OutputError, match=f"other.jsonl: line {line} is not a JSON object of a row|other "
+                                              "columns than this model's"):
+            predict(inputs, onnx_model, out=other, workers=0, resume=True)
+        assert other.read_text() == text
 
 
 def test_a_table_never_replaces_an_input_nor_shares_its_file_with_another_run(night, onnx_model, tmp_path):
