@@ -362,12 +362,17 @@ def upload_suffix(content_type: str | None, name: str | None) -> str:
 
 def upload_fields(request: Request, engine) -> dict[str, str]:
     """An upload's fields for a model that takes some (a fusion model's meta fields, a reference model's
-    sensor_id): every query parameter but `name`, each one of the model's fields, once, not empty. Other
-    models ignore query parameters (as before meta existed)."""
+    sensor_id): every query parameter but `name`, each one of the model's fields, once, not empty. Any other
+    model takes no query parameter but `name`: a `?threshold=0.1` a client believes in would be ignored, its
+    verdicts at the server's threshold (which `leak serve --threshold` or `--sensitivity` sets)."""
     fields = engine.request_fields
-    if not fields:
-        return {}
     given = [(key, value) for key, value in request.query_params.multi_items() if key != "name"]
+    if not fields:
+        if given:
+            raise HTTPException(422, f"query parameters {', '.join(sorted({key for key, _ in given}))}: this model "
+                                     "takes none but `name` (its threshold and operating point are the server's: "
+                                     "leak serve --threshold or --sensitivity)")
+        return {}
     keys = [key for key, _ in given]
     problems = [f"{', '.join(names)}: {why}" for names, why in (
         (sorted(set(keys) - set(fields)), "not one of the model's fields"),

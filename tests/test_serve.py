@@ -141,9 +141,12 @@ def test_media_type_and_name_must_say_audio(server, night):
     octet = upload(url, recording, name="r.wav", media="application/octet-stream")
     assert octet.status_code == 200 and octet.json()["status"] == "ok"
     assert upload(url, recording, name="../r.wav").status_code == 422
-    other = httpx.post(f"{url}/v1/score", params={"name": recording.name, "gain_db": "12"},
-                       content=recording.read_bytes(), headers={"Content-Type": "audio/wav"}, timeout=60)
-    assert other.status_code == 200 and "meta_source" not in other.json()  # a model without meta ignores them
+    for params in ({"gain_db": "12"}, {"threshold": "0.1", "sensitivity": "high"}):  # was 200, at the card's
+        other = httpx.post(f"{url}/v1/score", params={"name": recording.name, **params},  # threshold, silently
+                           content=recording.read_bytes(), headers={"Content-Type": "audio/wav"}, timeout=60)
+        assert other.status_code == 422, other.text
+        assert (f"query parameters {', '.join(sorted(params))}: this model takes none but `name`"
+                in other.json()["detail"])
 
 
 def test_an_upload_over_the_limit_gets_413_declared_or_chunked(server, night):
