@@ -39,9 +39,17 @@ def data_synth(
         corpus = synth_corpus(out, files_per_class=files_per_class, duration_s=duration,
                               sample_rate=sample_rate, seed=seed, scenario=scenario, sites=sites, leak_band=leak_band,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    from leakhunter.sources import find_audio, resolved
+
     counts = ", ".join(f"{n} {label}" for label, n in corpus.counts.items())
     where = f" at {len(corpus.sites)} sites (knobs in {corpus.root / 'sites.csv'})" if corpus.sites else ""
     console.print(f"wrote {len(corpus.files)} recordings ({counts}){where} and {corpus.manifest}")
+    written = {resolved(path) for path in corpus.files}
+    others = [path for path in find_audio(corpus.root) if resolved(path) not in written]
+    if others:  # a corpus written over an earlier one: its files stay, and a build of the folder takes both
+        warn(f"{out} holds {len(others)} other recording{'s' if len(others) != 1 else ''} besides these (an "
+             f"earlier corpus? e.g. {others[0].relative_to(corpus.root)}): `leak data build {out}` would take them "
+             f"too; build from {corpus.manifest}, or write into an empty folder")
 
 
 @command(data_app, "build")

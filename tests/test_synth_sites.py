@@ -232,3 +232,21 @@ def test_the_command_writes_a_sites_corpus(tmp_path):
     assert high.exit_code == 0, high.output
     with (tmp_path / "high" / "sites.csv").open(newline="") as handle:
         assert {row["leak_band"] for row in csv.DictReader(handle)} == {"high"}
+
+
+def test_a_corpus_written_over_another_says_the_folder_holds_both(tmp_path):
+    """`leak data build OUT` takes every recording under OUT, so a second corpus written into the first's folder
+    (another seed: other sites under the same names) trained on both without a word."""
+    def synth(*more: str):
+        return CliRunner().invoke(app, ["data", "synth", str(tmp_path), "--scenario", "sites", "--sites", "2",
+                                        "--files-per-class", "1", "--duration", "0.5", *more])
+
+    assert "warning" not in synth().output
+    again = synth()  # the same corpus again: the same files, nothing else
+    assert again.exit_code == 0 and "warning" not in again.output
+    other = synth("--seed", "1")
+    assert other.exit_code == 0, other.output
+    said = " ".join(other.output.split())
+    assert f"warning: {tmp_path} holds 5 other recordings besides these (an earlier corpus?" in said
+    assert f"build from {tmp_path / 'manifest.csv'}, or write into an empty folder" in said
+    assert len(list(tmp_path.glob("*/*.wav"))) == 10
