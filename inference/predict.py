@@ -328,17 +328,29 @@ def _write_params(out: Path, engine: ScoringEngine, params: dict) -> None:
     write_atomic(out.with_name(out.name + ".params.json"), json.dumps(params, indent=2))
 
 
+PNG_NAME_BYTES = 200  # a file name is at most 255 bytes, and a PNG is written as a temporary `.<name>.XXXXXXXX.tmp`
+
+
 def png_names(paths: list[Path]) -> dict[Path, str]:
     """A timeline PNG name per input, unique and readable: the path below the inputs' common folder with
     its separators as "__" (night1/a.wav → night1__a.wav.png); a short hash of the full path is added
-    only where two names would still collide."""
+    where two names would still collide, and where a name would be too long for the file system (deep folders,
+    long names), which then keeps the end of the recording's own name."""
     if not paths:
         return {}
     common = Path(os.path.commonpath([str(path.parent) for path in paths]))
     names = {path: "__".join(path.relative_to(common).parts) for path in paths}
     counts = Counter(names.values())
-    return {path: (f"{name}.{hashlib.sha1(str(path).encode()).hexdigest()[:8]}" if counts[name] > 1 else name) + ".png"
-            for path, name in names.items()}
+    chosen = {}
+    for path, name in names.items():
+        tag = hashlib.sha1(os.fsencode(path)).hexdigest()[:8]
+        if len(os.fsencode(name)) + len(".png") > PNG_NAME_BYTES:
+            tail = os.fsencode(path.name)[-(PNG_NAME_BYTES - len(f"{tag}..png")):]
+            name = f"{tag}.{tail.decode('utf-8', 'ignore').lstrip('.')}"  # a cut multi-byte character dropped
+        elif counts[name] > 1:
+            name = f"{name}.{tag}"
+        chosen[path] = name + ".png"
+    return chosen
 
 
 class _TimelineWriter:

@@ -166,6 +166,28 @@ def test_png_names_keep_apart_what_the_stems_would_merge(tmp_path):
     assert names[tmp_path / "n1" / "a.wav"].startswith("n1__a.wav.")  # collides with n1__a.wav: hashed
 
 
+def test_a_timeline_png_of_a_long_name_or_deep_folders_is_drawn_and_kept_on_resume(model, tmp_path):
+    """Folders joined by "__" or a 250-byte file name made a PNG name the file system refuses (its temporary
+    name is 14 bytes longer still): the PNG was never drawn, every resume scored the file again, and a name over
+    255 bytes stopped the resume with ENAMETOOLONG. Such a name is now a hash and the end of the file's name."""
+    deep = tmp_path / "night" / ("utility_north_district_zone_A_pressure_main_DN300_cast_iron_1962_" * 3) / "logger"
+    recordings = [deep / "SENSOR0042~R000123~20261120T023000~12.wav", tmp_path / "night" / ("é" * 120 + ".wav"),
+                  tmp_path / "night" / "short.wav"]
+    for seed, path in enumerate(recordings):
+        write_recording(path, seed=seed)
+    names = png_names(recordings)
+    assert len(set(names.values())) == 3 and names[recordings[2]] == "short.wav.png"
+    for path in recordings[:2]:
+        assert len(os.fsencode(names[path])) <= 200 and names[path].endswith(".wav.png")
+    assert names[recordings[0]].endswith(".SENSOR0042~R000123~20261120T023000~12.wav.png")
+    out = tmp_path / "scores.csv"
+    first = predict([tmp_path / "night"], model, out=out, workers=0, timeline=True)
+    assert first.statuses == {"ok": 3}
+    assert sorted(path.name for path in (tmp_path / "scores.timeline").glob("*.png")) == sorted(names.values())
+    again = predict([tmp_path / "night"], model, out=out, workers=0, timeline=True, resume=True)
+    assert again.rows == [] and again.skipped == 3
+
+
 def test_timeline_without_out_is_refused(model, tmp_path):
     write_recording(tmp_path / "a.wav")
     with pytest.raises(PredictError, match="--timeline needs --out"):
