@@ -324,7 +324,7 @@ class ScoringEngine:
         self.batcher = PieceBatcher(self.card, self.runner, piece_longs, batch_rows)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leakhunter-model")
         self._scoring: Future | None = None
-        self._plot_failures = 0
+        self._plot_failures: list[str] = []  # "<png>: why", of timelines a worker could not draw
         self._plotter = None  # inline (workers=0) timelines
         self._busy = False
 
@@ -500,7 +500,9 @@ class ScoringEngine:
             for event in events:
                 if isinstance(event.task, PlotTask):
                     plots -= event.kind == "done"
-                    self._plot_failures += isinstance(event.payload, WorkerFailure)
+                    if isinstance(event.payload, WorkerFailure):
+                        self._plot_failures.append(f"{event.task.png.name}: {event.payload.reason}: "
+                                                   f"{event.payload.detail}")
                     continue
                 state = by_task[event.task_id]
                 if event.kind == "emitted":
@@ -529,8 +531,9 @@ class ScoringEngine:
                     plots += 1
                 yield result
         if self._plot_failures:
-            warnings.warn(f"{self._plot_failures} timeline PNG(s) could not be drawn", RuntimeWarning, stacklevel=2)
-            self._plot_failures = 0
+            warnings.warn(f"{len(self._plot_failures)} timeline PNG(s) could not be drawn (their rows are kept, and "
+                          f"--resume draws them again), e.g. {self._plot_failures[0]}", RuntimeWarning, stacklevel=2)
+            self._plot_failures = []
 
     def _finished(self, waiting: list[_FileState], png_for: dict | None, drawn_here: bool) -> Iterator[FileResult]:
         for state in [s for s in waiting if s.finished]:

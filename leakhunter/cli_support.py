@@ -7,6 +7,7 @@ import functools
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,6 +71,15 @@ TRAINING_EXTRA = frozenset({"torch", "h5py", "matplotlib", "yaml", "onnx", "onnx
 RAY_EXTRA = frozenset({"ray"})
 
 
+def _warning_line(shown, message, category, filename, lineno, file=None, line=None) -> None:
+    """A RuntimeWarning (a timeline PNG not drawn, a number that cannot be computed) is one `warning:` line, as
+    `warn` prints, not Python's file, line number and source line; other categories keep Python's form."""
+    if issubclass(category, RuntimeWarning):
+        warn(str(message))
+    else:
+        shown(message, category, filename, lineno, file, line)
+
+
 def handled(default_code: int = 2, name: str = "this command"):
     """The one place errors become messages: a LeakhunterError (or an OSError naming a file) prints one red line
     and exits with the error's own status (e.g. 100 + N for a failed health check), else `default_code`
@@ -80,7 +90,10 @@ def handled(default_code: int = 2, name: str = "this command"):
         @functools.wraps(command)
         def run(*args, **kwargs):
             try:
-                return command(*args, **kwargs)
+                with warnings.catch_warnings():  # restores Python's own printer afterwards
+                    shown = warnings.showwarning
+                    warnings.showwarning = functools.partial(_warning_line, shown)
+                    return command(*args, **kwargs)
             except LeakhunterError as error:
                 raise fail(str(error), error.exit_code or default_code) from None
             except OSError as error:

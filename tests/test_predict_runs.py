@@ -379,3 +379,21 @@ def test_a_dead_channel_averaged_in_is_said_on_the_row(model, tmp_path):
         row["message"]
     alone = predict([tmp_path / "pair.wav"], model, workers=0, channel=0).rows[0]
     assert "silent" not in alone["message"]
+
+
+def test_a_timeline_that_cannot_be_drawn_is_one_warning_line_naming_it(model, tmp_path, monkeypatch):
+    """The row is kept and the PNG is drawn again on resume; the CLI says which one and why in one line (it
+    printed Python's RuntimeWarning with a source line, naming neither)."""
+    from leakhunter.inference.timeline import TimelinePlotter
+
+    def broken(self, timeline, png):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(TimelinePlotter, "draw", broken)
+    write_recording(tmp_path / "night" / "a.wav")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "night"), "--model", str(model), "--out",
+                                      str(tmp_path / "s.csv"), "--timeline", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert (f"warning: {tmp_path / 's.timeline' / 'a.wav.png'}: the timeline could not be drawn (No space left on "
+            "device)") in said and "RuntimeWarning" not in said
+    assert rows_of(tmp_path / "s.csv")[0]["status"] == "ok"
