@@ -29,6 +29,7 @@ from leakhunter.audio import AudioError
 from leakhunter.card import STANDARD_CLASSES
 from leakhunter.devices import parse_device
 from leakhunter.errors import InputError
+from leakhunter.files import not_a_model_file
 from leakhunter.inference.engine import ScoringEngine
 from leakhunter.inference.loader import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES, read_card
 from leakhunter.inference.onnx_card import ModelLoadError
@@ -58,7 +59,7 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
         raise ModelLoadError(f"{model}: not a model file; expected one of "
                              f"{', '.join(ONNX_SUFFIXES + CHECKPOINT_SUFFIXES)}")
     if not model.is_file():
-        raise ModelLoadError(f"{model}: no such file")
+        raise ModelLoadError(not_a_model_file(model))
     if workers < 0:
         raise InputError(f"workers must be >= 0, got {workers}")
     request = parse_device(device)  # a bad name fails before anything is generated

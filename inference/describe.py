@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from leakhunter.card import OPERATING_POINTS, FrontendConfig, ModelCard, SegmentationConfig, preset_name, stopped_by
+from leakhunter.files import not_a_model_file
 from leakhunter.inference.loader import CHECKPOINT_SUFFIXES, ONNX_SUFFIXES
 from leakhunter.inference.onnx_card import ModelLoadError, read_onnx
 from leakhunter.mel import lowest_input_rate
@@ -27,7 +28,7 @@ def describe_model(path: str | Path) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"{path}: no such file")
+        raise ModelLoadError(not_a_model_file(path))
     data = path.read_bytes()
     facts = {"path": str(path), "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     suffix = path.suffix.lower()

@@ -43,6 +43,7 @@ def rewrite_card(path: str | Path, change, meta_json: str | Path | None = None):
 FILE_KINDS = ((b"\x89HDF", "an HDF5 file (a dataset?)"),
               (b"\x08", "an ONNX model, not a .pth checkpoint (leak info describes an .onnx)"),
               (b"RIFF", "a WAV recording"))
+TORCH_MAGICS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a legacy file's pickle protocol byte
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -59,12 +60,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     kind = next((name for magic, name in FILE_KINDS if head.startswith(magic)), None)
     if kind is not None:  # another kind of file, which torch.load would call unsafe pickle or garbage
         raise CheckpointError(f"{path}: not a torch checkpoint but {kind}; give the best.pth of a training run")
+    if not head.startswith(TORCH_MAGICS):  # text, or anything else torch's legacy reader would unpickle
+        raise CheckpointError(f"{path}: not a torch checkpoint (a .pth is a zip archive or a pickle; this starts "
+                              f"with {head!r}); give the best.pth of a training run")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{path}: refused: it holds Python objects beyond tensors and plain data, which "
                               f"weights_only loading will not execute ({str(error).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as error:
+        # torch's unpickler raises a KeyError or IndexError of its own on bytes that are not a pickle
         raise CheckpointError(f"{path}: truncated or not a torch checkpoint ({str(error).splitlines()[0]})") from None
     if not isinstance(payload, dict) or "card" not in payload or "model" not in payload:
         keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__

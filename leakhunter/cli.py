@@ -17,6 +17,7 @@ from rich.table import Table
 from leakhunter.cli_data import data_app
 from leakhunter.cli_reference import reference_app
 from leakhunter.cli_support import command, console, errors, fail, stopped_by_signal, warn
+from leakhunter.files import not_a_model_file
 
 app = typer.Typer(help="leakhunter: find water-pipe leaks in acoustic recordings.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -407,7 +408,7 @@ def info(
     from leakhunter.inference.describe import card_rows
 
     if not model.is_file():
-        raise fail(f"{model}: no such file")
+        raise fail(not_a_model_file(model))
     described = describe_model(model)
     stopped = stopped_by(described.get("training"))
     if stopped:  # on stderr: --json's stdout stays one JSON object
@@ -446,7 +447,7 @@ def export(
     from leakhunter.export import ExportError, export_model
 
     if not checkpoint.is_file():
-        raise fail(f"{checkpoint}: no such file")
+        raise fail(not_a_model_file(checkpoint, ("best.pth",)))
     try:
         report = export_model(checkpoint, output, input=input_kind, opset=opset, fp16=fp16, int8=int8,
                               allow_stopped=allow_stopped)

@@ -147,3 +147,12 @@ class LockFile:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def not_a_model_file(path: Path, wanted: tuple[str, ...] = ("best.onnx", "best.pth")) -> str:
+    """Why a model path (`leak info`, `export`, `bench`) names no file: a folder (a run's, whose model file of
+    the `wanted` names is named), or nothing there."""
+    if Path(path).is_dir():
+        held = [name for name in wanted if (Path(path) / name).is_file()]
+        return f"{path}: a folder, not a model file" + (f"; give {Path(path) / held[0]}" if held else "")
+    return f"{path}: no such file"

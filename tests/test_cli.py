@@ -125,3 +125,20 @@ def test_an_output_named_for_something_else_is_refused_before_anything_is_read(m
     result = runner.invoke(app, ["data", "files", str(small_dataset.output), "--split", "val", "-o",
                                  str(tmp_path / "new" / "val.csv")])  # a folder that does not exist yet is made
     assert result.exit_code == 0 and (tmp_path / "new" / "val.csv").read_text().startswith("path,label,group")
+
+
+def test_a_run_folder_or_text_given_as_a_model_is_named_for_what_it_is(make_checkpoint, tmp_path):
+    """`leak info runs/x` said "no such file" of a folder that exists, and a text file named .pth stopped
+    `leak info` with a KeyError traceback from torch's unpickler."""
+    run = tmp_path / "run"
+    run.mkdir()
+    make_checkpoint("binary", "short", run / "best.pth")
+    (tmp_path / "notes.pth").write_text("hello\n")
+    for args, message in ((["info", str(run)], f"{run}: a folder, not a model file; give {run / 'best.pth'}"),
+                          (["export", str(run)], f"{run}: a folder, not a model file; give {run / 'best.pth'}"),
+                          (["info", str(tmp_path)], f"{tmp_path}: a folder, not a model file"),
+                          (["info", str(tmp_path / "notes.pth")], "notes.pth: not a torch checkpoint (a .pth is a "
+                                                                   "zip archive or a pickle; this starts with")):
+        result = runner.invoke(app, args)
+        assert result.exit_code in (1, 2) and message in " ".join(result.output.split()), (args, result.output)
+        assert "Traceback" not in result.output
