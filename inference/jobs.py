@@ -315,6 +315,7 @@ class JobStore:
                 with table_lock(out):
                     summary = score_batch(paths, _JobEngine(engine, turns), out=out, resume=True,
                                           retry_failed=job.retry_failed, on_row=progress,
+                                          warn=lambda text: log.warning("job %s: %s", job.id, self.for_client(text)),
                                           params={**params, "job": job.id, "inputs": job.inputs,
                                                   "empty_inputs": found.empty,
                                                   "repeated_inputs": found.repeated})
