@@ -15,8 +15,8 @@ With --labelled K: a threshold per site from K labelled LEAK and K labelled othe
 at random, 20 draws; the threshold with the best balanced accuracy on them, ties to the CV threshold), judged on
 the site's other recordings beside the CV threshold on the same recordings.
 Two ceilings beside them, at the epoch today's rule chooses on all folds (the run's own for a run recorded after
-2026-12-04 and scored with its --vote-fraction) with the same vote and threshold grid: the best single threshold for all held-out files, and the best
-threshold for each fold (its one to three sites) on its own.
+2026-12-04 and scored with its --vote-fraction) with the same vote and threshold grid: the best single threshold
+for all held-out files, and the best threshold for each fold (its one to three sites) on its own.
 
     python benchmarks/site_calibration.py RUN_DIR... [--vote-fraction 0.5]
 """
@@ -173,7 +173,8 @@ def estimate_counts(run: Path, vote_fraction: float) -> np.ndarray:
                      for variant in (folds, [site_relative(fold, sites) for fold in folds],
                                      [mean_logit_files(fold) for fold in folds])]
                     + [plateau_counts(folds, vote_fraction)]
-                    + list(oracle_counts(folds, choose(folds, vote_fraction)[0], vote_fraction)) + list(baseline_counts(run, len(folds))))
+                    + list(oracle_counts(folds, choose(folds, vote_fraction)[0], vote_fraction))
+                    + list(baseline_counts(run, len(folds))))
 
 
 def print_table(columns: list[str], runs: list[Path], counts_of) -> None:

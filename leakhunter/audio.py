@@ -475,8 +475,9 @@ def _check_wav_companding(path: Path, fmt: bytes) -> None:
     if tag == WAV_EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]   # the sub-format GUID starts with the format tag
     if tag in WAV_COMPANDED and channels and (bits != 8 or block_align != channels):
+        frame = f"{block_align} byte{'s' if block_align != 1 else ''} per frame of {channels} " \
+                f"channel{'s' if channels != 1 else ''}"
         raise AudioError("decode_error", path, f"its WAV header says {WAV_COMPANDED[tag]} (format tag {tag}), one "
-                                               f"byte per sample, but {bits} bits per sample and {block_align} "
-                                               f"byte{'s' if block_align != 1 else ''} per frame of {channels} channel{'s' if channels != 1 else ''}"
-                                               f": the samples are not {WAV_COMPANDED[tag]} as libsndfile would "
-                                               f"read them (PCM under the wrong tag?) and would decode as noise")
+                                               f"byte per sample, but {bits} bits per sample and {frame}: the "
+                                               f"samples are not {WAV_COMPANDED[tag]} as libsndfile would read "
+                                               f"them (PCM under the wrong tag?) and would decode as noise")

@@ -25,7 +25,8 @@ def data_synth(
                                                  "sensor, gain, background, leak SNR down to -10 dB); gain-confound: "
                                                  "LEAK and NORMAL told apart only by level minus the recorder gain "
                                                  "in the file name (a corpus that needs fusion)."),
-    sites: int = typer.Option(None, min=1, max=999, help="Sites of the sites scenario (default 12); the sensor id is the site."),
+    sites: int = typer.Option(None, min=1, max=999,
+                              help="Sites of the sites scenario (default 12); the sensor id is the site."),
     leak_band: str = typer.Option(None, help="Where the sites scenario's leaks and sensors sit: low (default; "
                                              "leaks and sensors to 1.8 kHz) or high (leaks to 2.5-3.5 kHz, sensors "
                                              "to 3.8 kHz, for the wide preset; needs "
