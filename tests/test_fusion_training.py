@@ -426,3 +426,22 @@ def test_serve_takes_an_uploads_meta_from_its_query_and_a_jobs_from_its_manifest
         assert service.engine.fields.manifest == {}
     with pytest.raises(InputError, match="--meta-missing must be one of score, fail"):
         ServeSettings(model=fusion_onnx.output, meta_missing="skip")
+
+
+def test_a_fusion_run_never_replaces_a_finished_run(confound_dataset, fusion_run, tmp_path, monkeypatch):
+    """A fusion run into a folder holding a finished run (binary, --cv, another fusion run) replaced its best.pth
+    and card silently, and without --out every fusion run went to runs/fusion. Both refused or kept apart now;
+    an interrupted fusion run still continues (test_rerunning_finishes_an_interrupted_run_...)."""
+    finished = fusion_run.run_dir
+    before = (finished / "best.pth").read_bytes()
+    with pytest.raises(FileExistsError, match=f"{finished} already holds a finished fusion run; choose another"):
+        FusionRun(quick_config(confound_dataset, finished, **FUSION), log=QUIET)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "best.pth").write_bytes(before)  # a binary run's folder, as far as this check goes
+    with pytest.raises(FileExistsError, match=f"{plain} already holds a finished run; choose another --out"):
+        FusionRun(quick_config(confound_dataset, plain, **FUSION), log=QUIET)
+    assert (finished / "best.pth").read_bytes() == before
+    monkeypatch.chdir(tmp_path)
+    run = FusionRun(replace(quick_config(confound_dataset, tmp_path / "x", **FUSION), out=None), log=QUIET)
+    assert run.out.parent == Path("runs") and run.out.name.startswith("fusion-")

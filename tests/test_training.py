@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from leakhunter.card import CardError, ModelCard
 from leakhunter.checkpoint import CheckpointError, load_checkpoint, read_model, save_atomic
 from leakhunter.cli import app
+from leakhunter.errors import InputError
 from leakhunter.training.config import ConfigError, resolve_config
 from leakhunter.training.evaluate import evaluate
 from leakhunter.training.health import HealthFailure
@@ -153,6 +154,14 @@ def test_resume_refuses_a_different_mode(binary_run):
     with pytest.raises(HealthFailure, match="mode='binary', the request asks mode='multiclass'"):
         Trainer(quick_config("x", "y"), resume=binary_run.run_dir / "checkpoints" / "last.pth",
                 overrides={"mode": "multiclass"}, log=QUIET)
+
+
+def test_resuming_a_best_pth_names_the_last_pth_to_resume(binary_run):
+    """best.pth holds weights and a card, no training state: `--resume best.pth` was a KeyError traceback."""
+    last = binary_run.run_dir / "checkpoints" / "last.pth"
+    with pytest.raises(InputError, match=f"best.pth: holds a model's weights, not a training state to resume; pass "
+                                         f"{last}"):
+        Trainer(quick_config("x", "y"), resume=binary_run.run_dir / "best.pth", log=QUIET)
 
 
 def test_config_layers_and_refusals(tmp_path):

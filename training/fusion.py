@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 import h5py
@@ -240,7 +241,11 @@ class FusionRun:
             raise InputError("--mode fusion trains in one process: its stages are separate runs that share files; "
                              "start it without torchrun")
         self.config, self.log = config, log
-        self.out = Path(config.out or "runs/fusion")
+        self.out = Path(config.out or f"runs/fusion-{datetime.now():%Y%m%d-%H%M%S}")
+        if (self.out / "best.pth").exists() or (self.out / "cv.json").exists():  # an interrupted one has neither
+            kind = "fusion run" if (self.out / "stages").is_dir() else "run"
+            raise FileExistsError(f"{self.out} already holds a finished {kind}; choose another --out (an "
+                                  "interrupted fusion run continues when its command is given again)")
         self.inputs = FusionInputs.fit(config)
         self.out.mkdir(parents=True, exist_ok=True)
         self.health = HealthMonitor(config.strict, log, self.out / "health.json", stop=False)

@@ -26,6 +26,7 @@ import leakhunter
 from leakhunter.card import CardError, ModelCard, VotingConfig
 from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, rewrite_card, save_atomic
 from leakhunter.devices import autocast_dtype, to_device
+from leakhunter.errors import InputError
 from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
 from leakhunter.operating import operating_points
@@ -116,7 +117,12 @@ def metrics_csv_text(history: list[dict]) -> str:
 def find_resume_checkpoint(path: Path, warn) -> dict:
     """last.pth, or the newest loadable epoch checkpoint beside it when last.pth is damaged."""
     try:
-        return load_checkpoint(path)
+        payload = load_checkpoint(path)
+        if "config" not in payload or "optimizer" not in payload:  # a best.pth: weights and card, no training
+            last = path.parent / "checkpoints" / "last.pth"
+            raise InputError(f"{path}: holds a model's weights, not a training state to resume"
+                             + (f"; pass {last}" if last.is_file() else ""))
+        return payload
     except CheckpointError as error:
         for candidate in reversed(epoch_checkpoints(path.parent)):
             try:
@@ -196,6 +202,8 @@ class Trainer:
         self.config, self.plan = config, plan
         self.run_dir = Path(config.out or f"runs/{config.mode}-{datetime.now():%Y%m%d-%H%M%S}")
         if resume is None and (self.run_dir / "best.pth").exists():
+            if not (self.run_dir / "checkpoints" / "last.pth").is_file():  # a fusion or --cv run's folder
+                raise FileExistsError(f"{self.run_dir} already holds a run; choose another --out")
             raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume "
                                   f"{self.run_dir / 'checkpoints' / 'last.pth'} or choose another --out")
         self.device = training_device(config.device, self.launch)  # under torchrun: cuda:LOCAL_RANK or cpu
