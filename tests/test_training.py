@@ -1,5 +1,6 @@
 """Training: both modes learn, checkpoints describe themselves, P(LEAK) is read by name, resume is exact."""
 
+import csv
 import json
 import os
 import pickle
@@ -390,3 +391,30 @@ def test_the_wide_preset_trains_exports_and_scores_like_the_others(small_corpus,
         assert row["status"] == "ok" and row["verdict"] == by_model["pth"][file]["verdict"], row
         assert abs(row["mean_leak_prob"] - by_model["pth"][file]["mean_leak_prob"]) <= 1e-4
     assert [by_model["onnx"][str(f)]["verdict"] for f in files] == ["LEAK"] * 3 + ["NOLEAK"] * 3
+
+
+def test_a_test_split_without_a_leak_file_has_null_metrics_in_the_card_not_zero_or_nan(small_corpus, tmp_path):
+    """Recall, and F1 without a LEAK verdict, are 0/0 on a test split without a LEAK file: the card said 0.000
+    (a model that misses every leak, to a reader) and AUC NaN (no JSON parser but Python's reads it). Now null,
+    as `leak eval` reports the same files, and n/a in the log."""
+    rows = list(csv.DictReader(open(small_corpus.manifest)))
+    for row in rows:  # the test split: QUIET recordings only
+        row["split"] = "test" if row["label"] == "QUIET" else ""
+        row["path"] = row["group"] = str(small_corpus.root / row["path"])  # each file its own group
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    from leakhunter.training.dataset import build_dataset
+
+    data = build_dataset(manifest, tmp_path / "d.h5", val=0.3, test=0.0).output
+    lines = []
+    result = train(quick_config(data, tmp_path / "run", mode="binary", epochs=2), log=lines.append)
+    card = json.loads((result.run_dir / "model_meta.json").read_text(),
+                      parse_constant=lambda name: pytest.fail(f"{name} in the card"))
+    test = card["training"]["test_metrics"]
+    assert test["file_recall"] is None and test["file_auc"] is None and test["file_specificity"] is not None
+    assert (test["file_f1"] is None) == (test["file_precision"] is None)  # both 0/0 only without a LEAK verdict
+    [line] = [line for line in lines if line.startswith("best epoch")]
+    assert "recall n/a" in line and "AUC n/a" in line

@@ -20,7 +20,13 @@ from leakhunter.operating import file_rates, points_on, threshold_sweep
 from leakhunter.reference import ReferenceTable
 from leakhunter.sources import check_output_name
 from leakhunter.training.eval_sources import FileVotes, dataset_files, is_dataset, score_files, source_files
-from leakhunter.training.metrics import class_distribution, cohen_kappa, confusion_matrix, leak_metrics
+from leakhunter.training.metrics import (
+    class_distribution,
+    cohen_kappa,
+    confusion_matrix,
+    leak_metrics,
+    undefined_metrics,
+)
 from leakhunter.voting import per_long_segment, top_class, vote_files
 
 # torch, h5py (datasets) and matplotlib (pictures) are imported where they are used: `leak eval` of an .onnx
@@ -210,10 +216,7 @@ def file_report(votes: FileVotes, card: ModelCard, threshold: float) -> dict:
     vote_fraction = card.voting.vote_fraction
     leak = leak_metrics(votes.file_is_leak, votes.verdict, np.nan_to_num(votes.mean_leak_prob))
     report = {f"file_{k}": v for k, v in leak.items()}
-    n_leak, n_called = int(votes.file_is_leak.sum()), int(votes.verdict.sum())
-    undefined = {"file_recall": n_leak == 0, "file_specificity": n_leak == len(votes.paths),
-                 "file_precision": n_called == 0, "file_f1": n_leak == 0 and n_called == 0}
-    report.update({name: None for name, gone in undefined.items() if gone})  # 0/0 is null (n/a), not 0.0
+    report.update(dict.fromkeys(undefined_metrics(votes.file_is_leak, votes.verdict)))  # 0/0 is null, not 0.0
     report.update(
         n_files=len(votes.paths), n_leak=int(votes.file_is_leak.sum()),
         false_alarms_per_100=file_rates(votes.file_is_leak, votes.verdict, digits=None)["false_alarms_per_100"],

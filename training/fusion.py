@@ -33,7 +33,7 @@ from leakhunter.training.config import TrainConfig
 from leakhunter.training.data import LeakData
 from leakhunter.training.dataset import DatasetError, feature_version
 from leakhunter.training.health import KAPPA_ZERO, HealthMonitor, fail, warn
-from leakhunter.training.metrics import roc_auc
+from leakhunter.training.metrics import roc_auc, shown
 
 STAGE2_LR_FACTOR = 0.25  # fine-tuning pre-trained encoders; never the 1e-6 that froze the predecessor's stage 2
 BRANCH_WIDTH = 64  # the features and meta MLPs' width
@@ -301,7 +301,7 @@ class FusionRun:
                    "trainable_parameters": parameter_count(trainer.net, trainable_only=True),
                    "parameters": parameter_count(trainer.net), "fusion_weights": [round(w, 4) for w in weights],
                    "start_weights": [round(w, 4) for w in stage.start_weights],
-                   "transferred": stage.transferred, "test_f1": result.test_metrics["file_f1"],
+                   "transferred": stage.transferred, "test_f1": result.card.training["test_metrics"]["file_f1"],
                    }
         self._add_stage_findings(stage, folder)
         write_atomic(done, json.dumps({"key": self._key(stage), "summary": summary}, indent=2))
@@ -349,8 +349,8 @@ class FusionRun:
         for line in self.health.summary():
             self.log(line)
         self.log(f"fusion: best fused stage {winner['stage']} (val file F1 {winner['file_f1']:.3f}, test "
-                 f"{winner['test_f1']:.3f}; best single branch {best_single['branches'][0]}: val "
-                 f"{best_single['file_f1']:.3f}, test {best_single['test_f1']:.3f}) → {self.out / 'best.pth'}")
+                 f"{shown(winner['test_f1'])}; best single branch {best_single['branches'][0]}: val "
+                 f"{best_single['file_f1']:.3f}, test {shown(best_single['test_f1'])}) → {self.out / 'best.pth'}")
         test = card.training.get("test_metrics", {})
         return TrainResult(run_dir=self.out, card=card, best_epoch=winner["best_epoch"], history=[],
                            test_metrics=test, stopped_early=False, health=self.health.findings, baseline={})
@@ -421,11 +421,11 @@ def use_card_inputs(data: LeakData, card, source: str) -> None:
 def stage_line(summary: dict) -> str:
     """The one summary line of a stage."""
     weights = summary.get("fusion_weights")
-    shown = "" if not weights or len(weights) < 2 else ", fusion weights " + " ".join(
+    fused = "" if not weights or len(weights) < 2 else ", fusion weights " + " ".join(
         f"{b} {w:.2f}" for b, w in zip(summary["branches"], weights))
     return (f"best epoch {summary['best_epoch']}/{summary['epochs_run']}, val file F1 {summary['file_f1']:.3f}, "
             f"kappa {summary['kappa']:.3f}, trainable {summary['trainable_parameters']:,}/"
-            f"{summary['parameters']:,} parameters{shown}; test file F1 {summary['test_f1']:.3f}")
+            f"{summary['parameters']:,} parameters{fused}; test file F1 {shown(summary['test_f1'])}")
 
 
 def train_fusion(config: TrainConfig, log=print):

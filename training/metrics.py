@@ -60,6 +60,22 @@ def leak_metrics(truth: np.ndarray, verdict: np.ndarray, score: np.ndarray) -> d
     }
 
 
+def undefined_metrics(truth: np.ndarray, verdict: np.ndarray) -> set[str]:
+    """The file metrics that are 0/0 on these files (recall without a LEAK file, precision without a LEAK verdict,
+    specificity without another file, F1 without either): reported as null (n/a), never as the 0.0 leak_metrics
+    computes with, which a reader takes for a model that misses every leak."""
+    truth, verdict = np.asarray(truth, bool), np.asarray(verdict, bool)
+    n_leak, n_called = int(truth.sum()), int(verdict.sum())
+    gone = {"file_recall": n_leak == 0, "file_specificity": n_leak == len(truth), "file_precision": n_called == 0,
+            "file_f1": n_leak == 0 and n_called == 0}
+    return {name for name, undefined in gone.items() if undefined}
+
+
+def shown(value: float | None) -> str:
+    """A metric as a log line says it: three decimals, or n/a where it does not exist on these files."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
 def class_distribution(predicted: np.ndarray, n_classes: int) -> np.ndarray:
     """Share of predictions per class."""
     counts = np.bincount(predicted, minlength=n_classes).astype(np.float64)

@@ -60,6 +60,7 @@ from leakhunter.training.health import (
     trivial_loss,
     truth_shares,
 )
+from leakhunter.training.metrics import shown, undefined_metrics
 from leakhunter.training.objective import LeakLoss, class_weights, lr_factor
 from leakhunter.training.plots import plot_confusion, plot_curves
 from leakhunter.voting import calibrate_threshold, per_long_segment
@@ -478,7 +479,7 @@ class Trainer:
                     "class_counts": self.data.class_counts(), "best_epoch": row["epoch"],
                     "parameters": parameter_count(self.net),
                     "trainable_parameters": parameter_count(self.net, trainable_only=True),
-                    "val_metrics": {k: row[k] for k in METRIC_COLUMNS if k in row},
+                    "val_metrics": finite_or_none({k: row[k] for k in METRIC_COLUMNS if k in row}),
                     # a plan's baseline is cross-validated with it (training.cv in the final card)
                     "baseline": None if self.plan else finite_or_none(self.baseline.to_dict()),
                     "config": self.config.to_dict()}
@@ -515,14 +516,17 @@ class Trainer:
         test = self.data.splits["test"]
         probs, leak_prob = score_split(self.scorer, self.data, test, self.config.eval_batch_size, self.device,
                                        self.amp)
-        test_metrics = evaluate_split(test, probs, leak_prob, card.class_names, card.voting.threshold,
-                                      card.voting.vote_fraction, self.data.shorts_per_long,
-                                      card.segmentation.unit, card.mode).metrics
+        evaluation = evaluate_split(test, probs, leak_prob, card.class_names, card.voting.threshold,
+                                    card.voting.vote_fraction, self.data.shorts_per_long,
+                                    card.segmentation.unit, card.mode)
+        test_metrics = evaluation.metrics
         # a resumed run that trained on past its stop finishes; one that only reached its end again keeps the mark
         training = {k: v for k, v in card.training.items() if k != "stopped_by" or not self.epochs_trained}
-        card = replace(card, training={**training, "test_metrics": {
-            k: test_metrics[k] for k in ("file_f1", "file_precision", "file_recall", "file_specificity",
-                                         "file_auc", "file_accuracy", "n_files", "confusion")}})
+        undefined = undefined_metrics(test.file_is_leak, evaluation.file_verdict)  # null (n/a), not 0.0 or NaN
+        card = replace(card, training={**training, "test_metrics": finite_or_none({
+            k: None if k in undefined else test_metrics[k]
+            for k in ("file_f1", "file_precision", "file_recall", "file_specificity", "file_auc", "file_accuracy",
+                      "n_files", "confusion")})})
         if self.rank == 0:
             save_atomic({"card": card.to_json(), "model": best["model"]}, self.run_dir / "best.pth")
             write_atomic(self.run_dir / "model_meta.json", card.to_json())
@@ -535,11 +539,12 @@ class Trainer:
                         + baseline_findings(self.history, self.best_epoch, self.baseline.metrics["val"]["file_f1"]))
         for line in self.health.summary():
             self.log(line)
+        test_card = card.training["test_metrics"]
         self.log(f"{'best' if self.plan is None else 'kept'} epoch {self.best_epoch}: val file F1 "
                  f"{self.history[self.best_epoch - 1]['file_f1']:.3f}, threshold "
-                 f"{card.voting.threshold:.2f}; test file F1 {test_metrics['file_f1']:.3f}, precision "
-                 f"{test_metrics['file_precision']:.3f}, recall {test_metrics['file_recall']:.3f}, "
-                 f"AUC {test_metrics['file_auc']:.3f} on {test_metrics['n_files']} files")
+                 f"{card.voting.threshold:.2f}; test file F1 {shown(test_card['file_f1'])}, precision "
+                 f"{shown(test_card['file_precision'])}, recall {shown(test_card['file_recall'])}, "
+                 f"AUC {shown(test_card['file_auc'])} on {test_metrics['n_files']} files")
         if self.plan is None:  # a plan's baseline is cross-validated with it (training/cv.py)
             self.log(self.baseline.line())
         return TrainResult(run_dir=self.run_dir, card=card, best_epoch=self.best_epoch, history=self.history,
