@@ -296,6 +296,23 @@ def test_h007_kappa_near_zero_for_two_epochs_warns_on_the_second():
     assert epoch_findings(history, ["NOLEAK", "LEAK"], [0.5, 0.5], trivial_loss=0.69) == []
 
 
+def test_h007_a_collapse_that_changes_class_says_so_instead_of_naming_one_for_five_epochs():
+    """Five collapsed epochs stop a run whichever class each collapsed onto, but the message named the last
+    epoch's class "for 5 epochs in a row" where it had been predicted in one of them."""
+    from leakhunter.training.health import epoch_findings
+
+    names, truth = ["LEAK", "NOLEAK"], [0.2, 0.8]
+    onto = [(1.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+    history = [_row(epoch, kappa=0.0, shares=shares) for epoch, shares in enumerate(onto, start=1)]
+    [found] = [f for f in epoch_findings(history, names, truth, trivial_loss=0.5) if f.code == "H007"]
+    assert found.level == "fail" and found.message == ("100% of validation inputs are predicted NOLEAK whose true "
+                                                       "share is 80%, and onto one class or another for 5 epochs "
+                                                       "in a row (LEAK, NOLEAK, LEAK, LEAK, NOLEAK)")
+    history = [_row(epoch, kappa=0.0, shares=(1.0, 0.0)) for epoch in range(1, 6)]
+    [found] = [f for f in epoch_findings(history, names, truth, trivial_loss=0.5) if f.code == "H007"]
+    assert found.message == "100% of validation inputs are predicted LEAK whose true share is 20% for 5 epochs in a row"
+
+
 def test_h007_a_large_class_never_predicted_at_the_first_evaluation_warns_only_then():
     from leakhunter.training.health import epoch_findings
 
