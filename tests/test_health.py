@@ -265,6 +265,10 @@ def test_h012_a_nan_stops_within_one_step_names_the_files_and_keeps_the_last_goo
 def test_strict_turns_a_warning_into_a_failure(training_dataset, tmp_path):
     failure = failing_run(quick_config(training_dataset, tmp_path / "run", mode="binary", strict=True))
     assert failure.finding.code == "H005" and failure.finding.level == "fail"
+    # stopped at setup, before any checkpoint: doctor says what stopped it (it said "not a run directory")
+    assert not (tmp_path / "run" / "checkpoints" / "last.pth").exists()
+    cli = CliRunner().invoke(app, ["doctor", str(tmp_path / "run")])
+    assert cli.exit_code == 1 and failure.finding.line() in " ".join(cli.output.split()), cli.output
 
 
 def test_doctor_prints_the_live_findings(training_dataset, tmp_path):

@@ -42,6 +42,8 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     if (run_dir / "stages").is_dir():
         return doctor_fusion(run_dir, log)
     config_path, last_path = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pth"
+    if not last_path.is_file() and (run_dir / "health.json").is_file():  # stopped at setup: its recorded findings
+        return with_live_findings(HealthMonitor(log=log, stop=False), run_dir)
     for needed in (config_path, last_path):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed}: missing; is {run_dir} a leakhunter run directory?")
