@@ -181,6 +181,10 @@ def test_config_layers_and_refusals(tmp_path):
         resolve_config(None, {"data": "d.h5", "mode": "fusio"}, environ={})
     with pytest.raises(ConfigError, match="num_classes"):
         resolve_config(None, {"data": "d.h5", "num_classes": 5}, environ={})
+    for text in ("epochs: true\n", "lr: false\n"):  # YAML booleans were 1 and 0 to Python: one epoch, lr 0
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"{text.split(':')[0]}: (True|False) is not a number"):
+            resolve_config(path, {"data": "d.h5"}, environ={})
     path.write_text("augment: [gain, mix]\nchannels: [8, 16, 32]\n")  # YAML lists for comma lists
     config = resolve_config(path, {"data": "d.h5"}, environ={})
     assert (config.augment, config.channels) == ("gain,mix", "8,16,32")

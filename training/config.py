@@ -197,6 +197,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{key}: {value!r} is not a boolean")
+    if kind in (int, float) and isinstance(value, bool):  # `epochs: true` is 1 to Python, a mistake to a person
+        raise ConfigError(f"{key}: {value!r} is not a number")
     if kind is str and isinstance(value, (list, tuple)):  # a YAML list for a comma list (augment: [gain, mix])
         value = ",".join(str(item) for item in value)
     try:
