@@ -261,9 +261,11 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
         kept_rows = prepare_resume(out, scorer.columns, keep)
         done_keys = {resume_key(row) for row in kept_rows}
     if warn is not None and resettled:
-        warn(f"{out}: {sum(resettled.values())} row(s) of these files were scored by another model or with other "
-             f"settings (threshold, vote fraction, sensitivity, meta or reference; model {', '.join(resettled)}): "
-             "--resume scores them again with this run's")
+        others = [sha for sha in resettled if sha != model_sha[:16]]
+        how = (f"by another model (model {', '.join(others)}) or with other settings" if others else
+               "with other settings")
+        warn(f"{out}: {sum(resettled.values())} row(s) of these files were scored {how} (threshold, vote fraction, "
+             "sensitivity, meta or reference): --resume scores them again with this run's")
     if warn is not None and foreign:
         warn(f"{out}: keeps {sum(foreign.values())} row(s) of other files that another model scored (model "
              f"{', '.join(foreign)}; this one is {model_sha[:16]}): the table mixes models (model_sha256 column); "
@@ -328,7 +330,7 @@ def _write_params(out: Path, engine: ScoringEngine, params: dict) -> None:
     write_atomic(out.with_name(out.name + ".params.json"), json.dumps(params, indent=2))
 
 
-PNG_NAME_BYTES = 200  # a file name is at most 255 bytes, and a PNG is written as a temporary `.<name>.XXXXXXXX.tmp`
+PNG_NAME_BYTES = 241  # a file name is at most 255 bytes, and a PNG is written as a temporary `.<name>.XXXXXXXX.tmp`
 
 
 def png_names(paths: list[Path]) -> dict[Path, str]:

@@ -429,9 +429,9 @@ def test_serve_takes_an_uploads_meta_from_its_query_and_a_jobs_from_its_manifest
 
 
 def test_a_fusion_run_never_replaces_a_finished_run(confound_dataset, fusion_run, tmp_path, monkeypatch):
-    """A fusion run into a folder holding a finished run (binary, --cv, another fusion run) replaced its best.pth
-    and card silently, and without --out every fusion run went to runs/fusion. Both refused or kept apart now;
-    an interrupted fusion run still continues (test_rerunning_finishes_an_interrupted_run_...)."""
+    """A fusion run into a folder holding a finished run (binary, --cv, another fusion run; without --out the
+    last fusion run's runs/fusion) replaced its best.pth and card silently. Refused now; an interrupted fusion
+    run still continues (test_rerunning_finishes_an_interrupted_run_...)."""
     finished = fusion_run.run_dir
     before = (finished / "best.pth").read_bytes()
     with pytest.raises(FileExistsError, match=f"{finished} already holds a finished fusion run; choose another"):
@@ -443,5 +443,8 @@ def test_a_fusion_run_never_replaces_a_finished_run(confound_dataset, fusion_run
         FusionRun(quick_config(confound_dataset, plain, **FUSION), log=QUIET)
     assert (finished / "best.pth").read_bytes() == before
     monkeypatch.chdir(tmp_path)
-    run = FusionRun(replace(quick_config(confound_dataset, tmp_path / "x", **FUSION), out=None), log=QUIET)
-    assert run.out.parent == Path("runs") and run.out.name.startswith("fusion-")
+    (tmp_path / "runs" / "fusion").mkdir(parents=True)
+    (tmp_path / "runs" / "fusion" / "best.pth").write_bytes(before)
+    with pytest.raises(FileExistsError, match="runs/fusion already holds a finished fusion run|runs/fusion already "
+                                              "holds a finished run"):
+        FusionRun(replace(quick_config(confound_dataset, tmp_path / "x", **FUSION), out=None), log=QUIET)

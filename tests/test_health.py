@@ -269,6 +269,12 @@ def test_strict_turns_a_warning_into_a_failure(training_dataset, tmp_path):
     assert not (tmp_path / "run" / "checkpoints" / "last.pth").exists()
     cli = CliRunner().invoke(app, ["doctor", str(tmp_path / "run")])
     assert cli.exit_code == 1 and failure.finding.line() in " ".join(cli.output.split()), cli.output
+    pruned = tmp_path / "pruned"  # a finished run's best.pth and health.json without its checkpoints: no pass
+    pruned.mkdir()
+    (pruned / "health.json").write_text('{"status": "pass", "findings": []}')
+    (pruned / "best.pth").write_bytes(b"")
+    cli = CliRunner().invoke(app, ["doctor", str(pruned)])
+    assert cli.exit_code == 2 and "a leakhunter run directory?" in " ".join(cli.output.split()), cli.output
 
 
 def test_doctor_prints_the_live_findings(training_dataset, tmp_path):

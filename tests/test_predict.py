@@ -426,9 +426,8 @@ def test_a_resume_that_rescores_or_mixes_models_says_so_before_scoring(night, on
     resumed = predict([first], onnx_model, out=out, workers=0, resume=True, threshold=0.9, warn=said.append)
     assert len(resumed.rows) == 1 and resumed.rows[0]["threshold"] == 0.9
     sha = resumed.rows[0]["model_sha256"][:16]
-    assert said == [f"{out}: 1 row(s) of these files were scored by another model or with other settings "
-                    f"(threshold, vote fraction, sensitivity, meta or reference; model {sha}): --resume scores "
-                    "them again with this run's"]
+    assert said == [f"{out}: 1 row(s) of these files were scored with other settings (threshold, vote fraction, "
+                    "sensitivity, meta or reference): --resume scores them again with this run's"]
     rows = rows_of(out)
     for row in rows:
         if row["file"] == str(second.resolve()):
@@ -444,9 +443,9 @@ def test_a_resume_that_rescores_or_mixes_models_says_so_before_scoring(night, on
                                          "column); write another --out to keep them apart"]
     said.clear()
     predict([first, second], onnx_model, out=out, workers=0, resume=True, threshold=0.9, warn=said.append)
-    assert said == [f"{out}: 1 row(s) of these files were scored by another model or with other settings "
-                    f"(threshold, vote fraction, sensitivity, meta or reference; model {'0' * 16}): --resume "
-                    "scores them again with this run's"]
+    assert said == [f"{out}: 1 row(s) of these files were scored by another model (model {'0' * 16}) or with "
+                    "other settings (threshold, vote fraction, sensitivity, meta or reference): --resume scores "
+                    "them again with this run's"]
     said.clear()
     predict([first, second], onnx_model, out=out, workers=0, resume=True, threshold=0.9, warn=said.append)
     assert said == []  # nothing scored another way is left: a plain resume says nothing

@@ -178,7 +178,7 @@ def test_a_timeline_png_of_a_long_name_or_deep_folders_is_drawn_and_kept_on_resu
     names = png_names(recordings)
     assert len(set(names.values())) == 3 and names[recordings[2]] == "short.wav.png"
     for path in recordings[:2]:
-        assert len(os.fsencode(names[path])) <= 200 and names[path].endswith(".wav.png")
+        assert len(os.fsencode(names[path])) <= 241 and names[path].endswith(".wav.png")
     assert names[recordings[0]].endswith(".SENSOR0042~R000123~20261120T023000~12.wav.png")
     out = tmp_path / "scores.csv"
     first = predict([tmp_path / "night"], model, out=out, workers=0, timeline=True)

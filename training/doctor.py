@@ -42,7 +42,9 @@ def doctor(run_dir: str | Path, log=lambda text: None) -> HealthMonitor:
     if (run_dir / "stages").is_dir():
         return doctor_fusion(run_dir, log)
     config_path, last_path = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pth"
-    if not last_path.is_file() and (run_dir / "health.json").is_file():  # stopped at setup: its recorded findings
+    stopped_at_setup = (run_dir / "health.json").is_file() and not last_path.is_file() and not (
+        run_dir / "best.pth").is_file()  # not a run whose checkpoints were pruned or not copied
+    if stopped_at_setup:  # nothing to recompute: what it recorded
         return with_live_findings(HealthMonitor(log=log, stop=False), run_dir)
     for needed in (config_path, last_path):
         if not needed.is_file():

@@ -15,7 +15,6 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 
 import h5py
@@ -241,7 +240,7 @@ class FusionRun:
             raise InputError("--mode fusion trains in one process: its stages are separate runs that share files; "
                              "start it without torchrun")
         self.config, self.log = config, log
-        self.out = Path(config.out or f"runs/fusion-{datetime.now():%Y%m%d-%H%M%S}")
+        self.out = Path(config.out or "runs/fusion")  # fixed: the same command finishes an interrupted run
         if (self.out / "best.pth").exists() or (self.out / "cv.json").exists():  # an interrupted one has neither
             kind = "fusion run" if (self.out / "stages").is_dir() else "run"
             raise FileExistsError(f"{self.out} already holds a finished {kind}; choose another --out (an "
