@@ -55,6 +55,8 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
     """
     say = log or (lambda text: None)
     model = Path(model)
+    if model.is_dir():  # a run's folder: name its model file
+        raise ModelLoadError(not_a_model_file(model))
     if model.suffix.lower() not in ONNX_SUFFIXES + CHECKPOINT_SUFFIXES:
         raise ModelLoadError(f"{model}: not a model file; expected one of "
                              f"{', '.join(ONNX_SUFFIXES + CHECKPOINT_SUFFIXES)}")

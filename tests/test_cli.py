@@ -136,6 +136,7 @@ def test_a_run_folder_or_text_given_as_a_model_is_named_for_what_it_is(make_chec
     (tmp_path / "notes.pth").write_text("hello\n")
     for args, message in ((["info", str(run)], f"{run}: a folder, not a model file; give {run / 'best.pth'}"),
                           (["export", str(run)], f"{run}: a folder, not a model file; give {run / 'best.pth'}"),
+                          (["bench", str(run)], f"{run}: a folder, not a model file; give {run / 'best.pth'}"),
                           (["info", str(tmp_path)], f"{tmp_path}: a folder, not a model file"),
                           (["info", str(tmp_path / "notes.pth")], "notes.pth: not a torch checkpoint (a .pth is a "
                                                                    "zip archive or a pickle; this starts with")):
