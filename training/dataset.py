@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,10 +79,9 @@ class BuildReport:
 
 @dataclass(frozen=True)
 class _FileFacts:
-    """What the file table needs of one decoded file: a few numbers, never its samples."""
-    long_start: int
+    """What the file table needs of one decoded file: a few numbers, never its samples (where its segments start
+    in the dataset follows from the counts of the files before it)."""
     long_count: int
-    short_start: int
     short_count: int
     duration_s: float
     sample_rate_in: int
@@ -92,18 +91,10 @@ class _FileFacts:
     sha256: str
 
 
-@dataclass(frozen=True)
-class _Featurised:
-    """One file as the builder stores it: its short segments' features and the facts of its decoding."""
-    mel: np.ndarray        # float16 [n_short, n_mels, frames]
-    features: np.ndarray   # float32 [n_short, len(FEATURE_NAMES)]
-    plan: SegmentPlan
-    duration_s: float
-    sample_rate_in: int
-    channels_in: int
-    clipped: bool
-    silent_channels: int
-    sha256: str
+def starts(counts: list[int]) -> np.ndarray:
+    """Where each file's rows start in a table of all files' rows, in order."""
+    ends = np.cumsum(np.asarray(counts, np.int64))
+    return ends - np.asarray(counts, np.int64)
 
 
 def silent_channel_mask(channels: tuple[int, ...]) -> int:
@@ -201,9 +192,10 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
 
     shorts_per_hop = segmentation.long_hop // segmentation.short_hop
 
-    def featurise(src: SourceFile) -> _Featurised:
-        """Decode and featurise one file a piece at a time (cut_pieces), so memory holds its features, never all
-        its samples: a day-long logger file builds in the memory of a few minutes' audio."""
+    def featurise(src: SourceFile) -> tuple[np.ndarray, np.ndarray, SegmentPlan, _FileFacts]:
+        """(float16 log-mels, features, segment plan, facts) of one file, decoded and featurised a piece at a time
+        (cut_pieces), so memory holds its features, never all its samples: a day-long logger file builds in the
+        memory of a few minutes' audio."""
         if printable(str(src.path)) != str(src.path):  # read from the file system with surrogate escapes
             raise AudioError("decode_error", src.path, "its name is not UTF-8 (bytes of another system's encoding, "
                                                        "e.g. Latin-1 from a network share) and the dataset stores "
@@ -219,17 +211,18 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
                 mels.append(piece_mel[0].numpy().astype(np.float16))
                 features.append(piece_features[0].numpy())
                 keep = n_long * shorts_per_hop
-        plan = plan_segments(stream.n_samples, segmentation)
-        file = _Featurised(np.concatenate(mels), np.concatenate(features), plan, stream.frames_read
-                           / stream.info.sample_rate_in, stream.info.sample_rate_in, stream.info.channels_in,
-                           stream.clipped, silent_channel_mask(tuple(stream.silent_channels)), "")
-        if len(file.mel) != plan.n_short:
-            raise RuntimeError(f"{len(file.mel)} short segments made in pieces where the recording has "
+        plan, file_mel = plan_segments(stream.n_samples, segmentation), np.concatenate(mels)
+        if len(file_mel) != plan.n_short:
+            raise RuntimeError(f"{len(file_mel)} short segments made in pieces where the recording has "
                                f"{plan.n_short}")
         try:
-            return replace(file, sha256=file_sha256(src.path))
+            sha = file_sha256(src.path)
         except OSError as error:  # removed or unreadable since it was decoded: the file's problem, not a bug
             raise AudioError("decode_error", src.path, f"cannot read: {error}") from error
+        info = stream.info
+        return file_mel, np.concatenate(features), plan, _FileFacts(
+            plan.n_long, plan.n_short, stream.frames_read / info.sample_rate_in, info.sample_rate_in,
+            info.channels_in, stream.clipped, silent_channel_mask(tuple(stream.silent_channels)), sha)
 
     kept: list[SourceFile] = []
     rows: list[_FileFacts] = []
@@ -240,21 +233,20 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         if isinstance(result, AudioError):
             skipped.append(result.with_traceback(None))  # a traceback would keep the decoder's frames alive
         else:
-            file, plan = result, result.plan
+            file_mel, file_features, plan, facts = result
             del result
             count = plan.n_short
-            for dataset, values in ((mel, file.mel), (features, file.features),
+            for dataset, values in ((mel, file_mel), (features, file_features),
                                     (short_file, np.full(count, len(kept), np.int32))):
                 dataset.resize(n_short + count, axis=0)
                 dataset[n_short:] = values
             long_file.append(np.full(plan.n_long, len(kept), np.int32))
             long_short_start.append(n_short + plan.long_first_short)
-            rows.append(_FileFacts(n_long, plan.n_long, n_short, count, file.duration_s, file.sample_rate_in,
-                                   file.channels_in, file.clipped, file.silent_channels, file.sha256))
+            rows.append(facts)
             kept.append(src)
             n_short += count
             n_long += plan.n_long
-            del file
+            del file_mel, file_features
         if progress:
             progress(done, len(sources))
     if not kept:
@@ -283,9 +275,9 @@ def _write(h5, sources, class_names, frontend_cfg: FrontendConfig, segmentation:
         "channels_in": np.array([r.channels_in for r in rows], np.int16),
         "clipped": np.array([r.clipped for r in rows], bool),
         "silent_channels": np.array([r.silent_channels for r in rows], np.int64),
-        "long_start": np.array([r.long_start for r in rows], np.int64),
+        "long_start": starts([r.long_count for r in rows]),
         "long_count": np.array([r.long_count for r in rows], np.int32),
-        "short_start": np.array([r.short_start for r in rows], np.int64),
+        "short_start": starts([r.short_count for r in rows]),
         "short_count": np.array([r.short_count for r in rows], np.int32),
         "meta": np.array([json.dumps(s.meta, sort_keys=True) for s in kept], dtype=object),
     }
