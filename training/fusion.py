@@ -23,6 +23,7 @@ import torch
 
 from leakhunter.checkpoint import card_of, load_checkpoint, save_atomic
 from leakhunter.errors import InputError
+from leakhunter.eval_tables import number
 from leakhunter.files import write_atomic
 from leakhunter.fingerprint import file_sha256
 from leakhunter.frontend import FEATURE_NAMES, FEATURE_VERSION
@@ -32,7 +33,7 @@ from leakhunter.training.config import TrainConfig
 from leakhunter.training.data import LeakData
 from leakhunter.training.dataset import DatasetError, feature_version
 from leakhunter.training.health import KAPPA_ZERO, HealthMonitor, fail, warn
-from leakhunter.training.metrics import roc_auc, shown
+from leakhunter.training.metrics import roc_auc
 
 STAGE2_LR_FACTOR = 0.25  # fine-tuning pre-trained encoders; never the 1e-6 that froze the predecessor's stage 2
 BRANCH_WIDTH = 64  # the features and meta MLPs' width
@@ -348,8 +349,8 @@ class FusionRun:
         for line in self.health.summary():
             self.log(line)
         self.log(f"fusion: best fused stage {winner['stage']} (val file F1 {winner['file_f1']:.3f}, test "
-                 f"{shown(winner['test_f1'])}; best single branch {best_single['branches'][0]}: val "
-                 f"{best_single['file_f1']:.3f}, test {shown(best_single['test_f1'])}) → {self.out / 'best.pth'}")
+                 f"{number(winner['test_f1'])}; best single branch {best_single['branches'][0]}: val "
+                 f"{best_single['file_f1']:.3f}, test {number(best_single['test_f1'])}) → {self.out / 'best.pth'}")
         test = card.training.get("test_metrics", {})
         return TrainResult(run_dir=self.out, card=card, best_epoch=winner["best_epoch"], history=[],
                            test_metrics=test, stopped_early=False, health=self.health.findings, baseline={})
@@ -424,7 +425,7 @@ def stage_line(summary: dict) -> str:
         f"{b} {w:.2f}" for b, w in zip(summary["branches"], weights))
     return (f"best epoch {summary['best_epoch']}/{summary['epochs_run']}, val file F1 {summary['file_f1']:.3f}, "
             f"kappa {summary['kappa']:.3f}, trainable {summary['trainable_parameters']:,}/"
-            f"{summary['parameters']:,} parameters{fused}; test file F1 {shown(summary['test_f1'])}")
+            f"{summary['parameters']:,} parameters{fused}; test file F1 {number(summary['test_f1'])}")
 
 
 def train_fusion(config: TrainConfig, log=print):

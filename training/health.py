@@ -312,9 +312,11 @@ def epoch_findings(history: list[dict], class_names, val_truth_shares: list[floa
     if collapsed(row):
         top = int(shares.argmax())
         lasting = len(history) >= 5 and all(collapsed(r) for r in history[-5:])
-        onto = [class_names[int(np.argmax(r["predicted_distribution"]))] for r in history[-5:]]
-        streak = ("" if not lasting else f" for 5 epochs in a row{fold_note}" if len(set(onto)) == 1 else
-                  f", and onto one class or another for 5 epochs in a row ({', '.join(onto)}){fold_note}")
+        streak = ""
+        if lasting:
+            onto = [class_names[int(np.argmax(r["predicted_distribution"]))] for r in history[-5:]]
+            changing = f", and onto one class or another for 5 epochs in a row ({', '.join(onto)})"
+            streak = (" for 5 epochs in a row" if len(set(onto)) == 1 else changing) + fold_note
         found.append((stop if lasting else warn)(
             "H007", when, f"{shares[top]:.0%} of validation inputs are predicted {class_names[top]} whose true "
                           f"share is {truth[top]:.0%}{streak}"))

@@ -71,11 +71,6 @@ def undefined_metrics(truth: np.ndarray, verdict: np.ndarray) -> set[str]:
     return {name for name, undefined in gone.items() if undefined}
 
 
-def shown(value: float | None) -> str:
-    """A metric as a log line says it: three decimals, or n/a where it does not exist on these files."""
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
-
-
 def class_distribution(predicted: np.ndarray, n_classes: int) -> np.ndarray:
     """Share of predictions per class."""
     counts = np.bincount(predicted, minlength=n_classes).astype(np.float64)

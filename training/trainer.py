@@ -27,6 +27,7 @@ from leakhunter.card import CardError, ModelCard, VotingConfig
 from leakhunter.checkpoint import CheckpointError, card_of, load_checkpoint, rewrite_card, save_atomic
 from leakhunter.devices import autocast_dtype, to_device
 from leakhunter.errors import InputError
+from leakhunter.eval_tables import number
 from leakhunter.files import write_atomic
 from leakhunter.models import Scorer, build_model, check_weights, parameter_count
 from leakhunter.operating import operating_points
@@ -60,7 +61,7 @@ from leakhunter.training.health import (
     trivial_loss,
     truth_shares,
 )
-from leakhunter.training.metrics import shown, undefined_metrics
+from leakhunter.training.metrics import undefined_metrics
 from leakhunter.training.objective import LeakLoss, class_weights, lr_factor
 from leakhunter.training.plots import plot_confusion, plot_curves
 from leakhunter.voting import calibrate_threshold, per_long_segment
@@ -203,10 +204,9 @@ class Trainer:
         self.config, self.plan = config, plan
         self.run_dir = Path(config.out or f"runs/{config.mode}-{datetime.now():%Y%m%d-%H%M%S}")
         if resume is None and (self.run_dir / "best.pth").exists():
-            if not (self.run_dir / "checkpoints" / "last.pth").is_file():  # a fusion or --cv run's folder
-                raise FileExistsError(f"{self.run_dir} already holds a run; choose another --out")
-            raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume "
-                                  f"{self.run_dir / 'checkpoints' / 'last.pth'} or choose another --out")
+            last = self.run_dir / "checkpoints" / "last.pth"  # none in a fusion or --cv run's folder
+            raise FileExistsError(f"{self.run_dir} already holds a run; "
+                                  + (f"pass --resume {last} or " if last.is_file() else "") + "choose another --out")
         self.device = training_device(config.device, self.launch)  # under torchrun: cuda:LOCAL_RANK or cpu
         start_group(self.launch, self.device)  # train() destroys it on every exit path
         self.amp = autocast_dtype(self.device, config.amp)
@@ -542,9 +542,9 @@ class Trainer:
         test_card = card.training["test_metrics"]
         self.log(f"{'best' if self.plan is None else 'kept'} epoch {self.best_epoch}: val file F1 "
                  f"{self.history[self.best_epoch - 1]['file_f1']:.3f}, threshold "
-                 f"{card.voting.threshold:.2f}; test file F1 {shown(test_card['file_f1'])}, precision "
-                 f"{shown(test_card['file_precision'])}, recall {shown(test_card['file_recall'])}, "
-                 f"AUC {shown(test_card['file_auc'])} on {test_metrics['n_files']} files")
+                 f"{card.voting.threshold:.2f}; test file F1 {number(test_card['file_f1'])}, precision "
+                 f"{number(test_card['file_precision'])}, recall {number(test_card['file_recall'])}, "
+                 f"AUC {number(test_card['file_auc'])} on {test_metrics['n_files']} files")
         if self.plan is None:  # a plan's baseline is cross-validated with it (training/cv.py)
             self.log(self.baseline.line())
         return TrainResult(run_dir=self.run_dir, card=card, best_epoch=self.best_epoch, history=self.history,
