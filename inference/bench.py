@@ -87,7 +87,7 @@ def bench(model: str | Path, inputs: list[str | Path] | None = None, device: str
             for line in found.empty:
                 say(f"warning: {line}: nothing is timed from it")
             for line in found.repeated:
-                say(f"warning: {line.replace('each gets one row', 'each is timed once')}")
+                say(f"warning: {line}; each is timed once")
             paths = found.paths
         results, rows = [], []
         for path in models:

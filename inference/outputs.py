@@ -63,6 +63,12 @@ def resume_key(row: dict) -> tuple[str, ...]:
             str(row.get("reference_sensor") or ""), str(row.get("reference_table") or ""))
 
 
+def settings_of(key: tuple[str, ...]) -> tuple[str, ...]:
+    """A resume key's scoring settings (model, threshold, vote, sensitivity, meta, reference): all but the file's
+    path, size and mtime."""
+    return key[3:]
+
+
 def _number_text(value) -> str:
     return f"{float(value):.6g}" if value not in ("", None) else ""
 

@@ -25,7 +25,7 @@ import leakhunter
 from leakhunter.errors import InputError
 from leakhunter.files import LockFile, write_atomic
 from leakhunter.inference.engine import ScoringEngine
-from leakhunter.inference.outputs import RETRIED_STATUSES, RowWriter, prepare_resume, resume_key
+from leakhunter.inference.outputs import RETRIED_STATUSES, RowWriter, prepare_resume, resume_key, settings_of
 from leakhunter.inference.scorer import RecordingDecoder
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def find_inputs(inputs: list[str | Path], names: list[str] | None = None) -> Fou
             named = [row.path for row in read_manifest(path)]
             why = "a manifest with no rows"
             repeat = repeated_note(named)
-            if repeat:
+            if repeat:  # each caller says what becomes of them, as of an empty input
                 repeated.append(f"{printable(str(name))}: {repeat}")
         elif is_pattern(item):  # audio files only, as in a folder: night/* beside its README or the table
             named = sorted(Path(p) for p in glob.glob(item, recursive=True)
@@ -110,14 +110,14 @@ def repeated_note(listed: list[Path]) -> str:
     spelt: dict[Path, Path] = {}
     times = Counter()
     for path in listed:
-        spelt.setdefault(resolved(path), path)
-        times[resolved(path)] += 1
+        target = resolved(path)
+        spelt.setdefault(target, path)
+        times[target] += 1
     again = [target for target, n in times.items() if n > 1]
     if not again:
         return ""
     what = "a recording" if len(again) == 1 else f"{len(again)} recordings"
-    return (f"lists {what} more than once ({printable(spelt[again[0]].name)} {times[again[0]]} times); each gets one "
-            "row")
+    return f"lists {what} more than once ({printable(spelt[again[0]].name)} {times[again[0]]} times)"
 
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")  # what a table is written as (RowWriter): CSV, or one JSON object a line
@@ -196,7 +196,7 @@ def predict(inputs: list[str | Path], model: str | Path, out: str | Path | None 
         for line in found.empty if warn is not None else ():
             warn(f"{line}: nothing is scored from it")
         for line in found.repeated if warn is not None else ():
-            warn(line)
+            warn(f"{line}; each gets one row")
         if out is not None and not resume and Path(out).is_file() and Path(out).stat().st_size and warn is not None:
             warn(f"{out}: the table there is replaced (--resume would continue it)")
         listed = manifest_fields(inputs)  # refused here, before any worker starts
@@ -245,7 +245,7 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
     if scorer.timeline and out is not None and resume:  # an ok row counts as done with its line and its PNG
         pngs = {str(path): _TimelineWriter.folder_of(out) / name for path, name in png_names(paths).items()}
         timeline_done = {file for file in _TimelineWriter.files_in(out) if file in pngs and pngs[file].exists()}
-    model_sha = next(iter(keys.values()))[3] if keys else ""
+    model_sha = scorer.model_sha256
     resettled, foreign = Counter(), Counter()  # rows scored with other settings: of these files, of others
     if out is not None and resume and out.exists():
         def keep(row: dict) -> bool:  # a row stays unless its file is to be scored again
@@ -254,7 +254,7 @@ def score_batch(paths: list[Path], engine: ScoringEngine, out: str | Path | None
             mine = keys.get(str(row["file"]))
             if mine is None and str(row["model_sha256"]) != model_sha:
                 foreign[str(row["model_sha256"])[:16]] += 1
-            elif mine is not None and mine[3:] != resume_key(row)[3:]:  # the same file, scored another way
+            elif mine is not None and settings_of(mine) != settings_of(resume_key(row)):  # scored another way
                 resettled[str(row["model_sha256"])[:16]] += 1
             return not failed and not no_timeline and (mine or resume_key(row)) == resume_key(row)
 

@@ -29,12 +29,9 @@ def reference_build(
     from leakhunter.inference.predict import find_inputs, manifest_fields
     from leakhunter.meta import RecordingFields
     from leakhunter.reference import build_reference_table, require_reference_model, thin_sensors
-    from leakhunter.sources import is_pattern, refuse_replacing_inputs
+    from leakhunter.sources import check_output_name, is_pattern, refuse_replacing_inputs
 
-    if out.is_dir() or out.name in ("", ".", ".."):
-        raise fail(f"--out {out} is a folder: name the table's file, e.g. {out / 'references.json'}")
-    if out.suffix.lower() != ".json":  # scoring reads any name, but a .csv one reads as a manifest to a person
-        raise fail(f"--out {out}: a reference table is JSON; name it {out.stem}.json")
+    check_output_name(out, "a reference table", (".json",), f"--out {out}")  # a .csv name reads as a manifest
     refuse_replacing_inputs(out, [item for item in inputs if not is_pattern(item)], [], f"--out {out}")
     card, _, _ = read_card(model)
     require_reference_model(card, model)
@@ -45,7 +42,7 @@ def reference_build(
     for line in found.empty:
         warn(f"{line}: no recording is taken from it")
     for line in found.repeated:
-        warn(line.replace("each gets one row", "each counts once"))
+        warn(f"{line}; each counts once")
     paths = found.paths
     fields = RecordingFields()
     fields.add_manifest(manifest_fields(inputs))

@@ -76,12 +76,12 @@ def check_output_name(out: Path, kind: str, suffixes: tuple[str, ...], name: str
     recording called scores.wav, the model a picture is named after, the manifest a dataset is written over), so
     that is refused before anything is read or written, and so is a folder. `name`: how messages call it."""
     name = name or str(out)
+    if Path(out).is_dir():
+        raise InputError(f"{name}: a folder, where {kind} would be written; name a file in it")
     suffix = Path(out).suffix.lower()
     if suffix not in suffixes:
         why = "an audio file's name" if suffix in AUDIO_SUFFIXES else f"not {Path(out).suffix or 'a suffix'}"
         raise InputError(f"{name}: {kind} is written as {' or '.join(suffixes)} ({why})")
-    if Path(out).is_dir():
-        raise InputError(f"{name}: a folder, where {kind} would be written; name a file in it")
 
 
 def refuse_replacing_inputs(out: Path, inputs: list[str | os.PathLike], paths: list[Path],

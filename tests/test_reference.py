@@ -222,11 +222,13 @@ def test_building_a_table_refuses_unnamed_recordings_and_non_reference_models(re
     manifest.write_text("path,sensor_id\ntake1.wav,S1\n")
     result = runner.invoke(app, ["reference", "build", str(manifest), "--model", str(Path(reference_run[1].output)),
                                  "-o", str(manifest)])  # a JSON table under a manifest's name, over the manifest
-    assert result.exit_code == 2 and "a reference table is JSON; name it night.json" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "a reference table is written as .json (not .csv)" in said
     assert manifest.read_text() == "path,sensor_id\ntake1.wav,S1\n"
     result = runner.invoke(app, ["reference", "build", str(manifest), "--model", str(Path(reference_run[1].output)),
                                  "-o", str(tmp_path)])
-    assert result.exit_code == 2 and "is a folder: name the table's file" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "a folder, where a reference table would be written" in said
     manifest_json = tmp_path / "night.json"
     manifest_json.write_text("not a manifest")
     result = runner.invoke(app, ["reference", "build", str(manifest_json), "--model", str(Path(reference_run[1].output)),
